@@ -1,0 +1,193 @@
+#include "base/fsutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+char *asvr_path_join(const char *dir, const char *name) {
+    if (name[0] == '/' || !dir || !dir[0]) return asvr_strdup(name);
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = asvr_malloc(a + b + 2, "a path");
+    memcpy(p, dir, a);
+    size_t k = a;
+    if (a > 0 && dir[a - 1] != '/') p[k++] = '/';
+    memcpy(p + k, name, b + 1);
+    return p;
+}
+
+char *asvr_path_dirname(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return asvr_strdup(".");
+    if (slash == path) return asvr_strdup("/");
+    size_t n = (size_t)(slash - path);
+    char *d = asvr_malloc(n + 1, "a path");
+    memcpy(d, path, n);
+    d[n] = 0;
+    return d;
+}
+
+int asvr_fsync_dir(const char *dir, asvr_error *err) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return asvr_err_set(err, "opening directory '%s': %s", dir, strerror(errno));
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    if (rc < 0 && e != EINVAL) return asvr_err_set(err, "fsync of directory '%s': %s", dir, strerror(e));
+    return 0;
+}
+
+int asvr_atomic_open(asvr_atomic_file *f, const char *path, asvr_error *err) {
+    memset(f, 0, sizeof *f);
+    size_t n = strlen(path) + 32;
+    f->tmp_path = asvr_malloc(n, "a temp path");
+    snprintf(f->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
+    f->fp = fopen(f->tmp_path, "wb");
+    if (!f->fp) {
+        int e = errno;
+        free(f->tmp_path);
+        f->tmp_path = NULL;
+        return asvr_err_set(err, "creating '%s.tmp.*' for '%s': %s", path, path, strerror(e));
+    }
+    f->path = asvr_strdup(path);
+    return 0;
+}
+
+static void atomic_free(asvr_atomic_file *f) {
+    free(f->path);
+    free(f->tmp_path);
+    f->path = f->tmp_path = NULL;
+    f->fp = NULL;
+}
+
+void asvr_atomic_abort(asvr_atomic_file *f) {
+    if (f->fp) fclose(f->fp);
+    if (f->tmp_path) unlink(f->tmp_path);
+    atomic_free(f);
+}
+
+int asvr_atomic_commit(asvr_atomic_file *f, asvr_error *err) {
+    int bad = ferror(f->fp);
+    if (fflush(f->fp) != 0) bad = 1;
+    int e = errno;
+    if (!bad && fsync(fileno(f->fp)) != 0) bad = 1, e = errno;
+    if (fclose(f->fp) != 0 && !bad) bad = 1, e = errno;
+    f->fp = NULL;
+    if (bad) {
+        asvr_err_set(err, "writing '%s': %s", f->path, strerror(e));
+        asvr_atomic_abort(f);
+        return -1;
+    }
+    if (rename(f->tmp_path, f->path) != 0) {
+        asvr_err_set(err, "renaming '%s' to '%s': %s", f->tmp_path, f->path, strerror(errno));
+        asvr_atomic_abort(f);
+        return -1;
+    }
+    char *dir = asvr_path_dirname(f->path);
+    int rc = asvr_fsync_dir(dir, err);
+    free(dir);
+    atomic_free(f);
+    return rc;
+}
+
+int asvr_atomic_write(const char *path, const void *data, size_t n, asvr_error *err) {
+    asvr_atomic_file f;
+    if (asvr_atomic_open(&f, path, err) < 0) return -1;
+    if (n && fwrite(data, 1, n, f.fp) != n) {
+        asvr_err_set(err, "writing '%s': %s", path, strerror(errno));
+        asvr_atomic_abort(&f);
+        return -1;
+    }
+    return asvr_atomic_commit(&f, err);
+}
+
+int asvr_read_file(const char *path, uint8_t **data, size_t *n, asvr_error *err) {
+    *data = NULL;
+    *n = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return asvr_err_set(err, "opening '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return asvr_err_set(err, "'%s' is not a regular file", path);
+    }
+    size_t cap = (size_t)st.st_size, len = 0;
+    uint8_t *buf = asvr_malloc(cap + 1, "a file's bytes");
+    for (;;) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 4096;
+            buf = asvr_realloc(buf, cap + 1, "a file's bytes");
+        }
+        ssize_t r = read(fd, buf + len, cap - len);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            free(buf);
+            close(fd);
+            return asvr_err_set(err, "reading '%s': %s", path, strerror(e));
+        }
+        if (r == 0) break;
+        len += (size_t)r;
+    }
+    close(fd);
+    buf[len] = 0;
+    *data = buf;
+    *n = len;
+    return 0;
+}
+
+int asvr_mmap_open(asvr_mmap *m, const char *path, asvr_error *err) {
+    m->data = NULL;
+    m->size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return asvr_err_set(err, "opening '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return asvr_err_set(err, "'%s' is not a regular file", path);
+    }
+    if (st.st_size == 0) {
+        close(fd);
+        return 0;
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (p == MAP_FAILED) return asvr_err_set(err, "mapping '%s': %s", path, strerror(e));
+    m->data = p;
+    m->size = (size_t)st.st_size;
+    return 0;
+}
+
+void asvr_mmap_close(asvr_mmap *m) {
+    if (m->data) munmap((void *)m->data, m->size);
+    m->data = NULL;
+    m->size = 0;
+}
+
+int asvr_mkdir_p(const char *path, asvr_error *err) {
+    char *p = asvr_strdup(path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0777) < 0 && errno != EEXIST) {
+            int e = errno;
+            asvr_err_set(err, "creating directory '%s': %s", p, strerror(e));
+            free(p);
+            return -1;
+        }
+        *s = '/';
+    }
+    int rc = 0;
+    if (mkdir(p, 0777) < 0 && errno != EEXIST) rc = asvr_err_set(err, "creating directory '%s': %s", p, strerror(errno));
+    free(p);
+    return rc;
+}
+
+int asvr_path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
