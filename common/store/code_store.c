@@ -1,0 +1,503 @@
+#include "store/code_store.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "base/fsutil.h"
+#include "base/hash.h"
+#include "base/log.h"
+
+#define REC_HEADER 12
+#define REC_TRAILER 8
+
+struct code_store {
+    MDB_env *env;
+    MDB_dbi meta_dbi, codes_dbi;
+    code_store_meta meta;
+    char *path;         /* final path */
+    char *open_path;    /* the file actually open (path or path.partial) */
+    int writable;
+    size_t map_size;
+    int64_t count;
+};
+
+/* ---- records ---------------------------------------------------------------------------------- */
+
+static void put_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8); }
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+uint8_t *code_record_encode(const uint16_t *codes, int positions, int depth, int compress, size_t *size) {
+    size_t n = (size_t)positions * (size_t)depth, raw_bytes = n * 2;
+    uint8_t *raw = asvr_malloc(raw_bytes, "a code record");
+    for (size_t i = 0; i < n; i++) put_u16(raw + 2 * i, codes[i]);
+    size_t cap = REC_HEADER + (compress ? ZSTD_compressBound(raw_bytes) : raw_bytes) + REC_TRAILER;
+    uint8_t *rec = asvr_malloc(cap, "a code record");
+    size_t stored = raw_bytes;
+    if (compress) {
+        stored = ZSTD_compress(rec + REC_HEADER, cap - REC_HEADER - REC_TRAILER, raw, raw_bytes, 3);
+        CHECK_ZSTD(stored, "compressing a code record");
+    } else {
+        memcpy(rec + REC_HEADER, raw, raw_bytes);
+    }
+    free(raw);
+    put_u32(rec, CODE_RECORD_MAGIC);
+    put_u16(rec + 4, (uint16_t)positions);
+    rec[6] = (uint8_t)depth;
+    rec[7] = compress ? 1 : 0;
+    put_u32(rec + 8, (uint32_t)stored);
+    put_u64(rec + REC_HEADER + stored, asvr_xxh64(rec, REC_HEADER + stored, 0));
+    *size = REC_HEADER + stored + REC_TRAILER;
+    return rec;
+}
+
+int code_record_decode(const void *recv, size_t size, const code_store_meta *meta, uint16_t *codes,
+                       asvr_error *err) {
+    const uint8_t *rec = recv;
+    if (size < REC_HEADER + REC_TRAILER) return asvr_err_set(err, "record of %zu bytes is too short", size);
+    if (get_u32(rec) != CODE_RECORD_MAGIC) return asvr_err_set(err, "bad record magic");
+    int positions = get_u16(rec + 4), depth = rec[6], flags = rec[7];
+    uint32_t stored = get_u32(rec + 8);
+    if ((size_t)stored + REC_HEADER + REC_TRAILER != size)
+        return asvr_err_set(err, "record size %zu does not match its header (%u stored bytes)", size, stored);
+    uint64_t want = get_u64(rec + REC_HEADER + stored), got = asvr_xxh64(rec, REC_HEADER + stored, 0);
+    if (want != got)
+        return asvr_err_set(err, "checksum mismatch (stored %016llx, computed %016llx): the record is corrupt",
+                            (unsigned long long)want, (unsigned long long)got);
+    if (positions != meta->positions || depth != meta->depth)
+        return asvr_err_set(err, "record shape %dx%d differs from the store's %dx%d", positions, depth,
+                            meta->positions, meta->depth);
+    if (flags & ~1) return asvr_err_set(err, "unknown record flags 0x%02x", flags);
+    size_t n = (size_t)positions * (size_t)depth, raw_bytes = n * 2;
+    const uint8_t *raw = rec + REC_HEADER;
+    uint8_t *tmp = NULL;
+    if (flags & 1) {
+        tmp = asvr_malloc(raw_bytes, "a decompressed code record");
+        size_t r = ZSTD_decompress(tmp, raw_bytes, raw, stored);
+        if (ZSTD_isError(r) || r != raw_bytes) {
+            free(tmp);
+            return asvr_err_set(err, "zstd payload does not decompress to %zu bytes", raw_bytes);
+        }
+        raw = tmp;
+    } else if (stored != raw_bytes) {
+        return asvr_err_set(err, "raw payload of %u bytes, expected %zu", stored, raw_bytes);
+    }
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t c = get_u16(raw + 2 * i);
+        if (c >= meta->codebook_size) bad = 1;
+        if (codes) codes[i] = c;
+    }
+    free(tmp);
+    if (bad) return asvr_err_set(err, "a code is >= the codebook size %d", meta->codebook_size);
+    return 0;
+}
+
+/* ---- meta ------------------------------------------------------------------------------------- */
+
+char *code_store_meta_to_json(const code_store_meta *m) {
+    json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s}", "format_version",
+                          m->format_version, "tokenizer_fingerprint", m->tokenizer_fingerprint,
+                          "tokenizer", m->tokenizer, "policy", m->policy, "image_size", m->image_size,
+                          "positions", m->positions, "depth", m->depth, "codebook_size",
+                          m->codebook_size, "dtype", "u16le", "compression",
+                          m->compression ? "zstd" : "none");
+    CHECK(o != NULL, "", "building the code store meta JSON");
+    char *s = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT);
+    json_decref(o);
+    CHECK(s != NULL, "", "serialising the code store meta JSON");
+    return s;
+}
+
+int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, asvr_error *err) {
+    json_error_t je;
+    json_t *o = json_loadb(text, n, 0, &je);
+    if (!o) return asvr_err_set(err, "meta record is not JSON: %s", je.text);
+    const char *fp = NULL, *tok = NULL, *pol = NULL, *dtype = NULL, *comp = NULL;
+    memset(m, 0, sizeof *m);
+    if (json_unpack_ex(o, &je, JSON_STRICT, "{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s}",
+                       "format_version", &m->format_version, "tokenizer_fingerprint", &fp, "tokenizer",
+                       &tok, "policy", &pol, "image_size", &m->image_size, "positions", &m->positions,
+                       "depth", &m->depth, "codebook_size", &m->codebook_size, "dtype", &dtype,
+                       "compression", &comp) != 0) {
+        asvr_err_set(err, "meta record: %s", je.text);
+        json_decref(o);
+        return -1;
+    }
+    snprintf(m->tokenizer_fingerprint, sizeof m->tokenizer_fingerprint, "%s", fp);
+    snprintf(m->tokenizer, sizeof m->tokenizer, "%s", tok);
+    snprintf(m->policy, sizeof m->policy, "%s", pol);
+    m->compression = strcmp(comp, "zstd") == 0;
+    int rc = 0;
+    if (m->format_version != CODE_STORE_FORMAT_VERSION)
+        rc = asvr_err_set(err, "format version %d, this build reads version %d", m->format_version,
+                          CODE_STORE_FORMAT_VERSION);
+    else if (strcmp(dtype, "u16le") != 0) rc = asvr_err_set(err, "unknown code dtype '%s'", dtype);
+    else if (!m->compression && strcmp(comp, "none") != 0) rc = asvr_err_set(err, "unknown compression '%s'", comp);
+    else if (m->positions <= 0 || m->positions > 65535 || m->depth <= 0 || m->depth > 255 ||
+             m->codebook_size <= 0 || m->codebook_size > 65536 || m->image_size <= 0)
+        rc = asvr_err_set(err, "meta dimensions out of range (positions %d, depth %d, codebook %d, size %d)",
+                          m->positions, m->depth, m->codebook_size, m->image_size);
+    json_decref(o);
+    return rc;
+}
+
+int code_store_meta_diff(const code_store_meta *a, const code_store_meta *b, char *why, size_t n) {
+#define DIFF_S(f, what)                                                                            \
+    if (strcmp(a->f, b->f) != 0) return snprintf(why, n, "%s: store has '%s', this run '%s'", what, a->f, b->f), 1
+#define DIFF_I(f, what)                                                                            \
+    if (a->f != b->f) return snprintf(why, n, "%s: store has %d, this run %d", what, a->f, b->f), 1
+    DIFF_S(tokenizer_fingerprint, "tokenizer fingerprint (a different tokenizer made this store)");
+    DIFF_S(policy, "preprocessing policy");
+    DIFF_I(image_size, "image size");
+    DIFF_I(positions, "positions per image");
+    DIFF_I(depth, "depth");
+    DIFF_I(codebook_size, "codebook size");
+    DIFF_I(compression, "compression");
+#undef DIFF_S
+#undef DIFF_I
+    if (n) why[0] = 0;
+    return 0;
+}
+
+/* ---- environment ------------------------------------------------------------------------------ */
+
+static int mdb_fail(asvr_error *err, int rc, const char *path, const char *what) {
+    const char *hint = asvr_mdb_hint(rc);
+    return asvr_err_set(err, "'%s': %s: %s%s%s", path, what, mdb_strerror(rc), hint[0] ? "; " : "", hint);
+}
+
+static int env_open(code_store *cs, const char *file, int writable, size_t map, asvr_error *err) {
+    int rc = mdb_env_create(&cs->env);
+    if (rc) return mdb_fail(err, rc, file, "creating the LMDB environment");
+    mdb_env_set_maxdbs(cs->env, 4);
+    if (writable) {
+        rc = mdb_env_set_mapsize(cs->env, map);
+        if (rc) return mdb_fail(err, rc, file, "setting the map size");
+    }
+    unsigned flags = MDB_NOSUBDIR | (writable ? 0 : (MDB_RDONLY | MDB_NOLOCK));
+    rc = mdb_env_open(cs->env, file, flags, 0664);
+    if (rc) {
+        mdb_env_close(cs->env);
+        cs->env = NULL;
+        return mdb_fail(err, rc, file, "opening the store");
+    }
+    MDB_envinfo info;
+    mdb_env_info(cs->env, &info);
+    cs->map_size = info.me_mapsize;
+    return 0;
+}
+
+static int read_meta(code_store *cs, const char *file, int *found, asvr_error *err) {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(cs->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return mdb_fail(err, rc, file, "starting a read transaction");
+    *found = 0;
+    MDB_dbi dbi;
+    rc = mdb_dbi_open(txn, "meta", 0, &dbi);
+    if (rc == MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return 0;
+    }
+    if (rc) {
+        mdb_txn_abort(txn);
+        return mdb_fail(err, rc, file, "opening the meta database");
+    }
+    MDB_val k = {4, "meta"}, v;
+    rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == 0) {
+        if (code_store_meta_from_json(v.mv_data, v.mv_size, &cs->meta, err) < 0) {
+            mdb_txn_abort(txn);
+            return asvr_err_prefix(err, "'%s'", file);
+        }
+        *found = 1;
+        MDB_dbi cdbi;
+        if (mdb_dbi_open(txn, "codes", 0, &cdbi) == 0) {
+            MDB_stat st;
+            mdb_stat(txn, cdbi, &st);
+            cs->count = (int64_t)st.ms_entries;
+        }
+    }
+    mdb_txn_abort(txn);
+    return 0;
+}
+
+static int open_dbis(code_store *cs, const char *file, asvr_error *err) {
+    MDB_txn *txn;
+    unsigned flags = cs->writable ? MDB_CREATE : 0;
+    int rc = mdb_txn_begin(cs->env, NULL, cs->writable ? 0 : MDB_RDONLY, &txn);
+    if (rc) return mdb_fail(err, rc, file, "starting a transaction");
+    if ((rc = mdb_dbi_open(txn, "meta", flags, &cs->meta_dbi)) ||
+        (rc = mdb_dbi_open(txn, "codes", flags, &cs->codes_dbi))) {
+        mdb_txn_abort(txn);
+        return mdb_fail(err, rc, file, "opening the databases");
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc) return mdb_fail(err, rc, file, "committing");
+    return 0;
+}
+
+static char *partial_path(const char *path) {
+    size_t n = strlen(path) + 16;
+    char *p = asvr_malloc(n, "a path");
+    snprintf(p, n, "%s.partial", path);
+    return p;
+}
+
+static void lock_path(char *buf, size_t n, const char *file) { snprintf(buf, n, "%s-lock", file); }
+
+int code_store_open(const char *path, code_store **out, asvr_error *err) {
+    *out = NULL;
+    if (!asvr_path_exists(path)) {
+        char *pp = partial_path(path);
+        int partial = asvr_path_exists(pp);
+        free(pp);
+        if (partial)
+            return asvr_err_set(err, "'%s' is not finished ('%s.partial' exists): rerun asvr-tokenize encode to complete it", path, path);
+        return asvr_err_set(err, "code store '%s' does not exist", path);
+    }
+    code_store *cs = asvr_calloc(1, sizeof *cs, "a code store");
+    cs->path = asvr_strdup(path);
+    cs->open_path = asvr_strdup(path);
+    int found = 0;
+    if (env_open(cs, path, 0, 0, err) < 0 || read_meta(cs, path, &found, err) < 0) {
+        code_store_close(cs);
+        return -1;
+    }
+    if (!found) {
+        code_store_close(cs);
+        return asvr_err_set(err, "'%s' has no meta record: not a code store", path);
+    }
+    if (open_dbis(cs, path, err) < 0) {
+        code_store_close(cs);
+        return -1;
+    }
+    *out = cs;
+    return 0;
+}
+
+int code_store_open_writer(const char *path, const code_store_meta *meta, size_t initial_map_bytes,
+                           code_store **out, asvr_error *err) {
+    *out = NULL;
+    char *pp = partial_path(path);
+    if (asvr_path_exists(path) && !asvr_path_exists(pp)) {
+        /* A finished store: check it is compatible before reopening it for appends. */
+        code_store *fin;
+        if (code_store_open(path, &fin, err) < 0) {
+            free(pp);
+            return -1;
+        }
+        char why[512];
+        if (code_store_meta_diff(&fin->meta, meta, why, sizeof why)) {
+            code_store_close(fin);
+            free(pp);
+            return asvr_err_set(err, "'%s' was made differently, refusing to mix: %s. Write to a new store", path, why);
+        }
+        code_store_close(fin);
+        if (rename(path, pp) != 0) {
+            int e = errno;
+            free(pp);
+            return asvr_err_set(err, "renaming '%s' to '%s.partial': %s", path, path, strerror(e));
+        }
+    }
+    code_store *cs = asvr_calloc(1, sizeof *cs, "a code store");
+    cs->path = asvr_strdup(path);
+    cs->open_path = pp;
+    cs->writable = 1;
+    int found = 0;
+    if (env_open(cs, pp, 1, initial_map_bytes ? initial_map_bytes : ((size_t)1 << 30), err) < 0 ||
+        read_meta(cs, pp, &found, err) < 0) {
+        code_store_close(cs);
+        return -1;
+    }
+    if (found) {
+        char why[512];
+        if (code_store_meta_diff(&cs->meta, meta, why, sizeof why)) {
+            code_store_close(cs);
+            return asvr_err_set(err, "'%s.partial' was started differently, refusing to mix: %s. Delete it or write to a new store", path, why);
+        }
+    } else {
+        cs->meta = *meta;
+        cs->meta.format_version = CODE_STORE_FORMAT_VERSION;
+    }
+    if (open_dbis(cs, pp, err) < 0) {
+        code_store_close(cs);
+        return -1;
+    }
+    if (!found) {
+        char *js = code_store_meta_to_json(&cs->meta);
+        MDB_txn *txn;
+        int rc = mdb_txn_begin(cs->env, NULL, 0, &txn);
+        if (!rc) {
+            MDB_val k = {4, "meta"}, v = {strlen(js), js};
+            rc = mdb_put(txn, cs->meta_dbi, &k, &v, 0);
+            if (rc) mdb_txn_abort(txn);
+            else rc = mdb_txn_commit(txn);
+        }
+        free(js);
+        if (rc) {
+            code_store_close(cs);
+            return mdb_fail(err, rc, pp, "writing the meta record");
+        }
+    }
+    *out = cs;
+    return 0;
+}
+
+void code_store_close(code_store *cs) {
+    if (!cs) return;
+    if (cs->env) mdb_env_close(cs->env);
+    free(cs->path);
+    free(cs->open_path);
+    free(cs);
+}
+
+int code_store_finish(code_store *cs, asvr_error *err) {
+    int rc = mdb_env_sync(cs->env, 1);
+    if (rc) {
+        mdb_fail(err, rc, cs->open_path, "syncing");
+        code_store_close(cs);
+        return -1;
+    }
+    mdb_env_close(cs->env);
+    cs->env = NULL;
+    char lock[4096];
+    lock_path(lock, sizeof lock, cs->open_path);
+    int ret = 0;
+    if (rename(cs->open_path, cs->path) != 0) {
+        ret = asvr_err_set(err, "renaming '%s' to '%s': %s", cs->open_path, cs->path, strerror(errno));
+    } else {
+        unlink(lock);
+        char *dir = asvr_path_dirname(cs->path);
+        ret = asvr_fsync_dir(dir, err);
+        free(dir);
+    }
+    code_store_close(cs);
+    return ret;
+}
+
+const code_store_meta *code_store_get_meta(const code_store *cs) { return &cs->meta; }
+int64_t code_store_count(const code_store *cs) { return cs->count; }
+
+int code_store_has(code_store *cs, const char *key) {
+    MDB_txn *txn;
+    if (mdb_txn_begin(cs->env, NULL, MDB_RDONLY, &txn)) return 0;
+    MDB_val k = {strlen(key), (void *)key}, v;
+    int rc = mdb_get(txn, cs->codes_dbi, &k, &v);
+    mdb_txn_abort(txn);
+    return rc == 0;
+}
+
+int code_store_put_batch(code_store *cs, int n, const char *const *keys, const uint16_t *const *codes,
+                         asvr_error *err) {
+    if (!cs->writable) return asvr_err_set(err, "'%s' is open read-only", cs->open_path);
+    size_t *sizes = asvr_malloc(sizeof(size_t) * (size_t)(n ? n : 1), "record sizes");
+    uint8_t **recs = asvr_malloc(sizeof(uint8_t *) * (size_t)(n ? n : 1), "records");
+    for (int i = 0; i < n; i++)
+        recs[i] = code_record_encode(codes[i], cs->meta.positions, cs->meta.depth, cs->meta.compression, &sizes[i]);
+    int ret = 0;
+    for (;;) {
+        MDB_txn *txn;
+        int rc = mdb_txn_begin(cs->env, NULL, 0, &txn);
+        if (rc) {
+            ret = mdb_fail(err, rc, cs->open_path, "starting a write transaction");
+            break;
+        }
+        int64_t added = 0;
+        for (int i = 0; i < n && !rc; i++) {
+            size_t kl = strlen(keys[i]);
+            if (kl == 0 || kl > 511) {
+                mdb_txn_abort(txn);
+                ret = asvr_err_set(err, "key '%.80s' has length %zu; keys must be 1..511 bytes", keys[i], kl);
+                goto done;
+            }
+            MDB_val k = {kl, (void *)keys[i]}, v = {sizes[i], recs[i]};
+            rc = mdb_put(txn, cs->codes_dbi, &k, &v, MDB_NOOVERWRITE);
+            if (rc == MDB_KEYEXIST) rc = 0; /* same key, same tokenizer: the stored codes stand */
+            else if (rc == 0) added++;
+        }
+        if (!rc) rc = mdb_txn_commit(txn);
+        else mdb_txn_abort(txn);
+        if (rc == MDB_MAP_FULL) {
+            size_t grow = cs->map_size * 2;
+            LOG_DEBUG("code store '%s': map full at %zu MiB, growing to %zu MiB", cs->open_path,
+                      cs->map_size >> 20, grow >> 20);
+            rc = mdb_env_set_mapsize(cs->env, grow);
+            if (rc) {
+                ret = mdb_fail(err, rc, cs->open_path, "growing the map");
+                break;
+            }
+            cs->map_size = grow;
+            continue;
+        }
+        if (rc) {
+            ret = mdb_fail(err, rc, cs->open_path, "writing a batch of records");
+            break;
+        }
+        cs->count += added;
+        break;
+    }
+done:
+    for (int i = 0; i < n; i++) free(recs[i]);
+    free(recs);
+    free(sizes);
+    return ret;
+}
+
+int code_store_get(code_store *cs, const char *key, uint16_t *codes, asvr_error *err) {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(cs->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return mdb_fail(err, rc, cs->open_path, "starting a read transaction");
+    MDB_val k = {strlen(key), (void *)key}, v;
+    rc = mdb_get(txn, cs->codes_dbi, &k, &v);
+    int ret;
+    if (rc == MDB_NOTFOUND) ret = 1;
+    else if (rc) ret = mdb_fail(err, rc, cs->open_path, "reading a record");
+    else {
+        ret = code_record_decode(v.mv_data, v.mv_size, &cs->meta, codes, err);
+        if (ret < 0) asvr_err_prefix(err, "'%s': record '%s'", cs->open_path, key);
+    }
+    mdb_txn_abort(txn);
+    return ret;
+}
+
+int code_store_foreach(code_store *cs, code_store_visit_fn fn, void *ctx, asvr_error *err) {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(cs->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return mdb_fail(err, rc, cs->open_path, "starting a read transaction");
+    MDB_cursor *cur;
+    rc = mdb_cursor_open(txn, cs->codes_dbi, &cur);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return mdb_fail(err, rc, cs->open_path, "opening a cursor");
+    }
+    MDB_val k, v;
+    int ret = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        ret = fn(ctx, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
+        if (ret) break;
+    }
+    if (rc && rc != MDB_NOTFOUND) ret = mdb_fail(err, rc, cs->open_path, "iterating");
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return ret;
+}

@@ -1,0 +1,85 @@
+/* code_store.h — the code store: an LMDB file of per-image tokenizer codes (DESIGN.md §5).
+ *
+ * One file (LMDB with MDB_NOSUBDIR) with two named databases:
+ *   "meta":  key "meta" → JSON {format_version, tokenizer_fingerprint, tokenizer, policy, image_size,
+ *            positions, depth, codebook_size, dtype, compression}
+ *   "codes": key = image path as written in the input → record:
+ *            u32 magic 'ACR1' | u16 positions | u8 depth | u8 flags (bit 0: zstd) | u32 stored bytes |
+ *            stored bytes (positions × depth uint16 little-endian, raw or zstd) | u64 xxh64 of all before
+ * Writers build "<out>.partial" and code_store_finish() renames it to <out>; a killed run resumes from
+ * the partial file (committed batches survive). The map grows on demand. Readers open read-only
+ * without a lock file, so many training processes can share one store.
+ * Not for: deciding which images to encode (asvr-tokenize does that).
+ */
+#ifndef ASVR_STORE_CODE_STORE_H
+#define ASVR_STORE_CODE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CODE_STORE_FORMAT_VERSION 1
+#define CODE_RECORD_MAGIC 0x31524341u /* "ACR1" little-endian */
+
+typedef struct code_store_meta {
+    int format_version;
+    char tokenizer_fingerprint[17]; /* xxh64 hex of the tokenizer file's config + tensors */
+    char tokenizer[128];            /* a name for people (file name of the tokenizer) */
+    char policy[16];                /* "pad" or "squash" */
+    int image_size;                 /* S of the S×S input */
+    int positions;                  /* 729 for SigLIP-SO400M/14@384 */
+    int depth;                      /* D */
+    int codebook_size;              /* K */
+    int compression;                /* 0 raw, 1 zstd */
+} code_store_meta;
+
+typedef struct code_store code_store;
+
+/* Opens a finished store read-only (no lock file). Validates the meta record. */
+int code_store_open(const char *path, code_store **out, asvr_error *err);
+/* Opens (creating if absent) "<path>.partial" for writing. An existing partial or finished store must
+ * have the same meta, else the call fails with a message naming the difference (different tokenizer,
+ * policy, ...). A finished <path> is renamed back to .partial first so new keys can be added. */
+int code_store_open_writer(const char *path, const code_store_meta *meta, size_t initial_map_bytes,
+                           code_store **out, asvr_error *err);
+/* Writer: syncs, closes, and renames "<path>.partial" to <path> (then removes the lock file).
+ * cs is freed whatever the outcome. */
+int code_store_finish(code_store *cs, asvr_error *err);
+void code_store_close(code_store *cs);
+
+const code_store_meta *code_store_get_meta(const code_store *cs);
+int64_t code_store_count(const code_store *cs);
+/* 1 when key is present, 0 when absent. */
+int code_store_has(code_store *cs, const char *key);
+/* Writes n records in one transaction (growing the map as needed). codes[i] has positions×depth. */
+int code_store_put_batch(code_store *cs, int n, const char *const *keys, const uint16_t *const *codes,
+                         asvr_error *err);
+/* Reads and checks one record (magic, sizes, checksum, codes < K). 0 ok, 1 absent, -1 corrupt. */
+int code_store_get(code_store *cs, const char *key, uint16_t *codes, asvr_error *err);
+
+/* Calls fn for every record in key order; stops at the first non-zero return and returns it.
+ * value/size are the raw stored record (check it with code_record_decode). */
+typedef int (*code_store_visit_fn)(void *ctx, const char *key, size_t key_len, const void *value,
+                                   size_t size);
+int code_store_foreach(code_store *cs, code_store_visit_fn fn, void *ctx, asvr_error *err);
+
+/* Record encoding, shared by the store and its tests. encode returns a malloc'd record. */
+uint8_t *code_record_encode(const uint16_t *codes, int positions, int depth, int compress,
+                            size_t *size);
+int code_record_decode(const void *rec, size_t size, const code_store_meta *meta, uint16_t *codes,
+                       asvr_error *err);
+
+/* Meta <-> JSON text; meta_diff explains the first difference ("" when equal). */
+char *code_store_meta_to_json(const code_store_meta *m);
+int code_store_meta_from_json(const char *json, size_t n, code_store_meta *m, asvr_error *err);
+int code_store_meta_diff(const code_store_meta *a, const code_store_meta *b, char *why, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,157 @@
+/* test_code_store.c — the LMDB code store: round trips (raw and zstd), finish/rename, resume,
+ * refusing a different tokenizer, map growth from a tiny map, corruption detected by the checksum. */
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/fsutil.h"
+#include "store/code_store.h"
+#include "test.h"
+
+#define P 729
+#define D 8
+#define K 16384
+
+static uint64_t rng = 0x9E3779B97F4A7C15ULL;
+static uint32_t next_u32(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (uint32_t)(rng >> 11);
+}
+
+static code_store_meta make_meta(const char *fp, int compress) {
+    code_store_meta m = {0};
+    snprintf(m.tokenizer_fingerprint, sizeof m.tokenizer_fingerprint, "%s", fp);
+    snprintf(m.tokenizer, sizeof m.tokenizer, "test-tokenizer");
+    snprintf(m.policy, sizeof m.policy, "pad");
+    m.image_size = 384, m.positions = P, m.depth = D, m.codebook_size = K, m.compression = compress;
+    return m;
+}
+
+typedef struct {
+    const code_store_meta *meta;
+    int records, corrupt;
+    char bad_key[256];
+} verify_ctx;
+
+static int verify_visit(void *vctx, const char *key, size_t kl, const void *v, size_t n) {
+    verify_ctx *c = vctx;
+    asvr_error err;
+    c->records++;
+    if (code_record_decode(v, n, c->meta, NULL, &err) < 0) {
+        c->corrupt++;
+        snprintf(c->bad_key, sizeof c->bad_key, "%.*s", (int)kl, key);
+    }
+    return 0;
+}
+
+static void run(const char *dir, int compress) {
+    asvr_error err;
+    char path[512];
+    snprintf(path, sizeof path, "%s/codes%d.lmdb", dir, compress);
+    code_store_meta meta = make_meta("0123456789abcdef", compress);
+    enum { N = 300 };
+    static uint16_t codes[N][P * D];
+    char keys[N][64];
+    for (int i = 0; i < N; i++) {
+        snprintf(keys[i], sizeof keys[i], "images/%05d.jpg", i);
+        for (int j = 0; j < P * D; j++) codes[i][j] = (uint16_t)(i % 3 == 0 ? next_u32() % 7 : next_u32() % K);
+    }
+    /* Tiny initial map: the store must grow it. Write in two sessions to exercise resume. */
+    code_store *cs;
+    T_EQ_INT(code_store_open_writer(path, &meta, 64 * 1024, &cs, &err), 0);
+    const char *kp[N];
+    const uint16_t *cp[N];
+    for (int i = 0; i < N; i++) kp[i] = keys[i], cp[i] = codes[i];
+    T_EQ_INT(code_store_put_batch(cs, 100, kp, cp, &err), 0);
+    code_store_close(cs); /* "killed": the partial remains */
+    char partial[600];
+    snprintf(partial, sizeof partial, "%s.partial", path);
+    T_CHECK(asvr_path_exists(partial) && !asvr_path_exists(path), "partial only");
+    code_store *rd;
+    T_EQ_INT(code_store_open(path, &rd, &err), -1);
+    T_STR_CONTAINS(err.msg, "not finished");
+
+    code_store_meta other = make_meta("fedcba9876543210", compress);
+    T_EQ_INT(code_store_open_writer(path, &other, 0, &cs, &err), -1);
+    T_STR_CONTAINS(err.msg, "tokenizer fingerprint");
+
+    T_EQ_INT(code_store_open_writer(path, &meta, 64 * 1024, &cs, &err), 0);
+    T_EQ_INT(code_store_count(cs), 100);
+    T_CHECK(code_store_has(cs, keys[99]) && !code_store_has(cs, keys[100]), "resume sees the first batch");
+    T_EQ_INT(code_store_put_batch(cs, N - 50, kp + 50, cp + 50, &err), 0); /* overlaps 50 existing */
+    T_EQ_INT(code_store_count(cs), N);
+    T_EQ_INT(code_store_finish(cs, &err), 0);
+    T_CHECK(asvr_path_exists(path) && !asvr_path_exists(partial), "renamed to the final path");
+    char lock[600];
+    snprintf(lock, sizeof lock, "%s-lock", path);
+    T_CHECK(!asvr_path_exists(lock), "no lock file left");
+
+    T_EQ_INT(code_store_open(path, &rd, &err), 0);
+    T_EQ_INT(code_store_count(rd), N);
+    T_CHECK(strcmp(code_store_get_meta(rd)->tokenizer_fingerprint, "0123456789abcdef") == 0, "meta kept");
+    static uint16_t got[P * D];
+    int all_equal = 1;
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < P * D; j++) got[j] = 0xFFFF;
+        if (code_store_get(rd, keys[i], got, &err) != 0 || memcmp(got, codes[i], sizeof got) != 0) all_equal = 0;
+    }
+    T_CHECK(all_equal, "every record reads back exactly");
+    T_EQ_INT(code_store_get(rd, "missing.jpg", got, &err), 1);
+    code_store_close(rd);
+
+    /* Appending to a finished store with another tokenizer is refused; the store stays finished. */
+    T_EQ_INT(code_store_open_writer(path, &other, 0, &cs, &err), -1);
+    T_STR_CONTAINS(err.msg, "refusing to mix");
+    T_CHECK(asvr_path_exists(path), "finished store untouched");
+
+    /* Corrupt one record's payload byte: LMDB has no checksums, ours must catch it. */
+    if (!compress) {
+        uint8_t *data;
+        size_t n;
+        T_EQ_INT(asvr_read_file(path, &data, &n, &err), 0);
+        size_t hit = 0;
+        for (size_t i = 0; i + 4 <= n; i++)
+            if (memcmp(data + i, "ACR1", 4) == 0) {
+                hit = i;
+                break;
+            }
+        T_CHECK(hit > 0, "found a record in the file");
+        data[hit + 12 + 100] ^= 0x01;
+        T_EQ_INT(asvr_atomic_write(path, data, n, &err), 0);
+        free(data);
+        T_EQ_INT(code_store_open(path, &rd, &err), 0);
+        verify_ctx vc = {code_store_get_meta(rd), 0, 0, ""};
+        T_EQ_INT(code_store_foreach(rd, verify_visit, &vc, &err), 0);
+        T_EQ_INT(vc.records, N);
+        T_EQ_INT(vc.corrupt, 1);
+        T_EQ_INT(code_store_get(rd, vc.bad_key, got, &err), -1);
+        T_STR_CONTAINS(err.msg, "checksum mismatch");
+        T_STR_CONTAINS(err.msg, vc.bad_key);
+        code_store_close(rd);
+    }
+}
+
+int main(void) {
+    char dir[] = "/tmp/asvr_test_store_XXXXXX";
+    T_CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    run(dir, 0);
+    run(dir, 1);
+    /* Record encoding: a code >= K is caught, a truncated record too. */
+    code_store_meta m = make_meta("0123456789abcdef", 0);
+    m.positions = 2, m.depth = 2, m.codebook_size = 10;
+    uint16_t c[4] = {1, 2, 3, 10};
+    size_t n;
+    uint8_t *rec = code_record_encode(c, 2, 2, 0, &n);
+    asvr_error err;
+    T_EQ_INT(code_record_decode(rec, n, &m, NULL, &err), -1);
+    T_STR_CONTAINS(err.msg, "codebook size");
+    T_EQ_INT(code_record_decode(rec, n - 1, &m, NULL, &err), -1);
+    free(rec);
+    for (int z = 0; z < 2; z++) {
+        char f[600];
+        snprintf(f, sizeof f, "%s/codes%d.lmdb", dir, z);
+        unlink(f);
+    }
+    rmdir(dir);
+    return t_done();
+}
