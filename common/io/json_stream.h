@@ -1,0 +1,35 @@
+/* json_stream.h — reads the elements of a top-level JSON array one at a time, in bounded memory,
+ * from a plain file or a zstd-compressed one (".zst", detected by magic), so a 1 GB LLaVA JSON
+ * never has to be loaded whole. Each element comes back as parsed jansson JSON together with its
+ * byte offset; a syntax error names the file, the element index and the offset.
+ * Not for: general JSON (use jansson directly for small files).
+ */
+#ifndef ASVR_IO_JSON_STREAM_H
+#define ASVR_IO_JSON_STREAM_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "base/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct json_stream json_stream;
+
+int json_stream_open(const char *path, json_stream **out, asvr_error *err);
+/* 1 with *elem (caller json_decref's it), 0 at the end of the array, -1 on error.
+ * A malformed element inside a well-delimited array is reported (-1) but the stream stays usable:
+ * the next call continues with the following element. */
+int json_stream_next(json_stream *s, json_t **elem, asvr_error *err);
+uint64_t json_stream_index(const json_stream *s);     /* index of the element last returned */
+uint64_t json_stream_bytes_read(const json_stream *s); /* uncompressed bytes consumed so far */
+uint64_t json_stream_file_size(const json_stream *s);  /* on-disk size (for progress) */
+uint64_t json_stream_file_pos(const json_stream *s);   /* on-disk bytes consumed (for progress) */
+void json_stream_close(json_stream *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
