@@ -46,7 +46,7 @@ static void make_samples(void) {
 
 static int write_store(const char *path, int compress, int packing, uint64_t seed, packed_info *info) {
     asvr_error err;
-    packed_writer_opts o = {MAXLEN, IMG, 64, compress, packing, seed, "0123456789abcdef", "vicuna_v1", "fedcba9876543210"};
+    packed_writer_opts o = {MAXLEN, IMG, 64, compress, packing, seed, "0123456789abcdef", "vicuna_v1", "fedcba9876543210", "00112233445566aa"};
     packed_writer *w;
     if (packed_writer_open(path, &o, &w, &err) < 0) return -1;
     for (int i = 0; i < N; i++) {
@@ -70,7 +70,8 @@ static void check_store(const char *path, int packing) {
     }
     const packed_info *I = packed_store_info(ps);
     T_EQ_INT(I->n_samples, N);
-    T_CHECK(strcmp(I->template_name, "vicuna_v1") == 0 && strcmp(I->tokenizer_fp, "0123456789abcdef") == 0, "meta");
+    T_CHECK(strcmp(I->template_name, "vicuna_v1") == 0 && strcmp(I->tokenizer_fp, "0123456789abcdef") == 0 &&
+                strcmp(I->source_fp, "00112233445566aa") == 0 && strcmp(I->template_fp, "fedcba9876543210") == 0, "meta");
     packed_reader *r = packed_reader_new(ps);
     int ok = 1;
     /* random access order */

@@ -131,7 +131,7 @@ struct packed_writer {
     char *strings;
     uint64_t strings_n, strings_cap;
     uint64_t n_tokens, n_supervised, n_positions, raw_bytes, stored_bytes;
-    char tokenizer_fp[17], template_name[32], template_fp[17];
+    char tokenizer_fp[17], template_name[32], template_fp[17], source_fp[17];
 };
 
 static uint64_t add_string(packed_writer *w, const char *s) {
@@ -198,6 +198,7 @@ int packed_writer_open(const char *path, const packed_writer_opts *opts, packed_
     snprintf(w->tokenizer_fp, sizeof w->tokenizer_fp, "%s", opts->tokenizer_fp ? opts->tokenizer_fp : "");
     snprintf(w->template_name, sizeof w->template_name, "%s", opts->template_name ? opts->template_name : "");
     snprintf(w->template_fp, sizeof w->template_fp, "%s", opts->template_fp ? opts->template_fp : "");
+    snprintf(w->source_fp, sizeof w->source_fp, "%s", opts->source_fp ? opts->source_fp : "");
     if (asvr_atomic_open(&w->f, path, err) < 0) {
         free(w);
         return -1;
@@ -337,6 +338,7 @@ int packed_writer_finish(packed_writer *w, packed_info *info, asvr_error *err) {
         put_u64(h + 200 + 24 * s, sec[s].bytes);
         put_u64(h + 208 + 24 * s, sec[s].hash);
     }
+    memcpy(h + 336, w->source_fp, 17);
     put_u64(h + 504, asvr_xxh64(h, 504, 0));
     if (fflush(w->f.fp) != 0 || fseek(w->f.fp, 0, SEEK_SET) != 0 || fwrite(h, 1, HEADER_BYTES, w->f.fp) != HEADER_BYTES) {
         asvr_err_set(err, "writing the header of '%s': %s", w->f.path, strerror(errno));
@@ -351,6 +353,7 @@ int packed_writer_finish(packed_writer *w, packed_info *info, asvr_error *err) {
         snprintf(info->tokenizer_fp, sizeof info->tokenizer_fp, "%s", w->tokenizer_fp);
         snprintf(info->template_name, sizeof info->template_name, "%s", w->template_name);
         snprintf(info->template_fp, sizeof info->template_fp, "%s", w->template_fp);
+        snprintf(info->source_fp, sizeof info->source_fp, "%s", w->source_fp);
         info->file_bytes = w->pos, info->token_raw_bytes = w->raw_bytes, info->token_stored_bytes = w->stored_bytes;
     }
     rc = asvr_atomic_commit(&w->f, err);
@@ -414,6 +417,7 @@ static int validate(packed_store *ps, asvr_error *err) {
     memcpy(I->tokenizer_fp, h + 96, 16);
     memcpy(I->template_name, h + 120, 31);
     memcpy(I->template_fp, h + 152, 16);
+    memcpy(I->source_fp, h + 336, 16);
     I->file_bytes = size, I->token_raw_bytes = get_u64(h + 176), I->token_stored_bytes = get_u64(h + 184);
     uint64_t want[N_SECTIONS] = {I->token_stored_bytes, I->n_samples * SAMPLE_BYTES, I->n_blocks * BLOCK_BYTES,
                                  I->n_rows * ROW_BYTES, I->n_samples * 4, 0};

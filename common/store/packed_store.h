@@ -2,7 +2,7 @@
  *
  * One file, little-endian, 64-bit offsets, validated on open:
  *   header (512 bytes): magic "ASVRPAK1", version, file size, counts, max_len, image positions,
- *     tokenizer and template fingerprints, template name, packing seed, six section descriptors
+ *     tokenizer, template and source-JSON fingerprints, template name, packing seed, six section descriptors
  *     {offset, bytes, xxh64}, and an xxh64 of the header itself;
  *   token data: blocks of `block_samples` samples, each block zstd-compressed when that pays
  *     (per sample: n_ids int32 ids, then n_ids label-mask bytes (1 = supervised));
@@ -44,6 +44,7 @@ typedef struct packed_info {
     char tokenizer_fp[17];
     char template_name[32];
     char template_fp[17];
+    char source_fp[17];         /* xxh64 of the input JSON file's bytes */
     uint64_t file_bytes, token_raw_bytes, token_stored_bytes;
 } packed_info;
 
@@ -69,7 +70,7 @@ typedef struct packed_writer_opts {
     int compress;               /* zstd level > 0 compresses blocks (kept raw when it does not pay) */
     int packing;                /* 1 packs rows, 0 one sample per row */
     uint64_t seed;
-    const char *tokenizer_fp, *template_name, *template_fp;
+    const char *tokenizer_fp, *template_name, *template_fp, *source_fp;
 } packed_writer_opts;
 
 /* Writes to "<path>.tmp.<pid>"; packed_writer_finish renames it to path. */

@@ -1,5 +1,7 @@
 #include "text/template.h"
 
+#include "base/hash.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,17 @@ const template_spec *template_find(const char *name) {
 }
 
 const char *template_names(void) { return "plain, vicuna_v1"; }
+
+void template_fingerprint(const template_spec *t, char out[17]) {
+    asvr_hasher *h = asvr_hasher_new(0);
+    const char *fields[] = {t->name, t->system, t->roles[0], t->roles[1], t->sep, t->sep2 ? t->sep2 : ""};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        asvr_hasher_update(h, fields[i], strlen(fields[i]) + 1); /* the NUL separates fields */
+    int32_t nums[2] = {(int32_t)t->style, t->legacy};
+    asvr_hasher_update(h, nums, sizeof nums);
+    asvr_hash_hex(asvr_hasher_digest(h), out);
+    asvr_hasher_free(h);
+}
 
 /* ---- Python's str.strip() --------------------------------------------------------------------- */
 

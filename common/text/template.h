@@ -57,6 +57,8 @@ typedef struct template_spec {
 /* NULL when unknown; template_names lists the known ones ("plain, vicuna_v1"). */
 const template_spec *template_find(const char *name);
 const char *template_names(void);
+/* xxh64 over every field of the spec, as 16 hex digits: stores record which template made them. */
+void template_fingerprint(const template_spec *t, char out[17]);
 
 typedef struct chat_turn {
     int from_human;     /* "human" → 1, "gpt" → 0 */
