@@ -31,7 +31,7 @@ static int read_all(const char *path, int *count, int *errors, char *last_err, s
         if (r < 0) {
             (*errors)++;
             snprintf(last_err, n, "%s", err.msg);
-            if (*errors > 5) break;
+            if (r == -2 || *errors > 5) break;
             continue;
         }
         json_t *id = json_object_get(e, "id");

@@ -130,3 +130,31 @@ void asvr_stats_write(const char *path, json_t *obj) {
         ASVR_FATAL("check that the --stats directory exists and is writable", "%s", err.msg);
     free(buf);
 }
+
+static void dispatch_usage(FILE *f, const char *prog, const char *about, const asvr_command *cmds, int n) {
+    fprintf(f, "usage: %s <command> [--help] ...\n", prog);
+    if (about) fprintf(f, "\n%s\n", about);
+    fprintf(f, "\ncommands:\n");
+    for (int i = 0; i < n; i++) fprintf(f, "  %-12s %s\n", cmds[i].name, cmds[i].help);
+    fprintf(f, "\n'%s <command> --help' describes a command's options.\n", prog);
+}
+
+int asvr_cli_dispatch(const char *prog, const char *about, const asvr_command *cmds, int n, int argc, char **argv) {
+    if (argc < 2) {
+        dispatch_usage(stderr, prog, about, cmds, n);
+        return ASVR_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        dispatch_usage(stdout, prog, about, cmds, n);
+        return ASVR_EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("%s %s\n", prog, asvr_version());
+        return ASVR_EXIT_OK;
+    }
+    for (int i = 0; i < n; i++)
+        if (strcmp(argv[1], cmds[i].name) == 0) return cmds[i].main(argc - 1, argv + 1);
+    fprintf(stderr, "%s: unknown command '%s'\n", prog, argv[1]);
+    dispatch_usage(stderr, prog, about, cmds, n);
+    return ASVR_EXIT_USAGE;
+}

@@ -51,6 +51,15 @@ ASVR_NORETURN void asvr_cli_usage_error(const asvr_cli *cli, const char *fmt, ..
     __attribute__((format(printf, 2, 3)));
 void asvr_cli_print_help(const asvr_cli *cli);
 
+/* Subcommand dispatch for "asvr-<tool> <command> ...": --help/--version/usage errors handled here,
+ * the command gets argv starting at its own name. */
+typedef struct asvr_command {
+    const char *name;
+    int (*main)(int argc, char **argv);
+    const char *help;
+} asvr_command;
+int asvr_cli_dispatch(const char *prog, const char *about, const asvr_command *cmds, int n, int argc, char **argv);
+
 /* Writes a JSON object to path atomically (pretty-printed, trailing newline). Exits 1 on failure. */
 void asvr_stats_write(const char *path, json_t *obj);
 

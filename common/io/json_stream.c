@@ -121,17 +121,18 @@ int json_stream_next(json_stream *s, json_t **elem, asvr_error *err) {
     *elem = NULL;
     if (s->finished) return 0;
     int c = peek(s, err);
-    if (c == -2) return -1;
+    if (c == -2) return -2;
     if (!s->started) {
         if (c != '[') {
             s->finished = 1;
-            return asvr_err_set(err, "'%s': expected a JSON array at the top level (starts with '%c')", s->path,
-                                c < 0 ? ' ' : c);
+            asvr_err_set(err, "'%s': expected a JSON array at the top level (starts with '%c')", s->path,
+                         c < 0 ? ' ' : c);
+            return -2;
         }
         s->pos++;
         s->started = 1;
         c = peek(s, err);
-        if (c == -2) return -1;
+        if (c == -2) return -2;
         if (c == ']') {
             s->finished = 1;
             return 0;
@@ -143,16 +144,18 @@ int json_stream_next(json_stream *s, json_t **elem, asvr_error *err) {
         }
         if (c != ',') {
             s->finished = 1;
-            return asvr_err_set(err, "'%s': expected ',' or ']' after element %llu (byte %llu)", s->path,
-                                (unsigned long long)s->index, (unsigned long long)json_stream_bytes_read(s));
+            asvr_err_set(err, "'%s': expected ',' or ']' after element %llu (byte %llu)", s->path,
+                         (unsigned long long)s->index, (unsigned long long)json_stream_bytes_read(s));
+            return -2;
         }
         s->pos++;
         c = peek(s, err);
-        if (c == -2) return -1;
+        if (c == -2) return -2;
     }
     if (c < 0) {
         s->finished = 1;
-        return asvr_err_set(err, "'%s': the array ends without ']' (truncated file?)", s->path);
+        asvr_err_set(err, "'%s': the array ends without ']' (truncated file?)", s->path);
+        return -2;
     }
     /* Scan one element: track nesting and strings until depth returns to 0 at a delimiter. */
     size_t start = s->pos, i = s->pos;
@@ -163,13 +166,14 @@ int json_stream_next(json_stream *s, json_t **elem, asvr_error *err) {
             size_t rel = i - start;
             s->pos = start;
             int r = refill(s, err);
-            if (r < 0) return -1;
+            if (r < 0) return -2;
             start = s->pos;
             i = start + rel;
             if (r == 0) {
                 s->finished = 1;
-                return asvr_err_set(err, "'%s': element %llu at byte %llu is cut off by the end of the file", s->path,
-                                    (unsigned long long)s->next_index, (unsigned long long)offset);
+                asvr_err_set(err, "'%s': element %llu at byte %llu is cut off by the end of the file", s->path,
+                             (unsigned long long)s->next_index, (unsigned long long)offset);
+                return -2;
             }
             continue;
         }

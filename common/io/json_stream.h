@@ -19,9 +19,10 @@ extern "C" {
 typedef struct json_stream json_stream;
 
 int json_stream_open(const char *path, json_stream **out, asvr_error *err);
-/* 1 with *elem (caller json_decref's it), 0 at the end of the array, -1 on error.
- * A malformed element inside a well-delimited array is reported (-1) but the stream stays usable:
- * the next call continues with the following element. */
+/* 1 with *elem (caller json_decref's it), 0 at the end of the array.
+ * -1: a malformed element inside a well-delimited array; the stream stays usable and the next call
+ *     continues with the following element.
+ * -2: the stream itself is broken (I/O error, truncated file, corrupt zstd, not an array); stop. */
 int json_stream_next(json_stream *s, json_t **elem, asvr_error *err);
 uint64_t json_stream_index(const json_stream *s);     /* index of the element last returned */
 uint64_t json_stream_bytes_read(const json_stream *s); /* uncompressed bytes consumed so far */
