@@ -327,6 +327,23 @@ static void test_writer_errors(const char *dir) {
     unlink(out);
 }
 
+static void test_open_errors(const char *dir) {
+    asvr_error err = {{0}};
+    safetensors *st = NULL;
+    T_EQ_INT(safetensors_open("/nonexistent/x.safetensors", &st, &err), -1);
+    T_STR_CONTAINS(err.msg, "/nonexistent/x.safetensors");
+    T_EQ_INT(safetensors_open(dir, &st, &err), -1); /* a directory */
+    T_STR_CONTAINS(err.msg, dir);
+    char empty[512];
+    snprintf(empty, sizeof empty, "%s/empty.safetensors", dir);
+    T_EQ_INT(asvr_atomic_write(empty, "", 0, &err), 0);
+    T_EQ_INT(safetensors_open(empty, &st, &err), -1);
+    T_STR_CONTAINS(err.msg, "shorter than the 8-byte header length");
+    T_STR_CONTAINS(err.msg, empty);
+    T_CHECK(st == NULL, "out cleared");
+    unlink(empty);
+}
+
 static void test_dtypes(void) {
     for (int i = 0; i < ST_NDTYPES; i++) {
         st_dtype d;
@@ -361,6 +378,7 @@ int main(void) {
     test_truncations(GOLD "/all_dtypes.safetensors");
     test_truncations(GOLD "/parity_single.safetensors");
     test_writer_errors(dir);
+    test_open_errors(dir);
     rmdir(dir);
     return t_done();
 }
