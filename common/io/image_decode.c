@@ -182,7 +182,7 @@ static int decode_jpeg(const uint8_t *data, size_t n, const char *name, const im
         const int warning = tjGetErrorCode(tj) == TJERR_WARNING;
         const char *why = tjGetErrorStr2(tj);
         if (!warning || !opts->accept_jpeg_warnings) {
-            if (strstr(why, "Premature end") || strstr(why, "premature end"))
+            if (strstr(why, "Premature end of JPEG file"))
                 asvr_err_set(err, "'%s': JPEG data is truncated (%s)%s", name, why,
                              warning ? "; --accept-warnings decodes it anyway" : "");
             else
