@@ -322,6 +322,15 @@ def main():
         json.dump(manifest, f, indent=1)
         f.write("\n")
 
+    # -- what tests/cli_preprocess.sh expects from `asvr-tokenize preprocess` (plain PPM, Pillow's bytes) --
+    for src, pol, S, pad in (("j420.jpg", "pad", 27, SIGLIP_PAD), ("ptall.png", "squash", 64, SIGLIP_PAD),
+                             ("pwide.png", "pad", 27, CLIP_PAD)):
+        im = Image.open(os.path.join(OUT, src)).convert("RGB")
+        im = expand2square(im, pad) if pol == "pad" else im
+        out = im.resize((S, S), Image.BICUBIC, reducing_gap=None)
+        with open(os.path.join(OUT, "cli_%s_%s%d.ppm" % (src.replace(".", "_"), pol, S)), "wb") as f:
+            f.write(b"P6\n%d %d\n255\n" % (S, S) + out.tobytes())
+
     # -- fuzz seeds: tiny valid files of each kind --
     seeds = ["j420.jpg", "jprog.jpg", "jgray.jpg", "jcmyk.jpg", "exif6.jpg", "prgb.png", "ppal4.png",
              "pg16_i.png", "prgba_i.png", "ppal_trns.png"]
