@@ -43,6 +43,7 @@ typedef struct resample_axis {
     int *first;      /* first input index of each output */
     int *count;      /* number of taps of each output */
     int32_t *k;      /* out_size x ksize fixed-point weights */
+    int32_t *ksum;   /* sum of each output's weights (for runs of constant pad colour) */
 } resample_axis;
 
 static double bicubic_filter(double x) {
@@ -57,6 +58,7 @@ static void axis_free(resample_axis *a) {
     free(a->first);
     free(a->count);
     free(a->k);
+    free(a->ksum);
     memset(a, 0, sizeof *a);
 }
 
@@ -72,8 +74,9 @@ static int axis_compute(resample_axis *a, int in_size, int out_size, asvr_error 
     a->first = malloc(sizeof(int) * (size_t)out_size);
     a->count = malloc(sizeof(int) * (size_t)out_size);
     a->k = malloc(sizeof(int32_t) * (size_t)out_size * ksize);
+    a->ksum = malloc(sizeof(int32_t) * (size_t)out_size);
     double *w = malloc(sizeof(double) * (size_t)ksize);
-    if (!a->first || !a->count || !a->k || !w) {
+    if (!a->first || !a->count || !a->k || !a->ksum || !w) {
         free(w);
         axis_free(a);
         return asvr_err_set(err, "out of memory for resize coefficients (%d -> %d)", in_size, out_size);
@@ -98,6 +101,9 @@ static int axis_compute(resample_axis *a, int in_size, int out_size, asvr_error 
             k[i] = (int32_t)(v < 0 ? -0.5 + v * (1 << PRECISION_BITS) : 0.5 + v * (1 << PRECISION_BITS));
         }
         for (int i = n; i < ksize; i++) k[i] = 0;
+        int64_t ks = 0;
+        for (int i = 0; i < n; i++) ks += k[i];
+        a->ksum[o] = (int32_t)ks;
         a->first[o] = lo;
         a->count[o] = n;
     }
@@ -130,6 +136,49 @@ HOT_LOOP static void resample_row_h(const uint8_t *restrict in, uint8_t *restric
     }
 }
 
+/* One row of a padded canvas: `w` image pixels at column ox, pad colour elsewhere (w = 0: all pad).
+ * The sum over the window is split exactly (integer arithmetic) into pad * sum(k) plus the image
+ * pixels' difference from the pad colour, so pad columns cost nothing. */
+static void resample_row_h_padded(const uint8_t *img, int ox, int w, const uint8_t pad[3], uint8_t *out,
+                                  const resample_axis *a) {
+    const int ksize = a->ksize;
+    for (int o = 0; o < a->out_size; o++) {
+        const int lo = a->first[o], hi = lo + a->count[o];
+        const int32_t *k = a->k + (size_t)o * ksize;
+        const int64_t ks = a->ksum[o];
+        int64_t s0 = (1 << (PRECISION_BITS - 1)) + ks * pad[0], s1 = (1 << (PRECISION_BITS - 1)) + ks * pad[1],
+                s2 = (1 << (PRECISION_BITS - 1)) + ks * pad[2];
+        const int a0 = lo > ox ? lo : ox, a1 = hi < ox + w ? hi : ox + w;
+        for (int i = a0; i < a1; i++) {
+            const uint8_t *p = img + (size_t)(i - ox) * 3;
+            const int64_t c = k[i - lo];
+            s0 += c * (p[0] - pad[0]);
+            s1 += c * (p[1] - pad[1]);
+            s2 += c * (p[2] - pad[2]);
+        }
+        out[3 * o] = clip_fixed((int32_t)s0);
+        out[3 * o + 1] = clip_fixed((int32_t)s1);
+        out[3 * o + 2] = clip_fixed((int32_t)s2);
+    }
+}
+
+/* Vertical pass where rows equal to `pad_row` are the (shared) resampled pad row: their weights are
+ * summed once and applied to it, so all-pad rows cost nothing. */
+HOT_LOOP static void resample_row_v_padded(const uint8_t *const *rows, const uint8_t *pad_row, const int32_t *k,
+                                           int n, int len, int32_t *restrict acc, uint8_t *restrict out) {
+    int32_t kpad = 0;
+    for (int i = 0; i < n; i++)
+        if (rows[i] == pad_row) kpad += k[i];
+    for (int x = 0; x < len; x++) acc[x] = (1 << (PRECISION_BITS - 1)) + kpad * pad_row[x];
+    for (int i = 0; i < n; i++) {
+        if (rows[i] == pad_row) continue;
+        const uint8_t *restrict r = rows[i];
+        const int32_t c = k[i];
+        for (int x = 0; x < len; x++) acc[x] += r[x] * c;
+    }
+    for (int x = 0; x < len; x++) out[x] = clip_fixed(acc[x]);
+}
+
 /* One output row of the vertical pass: rows[first..first+n) weighted by k, `len` bytes wide. */
 HOT_LOOP static void resample_row_v(const uint8_t *const *rows, const int32_t *k, int n, int len,
                                     int32_t *restrict acc, uint8_t *restrict out) {
@@ -147,6 +196,7 @@ typedef struct canvas {
     const uint8_t *img;
     int w, h, cw, ch, ox, oy;
     const uint8_t *pad_row;  /* cw*3 bytes of pad colour */
+    uint8_t pad[3];
     uint8_t *scratch;        /* cw*3 bytes, pad colour outside the image columns */
 } canvas;
 
@@ -197,17 +247,17 @@ static int resize_canvas(const canvas *c, uint8_t *out, int S, asvr_error *err) 
             rc = asvr_err_set(err, "out of memory resizing to %d", S);
             goto done;
         }
-        int pad_done = 0;
+        resample_row_h_padded(NULL, 0, 0, c->pad, pad_h, &ax); /* an all-pad row, shared */
         for (int i = 0; i < nrows; i++) {
             const int y = y0 + i;
-            if (y < c->oy || y >= c->oy + c->h) { /* an all-pad row: resampled once */
-                if (!pad_done) resample_row_h(c->pad_row, pad_h, &ax);
-                pad_done = 1;
+            if (y < c->oy || y >= c->oy + c->h) {
                 rows[i] = pad_h;
-            } else {
-                resample_row_h(canvas_row(c, y), tmp + out_row * i, &ax);
-                rows[i] = tmp + out_row * i;
+                continue;
             }
+            const uint8_t *src = c->img + (size_t)(y - c->oy) * c->w * 3;
+            if (c->cw == c->w) resample_row_h(src, tmp + out_row * i, &ax);
+            else resample_row_h_padded(src, c->ox, c->w, c->pad, tmp + out_row * i, &ax);
+            rows[i] = tmp + out_row * i;
         }
     } else {
         if (c->cw != c->w) { /* padded columns without a horizontal pass: cannot happen for pad/squash */
@@ -217,8 +267,8 @@ static int resize_canvas(const canvas *c, uint8_t *out, int S, asvr_error *err) 
         for (int i = 0; i < nrows; i++) rows[i] = canvas_row(c, y0 + i);
     }
     for (int o = 0; o < S; o++)
-        resample_row_v(rows + (ay.first[o] - y0), ay.k + (size_t)o * ay.ksize, ay.count[o], (int)out_row, acc,
-                       out + out_row * o);
+        resample_row_v_padded(rows + (ay.first[o] - y0), pad_h, ay.k + (size_t)o * ay.ksize, ay.count[o],
+                              (int)out_row, acc, out + out_row * o);
 done:
     free(rows);
     free(acc);
@@ -313,7 +363,8 @@ int image_preprocess(const image_rgb *in, const image_preprocess_opts *opts, uin
     if (S <= 0 || S > 65536) return asvr_err_set(err, "preprocess: size %d is out of range (1..65536)", S);
     if (!in || !in->pixels || in->width <= 0 || in->height <= 0)
         return asvr_err_set(err, "preprocess: empty input image");
-    canvas c = {in->pixels, in->width, in->height, in->width, in->height, 0, 0, NULL, NULL};
+    canvas c = {in->pixels, in->width, in->height, in->width, in->height, 0, 0, NULL, {0, 0, 0}, NULL};
+    memcpy(c.pad, opts->pad, 3);
     if (opts->policy == IMAGE_POLICY_PAD && in->width != in->height) {
         if (in->width > in->height) {
             c.cw = c.ch = in->width;
