@@ -2,7 +2,7 @@
 # cli_preprocess.sh BUILD_DIR GOLDEN_DIR — `asvr-tokenize preprocess`: exit codes 0/1/2, the PPM equals
 # Pillow's output (fixtures from tools/gen_image_fixtures.py), and nothing is left behind on failure.
 set -u
-BIN="$1/tokenize/asvr-tokenize"
+BIN="$1/bin/asvr-tokenize"
 IMG="$2/images"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
