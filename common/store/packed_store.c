@@ -268,6 +268,8 @@ void packed_writer_abort(packed_writer *w) {
 }
 
 static int write_section(packed_writer *w, section *sec, const void *p, uint64_t n, asvr_error *err) {
+    static const uint8_t zero[8] = {0};
+    if (w->pos % 8 && write_bytes(w, zero, 8 - w->pos % 8, err) < 0) return -1; /* 8-byte aligned tables */
     sec->off = w->pos;
     sec->bytes = n;
     sec->hash = asvr_xxh64(p, n, 0);
@@ -425,7 +427,7 @@ static int validate(packed_store *ps, asvr_error *err) {
     for (int s = 0; s < N_SECTIONS; s++) {
         section *c = &ps->sec[s];
         c->off = get_u64(h + 192 + 24 * s), c->bytes = get_u64(h + 200 + 24 * s), c->hash = get_u64(h + 208 + 24 * s);
-        if (c->off < prev_end || c->off > size || c->bytes > size - c->off)
+        if (c->off < prev_end || c->off > size || c->bytes > size - c->off || (s != SEC_TOKENS && c->off % 8))
             return bad(ps, err, "%s at %llu+%llu lies outside the file or overlaps", SECTION_NAMES[s], (unsigned long long)c->off, (unsigned long long)c->bytes);
         if (s != SEC_STRINGS && c->bytes != want[s])
             return bad(ps, err, "%s has %llu bytes, the counts need %llu", SECTION_NAMES[s], (unsigned long long)c->bytes, (unsigned long long)want[s]);

@@ -11,6 +11,7 @@
  *   block table: per block {file offset, stored bytes, raw bytes, xxh64 of the stored bytes, codec};
  *   row table + row samples: the packing plan, rows of <= max_len positions holding whole samples;
  *   strings: NUL-terminated ids and image keys.
+ * Every table starts on an 8-byte boundary (zero padding between sections).
  * positions = the sample's length once its image placeholder becomes image_positions positions,
  * truncated to max_len. Reading a sample decompresses one block (kept in the reader's cache).
  * Not for: tokenising (text/) or deciding the order of rows in training (the trainer shuffles).
