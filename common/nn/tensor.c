@@ -75,6 +75,25 @@ int tensor_same_shape(const tensor *a, const tensor *b) {
     return 1;
 }
 
+tensor tensor_index0(const tensor *t, int64_t i) {
+    CHECK(t->ndim >= 2 && i >= 0 && i < t->shape[0], "", "tensor '%s': index %lld along dim 0 of %d-d %lld",
+          t->name, (long long)i, t->ndim, (long long)t->shape[0]);
+    tensor v = *t;
+    v.ndim = t->ndim - 1;
+    for (int d = 0; d < v.ndim; d++) v.shape[d] = t->shape[d + 1];
+    v.shape[v.ndim] = 0;
+    v.data = t->data ? (char *)t->data + (size_t)i * tensor_nbytes(&v) : NULL;
+    return v;
+}
+
+tensor tensor_head0(const tensor *t, int64_t n) {
+    CHECK(n >= 1 && n <= t->shape[0], "", "tensor '%s': first %lld of %lld along dim 0", t->name,
+          (long long)n, (long long)t->shape[0]);
+    tensor v = *t;
+    v.shape[0] = n;
+    return v;
+}
+
 /* ---- arena ---------------------------------------------------------------------------------- */
 struct nn_arena {
     char label[NN_NAME_MAX];

@@ -50,6 +50,11 @@ char *tensor_shape_str(const tensor *t, char *buf, size_t n);
 /* Same shape (dims equal after dropping nothing); used by the op argument checks. */
 int tensor_same_shape(const tensor *a, const tensor *b);
 
+/* Views sharing t's data: t[i] along dim 0 (one fewer dim; t must have >= 2 dims), and the first
+ * n entries along dim 0 (same dims, shape[0] = n <= t->shape[0]). */
+tensor tensor_index0(const tensor *t, int64_t i);
+tensor tensor_head0(const tensor *t, int64_t n);
+
 /* ---- arena ---------------------------------------------------------------------------------- */
 typedef struct nn_arena nn_arena;
 
