@@ -51,6 +51,9 @@ const st_tensor *safetensors_at(const safetensors *st, int i); /* sorted by name
 const st_tensor *safetensors_find(const safetensors *st, const char *name); /* NULL when absent */
 /* __metadata__ value (of the first shard for sharded files), NULL when absent. */
 const char *safetensors_metadata(const safetensors *st, const char *key);
+/* The __metadata__ keys (same source as safetensors_metadata), i in [0, count). */
+int safetensors_metadata_count(const safetensors *st);
+const char *safetensors_metadata_key(const safetensors *st, int i);
 
 /* Parses and validates a header held in memory (the whole file image: 8 bytes + JSON + data).
  * Used by safetensors_open and the fuzzer. On success *out holds views into buf. */
