@@ -43,15 +43,9 @@ def rvq_greedy(x, books):
     return torch.stack(codes, dim=1)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "golden", "siglip"))
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    torch.manual_seed(1234)
-
-    c = CFG
+def build_model(c):
+    """A seeded HF SiglipVisionModel for config dict c, every parameter re-randomised (HF init zeroes
+    the biases): no weight is trivially 0 or 1."""
     config = SiglipVisionConfig(hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
                                 num_hidden_layers=c["num_layers"], num_attention_heads=c["num_heads"],
                                 image_size=c["image_size"], patch_size=c["patch_size"],
@@ -60,7 +54,6 @@ def main():
     model = SiglipVisionModel(config)
     model.config._attn_implementation = "eager"  # plain softmax(q k^T * scale) v, fp32 softmax
     model.eval()
-    # Re-randomise every parameter (HF init zeroes the biases): no weight may be trivially 0 or 1.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "layer_norm" in name or "post_layernorm" in name:
@@ -72,7 +65,44 @@ def main():
             else:
                 fan_in = p[0].numel()
                 p.copy_(torch.randn_like(p) / fan_in ** 0.5)
+    return model
 
+
+def make_codebooks(feats, K, D):
+    """Codebooks drawn around the residual at each depth (random residual rows plus noise), so that
+    the greedy search has real choices to make at every depth."""
+    C = feats.shape[-1]
+    books = []
+    residual = feats.reshape(-1, C).clone()
+    for _ in range(D):
+        rows = residual[torch.randint(0, residual.shape[0], (K,))]
+        cb = rows + 0.5 * residual.std(dim=0, keepdim=True) * torch.randn(K, C)
+        books.append(cb)
+        residual = residual - cb[rvq_greedy(residual, [cb])[:, 0]]
+    return books
+
+
+def hf_weights(model):
+    """state_dict under the HF checkpoint names (vision_model.*); newer transformers drop the prefix."""
+    weights = {}
+    for k, v in model.state_dict().items():
+        if "position_ids" in k:
+            continue
+        weights[k if k.startswith("vision_model.") else "vision_model." + k] = v.detach().contiguous()
+    assert "vision_model.encoder.layers.0.self_attn.q_proj.weight" in weights, sorted(weights)
+    return weights
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "golden", "siglip"))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.manual_seed(1234)
+
+    c = CFG
+    model = build_model(c)
     B, S = c["batch"], c["image_size"]
     pixels = torch.rand(B, 3, S, S) * 2.0 - 1.0  # mean = std = 0.5 normalisation gives [-1, 1]
     with torch.no_grad():
@@ -81,15 +111,7 @@ def main():
     emb = out.hidden_states[0].contiguous()
     C, K, D = c["hidden_size"], c["rvq_codebook_size"], c["rvq_depth"]
 
-    # Codebooks drawn around the residual at each depth (random residual rows plus noise), so that
-    # the greedy search has real choices to make at every depth.
-    books = []
-    residual = feats.reshape(-1, C).clone()
-    for d in range(D):
-        rows = residual[torch.randint(0, residual.shape[0], (K,))]
-        cb = rows + 0.5 * residual.std(dim=0, keepdim=True) * torch.randn(K, C)
-        books.append(cb)
-        residual = residual - cb[rvq_greedy(residual, [cb])[:, 0]]
+    books = make_codebooks(feats, K, D)
     # Planted exact ties, all values dyadic so every distance is exact in fp32:
     #  depth 0: rows 11 and 37 identical; tie_input[0] == row 37 -> 11 must win.
     #           rows 12 and 45 distinct; tie_input[1] is their midpoint -> 12 must win.
@@ -115,13 +137,7 @@ def main():
         tie_codes
 
     cfg_json = json.dumps(c, sort_keys=True)
-    # HF checkpoints name them vision_model.*; newer transformers drop the prefix in state_dict().
-    weights = {}
-    for k, v in model.state_dict().items():
-        if "position_ids" in k:
-            continue
-        weights[k if k.startswith("vision_model.") else "vision_model." + k] = v.detach().contiguous()
-    assert "vision_model.encoder.layers.0.self_attn.q_proj.weight" in weights, sorted(weights)
+    weights = hf_weights(model)
     for d in range(D):
         weights[f"quantizer_semantic.codebooks.{d}.weight"] = torch.cat([books[d], torch.zeros(1, C)])
     save_file(weights, os.path.join(args.out, "weights.safetensors"), metadata={"config": cfg_json})
