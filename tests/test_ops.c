@@ -193,7 +193,8 @@ static void test_attention(int B, int Tn, int H, int Hkv, int Dh, int causal, in
 }
 
 static void test_patch_embed(void) {
-    int B = 2, Cin = 3, Hh = 28, Ww = 42, p = 14, C = 20, Hp = Hh / p, Wp = Ww / p, NP = Hp * Wp;
+    /* 31 x 44 with patch 14: the last 3 rows and 2 columns fall outside every patch. */
+    int B = 2, Cin = 3, Hh = 31, Ww = 44, p = 14, C = 20, Hp = Hh / p, Wp = Ww / p, NP = Hp * Wp;
     tensor *img = T("img", 4, B, Cin, Hh, Ww), *w = T("w", 4, C, Cin, p, p), *b = T("b", 1, C, 0, 0, 0),
            *y = T("y", 3, B, NP, C, 0), *cols = T("cols", 2, B * NP, Cin * p * p, 0, 0);
     nn_arena_commit(ar);

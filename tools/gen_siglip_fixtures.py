@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-CFG = dict(image_size=42, patch_size=14, hidden_size=48, intermediate_size=96, num_layers=4,
+# image 46 = 3 x 14 + 4: like SigLIP's 384 = 27 x 14 + 6, the last pixels fall outside every patch.
+CFG = dict(image_size=46, patch_size=14, hidden_size=48, intermediate_size=96, num_layers=4,
            num_heads=4, layer_norm_eps=1e-6, tap_layer=3, rvq_depth=3, rvq_codebook_size=64, batch=2)
 
 

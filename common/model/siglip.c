@@ -32,8 +32,8 @@ siglip_config siglip_config_so400m(void) {
 }
 
 int siglip_config_check(const siglip_config *c, asvr_error *err) {
-    if (c->patch_size <= 0 || c->image_size <= 0 || c->image_size % c->patch_size)
-        return asvr_err_set(err, "siglip config: image_size %d is not a positive multiple of patch_size %d",
+    if (c->patch_size <= 0 || c->image_size < c->patch_size)
+        return asvr_err_set(err, "siglip config: image_size %d smaller than patch_size %d (or not positive)",
                             c->image_size, c->patch_size);
     if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads)
         return asvr_err_set(err, "siglip config: hidden %d is not a positive multiple of heads %d",

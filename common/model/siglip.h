@@ -26,7 +26,7 @@ extern "C" {
 
 typedef struct siglip_config {
     int image_size;   /* S: input is S x S */
-    int patch_size;   /* p; S % p == 0 */
+    int patch_size;   /* p; (S/p)^2 patches, the last S%p pixel rows/columns unused (384/14 -> 27) */
     int hidden;       /* C */
     int intermediate; /* MLP width */
     int layers;       /* layers in the checkpoint (informational; tap <= layers) */

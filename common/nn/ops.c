@@ -192,8 +192,8 @@ void op_patch_embed(tensor *y, const tensor *img, const tensor *w, const tensor 
     need(img->ndim == 4, op, "img '%s' must be [B, Cin, H, W], is %s", img->name, shp(img, s1));
     need(patch > 0, op, "patch %d", patch);
     int64_t B = img->shape[0], Cin = img->shape[1], H = img->shape[2], W = img->shape[3];
-    need(H % patch == 0 && W % patch == 0, op, "image %lldx%lld is not a multiple of patch %d",
-         (long long)H, (long long)W, patch);
+    need(H >= patch && W >= patch, op, "image %lldx%lld is smaller than patch %d", (long long)H,
+         (long long)W, patch);
     need(w->ndim == 4 && w->shape[1] == Cin && w->shape[2] == patch && w->shape[3] == patch, op,
          "weight '%s' %s, want [C, %lld, %d, %d]", w->name, shp(w, s1), (long long)Cin, patch, patch);
     int64_t C = w->shape[0], NP = (H / patch) * (W / patch);

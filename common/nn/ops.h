@@ -55,9 +55,10 @@ void op_rmsnorm(tensor *y, const tensor *x, const tensor *w, float eps, tensor *
 void op_attention(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
                   int n_kv_heads, float scale, int causal, tensor *att);
 
-/* ViT patch embedding = Conv2d(Cin -> C, kernel = stride = p, no padding, with bias):
- *   img [B,Cin,H,W] (H, W multiples of p), w [C,Cin,p,p], b [C] (may be NULL),
- *   y [B,(H/p)*(W/p),C] with patches in raster (row-major) order.
+/* ViT patch embedding = Conv2d(Cin -> C, kernel = stride = p, padding "valid", with bias):
+ *   img [B,Cin,H,W], w [C,Cin,p,p], b [C] (may be NULL), y [B,(H/p)*(W/p),C] with integer
+ *   division (the last H%p rows and W%p columns are not seen, as in SigLIP's 384 px / 14), patches
+ *   in raster (row-major) order.
  * cols: scratch [B*(H/p)*(W/p), Cin*p*p] for the im2col matrix. */
 void op_patch_embed(tensor *y, const tensor *img, const tensor *w, const tensor *b, int patch,
                     tensor *cols);
