@@ -1,0 +1,403 @@
+// ops_cuda.cu — the CUDA backend of the ops in ops.h: f32 or bf16 storage per tensor, fp32 math.
+// GEMMs: cuBLAS GemmEx (fp32 compute); the rest: plain kernels, one thread per element or one block
+// per row. Attention is a straightforward kernel (one block per query row, scores in shared memory,
+// T <= 12288); a fused flash-style kernel is future work. Arguments were validated by ops.c.
+#include <cuda_bf16.h>
+#include <float.h>
+#include <stdint.h>
+
+#include "nn/backend.h"
+#include "nn/cuda/cuda_check.h"
+#include "nn/cuda/ops_cuda.h"
+
+#define NT 256
+
+static cublasHandle_t blas(void) {
+    static cublasHandle_t h = NULL;
+    if (!h) CHECK_CUBLAS(cublasCreate(&h));
+    return h;
+}
+
+static int isbf(const tensor *t) { return t && t->dtype == NN_BF16; }
+static cudaDataType_t cuty(const tensor *t) { return isbf(t) ? CUDA_R_16BF : CUDA_R_32F; }
+static unsigned blocks(int64_t n) { return (unsigned)((n + NT - 1) / NT); }
+
+__device__ __forceinline__ float ldv(const void *p, int bf, int64_t i) {
+    return bf ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
+}
+__device__ __forceinline__ void stv(void *p, int bf, int64_t i, float v) {
+    if (bf) ((__nv_bfloat16 *)p)[i] = __float2bfloat16(v);
+    else ((float *)p)[i] = v;
+}
+__device__ __forceinline__ float act_f(float x, int act) {
+    if (act == NN_ACT_GELU_TANH) {
+        float inner = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        return 0.5f * x * (1.0f + tanhf(inner));
+    }
+    if (act == NN_ACT_GELU_ERF) return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    return x;
+}
+
+// Block-wide sum / max for blockDim.x == NT.
+__device__ float block_sum(float v) {
+    __shared__ float sh[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = threadIdx.x < (NT / 32) ? sh[threadIdx.x] : 0.0f;
+    if (w == 0)
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    return sh[0];
+}
+__device__ float block_max(float v) {
+    __shared__ float sh[32];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = threadIdx.x < (NT / 32) ? sh[threadIdx.x] : -FLT_MAX;
+    if (w == 0)
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    return sh[0];
+}
+
+// ---- memory ------------------------------------------------------------------------------------
+__global__ void k_convert(void *dst, int dbf, const void *src, int sbf, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) stv(dst, dbf, i, ldv(src, sbf, i));
+}
+
+extern "C" int nn_cuda_available(void) {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+extern "C" void *nn_cuda_malloc(size_t bytes, const char *what) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess)
+        asvr_fatal(__FILE__, __LINE__, asvr_cuda_hint((int)e), "cudaMalloc %.1f MiB for %s: %s",
+                   (double)bytes / (1 << 20), what, cudaGetErrorString(e));
+    return p;
+}
+
+extern "C" void nn_cuda_free(void *p) { CHECK_CUDA(cudaFree(p)); }
+
+extern "C" void nn_cuda_upload(tensor *dst, const tensor *src) {
+    int64_t n = tensor_numel(src);
+    CHECK(dst->device == NN_CUDA && src->device == NN_CPU && src->dtype == NN_F32 && tensor_numel(dst) == n &&
+              (dst->dtype == NN_F32 || dst->dtype == NN_BF16),
+          "", "nn_cuda_upload: '%s' -> '%s' must be cpu f32 -> cuda f32/bf16 of equal size", src->name, dst->name);
+    if (dst->dtype == NN_F32) {
+        CHECK_CUDA(cudaMemcpy(dst->data, src->data, (size_t)n * 4, cudaMemcpyHostToDevice));
+        return;
+    }
+    float *tmp = (float *)nn_cuda_malloc((size_t)n * 4, "upload staging");
+    CHECK_CUDA(cudaMemcpy(tmp, src->data, (size_t)n * 4, cudaMemcpyHostToDevice));
+    k_convert<<<blocks(n), NT>>>(dst->data, 1, tmp, 0, n);
+    CHECK_CUDA(cudaGetLastError());
+    CHECK_CUDA(cudaDeviceSynchronize());
+    nn_cuda_free(tmp);
+}
+
+extern "C" void nn_cuda_download(tensor *dst, const tensor *src) {
+    int64_t n = tensor_numel(src);
+    CHECK(dst->device == NN_CPU && src->device == NN_CUDA && dst->dtype == NN_F32 && tensor_numel(dst) == n,
+          "", "nn_cuda_download: '%s' -> '%s' must be cuda -> cpu f32 of equal size", src->name, dst->name);
+    if (src->dtype == NN_F32) {
+        CHECK_CUDA(cudaMemcpy(dst->data, src->data, (size_t)n * 4, cudaMemcpyDeviceToHost));
+        return;
+    }
+    CHECK(src->dtype == NN_BF16, "", "nn_cuda_download: '%s' is %s", src->name, nn_dtype_name(src->dtype));
+    float *tmp = (float *)nn_cuda_malloc((size_t)n * 4, "download staging");
+    k_convert<<<blocks(n), NT>>>(tmp, 0, src->data, 1, n);
+    CHECK_CUDA(cudaGetLastError());
+    CHECK_CUDA(cudaMemcpy(dst->data, tmp, (size_t)n * 4, cudaMemcpyDeviceToHost));
+    nn_cuda_free(tmp);
+}
+
+// ---- matmul ------------------------------------------------------------------------------------
+__global__ void k_bias_act(void *y, int ybf, const void *b, int bbf, void *pre, int pbf, int64_t M, int64_t N,
+                           int act) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= M * N) return;
+    float v = ldv(y, ybf, i) + (b ? ldv(b, bbf, i % N) : 0.0f);
+    if (pre) stv(pre, pbf, i, v);
+    stv(y, ybf, i, act_f(v, act));
+}
+
+// Row-major y[M,N] = x[M,K] · w[N,K]^T  ==  column-major y^T = (w^T)^T x^T.
+static void gemm_xwt(void *y, cudaDataType_t ty, const void *x, const void *w, cudaDataType_t tin, int64_t M,
+                     int64_t N, int64_t K, float alpha, float beta) {
+    CHECK_CUBLAS(cublasGemmEx(blas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w, tin, (int)K,
+                              x, tin, (int)K, &beta, y, ty, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+static void matmul_raw(tensor *y, const void *x, const tensor *w, const tensor *b, nn_act act, tensor *pre,
+                       int64_t M, int64_t K) {
+    int64_t N = w->shape[0];
+    CHECK(!isbf(y) || isbf(w), "", "cuda matmul: bf16 output '%s' needs bf16 weights", y->name);
+    gemm_xwt(y->data, cuty(y), x, w->data, cuty(w), M, N, K, 1.0f, 0.0f);
+    if (b || pre || act != NN_ACT_NONE) {
+        k_bias_act<<<blocks(M * N), NT>>>(y->data, isbf(y), b ? b->data : NULL, isbf(b), pre ? pre->data : NULL,
+                                          isbf(pre), M, N, (int)act);
+        CHECK_CUDA(cudaGetLastError());
+    }
+}
+
+extern "C" void cuda_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_act act,
+                            tensor *pre) {
+    CHECK(x->dtype == w->dtype, "", "cuda matmul: x '%s' and w '%s' must share a dtype", x->name, w->name);
+    matmul_raw(y, x->data, w, b, act, pre, tensor_rows(x), tensor_cols(x));
+}
+
+// ---- elementwise -------------------------------------------------------------------------------
+__global__ void k_gelu(void *y, int ybf, const void *x, int xbf, int64_t n, int act) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) stv(y, ybf, i, act_f(ldv(x, xbf, i), act));
+}
+__global__ void k_add(void *y, int ybf, const void *a, int abf, const void *b, int bbf, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) stv(y, ybf, i, ldv(a, abf, i) + ldv(b, bbf, i));
+}
+__global__ void k_fill(void *y, int ybf, int64_t n, float v) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) stv(y, ybf, i, v);
+}
+
+extern "C" void cuda_gelu(tensor *y, const tensor *x, nn_act act) {
+    int64_t n = tensor_numel(x);
+    k_gelu<<<blocks(n), NT>>>(y->data, isbf(y), x->data, isbf(x), n, (int)act);
+    CHECK_CUDA(cudaGetLastError());
+}
+extern "C" void cuda_add(tensor *y, const tensor *a, const tensor *b) {
+    int64_t n = tensor_numel(y);
+    k_add<<<blocks(n), NT>>>(y->data, isbf(y), a->data, isbf(a), b->data, isbf(b), n);
+    CHECK_CUDA(cudaGetLastError());
+}
+extern "C" void cuda_copy(tensor *y, const tensor *x) {
+    if (y->data != x->data) CHECK_CUDA(cudaMemcpy(y->data, x->data, tensor_nbytes(x), cudaMemcpyDeviceToDevice));
+}
+extern "C" void cuda_fill(tensor *t, float value) {
+    int64_t n = tensor_numel(t);
+    k_fill<<<blocks(n), NT>>>(t->data, isbf(t), n, value);
+    CHECK_CUDA(cudaGetLastError());
+}
+
+// ---- norms (one block per row) -----------------------------------------------------------------
+__global__ void k_layernorm(void *y, int ybf, const void *x, int xbf, const void *w, int wbf, const void *b,
+                            int bbf, float eps, float *mean, float *rstd, int64_t C) {
+    int64_t r = blockIdx.x;
+    const int64_t off = r * C;
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < C; j += NT) s += ldv(x, xbf, off + j);
+    float mu = block_sum(s) / (float)C;
+    float v = 0.0f;
+    for (int64_t j = threadIdx.x; j < C; j += NT) {
+        float d = ldv(x, xbf, off + j) - mu;
+        v += d * d;
+    }
+    float rs = rsqrtf(block_sum(v) / (float)C + eps);
+    for (int64_t j = threadIdx.x; j < C; j += NT)
+        stv(y, ybf, off + j, (ldv(x, xbf, off + j) - mu) * rs * ldv(w, wbf, j) + ldv(b, bbf, j));
+    if (threadIdx.x == 0) {
+        if (mean) mean[r] = mu;
+        if (rstd) rstd[r] = rs;
+    }
+}
+
+__global__ void k_rmsnorm(void *y, int ybf, const void *x, int xbf, const void *w, int wbf, float eps, float *rstd,
+                          int64_t C) {
+    int64_t r = blockIdx.x;
+    const int64_t off = r * C;
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < C; j += NT) {
+        float t = ldv(x, xbf, off + j);
+        s += t * t;
+    }
+    float rs = rsqrtf(block_sum(s) / (float)C + eps);
+    for (int64_t j = threadIdx.x; j < C; j += NT) stv(y, ybf, off + j, ldv(x, xbf, off + j) * rs * ldv(w, wbf, j));
+    if (threadIdx.x == 0 && rstd) rstd[r] = rs;
+}
+
+extern "C" void cuda_layernorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, float eps,
+                               tensor *mean, tensor *rstd) {
+    int64_t R = tensor_rows(x), C = tensor_cols(x);
+    k_layernorm<<<(unsigned)R, NT>>>(y->data, isbf(y), x->data, isbf(x), w->data, isbf(w), b->data, isbf(b), eps,
+                                     mean ? (float *)mean->data : NULL, rstd ? (float *)rstd->data : NULL, C);
+    CHECK_CUDA(cudaGetLastError());
+}
+
+extern "C" void cuda_rmsnorm(tensor *y, const tensor *x, const tensor *w, float eps, tensor *rstd) {
+    int64_t R = tensor_rows(x), C = tensor_cols(x);
+    k_rmsnorm<<<(unsigned)R, NT>>>(y->data, isbf(y), x->data, isbf(x), w->data, isbf(w), eps,
+                                   rstd ? (float *)rstd->data : NULL, C);
+    CHECK_CUDA(cudaGetLastError());
+}
+
+// ---- attention (one block per (query row, head, batch)) ---------------------------------------
+__global__ void k_attention(void *out, int obf, const void *q, int qbf, const void *k, int kbf, const void *v,
+                            int vbf, int64_t T, int H, int group, int64_t Dh, float scale, int causal, float *att) {
+    extern __shared__ float s[];
+    int64_t i = blockIdx.x, b = blockIdx.z;
+    int h = blockIdx.y, g = h / group;
+    int64_t HD = (int64_t)H * Dh, KVD = (int64_t)(H / group) * Dh;
+    int64_t qoff = (b * T + i) * HD + h * Dh;
+    int64_t n = causal ? i + 1 : T;
+    float mx = -FLT_MAX;
+    for (int64_t j = threadIdx.x; j < T; j += NT) {
+        float d = -FLT_MAX;
+        if (j < n) {
+            int64_t koff = (b * T + j) * KVD + g * Dh;
+            float acc = 0.0f;
+            for (int64_t t = 0; t < Dh; t++) acc += ldv(q, qbf, qoff + t) * ldv(k, kbf, koff + t);
+            d = acc * scale;
+            mx = fmaxf(mx, d);
+        }
+        s[j] = d;
+    }
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int64_t j = threadIdx.x; j < T; j += NT) {
+        float e = j < n ? __expf(s[j] - mx) : 0.0f;
+        s[j] = e;
+        sum += e;
+    }
+    float inv = 1.0f / block_sum(sum);
+    for (int64_t j = threadIdx.x; j < T; j += NT) {
+        s[j] *= inv;
+        if (att) att[((b * H + h) * T + i) * T + j] = s[j];
+    }
+    __syncthreads();
+    for (int64_t t = threadIdx.x; t < Dh; t += NT) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < n; j++) acc += s[j] * ldv(v, vbf, (b * T + j) * KVD + g * Dh + t);
+        stv(out, obf, qoff + t, acc);
+    }
+}
+
+extern "C" void cuda_attention(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
+                               int n_kv_heads, float scale, int causal, tensor *att) {
+    int64_t B = q->shape[0], T = q->shape[1], Dh = q->shape[2] / n_heads;
+    CHECK(T <= 12288, "split the sequence", "cuda attention: T = %lld exceeds the kernel's 12288", (long long)T);
+    int keep = tensor_numel(att) == B * n_heads * T * T;
+    size_t shmem = (size_t)T * sizeof(float);
+    if (shmem > 48 * 1024)
+        CHECK_CUDA(cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shmem));
+    dim3 grid((unsigned)T, (unsigned)n_heads, (unsigned)B);
+    k_attention<<<grid, NT, shmem>>>(out->data, isbf(out), q->data, isbf(q), k->data, isbf(k), v->data, isbf(v), T,
+                                     n_heads, n_heads / n_kv_heads, Dh, scale, causal,
+                                     keep ? (float *)att->data : NULL);
+    CHECK_CUDA(cudaGetLastError());
+}
+
+// ---- patch embedding ---------------------------------------------------------------------------
+__global__ void k_im2col(void *cols, int cbf, const void *img, int ibf, int64_t B, int64_t Cin, int64_t H,
+                         int64_t W, int64_t P) {
+    int64_t Wp = W / P, NP = (H / P) * Wp, KK = Cin * P * P;
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= B * NP * KK) return;
+    int64_t col = i % KK, row = i / KK;
+    int64_t bi = row / NP, pidx = row % NP, py = pidx / Wp, px = pidx % Wp;
+    int64_t c = col / (P * P), ky = (col / P) % P, kx = col % P;
+    stv(cols, cbf, i, ldv(img, ibf, ((bi * Cin + c) * H + py * P + ky) * W + px * P + kx));
+}
+
+extern "C" void cuda_patch_embed(tensor *y, const tensor *img, const tensor *w, const tensor *b, int patch,
+                                 tensor *cols) {
+    int64_t B = img->shape[0], Cin = img->shape[1], H = img->shape[2], W = img->shape[3];
+    int64_t n = tensor_numel(cols);
+    CHECK(cols->dtype == w->dtype, "", "cuda patch embed: cols '%s' and weight '%s' must share a dtype",
+          cols->name, w->name);
+    k_im2col<<<blocks(n), NT>>>(cols->data, isbf(cols), img->data, isbf(img), B, Cin, H, W, patch);
+    CHECK_CUDA(cudaGetLastError());
+    matmul_raw(y, cols->data, w, b, NN_ACT_NONE, NULL, tensor_rows(cols), tensor_cols(cols));
+}
+
+// ---- residual quantisation ---------------------------------------------------------------------
+__global__ void k_row_sqnorm(float *n, const void *c, int cbf, int64_t C) {
+    int64_t r = blockIdx.x;
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < C; j += NT) {
+        float t = ldv(c, cbf, r * C + j);
+        s += t * t;
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) n[r] = s;
+}
+
+extern "C" void cuda_row_sqnorm(tensor *n, const tensor *c) {
+    k_row_sqnorm<<<(unsigned)tensor_rows(c), NT>>>((float *)n->data, c->data, isbf(c), tensor_cols(c));
+    CHECK_CUDA(cudaGetLastError());
+}
+
+// dist[i, k] = |x_i|^2 + |c_k|^2 (the GEMM then adds -2 x·c).
+__global__ void k_vq_init(float *dist, const void *x, int xbf, const float *cn, int64_t C, int64_t K) {
+    int64_t i = blockIdx.x;
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < C; j += NT) {
+        float t = ldv(x, xbf, i * C + j);
+        s += t * t;
+    }
+    s = block_sum(s);
+    for (int64_t k = threadIdx.x; k < K; k += NT) dist[i * K + k] = s + cn[k];
+}
+
+// Per row: the lowest index among the minimal distances; write the code; residual -= that row.
+__global__ void k_vq_pick(const float *dist, int64_t K, void *x, int xbf, const void *cb, int cbf, int64_t C,
+                          void *codes, int codes_u16, int64_t D, int depth, int64_t row0) {
+    __shared__ float sv[NT];
+    __shared__ int64_t si[NT];
+    int64_t i = blockIdx.x;
+    float bv = FLT_MAX;
+    int64_t bi = INT64_MAX;
+    for (int64_t k = threadIdx.x; k < K; k += NT) {
+        float d = dist[i * K + k];
+        if (d < bv) bv = d, bi = k; // k increases per thread: strict < keeps the lowest index
+    }
+    sv[threadIdx.x] = bv, si[threadIdx.x] = bi;
+    __syncthreads();
+    for (int stride = NT / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) {
+            float ov = sv[threadIdx.x + stride];
+            int64_t oi = si[threadIdx.x + stride];
+            if (ov < sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < si[threadIdx.x]))
+                sv[threadIdx.x] = ov, si[threadIdx.x] = oi;
+        }
+        __syncthreads();
+    }
+    int64_t best = si[0] == INT64_MAX ? 0 : si[0];
+    int64_t n = row0 + i;
+    if (threadIdx.x == 0) {
+        if (codes_u16) ((uint16_t *)codes)[n * D + depth] = (uint16_t)best;
+        else ((int32_t *)codes)[n * D + depth] = (int32_t)best;
+    }
+    for (int64_t j = threadIdx.x; j < C; j += NT)
+        stv(x, xbf, i * C + j, ldv(x, xbf, i * C + j) - ldv(cb, cbf, best * C + j));
+}
+
+extern "C" void cuda_vq_step(tensor *residual, const tensor *codebook, const tensor *cnorm, tensor *codes, int depth,
+                             tensor *dist) {
+    CHECK(residual->dtype == codebook->dtype, "", "cuda vq: residual '%s' and codebook '%s' must share a dtype",
+          residual->name, codebook->name);
+    int64_t N = tensor_rows(residual), C = tensor_cols(residual), K = codebook->shape[0];
+    int64_t D = tensor_cols(codes), R = tensor_rows(dist);
+    size_t es = nn_dtype_size(residual->dtype);
+    for (int64_t r0 = 0; r0 < N; r0 += R) {
+        int64_t rows = N - r0 < R ? N - r0 : R;
+        char *x = (char *)residual->data + (size_t)(r0 * C) * es;
+        k_vq_init<<<(unsigned)rows, NT>>>((float *)dist->data, x, isbf(residual), (const float *)cnorm->data, C, K);
+        CHECK_CUDA(cudaGetLastError());
+        gemm_xwt(dist->data, CUDA_R_32F, x, codebook->data, cuty(codebook), rows, K, C, -2.0f, 1.0f);
+        k_vq_pick<<<(unsigned)rows, NT>>>((const float *)dist->data, K, x, isbf(residual), codebook->data,
+                                          isbf(codebook), C, codes->data, codes->dtype == NN_U16, D, depth, r0);
+        CHECK_CUDA(cudaGetLastError());
+    }
+}
