@@ -447,8 +447,8 @@ static void check_cost(sp_tokenizer *t, const char *name) {
 
 int main(void) {
     char model[1024], json[1024];
-    const char *tiny[] = {"tiny_bpe", "tiny_bpe_nobf", "tiny_bpe_rmws"};
-    for (int k = 0; k < 3; k++) {
+    const char *tiny[] = {"tiny_bpe", "tiny_bpe_nobf", "tiny_bpe_rmws", "tiny_bpe_xws", "tiny_bpe_unused"};
+    for (int k = 0; k < 5; k++) {
         snprintf(model, sizeof model, "%s/%s.model", SP_GOLDEN, tiny[k]);
         snprintf(json, sizeof json, "%s/%s.json", SP_GOLDEN, tiny[k]);
         check_golden(model, json);

@@ -2,15 +2,17 @@
 """Generates the SentencePiece tokenizer fixtures in tests/golden/sp/.
 
 Regenerate (from the repository root):
-    python3 -m venv /tmp/spvenv
-    /tmp/spvenv/bin/pip install sentencepiece transformers==4.44.0 protobuf   # no torch needed
-    /tmp/spvenv/bin/python tools/gen_sp_fixtures.py [--shared-data ../shared/data]
+    python3 -m venv VENV
+    VENV/bin/pip install sentencepiece transformers==4.44.0 protobuf   # no torch needed
+    VENV/bin/python tools/gen_sp_fixtures.py [--shared-data ../shared/data]
 
 Writes:
   tiny_bpe.model        a small BPE model (byte fallback, one user-defined piece), trained here with
                         sentencepiece on a corpus this script generates (seeded, deterministic)
   tiny_bpe_nobf.model   the same corpus, smaller vocabulary, no byte fallback (unknowns -> <unk>)
   tiny_bpe_rmws.model   tiny_bpe.model with normalizer_spec.remove_extra_whitespaces = true
+  tiny_bpe_xws.model    tiny_bpe.model plus pieces that span a space ("e▁t"), top score
+  tiny_bpe_unused.model tiny_bpe.model with about one merged piece in eight typed UNUSED
   <name>.json           golden vectors per model: for every text, the ids of HF's slow
                         LlamaTokenizer(model, legacy=False) with BOS (tok(text).input_ids) and without
                         (add_special_tokens=False), plain sentencepiece ids (model's own normalizer
@@ -78,13 +80,43 @@ def train_tiny(tmp):
                                    **common)
     out = {}
     for name, p in (("tiny_bpe", prefix), ("tiny_bpe_nobf", prefix_nobf)):
+        m = pb.ModelProto()
         with open(p + ".model", "rb") as f:
-            out[name] = f.read()
+            m.ParseFromString(f.read())
+        # no temporary paths in the committed file (and the same bytes on every run)
+        del m.trainer_spec.input[:]
+        m.trainer_spec.input.append("corpus.txt")
+        m.trainer_spec.model_prefix = name
+        out[name] = m.SerializeToString()
     m = pb.ModelProto()
     m.ParseFromString(out["tiny_bpe"])
     m.normalizer_spec.remove_extra_whitespaces = True
     out["tiny_bpe_rmws"] = m.SerializeToString()
+    # pieces that span a word boundary ("x▁y"), so words cannot be merged independently
+    m = pb.ModelProto()
+    m.ParseFromString(out["tiny_bpe"])
+    for text in ("e▁t", "s▁a", "e▁a", ".▁"):
+        p = m.pieces.add()
+        p.piece = text
+        p.score = 0.0
+        p.type = pb.ModelProto.SentencePiece.NORMAL
+    out["tiny_bpe_xws"] = m.SerializeToString()
+    # some merged pieces marked UNUSED: merges still go through them, then they are split back
+    m = pb.ModelProto()
+    m.ParseFromString(out["tiny_bpe"])
+    n_unused = 0
+    for p in m.pieces:
+        if p.type == pb.ModelProto.SentencePiece.NORMAL and len(p.piece) >= 2 and hash_choice(p.piece):
+            p.type = pb.ModelProto.SentencePiece.UNUSED
+            n_unused += 1
+    assert n_unused > 10
+    out["tiny_bpe_unused"] = m.SerializeToString()
     return out
+
+
+def hash_choice(text):
+    """Deterministic pick of about one piece in eight."""
+    return sum(text.encode()) % 8 == 3
 
 
 def long_text(rng, n_chars):

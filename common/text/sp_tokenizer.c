@@ -38,6 +38,7 @@ struct sp_tokenizer {
     int unk_id, bos_id, eos_id, pad_id;
     int byte_fallback, add_dummy_prefix, remove_extra_ws, escape_ws;
     int has_unused;
+    int word_split;   /* no piece contains "x▁" with x not "▁": words can be merged independently */
     int32_t byte_id[256];
     ud_node *ud;      /* trie nodes; ud[0] is the root; NULL when no user-defined piece */
     int n_ud;
@@ -97,6 +98,12 @@ static int utf8_all_valid(const uint8_t *s, size_t n) {
         i += l;
     }
     return 1;
+}
+
+/* Is text[p] (p >= 1, valid UTF-8) the start of a "▁" that follows a character other than "▁"? */
+static inline int word_start(const char *text, size_t p) {
+    return memcmp(text + p, SP_SPACE, SP_SPACE_LEN) == 0 &&
+           !(p >= SP_SPACE_LEN && memcmp(text + p - SP_SPACE_LEN, SP_SPACE, SP_SPACE_LEN) == 0);
 }
 
 /* ---- a growable byte buffer --------------------------------------------------------------------- */
@@ -541,6 +548,15 @@ sp_tokenizer *sp_tokenizer_load_bytes(const uint8_t *data, size_t n, const char 
         default: break;
         }
     }
+    t->word_split = !t->has_unused;
+    for (int i = 0; i < t->n && t->word_split; i++) {
+        const char *s = t->arena + t->off[i];
+        for (size_t p = 1; p + SP_SPACE_LEN <= t->len[i]; p++)
+            if (word_start(s, p)) {
+                t->word_split = 0;
+                break;
+            }
+    }
     if (n_unk != 1 || t->type[t->unk_id] != SP_PIECE_UNKNOWN) {
         LOAD_FAIL(&st, "expected exactly one UNKNOWN piece, at unk_id %d; found %d", t->unk_id, n_unk);
         goto fail;
@@ -807,44 +823,68 @@ static void emit_piece(bpe_ctx *c, int32_t start, int32_t len, piece_list *out, 
     piece_list_push(out, (piece_out){.id = id, .start = start, .len = len});
 }
 
-/* BPE over normalized text (valid UTF-8), appending ids; unknown pieces become byte pieces (byte
- * fallback) or one unk id per run. */
-static void bpe_encode(const sp_tokenizer *t, const char *text, size_t n, sp_ids *out) {
-    if (n == 0) return;
-    bpe_ctx c = {.t = t, .text = text};
-    c.sym = asvr_malloc(n * sizeof(symbol), "tokenizer symbols");
+/* BPE merges over symbols text[from..to) (valid UTF-8), appending the final pieces to pl. */
+static void bpe_segment(bpe_ctx *c, size_t from, size_t to, piece_list *pl) {
+    const sp_tokenizer *t = c->t;
+    const char *text = c->text;
+    int32_t base = (int32_t)from; /* symbol k covers bytes starting at or after text[base + k] */
     int32_t ns = 0;
-    size_t i = 0;
-    while (i < n) {
-        size_t l = ud_match(t, text + i, n - i);
+    size_t i = from;
+    while (i < to) {
+        size_t l = ud_match(t, text + i, to - i);
         int frozen = l > 0;
-        if (!l) l = utf8_valid_len((const uint8_t *)text + i, n - i);
+        if (!l) l = utf8_valid_len((const uint8_t *)text + i, to - i);
         if (!l) l = 1; /* not reached: normalized text is valid UTF-8 */
-        c.sym[ns] = (symbol){.start = (int32_t)i, .len = (int32_t)l, .prev = ns - 1, .next = ns + 1, .frozen = frozen};
+        int32_t k = base + ns;
+        c->sym[k] = (symbol){.start = (int32_t)i, .len = (int32_t)l, .prev = k - 1, .next = k + 1, .frozen = frozen};
         ns++;
         i += l;
     }
-    c.sym[ns - 1].next = -1;
-    if (t->has_unused) {
-        c.rev_left = asvr_malloc((size_t)t->n * sizeof(int32_t), "tokenizer unused-piece map");
-        memset(c.rev_left, 0, (size_t)t->n * sizeof(int32_t));
-    }
-    for (int32_t k = 1; k < ns; k++) maybe_push(&c, k - 1, k);
-    while (c.h.n) {
-        cand top = heap_pop(&c.h);
-        symbol *a = &c.sym[top.left], *b = &c.sym[top.right];
+    c->sym[base].prev = -1;
+    c->sym[base + ns - 1].next = -1;
+    c->h.n = 0;
+    for (int32_t k = base + 1; k < base + ns; k++) maybe_push(c, k - 1, k);
+    while (c->h.n) {
+        cand top = heap_pop(&c->h);
+        symbol *a = &c->sym[top.left], *b = &c->sym[top.right];
         if (a->len == 0 || b->len == 0 || a->len + b->len != top.len) continue; /* stale */
         a->len += b->len;
         b->len = 0;
         a->next = b->next;
-        if (b->next >= 0) c.sym[b->next].prev = top.left;
-        maybe_push(&c, a->prev, top.left);
-        maybe_push(&c, top.left, a->next);
+        if (b->next >= 0) c->sym[b->next].prev = top.left;
+        maybe_push(c, a->prev, top.left);
+        maybe_push(c, top.left, a->next);
+    }
+    for (int32_t k = base; k >= 0; k = c->sym[k].next) emit_piece(c, c->sym[k].start, c->sym[k].len, pl, 0);
+}
+
+/* BPE over normalized text (valid UTF-8), appending ids; unknown pieces become byte pieces (byte
+ * fallback) or one unk id per run. When no piece contains "x▁" (x not "▁"), no merge can cross such
+ * a place, so the text is cut there and each word is merged alone: the same result, with a small,
+ * cache-resident queue. Merge order only matters within a word, and there it is unchanged. */
+static void bpe_encode(const sp_tokenizer *t, const char *text, size_t n, sp_ids *out) {
+    if (n == 0) return;
+    bpe_ctx c = {.t = t, .text = text};
+    c.sym = asvr_malloc(n * sizeof(symbol), "tokenizer symbols");
+    if (t->has_unused) {
+        c.rev_left = asvr_malloc((size_t)t->n * sizeof(int32_t), "tokenizer unused-piece map");
+        memset(c.rev_left, 0, (size_t)t->n * sizeof(int32_t));
+    }
+    piece_list pl = {0};
+    if (t->word_split) {
+        size_t from = 0;
+        for (size_t p = 1; p < n; p++) {
+            if ((uint8_t)text[p] == 0xE2 && p + SP_SPACE_LEN <= n && word_start(text, p)) {
+                bpe_segment(&c, from, p, &pl);
+                from = p;
+            }
+        }
+        bpe_segment(&c, from, n, &pl);
+    } else {
+        bpe_segment(&c, 0, n, &pl);
     }
     free(c.h.v);
 
-    piece_list pl = {0};
-    for (int32_t k = 0; k >= 0; k = c.sym[k].next) emit_piece(&c, c.sym[k].start, c.sym[k].len, &pl, 0);
     int prev_unk = 0;
     for (size_t j = 0; j < pl.n; j++) {
         const piece_out *p = &pl.v[j];
