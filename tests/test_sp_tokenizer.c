@@ -403,6 +403,25 @@ static void check_round_trip(sp_tokenizer *t, const char *name) {
     }
 }
 
+/* Invalid UTF-8 is read as U+FFFD per bad byte (SentencePiece's normalizer). */
+static void check_invalid_utf8(sp_tokenizer *t) {
+    asvr_error err = {{0}};
+    sp_ids a = {0}, b = {0};
+    const char bad[] = "caf\xC3 \xFF\xFEx \xE6\x9D end\xF0\x9F";
+    const char fixed[] = "caf\xEF\xBF\xBD \xEF\xBF\xBD\xEF\xBF\xBDx \xEF\xBF\xBD\xEF\xBF\xBD end\xEF\xBF\xBD\xEF\xBF\xBD";
+    T_CHECK(sp_tokenizer_encode(t, bad, sizeof bad - 1, 1, &a, &err) == 0, "%s", err.msg);
+    T_CHECK(sp_tokenizer_encode(t, fixed, sizeof fixed - 1, 1, &b, &err) == 0, "%s", err.msg);
+    T_CHECK(a.n == b.n && memcmp(a.v, b.v, a.n * sizeof(int32_t)) == 0, "invalid UTF-8 not read as U+FFFD");
+    int32_t out_of_range[] = {5, 1 << 30};
+    size_t dn;
+    char *d = sp_tokenizer_decode(t, out_of_range, 2, 0, &dn, &err);
+    T_CHECK(d == NULL, "decode accepted an id outside the vocabulary");
+    T_STR_CONTAINS(err.msg, "outside the vocabulary");
+    free(d);
+    sp_ids_free(&a);
+    sp_ids_free(&b);
+}
+
 static double time_encode(sp_tokenizer *t, const char *s, size_t n, size_t *n_ids) {
     asvr_error err = {{0}};
     double best = 1e30;
@@ -464,6 +483,7 @@ int main(void) {
         sp_tokenizer_fingerprint_hex(t, hex);
         printf("tiny_bpe.model: %d pieces, fingerprint %s\n", sp_tokenizer_vocab_size(t), hex);
         check_round_trip(t, "tiny_bpe");
+        check_invalid_utf8(t);
         check_cost(t, "tiny_bpe");
         sp_tokenizer_free(t);
     }
@@ -482,6 +502,7 @@ int main(void) {
             printf("llama2-tokenizer.model: %d pieces, fingerprint %s\n", sp_tokenizer_vocab_size(t), hex);
             check_llama_spec_vectors(t);
             check_round_trip(t, "llama2");
+            check_invalid_utf8(t);
             check_cost(t, "llama2");
             sp_tokenizer_free(t);
         }
