@@ -29,7 +29,7 @@ static void print_ids(const char *what, const int32_t *v, size_t n) {
 }
 
 /* Compares ids with a JSON array; prints both on mismatch. */
-static int ids_equal(const sp_ids *got, json_t *want) {
+static int ids_equal(const ivec *got, json_t *want) {
     size_t n = json_array_size(want);
     int eq = got->n == n;
     for (size_t i = 0; eq && i < n; i++) eq = got->v[i] == (int32_t)json_integer_value(json_array_get(want, i));
@@ -43,9 +43,9 @@ static int ids_equal(const sp_ids *got, json_t *want) {
     return eq;
 }
 
-static void json_to_ids(json_t *a, sp_ids *out) {
+static void json_to_ids(json_t *a, ivec *out) {
     out->n = 0;
-    for (size_t i = 0; i < json_array_size(a); i++) sp_ids_push(out, (int32_t)json_integer_value(json_array_get(a, i)));
+    for (size_t i = 0; i < json_array_size(a); i++) ivec_push(out, (int32_t)json_integer_value(json_array_get(a, i)));
 }
 
 static int str_equal(const char *got, size_t got_n, json_t *want) {
@@ -83,7 +83,7 @@ static void check_golden(const char *model_path, const char *json_path) {
 
     json_t *cases = json_object_get(root, "cases");
     int n_fail_before = t_fail;
-    sp_ids got = {0};
+    ivec got = {0};
     for (size_t i = 0; i < json_array_size(cases); i++) {
         json_t *c = json_array_get(cases, i);
         json_t *text = json_object_get(c, "text");
@@ -99,7 +99,7 @@ static void check_golden(const char *model_path, const char *json_path) {
         got.n = 0;
         T_CHECK(sp_tokenizer_encode_sp(t, s, n, 0, &got, &err) == 0, "%s", err.msg);
         T_CHECK(ids_equal(&got, json_object_get(c, "sp_ids")), "%s case %zu: sentencepiece ids differ for '%s'", json_path, i, show);
-        sp_ids want = {0};
+        ivec want = {0};
         json_to_ids(json_object_get(c, "ids_bos"), &want);
         for (int skip = 0; skip < 2; skip++) {
             size_t dn = 0;
@@ -110,7 +110,7 @@ static void check_golden(const char *model_path, const char *json_path) {
                     d ? d : "", json_string_value(wd));
             free(d);
         }
-        sp_ids_free(&want);
+        ivec_free(&want);
         if (t_fail - n_fail_before > 20) {
             fprintf(stderr, "too many failures in %s, stopping\n", json_path);
             break;
@@ -132,7 +132,7 @@ static void check_golden(const char *model_path, const char *json_path) {
         }
     }
     printf("%s: %zu encode cases, %zu decode cases\n", json_path, json_array_size(cases), json_array_size(decodes));
-    sp_ids_free(&got);
+    ivec_free(&got);
     json_decref(root);
     sp_tokenizer_free(t);
 }
@@ -140,7 +140,7 @@ static void check_golden(const char *model_path, const char *json_path) {
 /* The Llama-2 / Vicuna-v1.5 vectors of reference/data_and_eval.md §A2.9, independent of the fixtures. */
 static void check_llama_spec_vectors(sp_tokenizer *t) {
     asvr_error err = {{0}};
-    sp_ids ids = {0};
+    ivec ids = {0};
     static const int32_t system_ids[] = {1, 319, 13563, 1546, 263, 12758, 1404, 322, 385, 23116, 21082, 20255, 29889,
                                          450, 20255, 4076, 8444, 29892, 13173, 29892, 322, 1248, 568, 6089, 304, 278, 1404,
                                          29915, 29879, 5155, 29889, 3148, 1001, 29901, 29871};
@@ -173,7 +173,7 @@ static void check_llama_spec_vectors(sp_tokenizer *t) {
                 ids.v[ids.n - 2] == 2496,
             "plain caption ids differ from §A2.3/§A2.9");
     T_EQ_INT(sp_tokenizer_vocab_size(t), 32000);
-    sp_ids_free(&ids);
+    ivec_free(&ids);
 }
 
 /* ---- corrupt and unsupported models ------------------------------------------------------------ */
@@ -312,13 +312,13 @@ static void check_corrupt(const char *tiny_path) {
         t = sp_tokenizer_load_bytes(junk, n, "flipped.model", &err);
         if (t) {
             loaded++;
-            sp_ids ids = {0};
+            ivec ids = {0};
             const char *s = "Hello  world\n東京 😀 <s> </s> x";
             T_CHECK(sp_tokenizer_encode(t, s, strlen(s), 1, &ids, &err) == 0, "%s", err.msg);
             size_t dn;
             char *d = sp_tokenizer_decode(t, ids.v, ids.n, 0, &dn, &err);
             free(d);
-            sp_ids_free(&ids);
+            ivec_free(&ids);
             sp_tokenizer_free(t);
         } else {
             T_STR_CONTAINS(err.msg, "flipped.model");
@@ -336,14 +336,14 @@ static void check_corrupt(const char *tiny_path) {
     if (t) {
         T_EQ_INT(sp_tokenizer_vocab_size(t), 7);
         T_EQ_INT(sp_tokenizer_pad_id(t), -1);
-        sp_ids ids = {0};
+        ivec ids = {0};
         T_CHECK(sp_tokenizer_encode_sp(t, "ab", 2, 0, &ids, &err) == 0, "%s", err.msg);
         /* "▁ab": "▁" + "a" is not a piece, "ab" is */
         T_CHECK(ids.n == 2 && ids.v[0] == 3 && ids.v[1] == 6, "hand-made model encodes 'ab' wrong");
         ids.n = 0;
         T_CHECK(sp_tokenizer_encode_sp(t, "abc", 3, 1, &ids, &err) == 0, "%s", err.msg);
         T_CHECK(ids.n == 2 && ids.v[0] == 6 && ids.v[1] == 0, "unknown 'c' without byte fallback is not <unk>");
-        sp_ids_free(&ids);
+        ivec_free(&ids);
         sp_tokenizer_free(t);
     }
     make_model(&w, 1, NULL, NULL, 0, 0);
@@ -391,14 +391,14 @@ static void check_round_trip(sp_tokenizer *t, const char *name) {
     for (int k = 0; k < 200 && ok; k++) {
         size_t n;
         char *s = make_text(1 + rnd() % 200, 1000 + (uint64_t)k, &n);
-        sp_ids ids = {0};
+        ivec ids = {0};
         T_CHECK(sp_tokenizer_encode(t, s, n, 0, &ids, &err) == 0, "%s", err.msg);
         size_t dn;
         char *d = sp_tokenizer_decode(t, ids.v, ids.n, 0, &dn, &err);
         ok = d && dn == n && memcmp(d, s, n) == 0;
         T_CHECK(ok, "%s: decode(encode(text)) != text for '%s' -> '%s'", name, s, d ? d : "");
         free(d);
-        sp_ids_free(&ids);
+        ivec_free(&ids);
         free(s);
     }
 }
@@ -406,7 +406,7 @@ static void check_round_trip(sp_tokenizer *t, const char *name) {
 /* Invalid UTF-8 is read as U+FFFD per bad byte (SentencePiece's normalizer). */
 static void check_invalid_utf8(sp_tokenizer *t) {
     asvr_error err = {{0}};
-    sp_ids a = {0}, b = {0};
+    ivec a = {0}, b = {0};
     const char bad[] = "caf\xC3 \xFF\xFEx \xE6\x9D end\xF0\x9F";
     const char fixed[] = "caf\xEF\xBF\xBD \xEF\xBF\xBD\xEF\xBF\xBDx \xEF\xBF\xBD\xEF\xBF\xBD end\xEF\xBF\xBD\xEF\xBF\xBD";
     T_CHECK(sp_tokenizer_encode(t, bad, sizeof bad - 1, 1, &a, &err) == 0, "%s", err.msg);
@@ -418,22 +418,22 @@ static void check_invalid_utf8(sp_tokenizer *t) {
     T_CHECK(d == NULL, "decode accepted an id outside the vocabulary");
     T_STR_CONTAINS(err.msg, "outside the vocabulary");
     free(d);
-    sp_ids_free(&a);
-    sp_ids_free(&b);
+    ivec_free(&a);
+    ivec_free(&b);
 }
 
 static double time_encode(sp_tokenizer *t, const char *s, size_t n, size_t *n_ids) {
     asvr_error err = {{0}};
     double best = 1e30;
     for (int r = 0; r < 3; r++) {
-        sp_ids ids = {0};
+        ivec ids = {0};
         double t0 = now_s();
         int rc = sp_tokenizer_encode(t, s, n, 1, &ids, &err);
         double dt = now_s() - t0;
         T_CHECK(rc == 0, "%s", err.msg);
         if (dt < best) best = dt;
         *n_ids = ids.n;
-        sp_ids_free(&ids);
+        ivec_free(&ids);
     }
     return best;
 }

@@ -5,5 +5,6 @@
 #define ASVR_TOKENIZE_COMMANDS_H
 
 int cmd_preprocess(int argc, char **argv);
+int cmd_encode(int argc, char **argv);
 
 #endif

@@ -3,6 +3,7 @@
 #include "commands.h"
 
 static const asvr_command COMMANDS[] = {
+    {"encode", cmd_encode, "encode the images of a LLaVA JSON or a list into a code store"},
     {"preprocess", cmd_preprocess, "decode one image and write the preprocessed S x S input as PPM"},
 };
 

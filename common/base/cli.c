@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/error.h"
 #include "base/fsutil.h"
@@ -15,6 +16,11 @@
 #endif
 
 const char *asvr_version(void) { return ASVR_VERSION; }
+
+int asvr_num_cores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
 
 void asvr_cli_print_help(const asvr_cli *cli) {
     printf("usage: %s %s\n", cli->prog, cli->usage ? cli->usage : "");

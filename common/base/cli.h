@@ -23,6 +23,8 @@ extern "C" {
 #endif
 
 const char *asvr_version(void);
+/* Online CPU cores (the default for --threads). */
+int asvr_num_cores(void);
 
 typedef enum { ASVR_OPT_FLAG, ASVR_OPT_STR, ASVR_OPT_INT, ASVR_OPT_F64 } asvr_opt_kind;
 

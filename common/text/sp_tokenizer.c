@@ -50,20 +50,6 @@ struct sp_tokenizer {
 
 /* ---- ids ---------------------------------------------------------------------------------------- */
 
-void sp_ids_push(sp_ids *ids, int32_t id) {
-    if (ids->n == ids->cap) {
-        ids->cap = ids->cap ? ids->cap * 2 : 64;
-        ids->v = asvr_realloc(ids->v, ids->cap * sizeof(int32_t), "token ids");
-    }
-    ids->v[ids->n++] = id;
-}
-
-void sp_ids_free(sp_ids *ids) {
-    free(ids->v);
-    ids->v = NULL;
-    ids->n = ids->cap = 0;
-}
-
 /* ---- UTF-8 -------------------------------------------------------------------------------------- */
 
 /* Length of the valid UTF-8 character at s[0..n) (strict: no overlongs, surrogates or > U+10FFFF),
@@ -570,13 +556,13 @@ sp_tokenizer *sp_tokenizer_load_bytes(const uint8_t *data, size_t n, const char 
     }
     /* HF strips the tokens of its unk string from "<unk>" + text (non-legacy _tokenize). */
     {
-        sp_ids tmp = {0};
+        ivec tmp = {0};
         if (sp_tokenizer_encode_sp(t, t->arena + t->off[t->unk_id], t->len[t->unk_id], 1, &tmp, err) < 0) {
-            sp_ids_free(&tmp);
+            ivec_free(&tmp);
             goto fail;
         }
         t->unk_prefix_len = (int)tmp.n;
-        sp_ids_free(&tmp);
+        ivec_free(&tmp);
     }
     free(st.unk_surface.p);
     return t;
@@ -862,7 +848,7 @@ static void bpe_segment(bpe_ctx *c, size_t from, size_t to, piece_list *pl) {
  * fallback) or one unk id per run. When no piece contains "x▁" (x not "▁"), no merge can cross such
  * a place, so the text is cut there and each word is merged alone: the same result, with a small,
  * cache-resident queue. Merge order only matters within a word, and there it is unchanged. */
-static void bpe_encode(const sp_tokenizer *t, const char *text, size_t n, sp_ids *out) {
+static void bpe_encode(const sp_tokenizer *t, const char *text, size_t n, ivec *out) {
     if (n == 0) return;
     bpe_ctx c = {.t = t, .text = text};
     c.sym = asvr_malloc(n * sizeof(symbol), "tokenizer symbols");
@@ -890,11 +876,11 @@ static void bpe_encode(const sp_tokenizer *t, const char *text, size_t n, sp_ids
         const piece_out *p = &pl.v[j];
         int is_unk = p->id < 0 || t->type[p->id] == SP_PIECE_UNKNOWN;
         if (is_unk && t->byte_fallback) {
-            for (int32_t b = 0; b < p->len; b++) sp_ids_push(out, t->byte_id[(uint8_t)text[p->start + b]]);
+            for (int32_t b = 0; b < p->len; b++) ivec_push(out, t->byte_id[(uint8_t)text[p->start + b]]);
         } else if (is_unk) {
-            if (!prev_unk) sp_ids_push(out, t->unk_id);
+            if (!prev_unk) ivec_push(out, t->unk_id);
         } else {
-            sp_ids_push(out, p->id);
+            ivec_push(out, p->id);
         }
         prev_unk = is_unk;
     }
@@ -904,7 +890,7 @@ static void bpe_encode(const sp_tokenizer *t, const char *text, size_t n, sp_ids
 }
 
 int sp_tokenizer_encode_sp(const sp_tokenizer *t, const char *text, size_t len, int no_dummy_prefix,
-                           sp_ids *out, asvr_error *err) {
+                           ivec *out, asvr_error *err) {
     if (len > SP_MAX_TEXT) return asvr_err_set(err, "text of %zu bytes is too long to tokenize (limit %d)", len, SP_MAX_TEXT);
     buf norm = {0};
     normalize(t, text, len, t->add_dummy_prefix && !no_dummy_prefix, &norm);
@@ -937,7 +923,7 @@ static int is_special_id(const sp_tokenizer *t, int32_t id) {
 }
 
 /* One chunk of text between special tokens (non-empty). */
-static void encode_chunk(const sp_tokenizer *t, const char *s, size_t n, buf *scratch, sp_ids *tmp, sp_ids *out) {
+static void encode_chunk(const sp_tokenizer *t, const char *s, size_t n, buf *scratch, ivec *tmp, ivec *out) {
     tmp->n = 0;
     buf norm = {0};
     int with_prefix = (n >= SP_SPACE_LEN && memcmp(s, SP_SPACE, SP_SPACE_LEN) == 0) || s[0] == ' ';
@@ -954,14 +940,14 @@ static void encode_chunk(const sp_tokenizer *t, const char *s, size_t n, buf *sc
     bpe_encode(t, norm.p, norm.n, tmp);
     free(norm.p);
     size_t skip = (with_prefix && tmp->n >= (size_t)t->unk_prefix_len) ? (size_t)t->unk_prefix_len : 0;
-    for (size_t k = skip; k < tmp->n; k++) sp_ids_push(out, tmp->v[k]);
+    for (size_t k = skip; k < tmp->n; k++) ivec_push(out, tmp->v[k]);
 }
 
-int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int add_bos, sp_ids *out,
+int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int add_bos, ivec *out,
                         asvr_error *err) {
     if (len > SP_MAX_TEXT) return asvr_err_set(err, "text of %zu bytes is too long to tokenize (limit %d)", len, SP_MAX_TEXT);
     if (add_bos && t->bos_id < 0) return asvr_err_set(err, "the tokenizer model defines no BOS piece (bos_id = -1)");
-    if (add_bos) sp_ids_push(out, t->bos_id);
+    if (add_bos) ivec_push(out, t->bos_id);
     if (len == 0) return 0;
     /* "▁" + text, with every "▁" of the text read as a space */
     buf s = {0};
@@ -982,7 +968,7 @@ int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int
     size_t first = out->n;
     int seen_special = 0;
     buf scratch = {0};
-    sp_ids tmp = {0};
+    ivec tmp = {0};
     size_t i = 0;
     for (;;) {
         int sid = -1;
@@ -997,10 +983,10 @@ int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int
             if (p && pl == SP_SPACE_LEN && memcmp(p, SP_SPACE, SP_SPACE_LEN) == 0) out->n = first;
         }
         seen_special = 1;
-        sp_ids_push(out, sid);
+        ivec_push(out, sid);
         i = j + t->len[sid];
     }
-    sp_ids_free(&tmp);
+    ivec_free(&tmp);
     free(scratch.p);
     free(s.p);
     return 0;

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "base/ivec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -47,13 +48,7 @@ typedef enum {
     SP_PIECE_BYTE = 6,
 } sp_piece_type;
 
-/* A growable id vector; encode functions append to it. Zero-initialize before first use. */
-typedef struct sp_ids {
-    int32_t *v;
-    size_t n, cap;
-} sp_ids;
-void sp_ids_push(sp_ids *ids, int32_t id);
-void sp_ids_free(sp_ids *ids);
+/* Token ids are appended to an ivec (base/ivec.h). */
 
 /* Loads and validates a model file. Returns NULL with err set (naming the file and the problem) on a
  * missing, truncated, corrupt or unsupported model; never crashes on bad bytes. */
@@ -84,14 +79,14 @@ float sp_tokenizer_piece_score(const sp_tokenizer *t, int id);
  * add_bos: prepend the BOS id (tok(text).input_ids) or not (add_special_tokens=False).
  * Invalid UTF-8 bytes are read as U+FFFD, as SentencePiece does. Returns 0, or -1 with err set
  * (text too long for 32-bit offsets, add_bos on a model without BOS). */
-int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int add_bos, sp_ids *out,
+int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int add_bos, ivec *out,
                         asvr_error *err);
 
 /* Plain SentencePiece encoding (SentencePieceProcessor.encode) with the model's normalizer settings,
  * or with add_dummy_prefix forced off when no_dummy_prefix is set. Special-token strings in the
  * text are ordinary characters here. Appends to out; returns 0 or -1 with err set. */
 int sp_tokenizer_encode_sp(const sp_tokenizer *t, const char *text, size_t len, int no_dummy_prefix,
-                           sp_ids *out, asvr_error *err);
+                           ivec *out, asvr_error *err);
 
 /* HF slow LlamaTokenizer(legacy=False).decode(ids, skip_special_tokens=skip_special): returns a
  * malloc'd NUL-terminated UTF-8 string (*out_len bytes, may contain NUL bytes), or NULL with err set

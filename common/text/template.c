@@ -8,24 +8,6 @@
 
 /* ---- small containers ------------------------------------------------------------------------- */
 
-void ivec_push(ivec *a, int32_t x) {
-    if (a->n == a->cap) {
-        a->cap = a->cap ? a->cap * 2 : 64;
-        a->v = asvr_realloc(a->v, a->cap * sizeof *a->v, "a token array");
-    }
-    a->v[a->n++] = x;
-}
-
-void ivec_append(ivec *a, const int32_t *x, size_t n) {
-    for (size_t i = 0; i < n; i++) ivec_push(a, x[i]);
-}
-
-void ivec_free(ivec *a) {
-    free(a->v);
-    a->v = NULL;
-    a->n = a->cap = 0;
-}
-
 void template_result_free(template_result *r) {
     ivec_free(&r->ids);
     ivec_free(&r->labels);

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "base/ivec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,15 +26,6 @@ extern "C" {
 
 #define IGNORE_INDEX (-100)
 #define IMAGE_TOKEN_INDEX (-200)
-
-/* A growable int32 array. */
-typedef struct ivec {
-    int32_t *v;
-    size_t n, cap;
-} ivec;
-void ivec_push(ivec *a, int32_t x);
-void ivec_append(ivec *a, const int32_t *x, size_t n);
-void ivec_free(ivec *a);
 
 /* Tokeniser binding: encode UTF-8 text (HF slow LlamaTokenizer semantics, legacy=False) appending
  * ids to out, with BOS first when add_bos. Returns -1 with err set on failure. */

@@ -1,0 +1,250 @@
+#include "model/vision_tokenizer.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/hash.h"
+#include "io/safetensors.h"
+
+struct vision_tokenizer {
+    vtok_config cfg;
+    safetensors *st;
+    siglip *enc;
+    rvq *q;
+    char fingerprint[17];
+    char *path;
+};
+
+struct vtok_work {
+    const vision_tokenizer *vt;
+    int max_batch;
+    siglip_acts *acts;
+    rvq_work *rw;
+    float *feats; /* [max_batch, N, C] */
+};
+
+static int get_int(json_t *o, const char *k, int *v, asvr_error *err) {
+    json_t *j = json_object_get(o, k);
+    if (!json_is_integer(j)) return asvr_err_set(err, "config field \"%s\" must be an integer", k);
+    *v = (int)json_integer_value(j);
+    return 0;
+}
+
+static int get_str(json_t *o, const char *k, char *dst, size_t n, const char *dflt, asvr_error *err) {
+    json_t *j = json_object_get(o, k);
+    if (!j && dflt) {
+        snprintf(dst, n, "%s", dflt);
+        return 0;
+    }
+    if (!json_is_string(j) || json_string_length(j) >= n) return asvr_err_set(err, "config field \"%s\" must be a short string", k);
+    snprintf(dst, n, "%s", json_string_value(j));
+    return 0;
+}
+
+static int get_vec3(json_t *o, const char *k, double *v, asvr_error *err) {
+    json_t *j = json_object_get(o, k);
+    if (!json_is_array(j) || json_array_size(j) != 3) return asvr_err_set(err, "config field \"%s\" must be an array of 3 numbers", k);
+    for (int i = 0; i < 3; i++) {
+        json_t *x = json_array_get(j, (size_t)i);
+        if (!json_is_number(x)) return asvr_err_set(err, "config field \"%s\" must be an array of 3 numbers", k);
+        v[i] = json_number_value(x);
+    }
+    return 0;
+}
+
+int vtok_config_parse(const char *text, vtok_config *c, asvr_error *err) {
+    memset(c, 0, sizeof *c);
+    json_error_t je;
+    json_t *o = json_loads(text, 0, &je);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return asvr_err_set(err, "the tokenizer config is not a JSON object: %s", je.text);
+    }
+    int rc = -1, version = 0, layers = 0;
+    char format[64], act[32];
+    double mean[3], std[3], pad[3];
+    if (get_str(o, "format", format, sizeof format, NULL, err) < 0) goto out;
+    if (strcmp(format, "asvr-vision-tokenizer") != 0) {
+        asvr_err_set(err, "config \"format\" is '%s', expected 'asvr-vision-tokenizer'", format);
+        goto out;
+    }
+    if (get_int(o, "version", &version, err) < 0) goto out;
+    if (version != 1) {
+        asvr_err_set(err, "tokenizer config version %d; this build reads version 1", version);
+        goto out;
+    }
+    if (get_str(o, "kind", c->kind, sizeof c->kind, NULL, err) < 0 ||
+        get_int(o, "image_size", &c->enc.image_size, err) < 0 || get_int(o, "patch_size", &c->enc.patch_size, err) < 0 ||
+        get_int(o, "hidden_size", &c->enc.hidden, err) < 0 ||
+        get_int(o, "intermediate_size", &c->enc.intermediate, err) < 0 || get_int(o, "num_layers", &layers, err) < 0 ||
+        get_int(o, "num_heads", &c->enc.heads, err) < 0 || get_int(o, "tap_layer", &c->enc.tap, err) < 0 ||
+        get_int(o, "depth", &c->depth, err) < 0 || get_int(o, "codebook_size", &c->codebook_size, err) < 0 ||
+        get_str(o, "hidden_act", act, sizeof act, "gelu_pytorch_tanh", err) < 0 ||
+        get_str(o, "encoder_prefix", c->encoder_prefix, sizeof c->encoder_prefix, "vision_model.", err) < 0 ||
+        get_str(o, "codebook_prefix", c->codebook_prefix, sizeof c->codebook_prefix, "quantizer.codebooks.", err) < 0 ||
+        get_vec3(o, "image_mean", mean, err) < 0 || get_vec3(o, "image_std", std, err) < 0 ||
+        get_vec3(o, "pad_color", pad, err) < 0)
+        goto out;
+    c->enc.layers = layers;
+    json_t *eps = json_object_get(o, "layer_norm_eps");
+    if (!json_is_number(eps)) {
+        asvr_err_set(err, "config field \"layer_norm_eps\" must be a number");
+        goto out;
+    }
+    c->enc.ln_eps = (float)json_number_value(eps);
+    if (strcmp(act, "gelu_pytorch_tanh") == 0) c->enc.act = NN_ACT_GELU_TANH;
+    else if (strcmp(act, "gelu") == 0) c->enc.act = NN_ACT_GELU_ERF;
+    else {
+        asvr_err_set(err, "config \"hidden_act\" '%s' is not supported (gelu_pytorch_tanh, gelu)", act);
+        goto out;
+    }
+    for (int i = 0; i < 3; i++) {
+        c->mean[i] = (float)mean[i];
+        c->std[i] = (float)std[i];
+        if (pad[i] < 0 || pad[i] > 255 || std[i] <= 0) {
+            asvr_err_set(err, "config image_std must be > 0 and pad_color within 0..255");
+            goto out;
+        }
+        c->pad[i] = (uint8_t)pad[i];
+    }
+    if (strcmp(c->kind, "semantic") != 0) {
+        asvr_err_set(err, "tokenizer kind '%s' is not supported by this build (semantic only)", c->kind);
+        goto out;
+    }
+    if (c->depth < 1 || c->depth > 255 || c->codebook_size < 1 || c->codebook_size > 65536) {
+        asvr_err_set(err, "config depth %d / codebook_size %d out of range (1..255 / 1..65536)", c->depth, c->codebook_size);
+        goto out;
+    }
+    if (siglip_config_check(&c->enc, err) < 0) goto out;
+    rc = 0;
+out:
+    json_decref(o);
+    return rc;
+}
+
+static uint64_t fingerprint_st(const safetensors *st, const char *config) {
+    asvr_hasher *h = asvr_hasher_new(0);
+    asvr_hasher_update(h, config, strlen(config) + 1);
+    for (int i = 0; i < safetensors_count(st); i++) {
+        const st_tensor *t = safetensors_at(st, i);
+        asvr_hasher_update(h, t->name, strlen(t->name) + 1);
+        int32_t meta[2] = {(int32_t)t->dtype, t->ndim};
+        asvr_hasher_update(h, meta, sizeof meta);
+        asvr_hasher_update(h, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        asvr_hasher_update(h, t->data, t->nbytes);
+    }
+    uint64_t v = asvr_hasher_digest(h);
+    asvr_hasher_free(h);
+    return v;
+}
+
+static int open_config(const char *path, safetensors **st, const char **cfg, asvr_error *err) {
+    if (safetensors_open(path, st, err) < 0) return -1;
+    *cfg = safetensors_metadata(*st, VTOK_META_KEY);
+    if (!*cfg) {
+        safetensors_close(*st);
+        *st = NULL;
+        return asvr_err_set(err, "'%s' has no \"%s\" entry in its __metadata__: not an asvr tokenizer file "
+                            "(make one with tools/convert_tokenizer.py)", path, VTOK_META_KEY);
+    }
+    return 0;
+}
+
+int vision_tokenizer_fingerprint_file(const char *path, char out[17], asvr_error *err) {
+    safetensors *st;
+    const char *cfg;
+    if (open_config(path, &st, &cfg, err) < 0) return -1;
+    asvr_hash_hex(fingerprint_st(st, cfg), out);
+    safetensors_close(st);
+    return 0;
+}
+
+int vision_tokenizer_load(const char *path, vision_tokenizer **out, asvr_error *err) {
+    *out = NULL;
+    vision_tokenizer *vt = asvr_calloc(1, sizeof *vt, "a vision tokenizer");
+    vt->path = asvr_strdup(path);
+    const char *cfg;
+    if (open_config(path, &vt->st, &cfg, err) < 0) goto fail;
+    if (vtok_config_parse(cfg, &vt->cfg, err) < 0) {
+        asvr_err_prefix(err, "'%s'", path);
+        goto fail;
+    }
+    if (siglip_load(&vt->cfg.enc, vt->st, vt->cfg.encoder_prefix, &vt->enc, err) < 0 ||
+        rvq_load(vt->st, vt->cfg.codebook_prefix, vt->cfg.depth, vt->cfg.codebook_size, vt->cfg.enc.hidden, &vt->q, err) < 0) {
+        asvr_err_prefix(err, "tokenizer '%s'", path);
+        goto fail;
+    }
+    asvr_hash_hex(fingerprint_st(vt->st, cfg), vt->fingerprint);
+    *out = vt;
+    return 0;
+fail:
+    vision_tokenizer_free(vt);
+    return -1;
+}
+
+void vision_tokenizer_free(vision_tokenizer *vt) {
+    if (!vt) return;
+    siglip_free(vt->enc);
+    rvq_free(vt->q);
+    safetensors_close(vt->st);
+    free(vt->path);
+    free(vt);
+}
+
+const vtok_config *vision_tokenizer_config(const vision_tokenizer *vt) { return &vt->cfg; }
+const char *vision_tokenizer_fingerprint(const vision_tokenizer *vt) { return vt->fingerprint; }
+int vision_tokenizer_positions(const vision_tokenizer *vt) { return siglip_num_patches(&vt->cfg.enc); }
+
+void vision_tokenizer_print(const vision_tokenizer *vt, FILE *f) {
+    const vtok_config *c = &vt->cfg;
+    fprintf(f, "tokenizer %s (%s, fingerprint %s): SigLIP %dpx/%d, %d wide, MLP %d, %d heads, tap layer %d of %d; "
+               "RVQ %d x %d x %d; %d positions\n",
+            vt->path, c->kind, vt->fingerprint, c->enc.image_size, c->enc.patch_size, c->enc.hidden,
+            c->enc.intermediate, c->enc.heads, c->enc.tap, c->enc.layers, c->depth, c->codebook_size, c->enc.hidden,
+            vision_tokenizer_positions(vt));
+    siglip_print_plan(vt->enc, f);
+    rvq_print_plan(vt->q, f);
+}
+
+vtok_work *vtok_work_new(const vision_tokenizer *vt, int max_batch) {
+    vtok_work *w = asvr_calloc(1, sizeof *w, "tokenizer scratch");
+    w->vt = vt;
+    w->max_batch = max_batch;
+    w->acts = siglip_acts_new(vt->enc, max_batch);
+    int64_t rows = (int64_t)max_batch * vision_tokenizer_positions(vt);
+    w->rw = rvq_work_new(vt->q, rows);
+    w->feats = asvr_malloc(sizeof(float) * (size_t)rows * (size_t)vt->cfg.enc.hidden, "tap-layer features");
+    return w;
+}
+
+void vtok_work_free(vtok_work *w) {
+    if (!w) return;
+    siglip_acts_free(w->acts);
+    rvq_work_free(w->rw);
+    free(w->feats);
+    free(w);
+}
+
+void vtok_work_print_plan(const vtok_work *w, FILE *f) { siglip_acts_print_plan(w->acts, f); }
+
+static void run_features(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *feats) {
+    const vtok_config *c = &vt->cfg;
+    CHECK(B >= 1 && B <= w->max_batch, "", "vision tokenizer batch %d outside 1..%d", B, w->max_batch);
+    int64_t S = c->enc.image_size, N = vision_tokenizer_positions(vt), C = c->enc.hidden;
+    tensor img = tensor_make("images", NN_F32, NN_CPU, 4, (int64_t[]){B, 3, S, S}, (void *)images);
+    tensor out = tensor_make("features", NN_F32, NN_CPU, 3, (int64_t[]){B, N, C}, feats);
+    siglip_forward(vt->enc, w->acts, &img, &out);
+}
+
+void vision_tokenizer_features(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *feats) {
+    run_features(vt, w, B, images, feats);
+}
+
+void vision_tokenizer_encode(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, uint16_t *codes) {
+    run_features(vt, w, B, images, w->feats);
+    int64_t N = vision_tokenizer_positions(vt), C = vt->cfg.enc.hidden;
+    tensor x = tensor_make("features", NN_F32, NN_CPU, 3, (int64_t[]){B, N, C}, w->feats);
+    tensor cd = tensor_make("codes", NN_U16, NN_CPU, 3, (int64_t[]){B, N, vt->cfg.depth}, codes);
+    rvq_encode(vt->q, w->rw, &x, &cd);
+}

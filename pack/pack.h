@@ -1,0 +1,9 @@
+/* pack.h — asvr-pack's subcommands: build (LLaVA JSON → packed store), show, info. */
+#ifndef ASVR_PACK_PACK_H
+#define ASVR_PACK_PACK_H
+
+int pack_build_main(int argc, char **argv);
+int pack_show_main(int argc, char **argv);
+int pack_info_main(int argc, char **argv);
+
+#endif

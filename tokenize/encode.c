@@ -1,0 +1,453 @@
+/* asvr-tokenize encode — images → codes in an LMDB code store.
+ *
+ * Pipeline: decode threads (read, decode, pad/squash, resize, normalise into a pooled slot) →
+ * the compute thread (batches of --batch images through the tokenizer) → the writer thread (one
+ * LMDB transaction per batch). Keys already in the store are skipped, so a killed run resumes;
+ * the store is built as "<out>.partial" and renamed when every image is done. A bad or missing
+ * image is logged, listed in --rejects and counted; --max-errors N fails the run after N. */
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/cli.h"
+#include "base/fsutil.h"
+#include "base/hash.h"
+#include "base/log.h"
+#include "base/progress.h"
+#include "base/queue.h"
+#include "commands.h"
+#include "io/image.h"
+#include "io/json_stream.h"
+#include "model/vision_tokenizer.h"
+#include "store/code_store.h"
+
+/* ---- the list of image keys (deduplicated, first occurrence order) ---------------------------- */
+
+typedef struct keylist {
+    char **keys;
+    size_t n, cap;
+    size_t *slots; /* open addressing: index+1, 0 = empty */
+    size_t nslots;
+} keylist;
+
+static void keylist_add(keylist *k, const char *s) {
+    if ((k->n + 1) * 2 > k->nslots) {
+        size_t ns = k->nslots ? k->nslots * 2 : 1024;
+        size_t *sl = asvr_calloc(ns, sizeof *sl, "the image key set");
+        for (size_t i = 0; i < k->n; i++) {
+            size_t h = (size_t)asvr_xxh64(k->keys[i], strlen(k->keys[i]), 0) & (ns - 1);
+            while (sl[h]) h = (h + 1) & (ns - 1);
+            sl[h] = i + 1;
+        }
+        free(k->slots);
+        k->slots = sl;
+        k->nslots = ns;
+    }
+    size_t h = (size_t)asvr_xxh64(s, strlen(s), 0) & (k->nslots - 1);
+    while (k->slots[h]) {
+        if (strcmp(k->keys[k->slots[h] - 1], s) == 0) return;
+        h = (h + 1) & (k->nslots - 1);
+    }
+    if (k->n == k->cap) {
+        k->cap = k->cap ? k->cap * 2 : 1024;
+        k->keys = asvr_realloc(k->keys, k->cap * sizeof *k->keys, "the image key list");
+    }
+    k->keys[k->n] = asvr_strdup(s);
+    k->slots[h] = ++k->n;
+}
+
+static void keylist_free(keylist *k) {
+    for (size_t i = 0; i < k->n; i++) free(k->keys[i]);
+    free(k->keys);
+    free(k->slots);
+}
+
+static int read_json_keys(const char *path, keylist *k, asvr_error *err) {
+    json_stream *js;
+    if (json_stream_open(path, &js, err) < 0) return -1;
+    json_t *e;
+    int r;
+    uint64_t bad = 0;
+    while ((r = json_stream_next(js, &e, err)) != 0) {
+        if (r == -2) {
+            json_stream_close(js);
+            return -1;
+        }
+        if (r < 0) {
+            LOG_WARN("%s", err->msg);
+            bad++;
+            continue;
+        }
+        json_t *img = json_object_get(e, "image");
+        if (json_is_string(img) && json_string_length(img) > 0) keylist_add(k, json_string_value(img));
+        json_decref(e);
+    }
+    json_stream_close(js);
+    if (bad) LOG_WARN("'%s': %llu malformed samples were skipped while collecting images", path, (unsigned long long)bad);
+    return 0;
+}
+
+static int read_list_keys(const char *path, keylist *k, asvr_error *err) {
+    uint8_t *data;
+    size_t n;
+    if (asvr_read_file(path, &data, &n, err) < 0) return -1;
+    char *save = NULL;
+    for (char *line = strtok_r((char *)data, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
+        while (*line == ' ' || *line == '\t') line++;
+        size_t len = strlen(line);
+        while (len && (line[len - 1] == ' ' || line[len - 1] == '\t')) line[--len] = 0;
+        if (len && line[0] != '#') keylist_add(k, line);
+    }
+    free(data);
+    return 0;
+}
+
+/* ---- pipeline ----------------------------------------------------------------------------------- */
+
+typedef struct item {
+    size_t key;    /* index into the todo list */
+    float *pixels; /* a pool slot, NULL when decoding failed */
+    char *error;
+} item;
+
+typedef struct batch {
+    int n;
+    const char *keys[1024];
+    uint16_t *codes; /* n × N × D */
+} batch;
+
+typedef struct pipeline {
+    const char *root;
+    char **todo;
+    size_t n_todo;
+    image_decode_opts dopts;
+    image_preprocess_opts popts;
+    float mean[3], std[3];
+    int S;
+    _Atomic size_t next;
+    asvr_queue *ready, *free_slots;
+    _Atomic int64_t decode_ns;
+    /* writer */
+    code_store *cs;
+    asvr_queue *to_write, *free_batches;
+    double write_s;
+    int write_failed;
+    asvr_error write_err;
+    asvr_progress *bar;
+} pipeline;
+
+static void *decode_worker(void *arg) {
+    pipeline *p = arg;
+    uint8_t *u8 = asvr_malloc((size_t)p->S * p->S * 3, "a preprocessed image");
+    for (;;) {
+        size_t i = atomic_fetch_add(&p->next, 1);
+        if (i >= p->n_todo) break;
+        double t0 = asvr_now();
+        item *it = asvr_calloc(1, sizeof *it, "a pipeline item");
+        it->key = i;
+        char *path = asvr_path_join(p->root, p->todo[i]);
+        image_rgb img = {0};
+        asvr_error err;
+        if (image_decode_file(path, &p->dopts, &img, &err) < 0 || image_preprocess(&img, &p->popts, u8, &err) < 0) {
+            it->error = asvr_strdup(err.msg);
+        } else {
+            it->pixels = asvr_queue_pop(p->free_slots);
+            image_normalize_chw(u8, p->S, p->S, p->mean, p->std, it->pixels);
+        }
+        image_free(&img);
+        free(path);
+        atomic_fetch_add(&p->decode_ns, (int64_t)((asvr_now() - t0) * 1e9));
+        asvr_queue_push(p->ready, it);
+    }
+    free(u8);
+    return NULL;
+}
+
+static void *writer_thread(void *arg) {
+    pipeline *p = arg;
+    batch *b;
+    while ((b = asvr_queue_pop(p->to_write)) != NULL) {
+        if (!p->write_failed) {
+            double t0 = asvr_now();
+            const uint16_t *cp[1024];
+            size_t per = 0;
+            const vtok_config *unused = NULL;
+            (void)unused;
+            per = (size_t)code_store_get_meta(p->cs)->positions * (size_t)code_store_get_meta(p->cs)->depth;
+            for (int i = 0; i < b->n; i++) cp[i] = b->codes + per * (size_t)i;
+            if (code_store_put_batch(p->cs, b->n, b->keys, cp, &p->write_err) < 0) p->write_failed = 1;
+            p->write_s += asvr_now() - t0;
+            asvr_progress_add(p->bar, (uint64_t)b->n);
+        }
+        asvr_queue_push(p->free_batches, b);
+    }
+    return NULL;
+}
+
+static int parse_rgb(const char *s, uint8_t out[3]) {
+    int v[3];
+    char tail;
+    if (sscanf(s, "%d,%d,%d%c", &v[0], &v[1], &v[2], &tail) != 3) return -1;
+    for (int i = 0; i < 3; i++) {
+        if (v[i] < 0 || v[i] > 255) return -1;
+        out[i] = (uint8_t)v[i];
+    }
+    return 0;
+}
+
+int cmd_encode(int argc, char **argv) {
+    const char *json = NULL, *list = NULL, *root = "", *tok_path = NULL, *out = NULL, *policy_s = NULL,
+               *pad_s = NULL, *rejects = NULL, *stats = NULL, *device = "cpu";
+    int64_t batch_size = 8, threads = 0, max_errors = -1, map_mib = 1024, max_pixels = (int64_t)IMAGE_DEFAULT_MAX_PIXELS;
+    int compress = 0, accept = 0, exif = 0;
+    const asvr_opt opts[] = {
+        {"json", ASVR_OPT_STR, &json, "FILE", "LLaVA JSON (.json/.json.zst): every \"image\" of it, deduplicated"},
+        {"list", ASVR_OPT_STR, &list, "FILE", "or a list file: one image path per line ('#' comments)"},
+        {"image-root", ASVR_OPT_STR, &root, "DIR", "folder the image paths are relative to (keys stay as written)"},
+        {"tokenizer", ASVR_OPT_STR, &tok_path, "FILE", "tokenizer file (tools/convert_tokenizer.py makes one)"},
+        {"policy", ASVR_OPT_STR, &policy_s, "pad|squash", "pad to square (stage it) or squash (stage pt); required"},
+        {"out", ASVR_OPT_STR, &out, "STORE", "the code store (built as STORE.partial, renamed when complete)"},
+        {"pad", ASVR_OPT_STR, &pad_s, "R,G,B", "pad colour (default: the tokenizer's, 127,127,127 for SigLIP)"},
+        {"batch", ASVR_OPT_INT, &batch_size, "N", "images per forward pass and per LMDB transaction (default 8)"},
+        {"threads", ASVR_OPT_INT, &threads, "N", "decode threads (default: the number of cores)"},
+        {"device", ASVR_OPT_STR, &device, "cpu", "compute backend (cpu; the CUDA pipeline is not wired yet)"},
+        {"compress", ASVR_OPT_FLAG, &compress, NULL, "zstd-compress each record (see README for the measured ratio)"},
+        {"max-errors", ASVR_OPT_INT, &max_errors, "N", "fail after more than N bad or missing images (default: never)"},
+        {"rejects", ASVR_OPT_STR, &rejects, "FILE", "write each rejected image as a JSON line {key, reason}"},
+        {"stats", ASVR_OPT_STR, &stats, "FILE", "write a JSON summary (counts, time per stage)"},
+        {"map-size", ASVR_OPT_INT, &map_mib, "MIB", "initial LMDB map size; it grows as needed (default 1024)"},
+        {"max-pixels", ASVR_OPT_INT, &max_pixels, "N", "refuse larger images (default 89478485, Pillow's)"},
+        {"accept-warnings", ASVR_OPT_FLAG, &accept, NULL, "decode truncated/corrupt JPEG data anyway"},
+        {"exif", ASVR_OPT_FLAG, &exif, NULL, "apply EXIF orientation (the reference does not)"},
+    };
+    const asvr_cli cli = {"asvr-tokenize encode",
+                          "(--json FILE | --list FILE) [--image-root DIR] --tokenizer FILE --policy pad|squash --out STORE [options]",
+                          "Encodes every image into D codes per position with the tokenizer and stores them under the\n"
+                          "image path as written in the input. Resumes a killed run; a rerun on a finished store whose\n"
+                          "images are all present does nothing.",
+                          opts, (int)(sizeof opts / sizeof opts[0]), 0, 0};
+    int npos;
+    char **pos;
+    asvr_cli_parse(&cli, argc, argv, &npos, &pos);
+    free(pos);
+    if (!!json == !!list) asvr_cli_usage_error(&cli, "give exactly one of --json and --list");
+    if (!tok_path || !out || !policy_s) asvr_cli_usage_error(&cli, "--tokenizer, --policy and --out are required");
+    image_policy policy;
+    if (image_policy_parse(policy_s, &policy) < 0) asvr_cli_usage_error(&cli, "--policy must be pad or squash");
+    if (batch_size < 1 || batch_size > 1024) asvr_cli_usage_error(&cli, "--batch must be in 1..1024");
+    if (strcmp(device, "cpu") != 0) asvr_cli_usage_error(&cli, "--device %s is not available in this build; use cpu", device);
+    if (threads <= 0) threads = asvr_num_cores();
+    uint8_t pad[3];
+    if (pad_s && parse_rgb(pad_s, pad) < 0) asvr_cli_usage_error(&cli, "--pad expects R,G,B with values 0..255");
+
+    asvr_error err;
+    double t_start = asvr_now();
+    keylist keys = {0};
+    if ((json ? read_json_keys(json, &keys, &err) : read_list_keys(list, &keys, &err)) < 0)
+        ASVR_FATAL("check the input path", "%s", err.msg);
+    LOG_INFO("encode: %zu distinct images from %s", keys.n, json ? json : list);
+
+    /* Cheap checks first: the tokenizer's fingerprint and an up-to-date store need no model. */
+    code_store_meta meta = {0};
+    if (vision_tokenizer_fingerprint_file(tok_path, meta.tokenizer_fingerprint, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    vision_tokenizer *vt;
+    if (vision_tokenizer_load(tok_path, &vt, &err) < 0) ASVR_FATAL("check the tokenizer file", "%s", err.msg);
+    const vtok_config *vc = vision_tokenizer_config(vt);
+    const char *base = strrchr(tok_path, '/');
+    snprintf(meta.tokenizer, sizeof meta.tokenizer, "%s", base ? base + 1 : tok_path);
+    snprintf(meta.policy, sizeof meta.policy, "%s", image_policy_name(policy));
+    meta.image_size = vc->enc.image_size;
+    meta.positions = vision_tokenizer_positions(vt);
+    meta.depth = vc->depth;
+    meta.codebook_size = vc->codebook_size;
+    meta.compression = compress;
+    if (!pad_s) memcpy(pad, vc->pad, 3);
+
+    if (asvr_path_exists(out)) {
+        code_store *fin;
+        if (code_store_open(out, &fin, &err) == 0) {
+            char why[512];
+            if (code_store_meta_diff(code_store_get_meta(fin), &meta, why, sizeof why))
+                ASVR_FATAL("write to a new store (one store per tokenizer and policy)", "'%s' was made differently, refusing to mix: %s", out, why);
+            size_t missing = 0;
+            for (size_t i = 0; i < keys.n && !missing; i++) missing += !code_store_has(fin, keys.keys[i]);
+            code_store_close(fin);
+            if (!missing) {
+                LOG_INFO("'%s' is complete: all %zu images are in it; nothing to do", out, keys.n);
+                vision_tokenizer_free(vt);
+                keylist_free(&keys);
+                return ASVR_EXIT_OK;
+            }
+        }
+    }
+    code_store *cs;
+    if (code_store_open_writer(out, &meta, (size_t)map_mib << 20, &cs, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    char **todo = asvr_malloc(sizeof(char *) * (keys.n ? keys.n : 1), "the work list");
+    size_t n_todo = 0;
+    for (size_t i = 0; i < keys.n; i++)
+        if (!code_store_has(cs, keys.keys[i])) todo[n_todo++] = keys.keys[i];
+    LOG_INFO("%zu already in '%s.partial', %zu to encode; policy %s, %dx%d, batch %lld, %lld decode threads, device %s",
+             keys.n - n_todo, out, n_todo, meta.policy, meta.image_size, meta.image_size, (long long)batch_size,
+             (long long)threads, device);
+    if (asvr_log_get_level() >= ASVR_LOG_INFO) vision_tokenizer_print(vt, stderr);
+
+    pipeline p = {0};
+    p.root = root;
+    p.todo = todo;
+    p.n_todo = n_todo;
+    image_decode_opts_default(&p.dopts);
+    p.dopts.max_pixels = (uint64_t)max_pixels;
+    p.dopts.accept_jpeg_warnings = accept;
+    p.dopts.apply_exif_orientation = exif;
+    image_preprocess_opts_default(&p.popts);
+    p.popts.policy = policy;
+    p.popts.size = vc->enc.image_size;
+    memcpy(p.popts.pad, pad, 3);
+    memcpy(p.mean, vc->mean, sizeof p.mean);
+    memcpy(p.std, vc->std, sizeof p.std);
+    p.S = vc->enc.image_size;
+    p.cs = cs;
+    int B = (int)batch_size;
+    int n_slots = 2 * B + (int)threads;
+    size_t img_floats = (size_t)3 * p.S * p.S, per = (size_t)meta.positions * (size_t)meta.depth;
+    float *slot_mem = asvr_malloc(sizeof(float) * img_floats * (size_t)n_slots, "image slots");
+    p.free_slots = asvr_queue_new(n_slots);
+    for (int i = 0; i < n_slots; i++) asvr_queue_push(p.free_slots, slot_mem + img_floats * (size_t)i);
+    p.ready = asvr_queue_new(n_slots + (int)threads);
+    batch batches[3];
+    p.free_batches = asvr_queue_new(3);
+    p.to_write = asvr_queue_new(3);
+    for (int i = 0; i < 3; i++) {
+        batches[i].codes = asvr_malloc(sizeof(uint16_t) * per * (size_t)B, "a batch of codes");
+        asvr_queue_push(p.free_batches, &batches[i]);
+    }
+    vtok_work *work = vtok_work_new(vt, B);
+    float *batch_px = asvr_malloc(sizeof(float) * img_floats * (size_t)B, "a batch of images");
+    LOG_INFO("memory: image slots %.1f MiB, batch %.1f MiB", (double)(sizeof(float) * img_floats * (size_t)n_slots) / 1048576.0,
+             (double)(sizeof(float) * img_floats * (size_t)B) / 1048576.0);
+
+    p.bar = asvr_progress_begin("encode", n_todo, "img");
+    pthread_t *tids = asvr_malloc(sizeof(pthread_t) * (size_t)threads, "decode threads");
+    for (int t = 0; t < threads; t++) CHECK(pthread_create(&tids[t], NULL, decode_worker, &p) == 0, "", "starting a decode thread");
+    pthread_t wtid;
+    CHECK(pthread_create(&wtid, NULL, writer_thread, &p) == 0, "", "starting the writer thread");
+
+    json_t *rej = json_array();
+    size_t done = 0, n_err = 0, n_ok = 0;
+    double compute_s = 0, wait_s = 0;
+    int over = 0;
+    batch *cur = NULL;
+    while (done < n_todo && !p.write_failed) {
+        double tw = asvr_now();
+        item *it = asvr_queue_pop(p.ready);
+        wait_s += asvr_now() - tw;
+        done++;
+        if (it->error) {
+            n_err++;
+            LOG_WARN("image '%s': %s", todo[it->key], it->error);
+            json_array_append_new(rej, json_pack("{s:s, s:s}", "key", todo[it->key], "reason", it->error));
+            asvr_progress_add(p.bar, 1);
+            free(it->error);
+            free(it);
+            if (max_errors >= 0 && n_err > (size_t)max_errors) {
+                LOG_ERROR("%zu bad or missing images, more than --max-errors %lld; stopping", n_err, (long long)max_errors);
+                over = 1;
+                break;
+            }
+        } else {
+            if (!cur) {
+                cur = asvr_queue_pop(p.free_batches);
+                cur->n = 0;
+            }
+            memcpy(batch_px + img_floats * (size_t)cur->n, it->pixels, sizeof(float) * img_floats);
+            asvr_queue_push(p.free_slots, it->pixels);
+            cur->keys[cur->n++] = todo[it->key];
+            free(it);
+        }
+        if (cur && (cur->n == B || done == n_todo)) {
+            double tc = asvr_now();
+            vision_tokenizer_encode(vt, work, cur->n, batch_px, cur->codes);
+            compute_s += asvr_now() - tc;
+            n_ok += (size_t)cur->n;
+            asvr_queue_push(p.to_write, cur);
+            cur = NULL;
+        }
+    }
+    /* Stop the decoders (a failed run stops early), drain, then the writer. */
+    atomic_store(&p.next, n_todo);
+    for (;;) { /* release workers blocked on a full ready queue or an empty slot pool */
+        int alive = 0;
+        item *it;
+        asvr_queue_close(p.ready);
+        while ((it = asvr_queue_pop(p.ready)) != NULL) {
+            if (it->pixels) asvr_queue_push(p.free_slots, it->pixels);
+            free(it->error);
+            free(it);
+        }
+        (void)alive;
+        break;
+    }
+    for (int t = 0; t < threads; t++) pthread_join(tids[t], NULL);
+    asvr_queue_close(p.to_write);
+    pthread_join(wtid, NULL);
+    asvr_progress_end(p.bar);
+
+    int failed = over || p.write_failed;
+    if (p.write_failed) LOG_ERROR("%s", p.write_err.msg);
+    if (rejects) {
+        char *s = NULL;
+        size_t cap = 0, len = 0;
+        for (size_t i = 0; i < json_array_size(rej); i++) {
+            char *line = json_dumps(json_array_get(rej, i), JSON_COMPACT);
+            size_t l = strlen(line);
+            if (len + l + 2 > cap) s = asvr_realloc(s, cap = (len + l + 2) * 2, "the rejects list");
+            memcpy(s + len, line, l);
+            len += l;
+            s[len++] = '\n';
+            free(line);
+        }
+        if (asvr_atomic_write(rejects, s ? s : "", len, &err) < 0) LOG_ERROR("%s", err.msg), failed = 1;
+        free(s);
+    }
+    int64_t total = code_store_count(cs);
+    if (failed) {
+        code_store_close(cs);
+        LOG_ERROR("'%s.partial' keeps the %lld finished images; rerun to resume", out, (long long)total);
+    } else if (code_store_finish(cs, &err) < 0) {
+        LOG_ERROR("%s", err.msg);
+        failed = 1;
+    }
+    double elapsed = asvr_now() - t_start, decode_s = (double)atomic_load(&p.decode_ns) * 1e-9;
+    LOG_INFO("encoded %zu images, %zu rejected, store has %lld; %.1f s, %.1f img/s | compute %.1f s, decode %.1f s "
+             "(over %lld threads), write %.1f s, compute waited %.1f s for input",
+             n_ok, n_err, (long long)total, elapsed, elapsed > 0 ? (double)n_ok / elapsed : 0, compute_s, decode_s,
+             (long long)threads, p.write_s, wait_s);
+    if (stats) {
+        json_t *s = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:b}",
+                              "store", out, "tokenizer", tok_path, "policy", meta.policy, "images", (json_int_t)keys.n,
+                              "encoded", (json_int_t)n_ok, "already_present", (json_int_t)(keys.n - n_todo),
+                              "rejected", (json_int_t)n_err, "store_records", (json_int_t)total, "seconds", elapsed,
+                              "images_per_s", elapsed > 0 ? (double)n_ok / elapsed : 0.0, "compute_s", compute_s,
+                              "decode_s", decode_s, "write_s", p.write_s, "compute_wait_s", wait_s,
+                              "decode_threads", (json_int_t)threads, "finished", !failed);
+        asvr_stats_write(stats, s);
+        json_decref(s);
+    }
+    json_decref(rej);
+    for (int i = 0; i < 3; i++) free(batches[i].codes);
+    asvr_queue_free(p.ready);
+    asvr_queue_free(p.free_slots);
+    asvr_queue_free(p.to_write);
+    asvr_queue_free(p.free_batches);
+    free(slot_mem);
+    free(batch_px);
+    free(tids);
+    free(todo);
+    vtok_work_free(work);
+    vision_tokenizer_free(vt);
+    keylist_free(&keys);
+    return failed ? ASVR_EXIT_FAIL : ASVR_EXIT_OK;
+}
