@@ -4,7 +4,8 @@
  * DIR/weights.safetensors: vision_model.* and quantizer_semantic.codebooks.{d}.weight, config JSON in
  * __metadata__["config"]; DIR/io.safetensors: pixel_values, features, codes (i32).
  * Prints one JSON line (errors, code agreement, timings); exits 1 when the features' relative error
- * is >= 1e-4 or a code of torch's features differs.
+ * is >= 1e-4, or a code of torch's features differs by more than a near-tie (the two chosen rows'
+ * double-precision distances more than 1e-5 apart, relative).
  */
 #include <jansson.h>
 #include <math.h>
@@ -116,6 +117,31 @@ int main(int argc, char **argv) {
     double t_rvq = now() - t0;
     int64_t diff_torch_in = 0, diff_ours_in = 0, first_depth_diff = -1;
     for (int64_t i = 0; i < nc; i++) diff_torch_in += codes[i] != want[i];
+    /* Each row's first differing code: both runs had the same residual there, so compare the two
+     * chosen rows' distances in double. A gap within fp32 rounding of |r|^2 + |c|^2 is a near-tie
+     * that the two GEMMs' summation orders decide differently, not a wrong choice. */
+    double worst_gap = 0.0; /* max over rows of (d(ours) - d(torch)) / d(torch), in double */
+    double *r = asvr_malloc(sizeof(double) * (size_t)C, "residual");
+    for (int64_t row = 0; row < (int64_t)B * N; row++) {
+        int d0 = -1;
+        for (int d = 0; d < D && d0 < 0; d++)
+            if (codes[row * D + d] != want[row * D + d]) d0 = d;
+        if (d0 < 0) continue;
+        for (int j = 0; j < C; j++) r[j] = feat[row * C + j];
+        for (int d = 0; d < d0; d++) {
+            const float *cb = (const float *)rvq_codebook(q, d)->data + (int64_t)want[row * D + d] * C;
+            for (int j = 0; j < C; j++) r[j] -= cb[j];
+        }
+        const float *ca = (const float *)rvq_codebook(q, d0)->data + (int64_t)codes[row * D + d0] * C;
+        const float *cw = (const float *)rvq_codebook(q, d0)->data + (int64_t)want[row * D + d0] * C;
+        double da = 0, dw = 0;
+        for (int j = 0; j < C; j++) da += (r[j] - ca[j]) * (r[j] - ca[j]), dw += (r[j] - cw[j]) * (r[j] - cw[j]);
+        double gap = fabs(da - dw) / dw;
+        fprintf(stderr, "row %lld depth %d: ours %u torch %d, double distances %.9g vs %.9g (rel gap %.2g)\n",
+                (long long)row, d0, codes[row * D + d0], want[row * D + d0], da, dw, gap);
+        if (gap > worst_gap) worst_gap = gap;
+    }
+    free(r);
     memset(codes, 0xFF, sizeof(uint16_t) * (size_t)nc);
     rvq_encode(q, w, &ot, &ct);
     for (int64_t i = 0; i < nc; i++)
@@ -126,11 +152,12 @@ int main(int argc, char **argv) {
     printf("{\"batch\": %d, \"tokens\": %d, \"width\": %d, \"tap\": %d, \"feature_rel_err\": %.4g, "
            "\"feature_max_abs_err\": %.4g, \"feature_norm\": %.6g, \"nonfinite\": %lld, \"codes\": %lld, "
            "\"code_diff_on_torch_features\": %lld, \"code_diff_on_our_features\": %lld, "
-           "\"first_depth_with_diff\": %lld, \"load_s\": %.2f, \"siglip_forward_s\": %.2f, \"rvq_s\": %.2f}\n",
+           "\"first_depth_with_diff\": %lld, \"worst_tie_gap_rel\": %.3g, \"load_s\": %.2f, \"siglip_forward_s\": %.2f, \"rvq_s\": %.2f}\n",
            B, N, C, cfg.tap, rel, maxabs, sqrt(den), (long long)nonfinite, (long long)nc,
-           (long long)diff_torch_in, (long long)diff_ours_in, (long long)first_depth_diff, t_load, t_fwd,
+           (long long)diff_torch_in, (long long)diff_ours_in, (long long)first_depth_diff, worst_gap, t_load, t_fwd,
            t_rvq);
-    int ok = rel < 1e-4 && nonfinite == 0 && diff_torch_in == 0;
+    /* fp32 distances of ~|r|^2 carry rounding of a few 1e-7 relative; allow 1e-5 for near-ties. */
+    int ok = rel < 1e-4 && nonfinite == 0 && worst_gap < 1e-5;
     rvq_work_free(w);
     rvq_free(q);
     siglip_acts_free(acts);
