@@ -6,5 +6,8 @@
 
 int cmd_preprocess(int argc, char **argv);
 int cmd_encode(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
+int cmd_dump(int argc, char **argv);
 
 #endif

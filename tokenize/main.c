@@ -4,6 +4,9 @@
 
 static const asvr_command COMMANDS[] = {
     {"encode", cmd_encode, "encode the images of a LLaVA JSON or a list into a code store"},
+    {"verify", cmd_verify, "check every record of a code store (checksums, shapes, code range)"},
+    {"stats", cmd_stats, "summarise a code store (meta, size, codebook use per depth)"},
+    {"dump", cmd_dump, "print records as JSON lines"},
     {"preprocess", cmd_preprocess, "decode one image and write the preprocessed S x S input as PPM"},
 };
 

@@ -1,0 +1,225 @@
+/* asvr-tokenize verify / stats / dump — read a finished code store. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/cli.h"
+#include "base/log.h"
+#include "commands.h"
+#include "store/code_store.h"
+
+static code_store *open_or_die(const char *path) {
+    code_store *cs;
+    asvr_error err;
+    if (code_store_open(path, &cs, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    return cs;
+}
+
+static json_t *meta_json(const code_store *cs) {
+    char *s = code_store_meta_to_json(code_store_get_meta(cs));
+    json_t *o = json_loads(s, 0, NULL);
+    free(s);
+    return o;
+}
+
+/* ---- verify ---- */
+
+typedef struct verify_ctx {
+    const code_store_meta *meta;
+    uint64_t ok, bad;
+} verify_ctx;
+
+static int verify_visit(void *vctx, const char *key, size_t kl, const void *v, size_t n) {
+    verify_ctx *c = vctx;
+    asvr_error err;
+    if (code_record_decode(v, n, c->meta, NULL, &err) < 0) {
+        c->bad++;
+        printf("%.*s\t%s\n", (int)kl, key, err.msg);
+    } else {
+        c->ok++;
+    }
+    return 0;
+}
+
+int cmd_verify(int argc, char **argv) {
+    const asvr_cli cli = {"asvr-tokenize verify", "STORE",
+                          "Checks every record (magic, shape, checksum, codes < K). Prints each corrupt key and\n"
+                          "its reason on stdout (KEY<TAB>REASON); exits 1 when any record is corrupt.",
+                          NULL, 0, 1, 1};
+    int npos;
+    char **pos;
+    asvr_cli_parse(&cli, argc, argv, &npos, &pos);
+    code_store *cs = open_or_die(pos[0]);
+    verify_ctx c = {code_store_get_meta(cs), 0, 0};
+    asvr_error err;
+    if (code_store_foreach(cs, verify_visit, &c, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    LOG_INFO("'%s': %llu records ok, %llu corrupt", pos[0], (unsigned long long)c.ok, (unsigned long long)c.bad);
+    code_store_close(cs);
+    free(pos);
+    return c.bad ? ASVR_EXIT_FAIL : ASVR_EXIT_OK;
+}
+
+/* ---- stats ---- */
+
+typedef struct stats_ctx {
+    const code_store_meta *meta;
+    uint64_t records, bytes, bad;
+    uint64_t *hist; /* depth × K */
+    uint16_t *codes;
+} stats_ctx;
+
+static int stats_visit(void *vctx, const char *key, size_t kl, const void *v, size_t n) {
+    stats_ctx *c = vctx;
+    asvr_error err;
+    c->records++;
+    c->bytes += n + kl;
+    if (code_record_decode(v, n, c->meta, c->codes, &err) < 0) {
+        c->bad++;
+        return 0;
+    }
+    int P = c->meta->positions, D = c->meta->depth, K = c->meta->codebook_size;
+    for (int p = 0; p < P; p++)
+        for (int d = 0; d < D; d++) c->hist[(size_t)d * K + c->codes[p * D + d]]++;
+    return 0;
+}
+
+int cmd_stats(int argc, char **argv) {
+    int as_json = 0;
+    const asvr_opt opts[] = {{"json", ASVR_OPT_FLAG, &as_json, NULL, "print JSON on stdout"}};
+    const asvr_cli cli = {"asvr-tokenize stats", "[--json] STORE",
+                          "Summarises a code store: its meta record, record count and size, and per depth the\n"
+                          "number of codebook rows used and the code perplexity (exp of the entropy).",
+                          opts, 1, 1, 1};
+    int npos;
+    char **pos;
+    asvr_cli_parse(&cli, argc, argv, &npos, &pos);
+    code_store *cs = open_or_die(pos[0]);
+    const code_store_meta *m = code_store_get_meta(cs);
+    stats_ctx c = {m, 0, 0, 0, NULL, NULL};
+    c.hist = asvr_calloc((size_t)m->depth * (size_t)m->codebook_size, sizeof(uint64_t), "code histograms");
+    c.codes = asvr_malloc(sizeof(uint16_t) * (size_t)m->positions * (size_t)m->depth, "a record");
+    asvr_error err;
+    if (code_store_foreach(cs, stats_visit, &c, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    json_t *o = meta_json(cs);
+    json_object_set_new(o, "records", json_integer((json_int_t)c.records));
+    json_object_set_new(o, "corrupt_records", json_integer((json_int_t)c.bad));
+    json_object_set_new(o, "bytes", json_integer((json_int_t)c.bytes));
+    json_t *depths = json_array();
+    for (int d = 0; d < m->depth; d++) {
+        uint64_t total = 0, used = 0;
+        for (int k = 0; k < m->codebook_size; k++) total += c.hist[(size_t)d * m->codebook_size + k];
+        double h = 0;
+        for (int k = 0; k < m->codebook_size; k++) {
+            uint64_t x = c.hist[(size_t)d * m->codebook_size + k];
+            if (!x) continue;
+            used++;
+            double p = (double)x / (double)total;
+            h -= p * log(p);
+        }
+        json_array_append_new(depths, json_pack("{s:i, s:I, s:f}", "depth", d, "codes_used", (json_int_t)used,
+                                                "perplexity", exp(h)));
+    }
+    json_object_set_new(o, "per_depth", depths);
+    if (as_json) {
+        char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
+        printf("%s\n", s);
+        free(s);
+    } else {
+        printf("%s: %llu records (%llu corrupt), %.1f MiB\n", pos[0], (unsigned long long)c.records,
+               (unsigned long long)c.bad, (double)c.bytes / 1048576.0);
+        printf("tokenizer %s (%s), policy %s, %dx%d input, %d positions x %d depths, K = %d, compression %s\n",
+               m->tokenizer, m->tokenizer_fingerprint, m->policy, m->image_size, m->image_size, m->positions, m->depth,
+               m->codebook_size, m->compression ? "zstd" : "none");
+        for (size_t d = 0; d < json_array_size(depths); d++) {
+            json_t *x = json_array_get(depths, d);
+            printf("  depth %zu: %lld of %d codes used, perplexity %.1f\n", d,
+                   (long long)json_integer_value(json_object_get(x, "codes_used")), m->codebook_size,
+                   json_real_value(json_object_get(x, "perplexity")));
+        }
+    }
+    json_decref(o);
+    free(c.hist);
+    free(c.codes);
+    code_store_close(cs);
+    free(pos);
+    return ASVR_EXIT_OK;
+}
+
+/* ---- dump ---- */
+
+static void print_record(const char *key, size_t kl, const uint16_t *codes, size_t n) {
+    json_t *o = json_object();
+    json_object_set_new(o, "key", json_stringn(key, kl));
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_integer(codes[i]));
+    json_object_set_new(o, "codes", a);
+    char *s = json_dumps(o, JSON_COMPACT);
+    printf("%s\n", s);
+    free(s);
+    json_decref(o);
+}
+
+typedef struct dump_ctx {
+    const code_store_meta *meta;
+    uint16_t *codes;
+    int bad;
+} dump_ctx;
+
+static int dump_visit(void *vctx, const char *key, size_t kl, const void *v, size_t n) {
+    dump_ctx *c = vctx;
+    asvr_error err;
+    if (code_record_decode(v, n, c->meta, c->codes, &err) < 0) {
+        LOG_ERROR("record '%.*s': %s", (int)kl, key, err.msg);
+        c->bad = 1;
+        return 0;
+    }
+    print_record(key, kl, c->codes, (size_t)c->meta->positions * (size_t)c->meta->depth);
+    return 0;
+}
+
+int cmd_dump(int argc, char **argv) {
+    int meta_only = 0;
+    const asvr_opt opts[] = {{"meta", ASVR_OPT_FLAG, &meta_only, NULL, "print only the meta record (JSON)"}};
+    const asvr_cli cli = {"asvr-tokenize dump", "[--meta] STORE [KEY...]",
+                          "Prints records as JSON lines {\"key\", \"codes\"} (positions x depth, row-major), for\n"
+                          "the given keys or, without keys, for every record in key order.",
+                          opts, 1, 1, -1};
+    int npos;
+    char **pos;
+    asvr_cli_parse(&cli, argc, argv, &npos, &pos);
+    code_store *cs = open_or_die(pos[0]);
+    const code_store_meta *m = code_store_get_meta(cs);
+    int rc = ASVR_EXIT_OK;
+    if (meta_only) {
+        char *s = code_store_meta_to_json(m);
+        printf("%s\n", s);
+        free(s);
+    } else if (npos == 1) {
+        dump_ctx c = {m, asvr_malloc(sizeof(uint16_t) * (size_t)m->positions * (size_t)m->depth, "a record"), 0};
+        asvr_error err;
+        if (code_store_foreach(cs, dump_visit, &c, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        free(c.codes);
+        if (c.bad) rc = ASVR_EXIT_FAIL;
+    } else {
+        uint16_t *codes = asvr_malloc(sizeof(uint16_t) * (size_t)m->positions * (size_t)m->depth, "a record");
+        for (int i = 1; i < npos; i++) {
+            asvr_error err;
+            int r = code_store_get(cs, pos[i], codes, &err);
+            if (r == 1) {
+                LOG_ERROR("'%s' has no record '%s'", pos[0], pos[i]);
+                rc = ASVR_EXIT_FAIL;
+            } else if (r < 0) {
+                LOG_ERROR("%s", err.msg);
+                rc = ASVR_EXIT_FAIL;
+            } else {
+                print_record(pos[i], strlen(pos[i]), codes, (size_t)m->positions * (size_t)m->depth);
+            }
+        }
+        free(codes);
+    }
+    code_store_close(cs);
+    free(pos);
+    return rc;
+}

@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Writes an asvr vision-tokenizer file (one safetensors file: the SigLIP-shaped encoder up to the
+tap layer, the D codebooks, and the config JSON in __metadata__["asvr_tokenizer"]; see
+common/model/vision_tokenizer.h) from:
+
+  dualtoken CKPT.pt            a DualToken / ASVR tokenizer checkpoint, torch.load(p)["state_dict"]
+                               (keys siglip_model.vision_model.*, quantizer_semantic.codebooks.{d}.weight)
+  hf SIGLIP --codebooks FILE   an HF SigLIP checkpoint (model.safetensors, a folder, or a sharded
+                               index) plus codebooks (safetensors/.pt with {prefix}{d}.weight or
+                               codebooks.{d}.weight, [K or K+1, C])
+  random --preset P --seed N   seeded random weights at a preset shape (so400m, tiny), for tests
+                               and benchmarks
+
+Every expected tensor must be present with its exact shape; a missing or mis-shaped key is an error
+naming it (the reference loads with strict=False and would silently ignore it).
+
+    python3 tools/convert_tokenizer.py dualtoken epoch_6.pt --out dualtoken-semantic.safetensors
+    python3 tools/convert_tokenizer.py random --preset so400m --seed 0 --out random-so400m.safetensors
+
+Needs: torch, safetensors, numpy.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PRESETS = {
+    # google/siglip-so400m-patch14-384 as DualToken/ASVR use it: tap 26 of 27, RVQ 8 x 16384.
+    "so400m": dict(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304, num_layers=27,
+                   num_heads=16, layer_norm_eps=1e-6, tap_layer=26, depth=8, codebook_size=16384),
+    "tiny": dict(image_size=46, patch_size=14, hidden_size=48, intermediate_size=96, num_layers=4,
+                 num_heads=4, layer_norm_eps=1e-6, tap_layer=3, depth=3, codebook_size=64),
+}
+LAYER_TENSORS = [("layer_norm1.weight", "C"), ("layer_norm1.bias", "C"), ("layer_norm2.weight", "C"),
+                 ("layer_norm2.bias", "C"), ("self_attn.q_proj.weight", "CC"), ("self_attn.q_proj.bias", "C"),
+                 ("self_attn.k_proj.weight", "CC"), ("self_attn.k_proj.bias", "C"),
+                 ("self_attn.v_proj.weight", "CC"), ("self_attn.v_proj.bias", "C"),
+                 ("self_attn.out_proj.weight", "CC"), ("self_attn.out_proj.bias", "C"),
+                 ("mlp.fc1.weight", "IC"), ("mlp.fc1.bias", "I"), ("mlp.fc2.weight", "CI"), ("mlp.fc2.bias", "C")]
+
+
+def expected_shapes(cfg):
+    C, I, p = cfg["hidden_size"], cfg["intermediate_size"], cfg["patch_size"]
+    N = (cfg["image_size"] // p) ** 2
+    dims = {"C": C, "I": I}
+    out = {"vision_model.embeddings.patch_embedding.weight": (C, 3, p, p),
+           "vision_model.embeddings.patch_embedding.bias": (C,),
+           "vision_model.embeddings.position_embedding.weight": (N, C)}
+    for i in range(cfg["tap_layer"]):
+        for name, spec in LAYER_TENSORS:
+            out["vision_model.encoder.layers.%d.%s" % (i, name)] = tuple(dims[ch] for ch in spec)
+    return out
+
+
+def config_json(cfg, kind="semantic"):
+    c = dict(format="asvr-vision-tokenizer", version=1, kind=kind, hidden_act="gelu_pytorch_tanh",
+             encoder_prefix="vision_model.", codebook_prefix="quantizer.codebooks.",
+             image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], pad_color=[127, 127, 127])
+    c.update({k: cfg[k] for k in ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers",
+                                  "num_heads", "layer_norm_eps", "tap_layer", "depth", "codebook_size")})
+    return json.dumps(c, sort_keys=True)
+
+
+def assemble(cfg, encoder, codebooks, dtype):
+    """encoder: {hf name: tensor}; codebooks: list of D tensors [K or K+1, C]. Checks and returns the
+    tensors to write."""
+    want = expected_shapes(cfg)
+    problems = []
+    out = {}
+    for name, shape in want.items():
+        t = encoder.get(name)
+        if t is None:
+            problems.append("missing tensor %s (expected shape %s)" % (name, list(shape)))
+        elif tuple(t.shape) != shape:
+            problems.append("tensor %s has shape %s, expected %s" % (name, list(t.shape), list(shape)))
+        else:
+            out[name] = t.to(dtype).contiguous()
+    K, C = cfg["codebook_size"], cfg["hidden_size"]
+    if len(codebooks) != cfg["depth"]:
+        problems.append("%d codebooks, the config says depth %d" % (len(codebooks), cfg["depth"]))
+    for d, cb in enumerate(codebooks):
+        if cb is None:
+            problems.append("missing codebook %d" % d)
+            continue
+        if cb.ndim != 2 or cb.shape[1] != C or cb.shape[0] not in (K, K + 1):
+            problems.append("codebook %d has shape %s, expected [%d or %d, %d]" % (d, list(cb.shape), K, K + 1, C))
+            continue
+        out["quantizer.codebooks.%d.weight" % d] = cb[:K].to(dtype).contiguous()  # drop the padding row
+    if problems:
+        sys.exit("convert_tokenizer: the source does not fit the configuration:\n  " + "\n  ".join(problems))
+    return out
+
+
+def strip_prefixes(sd, prefixes):
+    out = {}
+    for k, v in sd.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def from_dualtoken(path, cfg):
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    sd = ck["state_dict"] if isinstance(ck, dict) and "state_dict" in ck else ck
+    sd = strip_prefixes(sd, ["module.", "rqvaesiglip.", "vision_tower."])
+    enc = {k[len("siglip_model."):]: v for k, v in sd.items() if k.startswith("siglip_model.vision_model.")}
+    books = [sd.get("quantizer_semantic.codebooks.%d.weight" % d) for d in range(cfg["depth"])]
+    return enc, books
+
+
+def load_any(path):
+    if path.endswith(".json"):  # sharded index
+        idx = json.load(open(path))
+        out = {}
+        for f in sorted(set(idx["weight_map"].values())):
+            out.update(load_file(os.path.join(os.path.dirname(path), f)))
+        return out
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+        if not files:
+            sys.exit("convert_tokenizer: no *.safetensors in %s" % path)
+        out = {}
+        for f in files:
+            out.update(load_file(f))
+        return out
+    if path.endswith(".safetensors"):
+        return load_file(path)
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    return ck.get("state_dict", ck)
+
+
+def from_hf(path, codebooks, cfg):
+    sd = load_any(path)
+    enc = {k: v for k, v in sd.items() if k.startswith("vision_model.")}
+    if not enc:  # a full SiglipModel checkpoint names the tower vision_model.* too; CLIP-style prefixes:
+        enc = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.vision_model.")}
+    cb = load_any(codebooks)
+    books = []
+    for d in range(cfg["depth"]):
+        t = None
+        for pat in ("quantizer_semantic.codebooks.%d.weight", "quantizer.codebooks.%d.weight", "codebooks.%d.weight"):
+            if pat % d in cb:
+                t = cb[pat % d]
+                break
+        books.append(t)
+    return enc, books
+
+
+def random_weights(cfg, seed):
+    g = torch.Generator().manual_seed(seed)
+    enc = {}
+    for name, shape in expected_shapes(cfg).items():
+        if "layer_norm" in name and name.endswith("weight"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        elif "position_embedding" in name:
+            t = 0.5 * torch.randn(shape, generator=g)
+        else:
+            fan_in = shape[-1] if len(shape) == 2 else (shape[1] * shape[2] * shape[3] if len(shape) == 4 else 1)
+            t = torch.randn(shape, generator=g) / (fan_in ** 0.5 if len(shape) > 1 else 10.0)
+        enc[name] = t
+    books = [torch.randn((cfg["codebook_size"] + 1, cfg["hidden_size"]), generator=g) for _ in range(cfg["depth"])]
+    for b in books:
+        b[-1] = 0  # the padding row, as nn.Embedding(padding_idx) has it
+    return enc, books
+
+
+def write(out_path, cfg, enc, books, dtype):
+    tensors = assemble(cfg, enc, books, dtype)
+    meta = {"asvr_tokenizer": config_json(cfg)}
+    tmp = out_path + ".tmp"
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, out_path)
+    return tensors
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", choices=["dualtoken", "hf", "random"])
+    ap.add_argument("path", nargs="?")
+    ap.add_argument("--codebooks")
+    ap.add_argument("--preset", default="so400m", choices=sorted(PRESETS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tap-layer", type=int)
+    ap.add_argument("--depth", type=int)
+    ap.add_argument("--codebook-size", type=int)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    cfg = dict(PRESETS[a.preset])
+    for k in ("tap_layer", "depth", "codebook_size"):
+        if getattr(a, k) is not None:
+            cfg[k] = getattr(a, k)
+    dtype = getattr(torch, a.dtype)
+    if a.source == "dualtoken":
+        enc, books = from_dualtoken(a.path, cfg)
+    elif a.source == "hf":
+        if not a.codebooks:
+            sys.exit("convert_tokenizer: hf needs --codebooks FILE")
+        enc, books = from_hf(a.path, a.codebooks, cfg)
+    else:
+        enc, books = random_weights(cfg, a.seed)
+    tensors = write(a.out, cfg, enc, books, dtype)
+    print("wrote %s: %d tensors, %.1f MB" % (a.out, len(tensors), sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6))
+
+
+if __name__ == "__main__":
+    main()
