@@ -88,6 +88,7 @@ int pack_show_main(int argc, char **argv) {
     packed_reader_free(r);
     packed_store_close(ps);
     sp_tokenizer_free(tok);
+    free(pos);
     return ASVR_EXIT_OK;
 }
 
@@ -115,5 +116,6 @@ int pack_info_main(int argc, char **argv) {
     free(s);
     json_decref(o);
     packed_store_close(ps);
+    free(pos);
     return ASVR_EXIT_OK;
 }
