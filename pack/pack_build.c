@@ -28,7 +28,7 @@ typedef struct build_counts {
 } build_counts;
 
 static int encode_adapter(void *ctx, const char *text, size_t len, int add_bos, ivec *out, asvr_error *err) {
-    return sp_tokenizer_encode(ctx, text, len, add_bos, out, err);
+    return sp_encoder_encode(ctx, text, len, add_bos, out, err);
 }
 
 /* xxh64 of a whole file, streamed through a mapping. */
@@ -225,7 +225,8 @@ int pack_build_main(int argc, char **argv) {
         if (asvr_atomic_open(&rej_file, o.rejects, &err) < 0) ASVR_FATAL("", "%s", err.msg);
         rej = rej_file.fp;
     }
-    text_encoder enc = {tok, encode_adapter, sp_tokenizer_bos_id(tok), sp_tokenizer_eos_id(tok), 0};
+    sp_encoder *spe = sp_encoder_new(tok);
+    text_encoder enc = {spe, encode_adapter, sp_tokenizer_bos_id(tok), sp_tokenizer_eos_id(tok), 0};
     enc.pad_id = sp_tokenizer_unk_id(tok) >= 0 ? sp_tokenizer_unk_id(tok) : 0; /* LLaVA: pad = unk */
 
     build_counts c = {0};
@@ -343,6 +344,7 @@ int pack_build_main(int argc, char **argv) {
             json_decref(s);
         }
     }
+    sp_encoder_free(spe);
     sp_tokenizer_free(tok);
     code_store_close(codes);
     return failed ? ASVR_EXIT_FAIL : ASVR_EXIT_OK;

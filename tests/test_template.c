@@ -16,7 +16,7 @@
 #endif
 
 static int enc_fn(void *ctx, const char *text, size_t len, int add_bos, ivec *out, asvr_error *err) {
-    return sp_tokenizer_encode(ctx, text, len, add_bos, out, err);
+    return sp_encoder_encode(ctx, text, len, add_bos, out, err);
 }
 
 static json_t **load_expected(size_t *n) {
@@ -61,7 +61,8 @@ int main(void) {
     sp_tokenizer *tok = sp_tokenizer_load(model, &err);
     T_CHECK(tok != NULL, "%s", err.msg);
     if (!tok) return t_done();
-    text_encoder enc = {tok, enc_fn, 1, 2, 0};
+    sp_encoder *spe = sp_encoder_new(tok); /* the caching encoder asvr-pack uses */
+    text_encoder enc = {spe, enc_fn, 1, 2, 0};
     size_t n_exp = 0;
     json_t **exp = load_expected(&n_exp);
     T_CHECK(exp && n_exp >= 1000, "expected vectors loaded (%zu)", n_exp);
@@ -139,6 +140,7 @@ int main(void) {
     size_t b, en;
     py_strip(s, strlen(s), &b, &en);
     T_CHECK(b == 5 && en == 6, "strip %zu %zu", b, en);
+    sp_encoder_free(spe);
     sp_tokenizer_free(tok);
     return t_done();
 }

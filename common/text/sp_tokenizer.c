@@ -46,6 +46,7 @@ struct sp_tokenizer {
     size_t unk_surface_len;
     int unk_prefix_len; /* tokens of the unk piece text encoded alone (HF's unk_token_length) */
     uint64_t fingerprint;
+    uint8_t special_first[256]; /* 1 for the first byte of the bos/eos/unk piece texts */
 };
 
 /* ---- ids ---------------------------------------------------------------------------------------- */
@@ -554,6 +555,11 @@ sp_tokenizer *sp_tokenizer_load_bytes(const uint8_t *data, size_t n, const char 
                 goto fail;
             }
     }
+    {
+        int sp_ids[3] = {t->bos_id, t->eos_id, t->unk_id};
+        for (int k = 0; k < 3; k++)
+            if (sp_ids[k] >= 0 && t->len[sp_ids[k]] > 0) t->special_first[(uint8_t)t->arena[t->off[sp_ids[k]]]] = 1;
+    }
     /* HF strips the tokens of its unk string from "<unk>" + text (non-legacy _tokenize). */
     {
         ivec tmp = {0};
@@ -679,9 +685,13 @@ static void normalize(const sp_tokenizer *t, const char *s, size_t n, int dummy_
             un--;
         }
         if (un > 0) {
-            for (size_t k = 0; k < un; k++) {
-                if (t->escape_ws && u[k] == ' ') buf_add(out, SP_SPACE, SP_SPACE_LEN);
-                else buf_add(out, u + k, 1);
+            size_t k = 0;
+            while (k < un) { /* runs without spaces are copied at once */
+                size_t r = k;
+                while (r < un && !(t->escape_ws && u[r] == ' ')) r++;
+                if (r > k) buf_add(out, u + k, r - k);
+                if (r < un) buf_add(out, SP_SPACE, SP_SPACE_LEN), r++;
+                k = r;
             }
             prev_space = u[un - 1] == ' ';
         }
@@ -844,36 +854,91 @@ static void bpe_segment(bpe_ctx *c, size_t from, size_t to, piece_list *pl) {
     for (int32_t k = base; k >= 0; k = c->sym[k].next) emit_piece(c, c->sym[k].start, c->sym[k].len, pl, 0);
 }
 
+/* ---- word cache (per sp_encoder, so per thread) ------------------------------------------------ */
+
+/* Normalized word bytes -> ids. Only used when words merge independently and unknown pieces fall
+ * back to bytes (no state crosses a word boundary), so a cached word's ids are exactly what BPE
+ * would produce. Cleared when it grows past its budget. */
+typedef struct wc_entry {
+    uint64_t hash;
+    uint32_t key_off, key_len, ids_off, ids_n;
+} wc_entry;
+
+typedef struct word_cache {
+    wc_entry *tab; /* key_len == 0: empty */
+    size_t cap, used;
+    char *keys;
+    size_t keys_n, keys_cap;
+    int32_t *ids;
+    size_t ids_n, ids_cap;
+} word_cache;
+
+#define WC_MAX_ENTRIES (1u << 18)
+#define WC_MAX_WORD 256
+
+static void wc_clear(word_cache *wc) {
+    if (wc->tab) memset(wc->tab, 0, wc->cap * sizeof *wc->tab);
+    wc->used = wc->keys_n = wc->ids_n = 0;
+}
+
+static const wc_entry *wc_find(const word_cache *wc, const char *w, size_t n, uint64_t h) {
+    if (!wc->cap) return NULL;
+    for (size_t i = (size_t)h & (wc->cap - 1);; i = (i + 1) & (wc->cap - 1)) {
+        const wc_entry *e = &wc->tab[i];
+        if (e->key_len == 0) return NULL;
+        if (e->hash == h && e->key_len == n && memcmp(wc->keys + e->key_off, w, n) == 0) return e;
+    }
+}
+
+static void wc_insert(word_cache *wc, const char *w, size_t n, uint64_t h, const int32_t *ids, size_t k) {
+    if (wc->used + 1 > WC_MAX_ENTRIES) wc_clear(wc);
+    if ((wc->used + 1) * 2 > wc->cap) {
+        size_t ncap = wc->cap ? wc->cap * 2 : 4096;
+        wc_entry *nt = asvr_calloc(ncap, sizeof *nt, "the tokenizer word cache");
+        for (size_t i = 0; i < wc->cap; i++) {
+            if (!wc->tab[i].key_len) continue;
+            size_t j = (size_t)wc->tab[i].hash & (ncap - 1);
+            while (nt[j].key_len) j = (j + 1) & (ncap - 1);
+            nt[j] = wc->tab[i];
+        }
+        free(wc->tab);
+        wc->tab = nt;
+        wc->cap = ncap;
+    }
+    if (wc->keys_n + n > wc->keys_cap) {
+        while (wc->keys_n + n > wc->keys_cap) wc->keys_cap = wc->keys_cap ? wc->keys_cap * 2 : 1 << 16;
+        wc->keys = asvr_realloc(wc->keys, wc->keys_cap, "the tokenizer word cache");
+    }
+    if (wc->ids_n + k > wc->ids_cap) {
+        while (wc->ids_n + k > wc->ids_cap) wc->ids_cap = wc->ids_cap ? wc->ids_cap * 2 : 1 << 14;
+        wc->ids = asvr_realloc(wc->ids, wc->ids_cap * sizeof(int32_t), "the tokenizer word cache");
+    }
+    size_t i = (size_t)h & (wc->cap - 1);
+    while (wc->tab[i].key_len) i = (i + 1) & (wc->cap - 1);
+    wc->tab[i] = (wc_entry){h, (uint32_t)wc->keys_n, (uint32_t)n, (uint32_t)wc->ids_n, (uint32_t)k};
+    memcpy(wc->keys + wc->keys_n, w, n);
+    wc->keys_n += n;
+    if (k) memcpy(wc->ids + wc->ids_n, ids, k * sizeof(int32_t));
+    wc->ids_n += k;
+    wc->used++;
+}
+
+static void wc_free(word_cache *wc) {
+    free(wc->tab);
+    free(wc->keys);
+    free(wc->ids);
+    memset(wc, 0, sizeof *wc);
+}
+
 /* BPE over normalized text (valid UTF-8), appending ids; unknown pieces become byte pieces (byte
  * fallback) or one unk id per run. When no piece contains "x▁" (x not "▁"), no merge can cross such
  * a place, so the text is cut there and each word is merged alone: the same result, with a small,
  * cache-resident queue. Merge order only matters within a word, and there it is unchanged. */
-static void bpe_encode(const sp_tokenizer *t, const char *text, size_t n, ivec *out) {
-    if (n == 0) return;
-    bpe_ctx c = {.t = t, .text = text};
-    c.sym = asvr_malloc(n * sizeof(symbol), "tokenizer symbols");
-    if (t->has_unused) {
-        c.rev_left = asvr_malloc((size_t)t->n * sizeof(int32_t), "tokenizer unused-piece map");
-        memset(c.rev_left, 0, (size_t)t->n * sizeof(int32_t));
-    }
-    piece_list pl = {0};
-    if (t->word_split) {
-        size_t from = 0;
-        for (size_t p = 1; p < n; p++) {
-            if ((uint8_t)text[p] == 0xE2 && p + SP_SPACE_LEN <= n && word_start(text, p)) {
-                bpe_segment(&c, from, p, &pl);
-                from = p;
-            }
-        }
-        bpe_segment(&c, from, n, &pl);
-    } else {
-        bpe_segment(&c, 0, n, &pl);
-    }
-    free(c.h.v);
-
+/* Final pieces -> ids: unknown pieces become byte pieces (byte fallback) or one unk id per run. */
+static void pieces_to_ids(const sp_tokenizer *t, const char *text, const piece_list *pl, size_t from, ivec *out) {
     int prev_unk = 0;
-    for (size_t j = 0; j < pl.n; j++) {
-        const piece_out *p = &pl.v[j];
+    for (size_t j = from; j < pl->n; j++) {
+        const piece_out *p = &pl->v[j];
         int is_unk = p->id < 0 || t->type[p->id] == SP_PIECE_UNKNOWN;
         if (is_unk && t->byte_fallback) {
             for (int32_t b = 0; b < p->len; b++) ivec_push(out, t->byte_id[(uint8_t)text[p->start + b]]);
@@ -884,6 +949,52 @@ static void bpe_encode(const sp_tokenizer *t, const char *text, size_t n, ivec *
         }
         prev_unk = is_unk;
     }
+}
+
+static void bpe_encode(const sp_tokenizer *t, const char *text, size_t n, ivec *out, word_cache *wc) {
+    if (n == 0) return;
+    bpe_ctx c = {.t = t, .text = text};
+    c.sym = asvr_malloc(n * sizeof(symbol), "tokenizer symbols");
+    if (t->has_unused) {
+        c.rev_left = asvr_malloc((size_t)t->n * sizeof(int32_t), "tokenizer unused-piece map");
+        memset(c.rev_left, 0, (size_t)t->n * sizeof(int32_t));
+    }
+    piece_list pl = {0};
+    if (t->word_split && wc && t->byte_fallback && !t->has_unused) {
+        /* word by word through the cache */
+        size_t from = 0;
+        for (size_t p = 1; p <= n; p++) {
+            if (p < n && !((uint8_t)text[p] == 0xE2 && p + SP_SPACE_LEN <= n && word_start(text, p))) continue;
+            size_t wn = p - from;
+            uint64_t h = wn <= WC_MAX_WORD ? asvr_xxh64(text + from, wn, 0x5743u) : 0;
+            const wc_entry *e = wn <= WC_MAX_WORD ? wc_find(wc, text + from, wn, h) : NULL;
+            if (e) {
+                ivec_append(out, wc->ids + e->ids_off, e->ids_n);
+            } else {
+                pl.n = 0;
+                bpe_segment(&c, from, p, &pl);
+                size_t before = out->n;
+                pieces_to_ids(t, text, &pl, 0, out);
+                if (wn <= WC_MAX_WORD) wc_insert(wc, text + from, wn, h, out->v + before, out->n - before);
+            }
+            from = p;
+        }
+    } else {
+        if (t->word_split) {
+            size_t from = 0;
+            for (size_t p = 1; p < n; p++) {
+                if ((uint8_t)text[p] == 0xE2 && p + SP_SPACE_LEN <= n && word_start(text, p)) {
+                    bpe_segment(&c, from, p, &pl);
+                    from = p;
+                }
+            }
+            bpe_segment(&c, from, n, &pl);
+        } else {
+            bpe_segment(&c, 0, n, &pl);
+        }
+        pieces_to_ids(t, text, &pl, 0, out);
+    }
+    free(c.h.v);
     free(pl.v);
     free(c.rev_left);
     free(c.sym);
@@ -894,7 +1005,7 @@ int sp_tokenizer_encode_sp(const sp_tokenizer *t, const char *text, size_t len, 
     if (len > SP_MAX_TEXT) return asvr_err_set(err, "text of %zu bytes is too long to tokenize (limit %d)", len, SP_MAX_TEXT);
     buf norm = {0};
     normalize(t, text, len, t->add_dummy_prefix && !no_dummy_prefix, &norm);
-    bpe_encode(t, norm.p, norm.n, out);
+    bpe_encode(t, norm.p, norm.n, out, NULL);
     free(norm.p);
     return 0;
 }
@@ -903,6 +1014,7 @@ int sp_tokenizer_encode_sp(const sp_tokenizer *t, const char *text, size_t len, 
 
 /* Special id whose piece text starts at s[0..n), longest first; -1 when none. */
 static int special_at(const sp_tokenizer *t, const char *s, size_t n) {
+    if (!t->special_first[(uint8_t)s[0]]) return -1; /* no special piece starts with this byte */
     int ids[3] = {t->bos_id, t->eos_id, t->unk_id};
     int best = -1;
     size_t best_len = 0;
@@ -923,7 +1035,8 @@ static int is_special_id(const sp_tokenizer *t, int32_t id) {
 }
 
 /* One chunk of text between special tokens (non-empty). */
-static void encode_chunk(const sp_tokenizer *t, const char *s, size_t n, buf *scratch, ivec *tmp, ivec *out) {
+static void encode_chunk(const sp_tokenizer *t, const char *s, size_t n, buf *scratch, ivec *tmp, ivec *out,
+                         word_cache *wc) {
     tmp->n = 0;
     buf norm = {0};
     int with_prefix = (n >= SP_SPACE_LEN && memcmp(s, SP_SPACE, SP_SPACE_LEN) == 0) || s[0] == ' ';
@@ -937,14 +1050,14 @@ static void encode_chunk(const sp_tokenizer *t, const char *s, size_t n, buf *sc
     } else {
         normalize(t, s, n, 0, &norm);
     }
-    bpe_encode(t, norm.p, norm.n, tmp);
+    bpe_encode(t, norm.p, norm.n, tmp, wc);
     free(norm.p);
     size_t skip = (with_prefix && tmp->n >= (size_t)t->unk_prefix_len) ? (size_t)t->unk_prefix_len : 0;
     for (size_t k = skip; k < tmp->n; k++) ivec_push(out, tmp->v[k]);
 }
 
-int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int add_bos, ivec *out,
-                        asvr_error *err) {
+static int encode_impl(const sp_tokenizer *t, word_cache *wc, const char *text, size_t len, int add_bos, ivec *out,
+                       asvr_error *err) {
     if (len > SP_MAX_TEXT) return asvr_err_set(err, "text of %zu bytes is too long to tokenize (limit %d)", len, SP_MAX_TEXT);
     if (add_bos && t->bos_id < 0) return asvr_err_set(err, "the tokenizer model defines no BOS piece (bos_id = -1)");
     if (add_bos) ivec_push(out, t->bos_id);
@@ -974,7 +1087,7 @@ int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int
         int sid = -1;
         size_t j = i;
         while (j < s.n && (sid = special_at(t, s.p + j, s.n - j)) < 0) j++;
-        if (j > i) encode_chunk(t, s.p + i, j - i, &scratch, &tmp, out);
+        if (j > i) encode_chunk(t, s.p + i, j - i, &scratch, &tmp, out, wc);
         if (sid < 0) break;
         if (!seen_special && out->n == first + 1) {
             /* tokens == ["▁", special, ...]: HF drops the lone "▁" */
@@ -990,6 +1103,32 @@ int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int
     free(scratch.p);
     free(s.p);
     return 0;
+}
+
+int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int add_bos, ivec *out,
+                        asvr_error *err) {
+    return encode_impl(t, NULL, text, len, add_bos, out, err);
+}
+
+struct sp_encoder {
+    const sp_tokenizer *t;
+    word_cache wc;
+};
+
+sp_encoder *sp_encoder_new(const sp_tokenizer *t) {
+    sp_encoder *e = asvr_calloc(1, sizeof *e, "a tokenizer encoder");
+    e->t = t;
+    return e;
+}
+
+void sp_encoder_free(sp_encoder *e) {
+    if (!e) return;
+    wc_free(&e->wc);
+    free(e);
+}
+
+int sp_encoder_encode(sp_encoder *e, const char *text, size_t len, int add_bos, ivec *out, asvr_error *err) {
+    return encode_impl(e->t, &e->wc, text, len, add_bos, out, err);
 }
 
 /* ---- decoding ---------------------------------------------------------------------------------------- */

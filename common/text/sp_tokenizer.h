@@ -82,6 +82,14 @@ float sp_tokenizer_piece_score(const sp_tokenizer *t, int id);
 int sp_tokenizer_encode(const sp_tokenizer *t, const char *text, size_t len, int add_bos, ivec *out,
                         asvr_error *err);
 
+/* The same encoding through a per-thread encoder that caches the ids of each word it has seen
+ * (LLaVA text repeats words heavily). Results are identical to sp_tokenizer_encode; one encoder
+ * must not be used by two threads at once. */
+typedef struct sp_encoder sp_encoder;
+sp_encoder *sp_encoder_new(const sp_tokenizer *t);
+void sp_encoder_free(sp_encoder *e);
+int sp_encoder_encode(sp_encoder *e, const char *text, size_t len, int add_bos, ivec *out, asvr_error *err);
+
 /* Plain SentencePiece encoding (SentencePieceProcessor.encode) with the model's normalizer settings,
  * or with add_dummy_prefix forced off when no_dummy_prefix is set. Special-token strings in the
  * text are ordinary characters here. Appends to out; returns 0 or -1 with err set. */
