@@ -10,6 +10,8 @@
 #include "base/log.h"
 #include "base/progress.h"
 #include "io/json_stream.h"
+#include "io/safetensors.h"
+#include "model/vision_tokenizer.h"
 #include "pack.h"
 #include "store/code_store.h"
 #include "store/packed_store.h"
@@ -17,7 +19,7 @@
 #include "text/template.h"
 
 typedef struct build_opts {
-    const char *template_name, *tokenizer, *out, *codes, *stats, *rejects;
+    const char *template_name, *tokenizer, *out, *codes, *stats, *rejects, *vision_tokenizer;
     int64_t max_len, image_positions, seed, block_samples, compress, max_errors;
     int no_packing, force;
 } build_opts;
@@ -144,17 +146,18 @@ static int up_to_date(const char *out, const packed_info *want, int *differs, ch
 }
 
 int pack_build_main(int argc, char **argv) {
-    build_opts o = {.max_len = 2048, .seed = 0, .block_samples = 256, .compress = 3, .max_errors = -1};
+    build_opts o = {.max_len = 2048, .seed = 0, .block_samples = 64, .compress = 3, .max_errors = -1};
     const asvr_opt opts[] = {
         {"template", ASVR_OPT_STR, &o.template_name, "NAME", "conversation template: plain (stage pt) or vicuna_v1 (stage it)"},
         {"tokenizer", ASVR_OPT_STR, &o.tokenizer, "MODEL", "SentencePiece tokenizer.model of the LLM"},
         {"out", ASVR_OPT_STR, &o.out, "FILE", "the packed store to write (atomically)"},
-        {"image-positions", ASVR_OPT_INT, &o.image_positions, "N", "positions one image takes (from the vision tokenizer config; taken from --codes when given)"},
+        {"vision-tokenizer", ASVR_OPT_STR, &o.vision_tokenizer, "FILE", "take the positions per image from this tokenizer file's config"},
+        {"image-positions", ASVR_OPT_INT, &o.image_positions, "N", "or give them directly (taken from --codes when given)"},
         {"codes", ASVR_OPT_STR, &o.codes, "STORE", "code store: every image key must be in it (missing ones are listed)"},
         {"max-len", ASVR_OPT_INT, &o.max_len, "N", "positions per row, image positions included (default 2048)"},
         {"no-packing", ASVR_OPT_FLAG, &o.no_packing, NULL, "one sample per row, as the reference trains"},
         {"seed", ASVR_OPT_INT, &o.seed, "N", "seed of the packing plan (default 0)"},
-        {"block-samples", ASVR_OPT_INT, &o.block_samples, "N", "samples per compressed block (default 256)"},
+        {"block-samples", ASVR_OPT_INT, &o.block_samples, "N", "samples per compressed block (default 64)"},
         {"compress", ASVR_OPT_INT, &o.compress, "LEVEL", "zstd level for token blocks, 0 = raw (default 3)"},
         {"max-errors", ASVR_OPT_INT, &o.max_errors, "N", "fail after more than N malformed samples (default: never; all are reported)"},
         {"rejects", ASVR_OPT_STR, &o.rejects, "FILE", "write each skipped sample as a JSON line {index, id, reason}"},
@@ -186,7 +189,22 @@ int pack_build_main(int argc, char **argv) {
                        (long long)o.image_positions, o.codes, (long long)p);
         o.image_positions = p;
     }
-    if (o.image_positions <= 0) asvr_cli_usage_error(&cli, "give --codes STORE or --image-positions N");
+    if (o.vision_tokenizer) {
+        safetensors *st;
+        vtok_config vc;
+        if (safetensors_open(o.vision_tokenizer, &st, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        const char *cfg = safetensors_metadata(st, VTOK_META_KEY);
+        if (!cfg || vtok_config_parse(cfg, &vc, &err) < 0)
+            ASVR_FATAL("pass a tokenizer file made by tools/convert_tokenizer.py", "'%s': %s", o.vision_tokenizer,
+                       cfg ? err.msg : "no tokenizer config in its metadata");
+        safetensors_close(st);
+        int64_t p = siglip_num_patches(&vc.enc);
+        if (o.image_positions && o.image_positions != p)
+            ASVR_FATAL("give only one source of the image positions", "'%s' gives %lld positions per image, not %lld",
+                       o.vision_tokenizer, (long long)p, (long long)o.image_positions);
+        o.image_positions = p;
+    }
+    if (o.image_positions <= 0) asvr_cli_usage_error(&cli, "give --codes STORE, --vision-tokenizer FILE or --image-positions N");
 
     sp_tokenizer *tok = sp_tokenizer_load(o.tokenizer, &err);
     if (!tok) ASVR_FATAL("pass the LLM's tokenizer.model", "%s", err.msg);

@@ -56,6 +56,8 @@ head -c 1000 "$TMP/copy.pack" > "$TMP/trunc.pack"
 "$BIN" info "$TMP/trunc.pack" > /dev/null 2> "$TMP/trunc.err"
 check '[ $? -eq 1 ] && grep -q "truncated or corrupt" "$TMP/trunc.err"' "truncated store refused"
 "$BIN" build 2> /dev/null; check '[ $? -eq 2 ]' "usage error exits 2"
+"$BIN" build --template vicuna_v1 --tokenizer "$M" --vision-tokenizer "$G/tokenize/tiny_tokenizer.safetensors" --out "$TMP/vt.pack" --log-level error "$IN"
+check '[ $? -eq 0 ] && "$BIN" info "$TMP/vt.pack" | grep -q "\"image_positions\": 9"' "positions from the vision tokenizer's config"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -194,7 +194,7 @@ int packed_writer_open(const char *path, const packed_writer_opts *opts, packed_
         return asvr_err_set(err, "packed store '%s': max_len and image_positions must be > 0", path);
     packed_writer *w = asvr_calloc(1, sizeof *w, "a packed store writer");
     w->o = *opts;
-    if (w->o.block_samples == 0) w->o.block_samples = 256;
+    if (w->o.block_samples == 0) w->o.block_samples = 64;
     snprintf(w->tokenizer_fp, sizeof w->tokenizer_fp, "%s", opts->tokenizer_fp ? opts->tokenizer_fp : "");
     snprintf(w->template_name, sizeof w->template_name, "%s", opts->template_name ? opts->template_name : "");
     snprintf(w->template_fp, sizeof w->template_fp, "%s", opts->template_fp ? opts->template_fp : "");

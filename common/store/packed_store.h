@@ -67,7 +67,7 @@ typedef struct packed_row {
 typedef struct packed_writer packed_writer;
 typedef struct packed_writer_opts {
     uint32_t max_len, image_positions;
-    uint32_t block_samples;     /* samples per block (default 256) */
+    uint32_t block_samples;     /* samples per block (default 64) */
     int compress;               /* zstd level > 0 compresses blocks (kept raw when it does not pay) */
     int packing;                /* 1 packs rows, 0 one sample per row */
     uint64_t seed;
