@@ -97,7 +97,7 @@ def stored_params(model):
 
 
 def make_batch(g):
-    """2 rows × T. Row 0 packs sample A (image 0) and sample B (text-only); row 1 holds sample C
+    """2 rows × T. Row 0 packs sample A (text-only) then sample B (image 0); row 1 holds sample C
     (image 1) then right padding. Returns the batch dict and its description."""
     V = CFG["llm"]["vocab_size"]
     N = CFG["image_positions"]
@@ -105,10 +105,10 @@ def make_batch(g):
     S = CFG["vision"]["image_size"]
     # (row, text before image, text after image or total text for text-only, image index or None,
     #  supervised spans relative to the sample start)
-    samples = [
-        dict(name="A", row=0, pre=3, post=6, image=0),
-        dict(name="B", row=0, pre=0, post=10, image=None),
-        dict(name="C", row=1, pre=1, post=8, image=1),
+    samples = [  # pre/post: text tokens before/after the image (post = all text for a text-only sample)
+        dict(name="A", row=0, pre=0, post=10, image=None, first_supervised=False),
+        dict(name="B", row=0, pre=3, post=6, image=0, first_supervised=True),
+        dict(name="C", row=1, pre=1, post=8, image=1, first_supervised=False),
     ]
     ids = torch.zeros(2, T, dtype=torch.long)
     labels = torch.full((2, T), ref.IGNORE, dtype=torch.long)
@@ -131,15 +131,17 @@ def make_batch(g):
             lab[first_sup:] = tok[first_sup:]
             image_flat[s["image"]] = r * T + start + s["pre"] + torch.arange(N)
         else:
-            lab[0] = tok[0]                       # supervised on purpose: a row-level shift would score it
-            lab[4:] = tok[4:]                     # tokens 1..3 are the (masked) prompt
+            lab[4:] = tok[4:]                     # tokens 0..3 are the (masked) prompt
+        if s["first_supervised"]:
+            lab[0] = tok[0]                       # on purpose: a row-level shift would score it
         ids[r, start:start + length] = tok
         labels[r, start:start + length] = lab
         seg[r, start:start + length] = nseg[r]
         pos[r, start:start + length] = torch.arange(length)
         desc.append(dict(name=s["name"], row=r, segment=nseg[r], start=start, length=length,
                          image=s["image"], image_start=(start + s["pre"]) if s["image"] is not None else None,
-                         image_positions=n_img))
+                         image_offset_in_sample=s["pre"] if s["image"] is not None else None,
+                         image_positions=n_img, first_token_supervised=s["first_supervised"]))
         cursor[r] += length
         nseg[r] += 1
     images = torch.rand(2, 3, S, S, generator=g) * 2 - 1
@@ -186,10 +188,10 @@ def decays(name, p):
 
 
 def losses_of(out):
-    r = {"text": float(out["loss_text"]), "total": float(out["loss"]), "n_text_tokens": out["n_text_tokens"]}
+    r = {"text": out["loss_text"].item(), "total": out["loss"].item(), "n_text_tokens": out["n_text_tokens"]}
     if "loss_visual" in out:
-        r["visual"] = float(out["loss_visual"])
-        r["visual_per_depth"] = [float(x) for x in out["loss_visual_depth"]]
+        r["visual"] = out["loss_visual"].item()
+        r["visual_per_depth"] = out["loss_visual_depth"].tolist()
         r["n_visual_positions"] = out["n_visual_positions"]
     return r
 
@@ -214,7 +216,7 @@ def train(init_model, batch, stage, variant, text_only_visual="skip"):
         if step == 0:
             rec["losses0"] = losses_of(out)
             rec["grads0"] = {n: p.grad.detach().clone() for n, p in params}
-        rec["loss"].append(float(out["loss"]))
+        rec["loss"].append(out["loss"].item())
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for _, p in params]))
         rec["grad_norm"].append(float(norm))
         if clip is not None:
@@ -276,9 +278,50 @@ def self_checks(init, init_none, batch, desc):
                   dl < 1e-5 and worst < 1e-5 and zero_ok and l0["n_text_tokens"] == l1["n_text_tokens"],
                   "max |Δloss| %.2e, max rel grad diff %.2e" % (dl, worst))
 
+    # 2b. negative control: the same row with both samples in one segment (no block-diagonal mask,
+    #     row-level label shift) must give different losses, or check 2 proves nothing
+    broken = dict(batch)
+    broken["segment_ids"] = batch["segment_ids"].clone()
+    broken["segment_ids"][0][broken["segment_ids"][0] >= 0] = 0
+    with torch.no_grad():
+        o0, o1 = init(batch), init(broken)
+    d = abs(o0["loss_text"].item() - o1["loss_text"].item())
+    dv = abs(o0["loss_visual"].item() - o1["loss_visual"].item())
+    check("negative control: one mask over the packed row changes both losses",
+          d > 1e-3 and dv > 1e-4 and o1["n_text_tokens"] == o0["n_text_tokens"] + 1,
+          "|Δtext| %.3e, |Δvisual| %.3e, scored tokens %d vs %d" % (d, dv, o1["n_text_tokens"], o0["n_text_tokens"]))
+
+    # 2c. the visual head against a loop written from the reference's layout: linear1/linear2 weights
+    #     [2E, D·E] / [E, D·2E], MHA by hand (q;k;v rows of in_proj, scale 1/sqrt(head_dim), causal)
+    vh = init.visual_head
+    E, D, hd = CFG["visual_head"]["embed_dim"], CFG["visual_head"]["depth"], CFG["visual_head"]["head_dim"]
+    gx = torch.Generator().manual_seed(2)
+    x = torch.randn(5, D, E, generator=gx)
+    with torch.no_grad():
+        y_mod = vh.layers[0](x)
+        L0 = vh.layers[0]
+        lin1 = L0.ffn_w1.permute(1, 0, 2).reshape(2 * E, D * E)   # reference linear1.weight
+        lin2 = L0.ffn_w2.permute(1, 0, 2).reshape(E, D * 2 * E)   # reference linear2.weight
+
+        def rms(v, w):
+            return w * v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+        a_in = rms(x, L0.norm1.weight)
+        W, bias = L0.attn.in_proj_weight, L0.attn.in_proj_bias
+        q, k, v = [(a_in @ W[i * E:(i + 1) * E].T + bias[i * E:(i + 1) * E]).reshape(5, D, E // hd, hd).transpose(1, 2)
+                   for i in range(3)]
+        sc = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        sc = sc.masked_fill(torch.triu(torch.ones(D, D, dtype=torch.bool), 1), float("-inf"))
+        att = (sc.softmax(-1) @ v).transpose(1, 2).reshape(5, D, E)
+        att = att @ L0.attn.out_proj.weight.T + L0.attn.out_proj.bias
+        h = rms(x + att, L0.norm2.weight)
+        f = torch.stack([torch.nn.functional.gelu(h[:, l] @ lin1[:, l * E:(l + 1) * E].T) @
+                         lin2[:, l * 2 * E:(l + 1) * 2 * E].T for l in range(D)], dim=1)
+        y_ref = h + f
+    check("depth layer == loop over the reference layout", rel(y_mod, y_ref) < 1e-6, "rel %.2e" % rel(y_mod, y_ref))
+
     # 3. HF LLaMA with our 4D mask on an unpacked row == plain causal HF LLaMA (no custom mask)
     mm = copy.deepcopy(init)
-    L = desc[0]["length"]
+    L = desc[1]["length"]
     x = torch.randn(1, L, CFG["llm"]["hidden_size"], generator=torch.Generator().manual_seed(1))
     seg = torch.zeros(1, L, dtype=torch.long)
     with torch.no_grad():
@@ -291,7 +334,7 @@ def self_checks(init, init_none, batch, desc):
     #    does not depend on the text-only sample's tokens (default: no visual term for it)
     b2 = dict(batch)
     b2["input_ids"] = batch["input_ids"].clone()
-    s = desc[1]
+    s = [s for s in desc if s["image"] is None][0]
     b2["input_ids"][s["row"], s["start"] + 1:s["start"] + s["length"]] = 1 + (
         b2["input_ids"][s["row"], s["start"] + 1:s["start"] + s["length"]] % 7)
     with torch.no_grad():
@@ -347,7 +390,8 @@ def main():
     # model
     params = stored_params(init)
     params["codebooks"] = init.codebooks.detach().clone()
-    manifest["files"]["model_init"] = save("model_init.safetensors", params)
+    manifest["files"]["model_init"] = save("model_init.safetensors", params,
+                                           {"asvr_train_golden_config": json.dumps(CFG, sort_keys=True)})
     manifest["parameters"] = {
         n: {"shape": list(p.shape), "reference_name": ref.hf_name(n) if n != "codebooks" else
             "quantizer_semantic.codebooks.{d}.weight (tokenizer; padding row dropped), stacked over d",
