@@ -212,14 +212,17 @@ class ASVRModel(nn.Module):
 
 
 def hf_name(name):
-    """Where a parameter of this module lives in the reference (ASVR) model's state dict, as far as
-    the reference documents it; used in the fixture manifest."""
+    """Where a parameter of this module lives in the reference (ASVR) model, for the fixture manifest.
+    LLaMA and SigLIP names are HF's. Visual-head names are relative to the module that owns them in the
+    reference (ASVRLlamaForCausalLM for `projector.*`, the tokenizer's RQTransformer for
+    `rqtransformer_semantic.*`); the reference's depth layer calls its parts self_attention
+    (nn.MultiheadAttention), layernorm1, layernorm2, linear1, linear2."""
     if name.startswith("llm."):
         return name[len("llm."):]                        # LlamaForCausalLM names
     if name.startswith("mm_projector."):
         return "model." + name                           # LLaVA: model.mm_projector.{0,2}
     if name.startswith("vision_tower."):
-        return "model.vision_tower.vision_tower." + name[len("vision_tower."):]
+        return "model.vision_tower.vision_tower.vision_model." + name[len("vision_tower."):]
     if name.startswith("visual_head.head_in_proj."):
         return "projector." + name[len("visual_head.head_in_proj."):]
     r = "rqtransformer_semantic."
@@ -232,11 +235,13 @@ def hf_name(name):
     if name.startswith("visual_head.layers."):
         rest = name[len("visual_head.layers."):]
         l, sub = rest.split(".", 1)
+        base = r + "head_transformer.%s." % l
         if sub == "ffn_w1":
-            return r + "head_transformer.%s.linear1.weight (viewed [2E, D, E], permuted to [D, 2E, E])" % l
+            return base + "linear1.weight [2E, D*E]: ffn_w1 = weight.view(2E, D, E).permute(1, 0, 2); bias unused"
         if sub == "ffn_w2":
-            return r + "head_transformer.%s.linear2.weight (viewed [E, D, 2E], permuted to [D, E, 2E])" % l
-        return r + "head_transformer.%s.%s" % (l, sub)
+            return base + "linear2.weight [E, D*2E]: ffn_w2 = weight.view(E, D, 2E).permute(1, 0, 2); bias unused"
+        sub = sub.replace("norm1.", "layernorm1.").replace("norm2.", "layernorm2.").replace("attn.", "self_attention.")
+        return base + sub
     raise KeyError(name)
 
 

@@ -461,6 +461,8 @@ def main():
                      "update_norm": {n: float((p - init_params[n].detach()).norm()) for n, p in sorted(rec["after"].items())}}
                 if "clip_coef" in rec:
                     v["clip_coef"] = rec["clip_coef"]
+                    if key == "pt_default":
+                        assert all(c < 0.9 for c in rec["clip_coef"]), rec["clip_coef"]  # clipping really acts
                 if variant in STORE_PARAMS[(stage, vl)]:
                     v["params_file"] = save("after3_%s_%s.safetensors" % (key, variant), rec["after"])
                 r.setdefault("variants", {})[variant] = v
