@@ -1,4 +1,5 @@
 /* asvr-pack build: LLaVA JSON → packed store. */
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,13 +34,20 @@ static int encode_adapter(void *ctx, const char *text, size_t len, int add_bos, 
     return sp_encoder_encode(ctx, text, len, add_bos, out, err);
 }
 
-/* xxh64 of a whole file, streamed through a mapping. */
+/* xxh64 of a whole file, read in 1 MiB chunks (a mapping would count the whole file as resident). */
 static int file_fingerprint(const char *path, char out[17], asvr_error *err) {
-    asvr_mmap m;
-    if (asvr_mmap_open(&m, path, err) < 0) return -1;
-    asvr_hash_hex(asvr_xxh64(m.data ? m.data : (const uint8_t *)"", m.size, 0), out);
-    asvr_mmap_close(&m);
-    return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return asvr_err_set(err, "opening '%s': %s", path, strerror(errno));
+    asvr_hasher *h = asvr_hasher_new(0);
+    char *buf = asvr_malloc(1 << 20, "a read buffer");
+    size_t n;
+    while ((n = fread(buf, 1, 1 << 20, f)) > 0) asvr_hasher_update(h, buf, n);
+    int bad = ferror(f);
+    fclose(f);
+    free(buf);
+    asvr_hash_hex(asvr_hasher_digest(h), out);
+    asvr_hasher_free(h);
+    return bad ? asvr_err_set(err, "reading '%s' failed", path) : 0;
 }
 
 /* One LLaVA record → turns. Returns -1 with err naming the problem. */
