@@ -141,6 +141,19 @@ static void test_random_residual(void) {
     o.cb = (kmeans_callbacks){0};
     T_EQ_INT(kmeans_residual_fit(&tx, D, pb, &o, NULL, NULL, &err), 0);
     T_CHECK(memcmp(books, books2, sizeof books) == 0, "same seed, same codebooks");
+    /* Threads split the rows in fixed blocks: 1 or 3 threads, same codebooks. */
+    static float books3[D][K * C];
+    memcpy(x, x0, sizeof x);
+    o.block_rows = 64;
+    o.threads = 1;
+    T_EQ_INT(kmeans_residual_fit(&tx, D, pb, &o, NULL, NULL, &err), 0);
+    memcpy(books3, books2, sizeof books3);
+    memcpy(x, x0, sizeof x);
+    o.threads = 3;
+    T_EQ_INT(kmeans_residual_fit(&tx, D, pb, &o, NULL, NULL, &err), 0);
+    T_CHECK(memcmp(books3, books2, sizeof books3) == 0, "1 and 3 threads give the same codebooks");
+    o.threads = 0;
+    o.block_rows = 0;
     memcpy(x, x0, sizeof x);
     o.seed = 8;
     T_EQ_INT(kmeans_residual_fit(&tx, D, pb, &o, NULL, NULL, &err), 0);

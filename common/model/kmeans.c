@@ -1,9 +1,14 @@
 #include "model/kmeans.h"
 
+#include <pthread.h>
+#include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nn/ops.h"
+
+#define KM_MAX_THREADS 256
 
 /* Rows of the [R, K] distance scratch: about 32 MiB of floats at any K. */
 static int64_t dist_rows(int64_t M, int K) {
@@ -12,11 +17,13 @@ static int64_t dist_rows(int64_t M, int K) {
     return r < M ? r : M;
 }
 
-uint64_t kmeans_scratch_bytes(int64_t M, int64_t C, int k) {
+uint64_t kmeans_scratch_bytes(int64_t M, int64_t C, int k, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > KM_MAX_THREADS) threads = KM_MAX_THREADS;
     uint64_t b = 0;
     b += (uint64_t)M * (uint64_t)C * 4;                     /* working copy / difference rows */
     b += (uint64_t)M * 4 * 4;                               /* errors, D^2, codes, previous codes */
-    b += (uint64_t)dist_rows(M, k) * ((uint64_t)k + 1) * 4; /* distance scratch (K and 1 columns) */
+    b += (uint64_t)dist_rows(M, k) * ((uint64_t)k + 1) * 4 * (uint64_t)threads; /* distances per thread */
     b += (uint64_t)k * (uint64_t)C * 8 + (uint64_t)k * 16;  /* centroid sums, counts, norms */
     b += (uint64_t)M * 16;                                  /* order of rows for re-seeding */
     return b + (uint64_t)8 * 256;                           /* arena alignment */
@@ -75,8 +82,10 @@ typedef struct km_work {
     tensor *diff;  /* [M, C]: x - nearest centroid after an assignment */
     tensor *err;   /* [M]: |x - c(x)|^2 */
     tensor *mind;  /* [M]: D^2 during seeding */
-    tensor *dist;  /* [R, K] */
-    tensor *dist1; /* [R, 1] */
+    int threads;
+    int64_t R;
+    tensor *dist[KM_MAX_THREADS];  /* [R, K] per thread */
+    tensor *dist1[KM_MAX_THREADS]; /* [R, 1] per thread */
     tensor *codes; /* [M, 1] i32 */
     tensor *cnorm; /* [K] */
     tensor *cn1;   /* [1] */
@@ -86,16 +95,24 @@ typedef struct km_work {
     km_row *order;
 } km_work;
 
-static km_work *km_work_new(int64_t M, int64_t C, int K) {
+static km_work *km_work_new(int64_t M, int64_t C, int K, int threads, int64_t block_rows) {
     km_work *w = asvr_calloc(1, sizeof *w, "k-means workspace");
     w->M = M, w->C = C, w->K = K;
-    int64_t R = dist_rows(M, K);
+    int64_t R = block_rows > 0 ? (block_rows < M ? block_rows : M) : dist_rows(M, K);
+    w->R = R;
+    w->threads = threads < 1 ? 1 : threads > KM_MAX_THREADS ? KM_MAX_THREADS : threads;
+    if ((int64_t)w->threads > (M + R - 1) / R) w->threads = (int)((M + R - 1) / R);
     w->arena = nn_arena_new("k-means workspace", NN_CPU);
     w->diff = nn_arena_add(w->arena, "differences", NN_F32, 2, (int64_t[]){M, C});
     w->err = nn_arena_add(w->arena, "squared errors", NN_F32, 1, (int64_t[]){M});
     w->mind = nn_arena_add(w->arena, "seeding distances", NN_F32, 1, (int64_t[]){M});
-    w->dist = nn_arena_add(w->arena, "distances", NN_F32, 2, (int64_t[]){R, K});
-    w->dist1 = nn_arena_add(w->arena, "distances to one centroid", NN_F32, 2, (int64_t[]){R, 1});
+    for (int t = 0; t < w->threads; t++) {
+        char name[64];
+        snprintf(name, sizeof name, "distances %d", t);
+        w->dist[t] = nn_arena_add(w->arena, name, NN_F32, 2, (int64_t[]){R, K});
+        snprintf(name, sizeof name, "distances to one centroid %d", t);
+        w->dist1[t] = nn_arena_add(w->arena, name, NN_F32, 2, (int64_t[]){R, 1});
+    }
     w->codes = nn_arena_add(w->arena, "assignment", NN_I32, 2, (int64_t[]){M, 1});
     w->cnorm = nn_arena_add(w->arena, "centroid norms", NN_F32, 1, (int64_t[]){K});
     w->cn1 = nn_arena_add(w->arena, "one centroid norm", NN_F32, 1, (int64_t[]){1});
@@ -124,12 +141,61 @@ static double sum_f32(const tensor *t) { /* in index order: the same total for a
     return s;
 }
 
+/* op_vq_step over fixed blocks of R rows, spread over the workspace's threads. Each block is one
+ * call of the same shape whichever thread runs it, so the result does not depend on the thread
+ * count (given a backend whose GEMM is deterministic for a shape, e.g. single-threaded BLAS). */
+typedef struct vq_par {
+    km_work *w;
+    tensor *res;
+    const tensor *book, *cnorm;
+    int one;
+    _Atomic int64_t next;
+} vq_par;
+
+typedef struct vq_slot {
+    vq_par *p;
+    int t;
+} vq_slot;
+
+static void *vq_slot_run(void *arg) {
+    vq_slot *s = arg;
+    vq_par *p = s->p;
+    km_work *w = p->w;
+    int64_t C = w->C;
+    for (;;) {
+        int64_t b = atomic_fetch_add(&p->next, 1);
+        int64_t r0 = b * w->R;
+        if (r0 >= w->M) break;
+        int64_t n = w->M - r0 < w->R ? w->M - r0 : w->R;
+        tensor res = tensor_make(p->res->name, NN_F32, NN_CPU, 2, (int64_t[]){n, C}, (float *)p->res->data + (size_t)r0 * (size_t)C);
+        tensor codes = tensor_make(w->codes->name, NN_I32, NN_CPU, 2, (int64_t[]){n, 1}, (int32_t *)w->codes->data + r0);
+        tensor *d = p->one ? w->dist1[s->t] : w->dist[s->t];
+        tensor dv = tensor_head0(d, n);
+        op_vq_step(&res, p->book, p->cnorm, &codes, 0, &dv);
+    }
+    return NULL;
+}
+
+static void vq_parallel(km_work *w, tensor *res, const tensor *book, const tensor *cnorm, int one) {
+    vq_par p = {w, res, book, cnorm, one, 0};
+    vq_slot slots[KM_MAX_THREADS];
+    pthread_t tids[KM_MAX_THREADS];
+    for (int t = 0; t < w->threads; t++) slots[t] = (vq_slot){&p, t};
+    if (w->threads == 1) {
+        vq_slot_run(&slots[0]);
+        return;
+    }
+    for (int t = 0; t < w->threads; t++)
+        CHECK(pthread_create(&tids[t], NULL, vq_slot_run, &slots[t]) == 0, "", "starting a k-means thread");
+    for (int t = 0; t < w->threads; t++) pthread_join(tids[t], NULL);
+}
+
 /* codes <- nearest centroid of every row; diff <- x - that centroid; err <- |diff|^2. Returns the
  * objective (sum of err). */
 static double assign(km_work *w, const tensor *x, const tensor *cent) {
     op_copy(w->diff, x);
     op_row_sqnorm(w->cnorm, cent);
-    op_vq_step(w->diff, cent, w->cnorm, w->codes, 0, w->dist);
+    vq_parallel(w, w->diff, cent, w->cnorm, 0);
     op_row_sqnorm(w->err, w->diff);
     return sum_f32(w->err);
 }
@@ -147,7 +213,7 @@ static void dist_to_one(km_work *w, const tensor *x, const tensor *cent, int j) 
                              (float *)cent->data + (size_t)j * (size_t)w->C);
     op_row_sqnorm(w->cn1, &row);
     op_copy(w->diff, x);
-    op_vq_step(w->diff, &row, w->cn1, w->codes, 0, w->dist1);
+    vq_parallel(w, w->diff, &row, w->cn1, 1);
     op_row_sqnorm(w->err, w->diff);
 }
 
@@ -298,7 +364,7 @@ int kmeans_fit(const tensor *x, tensor *centroids, int32_t *assign_out, int dept
                kmeans_stats *st, asvr_error *err) {
     if (check_args(x, o, err) < 0) return -1;
     check_book(x, centroids, o->k);
-    km_work *w = km_work_new(x->shape[0], x->shape[1], o->k);
+    km_work *w = km_work_new(x->shape[0], x->shape[1], o->k, o->threads, o->block_rows);
     uint64_t s = o->seed;
     fit_one(w, x, centroids, depth, o, mix64(&s), st);
     if (assign_out) {
@@ -314,7 +380,7 @@ int kmeans_residual_fit(tensor *x, int D, tensor *const *books, const kmeans_opt
     if (check_args(x, o, err) < 0) return -1;
     if (D < 1) return asvr_err_set(err, "residual k-means: depth %d", D);
     for (int d = 0; d < D; d++) check_book(x, books[d], o->k);
-    km_work *w = km_work_new(x->shape[0], x->shape[1], o->k);
+    km_work *w = km_work_new(x->shape[0], x->shape[1], o->k, o->threads, o->block_rows);
     double denom = (double)w->M * (double)w->C;
     op_row_sqnorm(w->err, x);
     double before = sum_f32(w->err) / denom;
@@ -324,7 +390,7 @@ int kmeans_residual_fit(tensor *x, int D, tensor *const *books, const kmeans_opt
         fit_one(w, x, books[d], d, o, mix64(&s), st ? &st[d] : NULL);
         /* What encoding does: residual -= the nearest row of the fitted codebook. */
         op_row_sqnorm(w->cnorm, books[d]);
-        op_vq_step(x, books[d], w->cnorm, w->codes, 0, w->dist);
+        vq_parallel(w, x, books[d], w->cnorm, 0);
         op_row_sqnorm(w->err, x);
         double after = sum_f32(w->err) / denom;
         if (o->cb.on_depth) o->cb.on_depth(o->cb.ctx, d, before, after, st ? &st[d] : NULL);

@@ -4,7 +4,10 @@
  * Distances go through the same nearest-row op as encoding (op_vq_step: squared L2 as
  * |x|^2 + |c|^2 - 2 x.c, lowest index on a tie), so a vector is assigned exactly as rvq_encode will
  * later code it. Everything is deterministic for a given seed and input: random draws come from one
- * seeded generator, sums are taken in row order (centroid sums and objectives in double).
+ * seeded generator, sums are taken in row order (centroid sums and objectives in double), and the
+ * distance steps run on fixed blocks of rows, one op call per block, so the thread count does not
+ * change any value as long as the backend's GEMM gives the same result for the same shape (the
+ * CPU backend's OpenBLAS does when its own thread count is fixed; asvr-tokenize fit pins it to 1).
  *  - seeding: the first centroid a uniformly drawn row; each next one drawn with probability
  *    proportional to its squared distance to the nearest centroid chosen so far (D^2 sampling).
  *  - Lloyd: assign every row to its nearest centroid, then move each centroid to the mean of its
@@ -16,6 +19,7 @@
  * The objective reported is the mean squared error per element: sum |x - c(x)|^2 / (rows * cols).
  * Not for: encoding (rvq.h), online/minibatch or GPU k-means, or matrices that do not fit in memory
  * (the caller samples and budgets; the working set is about 2x the matrix plus K x C doubles).
+ * Thread-safe: calls on different data may run concurrently.
  */
 #ifndef ASVR_MODEL_KMEANS_H
 #define ASVR_MODEL_KMEANS_H
@@ -47,6 +51,9 @@ typedef struct kmeans_opts {
     int k;             /* clusters, 1..65536 and <= rows */
     int max_iters;     /* Lloyd updates, >= 0 (0: k-means++ centroids only) */
     uint64_t seed;
+    int threads;       /* worker threads for the distance steps (<= 1: the calling thread only);
+                        * rows go in fixed blocks, so the result does not depend on it */
+    int64_t block_rows; /* rows per distance block (0: about 32 MiB of distances per block) */
     kmeans_callbacks cb;
 } kmeans_opts;
 
@@ -62,9 +69,10 @@ typedef struct kmeans_stats {
  * (for picking training images; the same seed gives the same sample). */
 void kmeans_sample_indices(uint64_t seed, int64_t n, int64_t k, int64_t *out);
 
-/* Bytes of scratch kmeans_fit / kmeans_residual_fit allocate for x [M, C] and k clusters (to budget
- * memory before loading features; the matrix itself is not included). */
-uint64_t kmeans_scratch_bytes(int64_t rows, int64_t cols, int k);
+/* Bytes of scratch kmeans_fit / kmeans_residual_fit allocate (at most) for x [M, C], k clusters and
+ * the given threads with the default block size (to budget memory before loading features; the
+ * matrix itself is not included). */
+uint64_t kmeans_scratch_bytes(int64_t rows, int64_t cols, int k, int threads);
 
 /* Fits centroids [k, C] (f32, CPU, caller memory) to x [M, C] (f32, CPU, not modified).
  * assign (optional, M entries) receives the last assignment. -1 with err for k out of range or
