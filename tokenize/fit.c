@@ -132,7 +132,7 @@ static void on_depth(void *ctx, int depth, double before, double after, const km
              "clusters re-seeded",
              depth, before, after, before > 0 ? 100.0 * (before - after) / before : 0.0, st->iters,
              st->converged ? " (converged)" : "", (long long)st->reseeded);
-    if (!(after < before)) LOG_WARN("depth %d did not reduce the residual (%.6g -> %.6g)", depth, before, after);
+    if (before > 0 && !(after < before)) LOG_WARN("depth %d did not reduce the residual (%.6g -> %.6g)", depth, before, after);
 }
 
 /* ---- the command --------------------------------------------------------------------------------- */
