@@ -19,91 +19,11 @@
 #include "base/progress.h"
 #include "base/queue.h"
 #include "commands.h"
+#include "image_list.h"
 #include "io/image.h"
 #include "io/json_stream.h"
 #include "model/vision_tokenizer.h"
 #include "store/code_store.h"
-
-/* ---- the list of image keys (deduplicated, first occurrence order) ---------------------------- */
-
-typedef struct keylist {
-    char **keys;
-    size_t n, cap;
-    size_t *slots; /* open addressing: index+1, 0 = empty */
-    size_t nslots;
-} keylist;
-
-static void keylist_add(keylist *k, const char *s) {
-    if ((k->n + 1) * 2 > k->nslots) {
-        size_t ns = k->nslots ? k->nslots * 2 : 1024;
-        size_t *sl = asvr_calloc(ns, sizeof *sl, "the image key set");
-        for (size_t i = 0; i < k->n; i++) {
-            size_t h = (size_t)asvr_xxh64(k->keys[i], strlen(k->keys[i]), 0) & (ns - 1);
-            while (sl[h]) h = (h + 1) & (ns - 1);
-            sl[h] = i + 1;
-        }
-        free(k->slots);
-        k->slots = sl;
-        k->nslots = ns;
-    }
-    size_t h = (size_t)asvr_xxh64(s, strlen(s), 0) & (k->nslots - 1);
-    while (k->slots[h]) {
-        if (strcmp(k->keys[k->slots[h] - 1], s) == 0) return;
-        h = (h + 1) & (k->nslots - 1);
-    }
-    if (k->n == k->cap) {
-        k->cap = k->cap ? k->cap * 2 : 1024;
-        k->keys = asvr_realloc(k->keys, k->cap * sizeof *k->keys, "the image key list");
-    }
-    k->keys[k->n] = asvr_strdup(s);
-    k->slots[h] = ++k->n;
-}
-
-static void keylist_free(keylist *k) {
-    for (size_t i = 0; i < k->n; i++) free(k->keys[i]);
-    free(k->keys);
-    free(k->slots);
-}
-
-static int read_json_keys(const char *path, keylist *k, asvr_error *err) {
-    json_stream *js;
-    if (json_stream_open(path, &js, err) < 0) return -1;
-    json_t *e;
-    int r;
-    uint64_t bad = 0;
-    while ((r = json_stream_next(js, &e, err)) != 0) {
-        if (r == -2) {
-            json_stream_close(js);
-            return -1;
-        }
-        if (r < 0) {
-            LOG_WARN("%s", err->msg);
-            bad++;
-            continue;
-        }
-        json_t *img = json_object_get(e, "image");
-        if (json_is_string(img) && json_string_length(img) > 0) keylist_add(k, json_string_value(img));
-        json_decref(e);
-    }
-    json_stream_close(js);
-    if (bad) LOG_WARN("'%s': %llu malformed samples were skipped while collecting images", path, (unsigned long long)bad);
-    return 0;
-}
-
-static int read_list_keys(const char *path, keylist *k, asvr_error *err) {
-    uint8_t *data;
-    size_t n;
-    if (asvr_read_file(path, &data, &n, err) < 0) return -1;
-    char *save = NULL;
-    for (char *line = strtok_r((char *)data, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
-        while (*line == ' ' || *line == '\t') line++;
-        size_t len = strlen(line);
-        while (len && (line[len - 1] == ' ' || line[len - 1] == '\t')) line[--len] = 0;
-        if (len && line[0] != '#') keylist_add(k, line);
-    }
-    free(data);
-    return 0;
-}
 
 /* ---- pipeline ----------------------------------------------------------------------------------- */
 
@@ -187,17 +107,6 @@ static void *writer_thread(void *arg) {
     return NULL;
 }
 
-static int parse_rgb(const char *s, uint8_t out[3]) {
-    int v[3];
-    char tail;
-    if (sscanf(s, "%d,%d,%d%c", &v[0], &v[1], &v[2], &tail) != 3) return -1;
-    for (int i = 0; i < 3; i++) {
-        if (v[i] < 0 || v[i] > 255) return -1;
-        out[i] = (uint8_t)v[i];
-    }
-    return 0;
-}
-
 int cmd_encode(int argc, char **argv) {
     const char *json = NULL, *list = NULL, *root = "", *tok_path = NULL, *out = NULL, *policy_s = NULL,
                *pad_s = NULL, *rejects = NULL, *stats = NULL, *device = "cpu";
@@ -241,12 +150,12 @@ int cmd_encode(int argc, char **argv) {
     if (strcmp(device, "cpu") != 0) asvr_cli_usage_error(&cli, "--device %s is not available in this build; use cpu", device);
     if (threads <= 0) threads = asvr_num_cores();
     uint8_t pad[3];
-    if (pad_s && parse_rgb(pad_s, pad) < 0) asvr_cli_usage_error(&cli, "--pad expects R,G,B with values 0..255");
+    if (pad_s && image_list_parse_rgb(pad_s, pad) < 0) asvr_cli_usage_error(&cli, "--pad expects R,G,B with values 0..255");
 
     asvr_error err;
     double t_start = asvr_now();
-    keylist keys = {0};
-    if ((json ? read_json_keys(json, &keys, &err) : read_list_keys(list, &keys, &err)) < 0)
+    image_list keys = {0};
+    if ((json ? image_list_read_json(json, &keys, &err) : image_list_read_file(list, &keys, &err)) < 0)
         ASVR_FATAL("check the input path", "%s", err.msg);
     LOG_INFO("encode: %zu distinct images from %s", keys.n, json ? json : list);
 
@@ -278,7 +187,7 @@ int cmd_encode(int argc, char **argv) {
             if (!missing) {
                 LOG_INFO("'%s' is complete: all %zu images are in it; nothing to do", out, keys.n);
                 vision_tokenizer_free(vt);
-                keylist_free(&keys);
+                image_list_free(&keys);
                 return ASVR_EXIT_OK;
             }
         }
@@ -448,6 +357,6 @@ int cmd_encode(int argc, char **argv) {
     free(todo);
     vtok_work_free(work);
     vision_tokenizer_free(vt);
-    keylist_free(&keys);
+    image_list_free(&keys);
     return failed ? ASVR_EXIT_FAIL : ASVR_EXIT_OK;
 }

@@ -7,6 +7,7 @@ static const asvr_command COMMANDS[] = {
     {"verify", cmd_verify, "check every record of a code store (checksums, shapes, code range)"},
     {"stats", cmd_stats, "summarise a code store (meta, size, codebook use per depth)"},
     {"dump", cmd_dump, "print records as JSON lines"},
+    {"fit", cmd_fit, "make a new tokenizer: residual k-means on an encoder's features over sample images"},
     {"preprocess", cmd_preprocess, "decode one image and write the preprocessed S x S input as PPM"},
 };
 
