@@ -416,12 +416,11 @@ void cpu_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const 
         for (int64_t j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
         double sum = 0.0;
         for (int64_t j = 0; j < V; j++) sum += expf(x[j] - mx);
-        double lse = (double)mx + log(sum);
-        total += lse - (double)x[t];
+        total += (double)mx + log(sum) - (double)x[t];
         n++;
         if (d) { /* x and d may be the same row: each x[j] is read just before d[j] is written */
-            float lsef = (float)lse;
-            for (int64_t j = 0; j < V; j++) d[j] = scale * expf(x[j] - lsef);
+            float c = (float)((double)scale / sum);
+            for (int64_t j = 0; j < V; j++) d[j] = c * expf(x[j] - mx);
             d[t] -= scale;
         }
     }
