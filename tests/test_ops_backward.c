@@ -9,6 +9,8 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "nn/ops.h"
 #include "nn/tensor.h"
@@ -667,6 +669,88 @@ static void test_norm_scale(void) {
     free(before);
 }
 
+/* ---- argument checks: each misuse exits 1 with a message naming the op ------------------------ */
+typedef void (*misuse_fn)(void);
+static void expect_fatal(const char *what, misuse_fn fn, const char *needle) {
+    int fds[2];
+    T_CHECK(pipe(fds) == 0, "pipe");
+    fflush(stdout), fflush(stderr);
+    pid_t pid = fork();
+    T_CHECK(pid >= 0, "fork");
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        fn();
+        _exit(0); /* not reached when the op refuses */
+    }
+    close(fds[1]);
+    char buf[2048] = {0};
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof buf - 1 && (r = read(fds[0], buf + got, sizeof buf - 1 - got)) > 0) got += (size_t)r;
+    close(fds[0]);
+    int st = 0;
+    T_CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
+    T_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: exit status %d", what, st);
+    T_CHECK(strstr(buf, needle) != NULL, "%s: message '%s' lacks '%s'", what, buf, needle);
+}
+
+static float mbuf[64];
+static int32_t ibuf[8];
+static tensor mk(const char *name, nn_dtype dt, nn_device dev, int64_t a, int64_t b, int64_t c) {
+    int64_t sh[3] = {a, b, c};
+    return tensor_make(name, dt, dev, c ? 3 : 2, sh, dt == NN_I32 ? (void *)ibuf : (void *)mbuf);
+}
+static void misuse_cuda(void) { /* a CUDA tensor: refused before its data is touched */
+    tensor x = mk("x", NN_F32, NN_CUDA, 1, 2, 4), pos = mk("pos", NN_I32, NN_CUDA, 1, 2, 0);
+    op_rope(&x, &x, &pos, 1, 10000.0f);
+}
+static void misuse_id(void) {
+    tensor y = mk("y", NN_F32, NN_CPU, 2, 4, 0), tab = mk("table", NN_F32, NN_CPU, 3, 4, 0),
+           ids = mk("ids", NN_I32, NN_CPU, 1, 2, 0);
+    ibuf[0] = 1, ibuf[1] = 3;
+    op_embedding(&y, &ids, &tab);
+}
+static void misuse_target(void) {
+    tensor lg = mk("logits", NN_F32, NN_CPU, 2, 5, 0), t = mk("targets", NN_I32, NN_CPU, 1, 2, 0);
+    ibuf[0] = 0, ibuf[1] = -1;
+    double l;
+    int64_t n;
+    op_cross_entropy(NULL, &l, &n, &lg, &t, 1.0f);
+}
+static void misuse_pre(void) {
+    tensor x = mk("x", NN_F32, NN_CPU, 2, 3, 0), w = mk("w", NN_F32, NN_CPU, 4, 3, 0),
+           dy = mk("dy", NN_F32, NN_CPU, 2, 4, 0);
+    op_matmul_backward(NULL, &w, NULL, &dy, &x, &w, NN_ACT_GELU_ERF, NULL, 0);
+}
+static void misuse_att(void) { /* probabilities kept for one head only */
+    tensor t[9];
+    for (int i = 0; i < 9; i++) {
+        t[i] = mk(i == 7 ? "att" : "qkv", NN_F32, NN_CPU, 1, 2, 4);
+        t[i].data = mbuf + 6 * i;
+    }
+    t[7] = mk("att", NN_F32, NN_CPU, 2, 2, 0), t[7].data = mbuf + 42;
+    op_attention_backward(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], 2, 2, 1.0f, &t[8]);
+}
+static void misuse_pos(void) {
+    tensor x = mk("x", NN_F32, NN_CPU, 1, 2, 4), pos = mk("pos", NN_I32, NN_CPU, 1, 2, 0);
+    ibuf[0] = 0, ibuf[1] = -3;
+    op_rope(&x, &x, &pos, 1, 10000.0f);
+}
+
+static void test_misuse(void) {
+#ifdef ASVR_HAVE_CUDA
+    expect_fatal("cuda tensor", misuse_cuda, "op_rope has no CUDA implementation yet");
+#else
+    expect_fatal("cuda tensor", misuse_cuda, "this build has no CUDA backend");
+#endif
+    expect_fatal("id out of range", misuse_id, "outside [0, 3)");
+    expect_fatal("target -1", misuse_target, "not the ignore index");
+    expect_fatal("activation without pre", misuse_pre, "needs the saved pre-activation");
+    expect_fatal("att not kept", misuse_att, "kept probabilities");
+    expect_fatal("negative position", misuse_pos, "positions are >= 0");
+}
+
 int main(void) {
     nn_act acts[3] = {NN_ACT_NONE, NN_ACT_GELU_TANH, NN_ACT_GELU_ERF};
     for (int a = 0; a < 3; a++)
@@ -702,6 +786,7 @@ int main(void) {
     test_adamw(0.5f);
     test_adamw(0.0f);
     test_norm_scale();
+    test_misuse();
     nn_arena_free(ar);
     return t_done();
 }
