@@ -5,9 +5,15 @@
  * (bf16 storage, fp32 accumulation; built with nvcc). A shape mismatch is a programming error and
  * exits naming the op and the tensors. Activations are row-major and contiguous; a tensor with
  * more than 2 dims is read as a matrix [rows = product of leading dims, cols = last dim].
- * Forward ops only for now. Each op that a backward pass will need takes the optional "save"
- * tensors (pre-activation, mean/rstd, attention probabilities) a backward op would read; pass NULL
- * when only the forward is run.
+ * Forward ops take the optional "save" tensors (pre-activation, mean/rstd, attention probabilities)
+ * their backward reads; pass NULL when only the forward is run. Backward ops (op_*_backward) take the
+ * upstream gradient and those saved tensors. Gradients of parameters (weights, biases, tables)
+ * always accumulate (+=), so micro-batches add up in one buffer; clear them with op_fill(g, 0)
+ * before the first micro-batch. Gradients of activations are written, or added where the op takes
+ * an `accumulate` flag (a residual stream fed by two branches).
+ * The ops after op_fill (backward, RoPE, SwiGLU, packed attention, embedding, cross-entropy,
+ * optimizer) have only a CPU implementation so far; called on CUDA tensors they exit saying so
+ * (op_attention_seg without segments runs op_attention's CUDA code).
  * Not for: numeric loops in model code (compose these ops instead), strided views, or autograd.
  */
 #ifndef ASVR_NN_OPS_H
@@ -75,6 +81,95 @@ void op_vq_step(tensor *residual, const tensor *codebook, const tensor *cnorm, t
 
 /* Fills a tensor with one f32 value (f32 tensors) — for sentinels in tests and clearing buffers. */
 void op_fill(tensor *t, float value);
+
+/* ---- training: backward ops and the ops only the trainer needs --------------------------------- */
+
+/* Backward of op_matmul. dy [M,N] is the gradient w.r.t. y (after the activation). With an
+ * activation, pre [M,N] (saved by op_matmul) is required and dy is overwritten in place by the
+ * gradient w.r.t. pre; with NN_ACT_NONE dy is only read and pre is ignored. Then
+ *   dx [M,K] = dy · w  (written, or added when accumulate_dx; NULL to skip, e.g. the first layer),
+ *   dw [N,K] += dy^T · x (NULL for a frozen weight),   db [N] += sum over rows of dy (NULL: no bias).
+ * dx must not alias dy, x or w. */
+void op_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const tensor *x,
+                        const tensor *w, nn_act act, const tensor *pre, int accumulate_dx);
+
+/* Backward of op_gelu: dx = dy * act'(x), written or (accumulate) added. dx may alias dy when not
+ * accumulating. act is NN_ACT_GELU_TANH or NN_ACT_GELU_ERF. */
+void op_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act, int accumulate);
+
+/* Backward of op_rmsnorm, with rstd [rows] saved by the forward (same eps):
+ *   dx = rstd * (dy*w - x * rstd^2 * mean_j(dy_j w_j x_j))  (written, or added when accumulate_dx),
+ *   dw += sum over rows of dy * x * rstd (NULL for a frozen weight).
+ * dx may alias dy when not accumulating; it must not alias x. */
+void op_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor *x, const tensor *w,
+                         const tensor *rstd, int accumulate_dx);
+
+/* Rotary position embedding as HF LLaMA applies it (rotate_half: dims i and i + Dh/2 form a pair):
+ *   x [B,T,H*Dh] (q or k; Dh even), pos [B,T] i32 >= 0, one position per token (packed rows restart
+ *   it per sample); inv_freq_i = 1 / theta^(2i/Dh) and angle = pos * inv_freq_i, both in fp32 as HF
+ *   computes them; y_i = x_i cos - x_{i+Dh/2} sin, y_{i+Dh/2} = x_{i+Dh/2} cos + x_i sin.
+ * y may alias x. */
+void op_rope(tensor *y, const tensor *x, const tensor *pos, int n_heads, float theta);
+/* Backward: the inverse rotation, dx = R^T dy (written). dx may alias dy. */
+void op_rope_backward(tensor *dx, const tensor *dy, const tensor *pos, int n_heads, float theta);
+
+/* SwiGLU: y = silu(gate) * up = gate * sigmoid(gate) * up, elementwise (same numel).
+ * y may alias gate or up. */
+void op_swiglu(tensor *y, const tensor *gate, const tensor *up);
+/* Backward (written): dgate = dy * up * sigmoid(g) * (1 + g * (1 - sigmoid(g))), dup = dy * silu(g).
+ * Either output may alias dy; they must not alias gate or up or each other. */
+void op_swiglu_backward(tensor *dgate, tensor *dup, const tensor *dy, const tensor *gate,
+                        const tensor *up);
+
+/* op_attention with a block-diagonal mask for packed rows: seg [B,T] i32 gives each token's
+ * segment (sample) id; query i sees key j only when seg[j] == seg[i] (and j <= i when causal).
+ * seg NULL: plain causal or full attention, exactly op_attention. Every query sees at least itself,
+ * so no row is empty. To keep the probabilities for op_attention_backward, att must be the full
+ * [B,H,T,T] (4·B·H·T² bytes in fp32: 2 GiB per layer at B=4, H=32, T=2048 — fine for CPU tests,
+ * too much at training scale, where a fused backward would recompute them instead).
+ * Also the core of torch.nn.MultiheadAttention (batch_first, no dropout, scale 1/sqrt(Dh), causal
+ * bool mask triu(1)): heads are contiguous Dh-wide column blocks of E, as in its reshape. */
+void op_attention_seg(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
+                      int n_kv_heads, float scale, int causal, const tensor *seg, tensor *att);
+
+/* Backward of op_attention / op_attention_seg from the kept probabilities att [B,H,T,T] (the mask
+ * needs no second look: masked probabilities are 0 and so are their gradients):
+ *   dV = P^T dO,  dP = dO V^T,  dS = P ⊙ (dP - rowsum(dP ⊙ P)),  dQ = scale dS K,  dK = scale dS^T Q,
+ * summed over the query heads that share a kv head (GQA). dq [B,T,H*Dh], dk and dv [B,T,Hkv*Dh]
+ * are written. scratch: f32, at least T*T elements. */
+void op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout, const tensor *q,
+                           const tensor *k, const tensor *v, const tensor *att, int n_heads,
+                           int n_kv_heads, float scale, tensor *scratch);
+
+/* y [N,C] = table[ids[n]] for ids [N] i32 (any shape with N elements), table [V,C]; an id outside
+ * [0, V) is a programming error (exits). */
+void op_embedding(tensor *y, const tensor *ids, const tensor *table);
+/* dtable[ids[n]] += dy[n] (scatter-add; a repeated id adds up). */
+void op_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids);
+
+#define NN_IGNORE_INDEX (-100)
+
+/* Softmax cross-entropy over rows of logits [M,V] with targets [M] i32 (NN_IGNORE_INDEX = ignored
+ * row; otherwise in [0, V), else exits). *loss_sum = sum over non-ignored rows of
+ * logsumexp(row) - row[target] (max-subtracted, accumulated in double), *count = their number.
+ * dlogits (optional, [M,V]) = scale * (softmax(row) - onehot(target)), 0 on ignored rows; the
+ * caller folds its mean into scale (e.g. 1 / supervised tokens of the global batch). dlogits may
+ * alias logits (one row is read fully before it is overwritten); no other [M,V] buffer is used. */
+void op_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const tensor *logits,
+                      const tensor *targets, float scale);
+
+/* One AdamW step over one tensor, as torch.optim.AdamW (amsgrad off) does it:
+ *   p -= lr*wd*p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+ *   p -= lr/(1-b1^step) * m / (sqrt(v)/sqrt(1-b2^step) + eps).
+ * p (fp32 master weights), g, m, v: same numel; step >= 1 counts this update. */
+void op_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float beta1, float beta2,
+              float eps, float weight_decay, int64_t step);
+
+/* *acc += sum of g^2 (in double), for the global gradient norm of clipping. */
+void op_grad_sqnorm(double *acc, const tensor *g);
+
+/* t *= s elementwise (gradient clipping, loss scaling). */
+void op_scale(tensor *t, float s);
 
 #ifdef __cplusplus
 }

@@ -6,8 +6,10 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "base/error.h"
 #include "nn/backend.h"
 
 static float *F(const tensor *t) { return t ? (float *)t->data : NULL; }
@@ -102,16 +104,23 @@ void cpu_rmsnorm(tensor *y, const tensor *x, const tensor *w, float eps, tensor 
     }
 }
 
-/* Row-wise softmax of s[T,T] in place; with causal, entries j > i get probability 0. */
-static void softmax_rows(float *s, int64_t T, int causal) {
+/* Whether query i may see key j: j <= i when causal, and the same segment when seg is given. */
+static inline int visible(int64_t i, int64_t j, int causal, const int32_t *seg) {
+    return (!causal || j <= i) && (!seg || seg[j] == seg[i]);
+}
+
+/* Row-wise softmax of s[T,T] in place over the visible keys; the others get probability 0.
+ * seg: the T segment ids of this batch row, or NULL. Every row sees at least its own key. */
+static void softmax_rows(float *s, int64_t T, int causal, const int32_t *seg) {
     for (int64_t i = 0; i < T; i++) {
         float *row = s + i * T;
         int64_t n = causal ? i + 1 : T;
         float mx = -FLT_MAX;
-        for (int64_t j = 0; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+        for (int64_t j = 0; j < n; j++)
+            if (visible(i, j, causal, seg) && row[j] > mx) mx = row[j];
         double sum = 0.0;
         for (int64_t j = 0; j < n; j++) {
-            row[j] = expf(row[j] - mx);
+            row[j] = visible(i, j, causal, seg) ? expf(row[j] - mx) : 0.0f;
             sum += row[j];
         }
         float inv = (float)(1.0 / sum);
@@ -120,13 +129,14 @@ static void softmax_rows(float *s, int64_t T, int causal) {
     }
 }
 
-void cpu_attention(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
-                   int n_kv_heads, float scale, int causal, tensor *att) {
+void cpu_attention_seg(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
+                       int n_kv_heads, float scale, int causal, const tensor *seg, tensor *att) {
     int64_t B = q->shape[0], T = q->shape[1], HD = q->shape[2];
     int64_t Dh = HD / n_heads, KVD = Dh * n_kv_heads;
     int group = n_heads / n_kv_heads;
     int keep = tensor_numel(att) == B * n_heads * T * T;
     for (int64_t b = 0; b < B; b++) {
+        const int32_t *sb = seg ? (const int32_t *)seg->data + b * T : NULL;
         for (int h = 0; h < n_heads; h++) {
             const float *qh = F(q) + b * T * HD + h * Dh;
             const float *kh = F(k) + b * T * KVD + (h / group) * Dh;
@@ -136,11 +146,16 @@ void cpu_attention(tensor *out, const tensor *q, const tensor *k, const tensor *
             /* s = scale · q_h k_h^T; rows of q_h and k_h are strided by the full width. */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)Dh, scale, qh,
                         (int)HD, kh, (int)KVD, 0.0f, s, (int)T);
-            softmax_rows(s, T, causal);
+            softmax_rows(s, T, causal, sb);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, 1.0f, s,
                         (int)T, vh, (int)KVD, 0.0f, oh, (int)HD);
         }
     }
+}
+
+void cpu_attention(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
+                   int n_kv_heads, float scale, int causal, tensor *att) {
+    cpu_attention_seg(out, q, k, v, n_heads, n_kv_heads, scale, causal, NULL, att);
 }
 
 void cpu_patch_embed(tensor *y, const tensor *img, const tensor *w, const tensor *b, int patch,
@@ -206,4 +221,243 @@ void cpu_vq_step(tensor *residual, const tensor *codebook, const tensor *cnorm, 
             for (int64_t j = 0; j < C; j++) x[i * C + j] -= c[j];
         }
     }
+}
+
+/* ---- training ops ----------------------------------------------------------------------------- */
+
+/* d act(x) / dx for the GELUs of apply_act. */
+static inline float gelu_tanh_grad(float x) {
+    const float beta = 0.7978845608028654f, kappa = 0.044715f;
+    float t = tanhf(beta * (x + kappa * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * beta * (1.0f + 3.0f * kappa * x * x);
+}
+
+static inline float gelu_erf_grad(float x) {
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+    return 0.5f * (1.0f + erff(x * 0.7071067811865476f)) + x * inv_sqrt_2pi * expf(-0.5f * x * x);
+}
+
+static inline float act_grad(float x, nn_act act) {
+    return act == NN_ACT_GELU_TANH ? gelu_tanh_grad(x) : act == NN_ACT_GELU_ERF ? gelu_erf_grad(x) : 1.0f;
+}
+
+void cpu_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const tensor *x,
+                         const tensor *w, nn_act act, const tensor *pre, int accumulate_dx) {
+    int64_t M = tensor_rows(x), K = tensor_cols(x), N = w->shape[0];
+    float *g = F(dy);
+    if (act != NN_ACT_NONE) {
+        const float *pp = F(pre);
+        for (int64_t i = 0; i < M * N; i++) g[i] *= act_grad(pp[i], act);
+    }
+    if (dx) /* dx[M,K] (+)= dy[M,N] · w[N,K] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N, 1.0f, g, (int)N,
+                    F(w), (int)K, accumulate_dx ? 1.0f : 0.0f, F(dx), (int)K);
+    if (dw) /* dw[N,K] += dy^T[N,M] · x[M,K] */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)N, (int)K, (int)M, 1.0f, g, (int)N,
+                    F(x), (int)K, 1.0f, F(dw), (int)K);
+    if (db) {
+        float *pb = F(db);
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) pb[j] += g[i * N + j];
+    }
+}
+
+void cpu_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act, int accumulate) {
+    int64_t n = tensor_numel(x);
+    const float *px = F(x), *g = F(dy);
+    float *o = F(dx);
+    for (int64_t i = 0; i < n; i++) {
+        float d = g[i] * act_grad(px[i], act);
+        o[i] = accumulate ? o[i] + d : d;
+    }
+}
+
+void cpu_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor *x,
+                          const tensor *w, const tensor *rstd, int accumulate_dx) {
+    int64_t C = tensor_cols(x), R = tensor_rows(x);
+    const float *px = F(x), *pw = F(w), *g = F(dy), *pr = F(rstd);
+    float *o = F(dx), *pdw = F(dw);
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = px + r * C, *gr = g + r * C;
+        float *orow = o + r * C;
+        float rs = pr[r];
+        double dot = 0.0; /* sum_j dy_j w_j x_j */
+        for (int64_t j = 0; j < C; j++) dot += (double)gr[j] * pw[j] * xr[j];
+        float c = (float)(dot / (double)C) * rs * rs;
+        for (int64_t j = 0; j < C; j++) {
+            float gj = gr[j]; /* read before dx (which may alias dy) is written */
+            if (pdw) pdw[j] += gj * xr[j] * rs;
+            float d = rs * (gj * pw[j] - xr[j] * c);
+            orow[j] = accumulate_dx ? orow[j] + d : d;
+        }
+    }
+}
+
+void cpu_rope(tensor *y, const tensor *x, const tensor *pos, int n_heads, float theta, int inverse) {
+    int64_t B = x->shape[0], T = x->shape[1], HD = x->shape[2], Dh = HD / n_heads, half = Dh / 2;
+    float *inv_freq = asvr_malloc((size_t)half * 3 * sizeof(float), "rope frequencies");
+    float *cs = inv_freq + half, *sn = cs + half;
+    /* As HF LLaMA: inv_freq = 1 / theta^(arange(0, Dh, 2) / Dh), all in fp32. */
+    for (int64_t i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)Dh);
+    const int32_t *pp = (const int32_t *)pos->data;
+    const float *px = F(x);
+    float *py = F(y);
+    for (int64_t bt = 0; bt < B * T; bt++) {
+        float p = (float)pp[bt];
+        for (int64_t i = 0; i < half; i++) {
+            float a = p * inv_freq[i]; /* fp32 product, as HF's fp32 position x frequency */
+            cs[i] = cosf(a);
+            sn[i] = inverse ? -sinf(a) : sinf(a);
+        }
+        for (int h = 0; h < n_heads; h++) {
+            const float *xr = px + bt * HD + h * Dh;
+            float *yr = py + bt * HD + h * Dh;
+            for (int64_t i = 0; i < half; i++) {
+                float x1 = xr[i], x2 = xr[i + half];
+                yr[i] = x1 * cs[i] - x2 * sn[i];
+                yr[i + half] = x2 * cs[i] + x1 * sn[i];
+            }
+        }
+    }
+    free(inv_freq);
+}
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+void cpu_swiglu(tensor *y, const tensor *gate, const tensor *up) {
+    int64_t n = tensor_numel(y);
+    const float *g = F(gate), *u = F(up);
+    float *o = F(y);
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i], ui = u[i];
+        o[i] = gi * sigmoidf(gi) * ui;
+    }
+}
+
+void cpu_swiglu_backward(tensor *dgate, tensor *dup, const tensor *dy, const tensor *gate,
+                         const tensor *up) {
+    int64_t n = tensor_numel(dy);
+    const float *g = F(gate), *u = F(up), *d = F(dy);
+    float *dg = F(dgate), *du = F(dup);
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i], ui = u[i], di = d[i], s = sigmoidf(gi);
+        dg[i] = di * ui * s * (1.0f + gi * (1.0f - s));
+        du[i] = di * gi * s;
+    }
+}
+
+void cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                            const tensor *q, const tensor *k, const tensor *v, const tensor *att,
+                            int n_heads, int n_kv_heads, float scale, tensor *scratch) {
+    int64_t B = q->shape[0], T = q->shape[1], HD = q->shape[2];
+    int64_t Dh = HD / n_heads, KVD = Dh * n_kv_heads;
+    int group = n_heads / n_kv_heads;
+    memset(dk->data, 0, tensor_nbytes(dk)); /* query heads of a group add into one kv head */
+    memset(dv->data, 0, tensor_nbytes(dv));
+    float *ds = F(scratch);
+    for (int64_t b = 0; b < B; b++)
+        for (int h = 0; h < n_heads; h++) {
+            int64_t qo = b * T * HD + h * Dh, ko = b * T * KVD + (h / group) * Dh;
+            const float *P = F(att) + (b * n_heads + h) * T * T, *dO = F(dout) + qo;
+            /* dV += P^T dO */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, 1.0f, P,
+                        (int)T, dO, (int)HD, 1.0f, F(dv) + ko, (int)KVD);
+            /* dP = dO V^T, then dS = P * (dP - rowsum(dP * P)) in place */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)Dh, 1.0f, dO,
+                        (int)HD, F(v) + ko, (int)KVD, 0.0f, ds, (int)T);
+            for (int64_t i = 0; i < T; i++) {
+                const float *pr = P + i * T;
+                float *dr = ds + i * T;
+                double dot = 0.0;
+                for (int64_t j = 0; j < T; j++) dot += (double)pr[j] * dr[j];
+                float dt = (float)dot;
+                for (int64_t j = 0; j < T; j++) dr[j] = pr[j] * (dr[j] - dt);
+            }
+            /* dQ = scale dS K;  dK += scale dS^T Q */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, scale, ds,
+                        (int)T, F(k) + ko, (int)KVD, 0.0f, F(dq) + qo, (int)HD);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, scale, ds,
+                        (int)T, F(q) + qo, (int)HD, 1.0f, F(dk) + ko, (int)KVD);
+        }
+}
+
+void cpu_embedding(tensor *y, const tensor *ids, const tensor *table) {
+    int64_t N = tensor_numel(ids), C = table->shape[1];
+    const int32_t *id = (const int32_t *)ids->data;
+    for (int64_t n = 0; n < N; n++)
+        memcpy(F(y) + n * C, F(table) + (int64_t)id[n] * C, (size_t)C * sizeof(float));
+}
+
+void cpu_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids) {
+    int64_t N = tensor_numel(ids), C = dtable->shape[1];
+    const int32_t *id = (const int32_t *)ids->data;
+    for (int64_t n = 0; n < N; n++) {
+        float *dst = F(dtable) + (int64_t)id[n] * C;
+        const float *src = F(dy) + n * C;
+        for (int64_t j = 0; j < C; j++) dst[j] += src[j];
+    }
+}
+
+void cpu_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const tensor *logits,
+                       const tensor *targets, float scale) {
+    int64_t M = tensor_rows(logits), V = tensor_cols(logits);
+    const int32_t *tg = (const int32_t *)targets->data;
+    double total = 0.0;
+    int64_t n = 0;
+    for (int64_t r = 0; r < M; r++) {
+        const float *x = F(logits) + r * V;
+        float *d = dlogits ? F(dlogits) + r * V : NULL;
+        int32_t t = tg[r];
+        if (t == NN_IGNORE_INDEX) {
+            if (d) memset(d, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        float mx = -FLT_MAX;
+        for (int64_t j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        double sum = 0.0;
+        for (int64_t j = 0; j < V; j++) sum += expf(x[j] - mx);
+        total += (double)mx + log(sum) - (double)x[t];
+        n++;
+        if (d) { /* x and d may be the same row: each x[j] is read just before d[j] is written */
+            float c = (float)((double)scale / sum);
+            for (int64_t j = 0; j < V; j++) d[j] = c * expf(x[j] - mx);
+            d[t] -= scale;
+        }
+    }
+    *loss_sum = total;
+    *count = n;
+}
+
+void cpu_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float beta1, float beta2,
+               float eps, float weight_decay, int64_t step) {
+    int64_t n = tensor_numel(p);
+    /* Scalars in double, as torch computes them from Python numbers; the update in fp32. */
+    float decay = (float)(1.0 - (double)lr * weight_decay);
+    double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
+    float step_size = (float)((double)lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float a1 = 1.0f - beta1, a2 = 1.0f - beta2;
+    float *pp = F(p), *pm = F(m), *pv = F(v);
+    const float *pg = F(g);
+    for (int64_t i = 0; i < n; i++) {
+        float gi = pg[i];
+        pp[i] *= decay;
+        pm[i] += a1 * (gi - pm[i]); /* = b1 m + (1 - b1) g */
+        pv[i] = pv[i] * beta2 + a2 * gi * gi;
+        float denom = sqrtf(pv[i]) / bc2_sqrt + eps;
+        pp[i] -= step_size * pm[i] / denom;
+    }
+}
+
+void cpu_grad_sqnorm(double *acc, const tensor *g) {
+    int64_t n = tensor_numel(g);
+    const float *pg = F(g);
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += (double)pg[i] * pg[i];
+    *acc += s;
+}
+
+void cpu_scale(tensor *t, float s) {
+    int64_t n = tensor_numel(t);
+    float *pt = F(t);
+    for (int64_t i = 0; i < n; i++) pt[i] *= s;
 }
