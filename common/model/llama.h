@@ -1,0 +1,105 @@
+/* llama.h — the LLaMA decoder (HF LlamaForCausalLM) as a trainable model: forward and backward.
+ *
+ * Pre-norm decoder layers over a residual stream h [B,T,dim] fed with inputs_embeds:
+ *   h += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))),  n = RMSNorm_in(h)
+ *   h += down_proj(silu(gate_proj(n)) * up_proj(n)),                     n = RMSNorm_post(h)
+ * then the final RMSNorm; the untied lm_head is a separate call on the rows the caller scores.
+ * Attention is causal inside a segment (packed rows: per-token segment ids, block-diagonal mask),
+ * with grouped-query heads (n_kv_heads divides n_heads), RoPE (rotate_half, per-token positions
+ * that restart per sample), scale 1/sqrt(head_dim); no biases anywhere.
+ * Parameters are declared in a caller-owned param_set under HF names with a prefix ("llm." +
+ * "model.embed_tokens.weight", "model.layers.{i}.self_attn.q_proj.weight", ..., "lm_head.weight"),
+ * so loading, freezing, saving and the optimiser work on the set. A frozen parameter (g == NULL)
+ * gets no gradient, but input gradients still flow through it.
+ * Activations for B rows of T positions live in one arena planned by llama_acts_new; the forward
+ * keeps everything the backward reads, including the full attention probabilities [B,H,T,T] per
+ * layer (fine at test and CPU sizes; at 7B training scale that needs a recomputing fused backward).
+ * CPU backend only for now (the training ops it composes have no CUDA implementation yet).
+ * Not for: generation with a KV cache, tied embeddings, rope scaling variants, biased projections
+ * (attention_bias / mlp_bias), or the loss itself (model/text_loss.h builds the shifted targets).
+ */
+#ifndef ASVR_MODEL_LLAMA_H
+#define ASVR_MODEL_LLAMA_H
+
+#include <stdio.h>
+
+#include "base/error.h"
+#include "model/params.h"
+#include "nn/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct llama_config {
+    int dim;        /* hidden_size */
+    int n_layers;   /* num_hidden_layers */
+    int n_heads;    /* num_attention_heads */
+    int n_kv_heads; /* num_key_value_heads (GQA); = n_heads for plain multi-head attention */
+    int head_dim;   /* head_dim; 0 means dim / n_heads */
+    int ffn_dim;    /* intermediate_size */
+    int vocab;      /* vocab_size */
+    float rms_eps;  /* rms_norm_eps */
+    float rope_theta;
+} llama_config;
+
+/* Reads an HF config.json text (LlamaConfig / MistralConfig keys): hidden_size, num_hidden_layers,
+ * num_attention_heads, intermediate_size, vocab_size (required); num_key_value_heads (default:
+ * num_attention_heads), head_dim (default hidden_size / heads), rms_norm_eps (default 1e-6),
+ * rope_theta (default 1e4; also read from "rope_parameters"). Refuses what this model does not
+ * implement: hidden_act other than silu, tied embeddings, rope scaling, attention or MLP biases.
+ * -1 with err naming the key. */
+int llama_config_from_json(const char *json_text, llama_config *c, asvr_error *err);
+/* Consistency (positive sizes, heads divisible, even head_dim, eps and theta > 0); -1 naming the field. */
+int llama_config_check(const llama_config *c, asvr_error *err);
+static inline int llama_head_dim(const llama_config *c) {
+    return c->head_dim > 0 ? c->head_dim : c->dim / c->n_heads;
+}
+
+typedef struct llama llama;
+typedef struct llama_acts llama_acts;
+
+/* Declares the parameters into ps (not yet committed) under prefix (e.g. "llm."); exits on a bad
+ * config (check it first with llama_config_check). Weight decay on matrices and the embedding, not
+ * on norms. Random init (param_set_init_random): N(0, 0.02) for matrices and the embedding, 1 for
+ * norms, as HF initialises LLaMA. The tensors are read after the caller commits ps. */
+llama *llama_new(const llama_config *c, param_set *ps, const char *prefix);
+const llama_config *llama_cfg(const llama *m);
+/* Config and parameter count. */
+void llama_print(const llama *m, FILE *f);
+void llama_free(llama *m);
+
+/* Activations for up to B rows of exactly T positions, in one arena (after ps is committed). */
+llama_acts *llama_acts_new(const llama *m, int B, int T);
+void llama_acts_print_plan(const llama_acts *a, FILE *f);
+void llama_acts_free(llama_acts *a);
+
+/* Token embeddings: x [B,T,dim] row (b,t) = embed_tokens[ids[b,t]] for ids >= 0; positions with
+ * ids < 0 (image placeholders, padding the caller marked) are left untouched for the caller to fill.
+ * ids: i32 [B,T] on the CPU (ids >= vocab exit, naming the op). */
+void llama_embed(const llama *m, const tensor *ids, tensor *x);
+/* embed_tokens grad += dx rows at the positions with ids >= 0 (nothing when the embedding is frozen). */
+void llama_embed_backward(const llama *m, const tensor *ids, const tensor *dx);
+
+/* x [B',T,dim] = inputs_embeds (B' <= the planned B); pos, seg: i32 [B',T] (positions >= 0;
+ * segment ids: a query sees keys of its own segment only, causally; use any id, e.g. -1, for
+ * padding, whose outputs are then meaningless). Writes h_final [B',T,dim] (after the final norm)
+ * and keeps what llama_backward needs (pos and seg are copied). */
+void llama_forward(const llama *m, llama_acts *a, const tensor *x, const tensor *pos, const tensor *seg,
+                   tensor *h_final);
+/* Backward of the last llama_forward on a: dh [B',T,dim] = d loss / d h_final. Accumulates (+=)
+ * the gradients of the trainable parameters (embedding excluded: see llama_embed_backward) and
+ * writes dx [B',T,dim] = d loss / d inputs_embeds (NULL to skip). */
+void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx);
+
+/* logits [M,vocab] = h [M,dim] · lm_head^T (h may be any [..., dim] view, e.g. selected rows). */
+void llama_lm_head(const llama *m, const tensor *h, tensor *logits);
+/* From dlogits [M,vocab] (only read): dh [M,dim] written (accumulate_dh = 0) or added (1),
+ * dh may be NULL; lm_head grad += dlogits^T · h when trainable. */
+void llama_lm_head_backward(const llama *m, const tensor *dlogits, const tensor *h, tensor *dh,
+                            int accumulate_dh);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
