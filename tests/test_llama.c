@@ -8,7 +8,8 @@
  * backward, embedding backward at text positions); a fully frozen and a partly frozen decoder give
  * the same input gradient, leave other gradient buffers alone and, where trainable, the same
  * gradients; outputs are NaN-filled first so every element must be written; the targets skip the
- * sample boundary that a row-level shift would score.
+ * sample boundary that a row-level shift would score; llama_embed leaves positions with ids < 0
+ * alone. Beyond the fixture: a config with head_dim != dim / n_heads against central differences.
  */
 #include <jansson.h>
 #include <math.h>
@@ -198,6 +199,10 @@ static void run_inputs(run *r, const fixture *fx) {
     op_fill(r->x, NAN);
     llama_embed(r->m, r->ids, r->x);
     float *x = r->x->data;
+    int untouched = 1;
+    for (int i = 0; i < B * T; i++)
+        if (fx->tok_ids[i] < 0) untouched &= isnan(x[(int64_t)i * D]) && isnan(x[(int64_t)i * D + D - 1]);
+    T_CHECK(untouched, "llama_embed left the positions with ids < 0 alone");
     for (int i = 0; i < NIMG * NPOS; i++)
         memcpy(x + (int64_t)fx->flat_pos[i] * D, fx->image_embeds + (int64_t)i * D, sizeof(float) * (size_t)D);
     for (int i = 0; i < B * T; i++)
@@ -400,6 +405,106 @@ static void test_frozen(const run *full, const fixture *fx) {
     }
 }
 
+/* A decoder whose heads are not dim / n_heads wide (4 query heads x 16 over 2 kv heads on dim 32,
+ * so q is 64 wide), seeded init, two samples packed in one row: the directional derivative of
+ * L = <h_final, R> along a fixed direction of the input and of three weights matches central
+ * differences (fp32 forward, so within 1e-2). */
+static double dot(const float *a, const float *b, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+static void test_wide_heads_fd(void) {
+    llama_config c = {.dim = 32, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .head_dim = 16, .ffn_dim = 48,
+                      .vocab = 20, .rms_eps = 1e-5f, .rope_theta = 1e4f};
+    asvr_error err = {{0}};
+    T_CHECK(llama_config_check(&c, &err) == 0, "wide-head config: %s", err.msg);
+    enum { b = 2, t = 7 };
+    param_set ps;
+    param_set_init(&ps, "wide");
+    llama *m = llama_new(&c, &ps, "");
+    param_set_commit(&ps);
+    param_set_init_random(&ps, 42);
+    /* larger weights than HF's 0.02 so the layers do more than pass the residual through */
+    for (int i = 0; i < ps.n; i++)
+        if (ps.v[i]->init == PARAM_INIT_NORMAL) op_scale(ps.v[i]->w, 10.0f);
+    llama_acts *a = llama_acts_new(m, b, t);
+    int64_t D = c.dim, n = (int64_t)b * t * D;
+    nn_arena *io = nn_arena_new("wide io", NN_CPU);
+    tensor *x = nn_arena_add(io, "x", NN_F32, 3, (int64_t[]){b, t, D});
+    tensor *h = nn_arena_add(io, "h", NN_F32, 3, (int64_t[]){b, t, D});
+    tensor *R = nn_arena_add(io, "R", NN_F32, 3, (int64_t[]){b, t, D});
+    tensor *dx = nn_arena_add(io, "dx", NN_F32, 3, (int64_t[]){b, t, D});
+    tensor *dir = nn_arena_add(io, "dir", NN_F32, 3, (int64_t[]){b, t, D});
+    tensor *pos = nn_arena_add(io, "pos", NN_I32, 2, (int64_t[]){b, t});
+    tensor *seg = nn_arena_add(io, "seg", NN_I32, 2, (int64_t[]){b, t});
+    nn_arena_commit(io);
+    float *xd = x->data, *Rd = R->data, *vd = dir->data;
+    for (int64_t i = 0; i < n; i++) {
+        xd[i] = (float)sin(0.91 * (double)i + 0.3);
+        Rd[i] = (float)cos(0.53 * (double)i + 1.1);
+        vd[i] = (float)sin(1.7 * (double)i + 2.0);
+    }
+    int32_t *pd = pos->data, *sd = seg->data;
+    for (int i = 0; i < b * t; i++) { /* row 0: samples of 3 and 4 tokens; row 1: one of 7 */
+        int r = i / t, k = i % t;
+        sd[i] = r == 0 ? (k >= 3) : 0;
+        pd[i] = r == 0 && k >= 3 ? k - 3 : k + 2;
+    }
+    op_fill(h, NAN);
+    op_fill(dx, NAN);
+    llama_forward(m, a, x, pos, seg, h);
+    T_CHECK(all_finite(h), "wide heads: h_final written");
+    llama_backward(m, a, R, dx);
+    T_CHECK(all_finite(dx), "wide heads: dx written");
+    double an = dot(dx->data, vd, n);
+    const float eps = 1e-2f;
+    float *x0 = malloc(sizeof(float) * (size_t)n);
+    memcpy(x0, xd, sizeof(float) * (size_t)n);
+    double lp, lm;
+    for (int64_t i = 0; i < n; i++) xd[i] = x0[i] + eps * vd[i];
+    llama_forward(m, a, x, pos, seg, h);
+    lp = dot(h->data, Rd, n);
+    for (int64_t i = 0; i < n; i++) xd[i] = x0[i] - eps * vd[i];
+    llama_forward(m, a, x, pos, seg, h);
+    lm = dot(h->data, Rd, n);
+    double fd = (lp - lm) / (2.0 * eps), e = fabs(fd - an) / fabs(an);
+    T_CHECK(e < 1e-2, "wide heads: d/dx along a direction %.6g vs central difference %.6g (rel %.3g)", an, fd, e);
+    printf("wide heads (4 x 16 on dim 32): input directional derivative rel err %.3g vs central differences\n", e);
+    memcpy(xd, x0, sizeof(float) * (size_t)n);
+    const char *wn[] = {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
+                        "model.layers.0.input_layernorm.weight"};
+    for (int w = 0; w < 3; w++) {
+        param *p = param_find(&ps, wn[w]);
+        int64_t nw = tensor_numel(p->w);
+        float *w0 = malloc(sizeof(float) * (size_t)nw), *wv = malloc(sizeof(float) * (size_t)nw);
+        float *wd = p->w->data;
+        memcpy(w0, wd, sizeof(float) * (size_t)nw);
+        for (int64_t i = 0; i < nw; i++) wv[i] = (float)cos(2.3 * (double)i + w);
+        double ga = dot(p->g->data, wv, nw);
+        const float ew = 1e-2f;
+        for (int64_t i = 0; i < nw; i++) wd[i] = w0[i] + ew * wv[i];
+        llama_forward(m, a, x, pos, seg, h);
+        lp = dot(h->data, Rd, n);
+        for (int64_t i = 0; i < nw; i++) wd[i] = w0[i] - ew * wv[i];
+        llama_forward(m, a, x, pos, seg, h);
+        lm = dot(h->data, Rd, n);
+        memcpy(wd, w0, sizeof(float) * (size_t)nw);
+        double fdw = (lp - lm) / (2.0 * ew), ewr = fabs(fdw - ga) / fabs(ga);
+        T_CHECK(ewr < 1e-2, "wide heads: d/d %s along a direction %.6g vs central difference %.6g (rel %.3g)", wn[w],
+                ga, fdw, ewr);
+        printf("wide heads: %s directional derivative rel err %.3g\n", wn[w], ewr);
+        free(w0);
+        free(wv);
+    }
+    free(x0);
+    nn_arena_free(io);
+    llama_acts_free(a);
+    llama_free(m);
+    param_set_free(&ps);
+}
+
 int main(void) {
     fixture fx;
     memset(&fx, 0, sizeof fx);
@@ -456,6 +561,7 @@ int main(void) {
     test_forward(&full, &fx);
     test_grads(&full, &fx);
     test_frozen(&full, &fx);
+    test_wide_heads_fd();
 
     /* a second backward accumulates: every gradient doubles */
     {
