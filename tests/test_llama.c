@@ -267,8 +267,15 @@ static void test_config(fixture *fx, json_t *llm) {
                                 "\"intermediate_size\":96,\"vocab_size\":10,"
                                 "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":500000.0}}",
                                 &c2, &err);
-    T_CHECK(rc == 0 && c2.n_kv_heads == 4 && c2.rope_theta == 5e5f && c2.rms_eps == 1e-6f && llama_head_dim(&c2) == 16,
+    T_CHECK(rc == 0 && c2.n_kv_heads == 4 && c2.sliding_window == 0 && c2.rope_theta == 5e5f && c2.rms_eps == 1e-6f && llama_head_dim(&c2) == 16,
             "defaults and rope_parameters: rc %d kv %d theta %g: %s", rc, c2.n_kv_heads, (double)c2.rope_theta, err.msg);
+
+    rc = llama_config_from_json("{\"hidden_size\":64,\"num_hidden_layers\":1,\"num_attention_heads\":4,"
+                                "\"num_key_value_heads\":1,\"intermediate_size\":96,\"vocab_size\":10,"
+                                "\"sliding_window\":4096,\"rope_theta\":1000000.0,\"rms_norm_eps\":1e-5}",
+                                &c2, &err);
+    T_CHECK(rc == 0 && c2.sliding_window == 4096 && c2.n_kv_heads == 1 && c2.rope_theta == 1e6f,
+            "Mistral-style config: %s", err.msg);
 
     struct { const char *key, *value, *msg; } bad[] = {
         {"tie_word_embeddings", "true", "tie_word_embeddings"},
@@ -278,6 +285,7 @@ static void test_config(fixture *fx, json_t *llm) {
         {"num_key_value_heads", "3", "kv heads"},
         {"head_dim", "7", "head_dim"},
         {"hidden_size", "\"x\"", "hidden_size"},
+        {"sliding_window", "-1", "sliding_window"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         json_t *b = json_deep_copy(j);

@@ -85,7 +85,8 @@ int llama_config_from_json(const char *json_text, llama_config *c, asvr_error *e
         json_int(o, "intermediate_size", 1, 0, &c->ffn_dim, err) < 0 ||
         json_int(o, "vocab_size", 1, 0, &c->vocab, err) < 0 ||
         json_float(o, "rms_norm_eps", 1e-6f, &c->rms_eps, err) < 0 ||
-        json_float(o, "rope_theta", 1e4f, &c->rope_theta, err) < 0)
+        json_float(o, "rope_theta", 1e4f, &c->rope_theta, err) < 0 ||
+        json_int(o, "sliding_window", 0, 0, &c->sliding_window, err) < 0)
         goto done;
     json_t *act = json_object_get(o, "hidden_act");
     if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0)) {
@@ -127,6 +128,8 @@ int llama_config_check(const llama_config *c, asvr_error *err) {
     if (llama_head_dim(c) % 2)
         return asvr_err_set(err, "llama config: head_dim %d must be even for RoPE", llama_head_dim(c));
     if (!(c->rms_eps > 0.0f)) return asvr_err_set(err, "llama config: rms_norm_eps %g must be > 0", (double)c->rms_eps);
+    if (c->sliding_window < 0)
+        return asvr_err_set(err, "llama config: sliding_window %d must be >= 0", c->sliding_window);
     if (!(c->rope_theta > 0.0f))
         return asvr_err_set(err, "llama config: rope_theta %g must be > 0", (double)c->rope_theta);
     return 0;
@@ -194,6 +197,9 @@ static tensor *add3(nn_arena *ar, const char *name, int64_t a, int64_t b, int64_
 llama_acts *llama_acts_new(const llama *m, int B, int T) {
     CHECK(B >= 1 && T >= 1, "", "llama activations for %d rows of %d positions", B, T);
     const llama_config *c = &m->cfg;
+    CHECK(c->sliding_window == 0 || T <= c->sliding_window, "use rows no longer than the window",
+          "llama: rows of %d positions exceed the sliding attention window %d, which is not implemented", T,
+          c->sliding_window);
     int nl = c->n_layers;
     int64_t D = c->dim, F = c->ffn_dim, hd = llama_head_dim(c), QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
     llama_acts *a = asvr_calloc(1, sizeof *a, "llama activations");

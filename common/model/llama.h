@@ -41,12 +41,14 @@ typedef struct llama_config {
     int vocab;      /* vocab_size */
     float rms_eps;  /* rms_norm_eps */
     float rope_theta;
+    int sliding_window; /* Mistral's attention window; 0 = none. Rows longer than it are refused
+                           (llama_acts_new), since the window is not implemented and is a no-op below it */
 } llama_config;
 
 /* Reads an HF config.json text (LlamaConfig / MistralConfig keys): hidden_size, num_hidden_layers,
  * num_attention_heads, intermediate_size, vocab_size (required); num_key_value_heads (default:
  * num_attention_heads), head_dim (default hidden_size / heads), rms_norm_eps (default 1e-6),
- * rope_theta (default 1e4; also read from "rope_parameters"). Refuses what this model does not
+ * rope_theta (default 1e4; also read from "rope_parameters"), sliding_window (default none). Refuses what this model does not
  * implement: hidden_act other than silu, tied embeddings, rope scaling, attention or MLP biases.
  * -1 with err naming the key. */
 int llama_config_from_json(const char *json_text, llama_config *c, asvr_error *err);
@@ -69,7 +71,8 @@ const llama_config *llama_cfg(const llama *m);
 void llama_print(const llama *m, FILE *f);
 void llama_free(llama *m);
 
-/* Activations for up to B rows of exactly T positions, in one arena (after ps is committed). */
+/* Activations for up to B rows of exactly T positions, in one arena (after ps is committed).
+ * Exits when T exceeds a configured sliding window. */
 llama_acts *llama_acts_new(const llama *m, int B, int T);
 void llama_acts_print_plan(const llama_acts *a, FILE *f);
 void llama_acts_free(llama_acts *a);
