@@ -21,7 +21,7 @@ struct vhead {
 
 /* Per-layer saved activations; "dm" = depth-major [D, N, ...], "tm" = token-major [N, D, ...]. */
 typedef struct vhead_layer_acts {
-    tensor *n1, *rstd1;          /* norm1(x) dm, its rstd */
+    tensor *rstd1;               /* rstd of norm1(x) */
     tensor *n1t, *q, *k, *v, *ao; /* tm: norm1 output, q, k, v, attention output */
     tensor *att;                 /* [P, H, D, D] kept probabilities */
     tensor *r, *rstd2;           /* x + attn (dm, the input of norm2), its rstd */
@@ -40,7 +40,7 @@ struct vhead_acts {
     tensor *emb, *cum;           /* code rows [P, C]; cumulative sums [(D-1)*P, C] */
     tensor **xs;                 /* n_layers + 1 residual streams, dm [D*P, E] */
     vhead_layer_acts *la;
-    tensor *tmp_tm;              /* out_proj output, tm */
+    tensor *scratch;             /* norm1(x) before its gather (dm), then the out_proj output (tm) */
     tensor *rstdf, *y;           /* final norm */
     tensor *logits, *dlogits;    /* dm [D*P, K] */
     tensor *dA, *dB, *dtm1, *dtm2, *dq, *dk, *dv; /* backward scratch [D*P, E] */
@@ -172,7 +172,6 @@ vhead_acts *vhead_acts_new(const vhead *h, int max_positions) {
         vhead_layer_acts *A = &a->la[l];
 #define LA(field, dt, rows, cols)                                                                  \
     (snprintf(nm, sizeof nm, "layers.%d." #field, l), A->field = add2(ar, nm, dt, rows, cols))
-        LA(n1, NN_F32, DP, E);
         LA(rstd1, NN_F32, DP, 1);
         LA(n1t, NN_F32, DP, E);
         LA(q, NN_F32, DP, E);
@@ -187,7 +186,7 @@ vhead_acts *vhead_acts_new(const vhead *h, int max_positions) {
         LA(fg, NN_F32, DP, F);
 #undef LA
     }
-    a->tmp_tm = add2(ar, "attn_proj_out", NN_F32, DP, E);
+    a->scratch = add2(ar, "norm1_out_or_attn_proj_out", NN_F32, DP, E);
     a->rstdf = add2(ar, "norm.rstd", NN_F32, DP, 1);
     a->y = add2(ar, "norm.out", NN_F32, DP, E);
     a->logits = add2(ar, "logits", NN_F32, DP, K);
@@ -333,11 +332,11 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
         const vhead_layer *L = &hd->layer[l];
         vhead_layer_acts *A = &a->la[l];
         tensor x = rows_view(a->xs[l], 0, DN, E), out = rows_view(a->xs[l + 1], 0, DN, E);
-        tensor n1 = rows_view(A->n1, 0, DN, E), rstd1 = rows_view(A->rstd1, 0, DN, 1);
+        tensor n1 = rows_view(a->scratch, 0, DN, E), rstd1 = rows_view(A->rstd1, 0, DN, 1);
         tensor n1t = rows_view(A->n1t, 0, DN, E);
         tensor q = view3(A->q, N, D, E), k = view3(A->k, N, D, E), v = view3(A->v, N, D, E);
         tensor ao = view3(A->ao, N, D, E), att = view3(A->att, N * H, D, D);
-        tensor tmp = rows_view(a->tmp_tm, 0, DN, E);
+        tensor tmp = rows_view(a->scratch, 0, DN, E); /* n1 is consumed by then */
         tensor r = rows_view(A->r, 0, DN, E), rstd2 = rows_view(A->rstd2, 0, DN, 1);
         tensor h = rows_view(A->h, 0, DN, E);
         tensor wq = rows_view(L->in_w->w, 0, E, E), wk = rows_view(L->in_w->w, E, E, E),
