@@ -21,6 +21,7 @@
  * Activations are planned in one arena for up to max_positions positions; they are stored
  * depth-major ([D, N, E]: each depth's rows contiguous, for the per-depth FFNs and heads) and
  * permuted to token-major ([N, D, E]) around the attention with row gathers.
+ * The CPU backend runs all of it; the top-1 count is a host loop over the logits (no argmax op yet).
  * Not for: sampling codes at inference (no KV cache, no top-k), the appearance tokenizer's head, or
  * computing the codes themselves (model/rvq.h does that).
  */
@@ -76,7 +77,8 @@ void vhead_acts_fill(vhead_acts *a, float value);
 void vhead_acts_free(vhead_acts *a);
 
 /* h_img [N, d_in] f32: the LLM's final-norm states at the image positions (N <= max_positions).
- * codes [N, D] i32 or u16, each in [0, K). codebooks [D, K, code_dim] f32, frozen.
+ * codes [N, D] i32 or u16 in host memory (they are rearranged depth-major on the host), each in
+ * [0, K). codebooks [D, K, code_dim] f32, frozen. h_img is copied, so it may change after the call.
  * Computes the logits and, per depth d: loss_sum[d] = sum over the N positions of the CE (in
  * double; the count is N), correct[d] = positions whose top-1 logit (lowest index on ties) is the
  * target. Keeps dlogits = scale · (softmax − onehot) for vhead_backward: the caller passes
