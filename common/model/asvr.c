@@ -1,0 +1,330 @@
+#include "model/asvr.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/text_loss.h"
+#include "model/weights.h"
+#include "nn/ops.h"
+
+/* ---- config ------------------------------------------------------------------------------------- */
+
+static int jint(json_t *o, const char *k, int *v, asvr_error *err) {
+    json_t *j = json_object_get(o, k);
+    if (!json_is_integer(j)) return asvr_err_set(err, "model config: \"%s\" must be an integer", k);
+    *v = (int)json_integer_value(j);
+    return 0;
+}
+static int jnum(json_t *o, const char *k, float *v, asvr_error *err) {
+    json_t *j = json_object_get(o, k);
+    if (!json_is_number(j)) return asvr_err_set(err, "model config: \"%s\" must be a number", k);
+    *v = (float)json_number_value(j);
+    return 0;
+}
+
+int asvr_config_from_json(const char *text, asvr_config *c, asvr_error *err) {
+    memset(c, 0, sizeof *c);
+    json_error_t je;
+    json_t *o = json_loads(text, 0, &je);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return asvr_err_set(err, "model config is not a JSON object: %s", je.text);
+    }
+    int rc = -1;
+    json_t *llm = json_object_get(o, "llm"), *vis = json_object_get(o, "vision"), *vh = json_object_get(o, "visual_head");
+    if (!json_is_object(llm) || !json_is_object(vis)) {
+        asvr_err_set(err, "model config needs \"llm\" and \"vision\" objects");
+        goto out;
+    }
+    char *llm_text = json_dumps(llm, JSON_COMPACT);
+    int r = llama_config_from_json(llm_text, &c->llm, err);
+    free(llm_text);
+    if (r < 0) goto out;
+    siglip_config *v = &c->vision;
+    if (jint(vis, "image_size", &v->image_size, err) < 0 || jint(vis, "patch_size", &v->patch_size, err) < 0 ||
+        jint(vis, "hidden_size", &v->hidden, err) < 0 || jint(vis, "intermediate_size", &v->intermediate, err) < 0 ||
+        jint(vis, "num_layers", &v->layers, err) < 0 || jint(vis, "num_heads", &v->heads, err) < 0 ||
+        jint(vis, "tap_layer", &v->tap, err) < 0 || jnum(vis, "layer_norm_eps", &v->ln_eps, err) < 0)
+        goto out;
+    v->act = NN_ACT_GELU_TANH;
+    for (int i = 0; i < 3; i++) c->image_mean[i] = c->image_std[i] = 0.5f;
+    json_t *mean = json_object_get(vis, "image_mean"), *std = json_object_get(vis, "image_std");
+    for (int i = 0; i < 3; i++) {
+        if (json_is_array(mean)) c->image_mean[i] = (float)json_number_value(json_array_get(mean, (size_t)i));
+        if (json_is_array(std)) c->image_std[i] = (float)json_number_value(json_array_get(std, (size_t)i));
+    }
+    if (siglip_config_check(v, err) < 0) goto out;
+    c->image_positions = siglip_num_patches(v);
+    json_t *ip = json_object_get(o, "image_positions");
+    if (ip && json_integer_value(ip) != c->image_positions) {
+        asvr_err_set(err, "model config: image_positions %lld, the vision tower gives %d",
+                     (long long)json_integer_value(ip), c->image_positions);
+        goto out;
+    }
+    c->lambda_visual = 1.0f;
+    json_t *lam = json_object_get(o, "lambda_visual");
+    if (json_is_number(lam)) c->lambda_visual = (float)json_number_value(lam);
+    c->has_head = json_is_object(vh);
+    if (c->has_head) {
+        vhead_config *h = &c->head;
+        if (jint(vh, "embed_dim", &h->embed, err) < 0 || jint(vh, "n_heads", &h->n_heads, err) < 0 ||
+            jint(vh, "depth", &h->depth, err) < 0 || jint(vh, "codebook_size", &h->codebook_size, err) < 0 ||
+            jint(vh, "n_layers", &h->n_layers, err) < 0 || jint(vh, "ffn_dim", &h->ffn_dim, err) < 0 ||
+            jnum(vh, "rms_norm_eps", &h->eps, err) < 0)
+            goto out;
+        h->d_in = c->llm.dim;
+        h->code_dim = v->hidden;
+        if (h->depth < 1 || h->depth > 255) {
+            asvr_err_set(err, "model config: visual_head depth %d outside 1..255", h->depth);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    json_decref(o);
+    return rc;
+}
+
+/* ---- model -------------------------------------------------------------------------------------- */
+
+void asvr_model_init(asvr_model *m, const asvr_config *c) {
+    memset(m, 0, sizeof *m);
+    m->c = *c;
+    param_set_init(&m->ps, "asvr");
+    m->llm = llama_new(&c->llm, &m->ps, "llm.");
+    mlp2_declare(&m->proj, &m->ps, c->vision.hidden, c->llm.dim, c->llm.dim, "mm_projector.");
+    if (c->has_head) m->head = vhead_new(&c->head, &m->ps, "visual_head.");
+}
+
+int asvr_model_load_tower(asvr_model *m, const safetensors *st, const char *prefix, asvr_error *err) {
+    return siglip_load(&m->c.vision, st, prefix, &m->tower, err);
+}
+
+int asvr_model_load_codebooks(asvr_model *m, const safetensors *st, const char *name, asvr_error *err) {
+    int D = m->c.has_head ? m->c.head.depth : 0, K = m->c.has_head ? m->c.head.codebook_size : 0;
+    int C = m->c.vision.hidden;
+    const st_tensor *all = safetensors_find(st, name);
+    if (all) { /* one [D,K,C] tensor */
+        if (all->ndim != 3 || (D && (all->shape[0] != D || all->shape[1] != K)) || all->shape[2] != C)
+            return asvr_err_set(err, "codebooks '%s' must be [%d, %d, %d]", name, D, K, C);
+        D = (int)all->shape[0], K = (int)all->shape[1];
+    }
+    if (!D) return asvr_err_set(err, "the codebooks' depth is unknown without a visual head config");
+    m->frozen = nn_arena_new("codebooks", NN_CPU);
+    m->codebooks = nn_arena_add(m->frozen, "codebooks", NN_F32, 3, (int64_t[]){D, K, C});
+    nn_arena_commit(m->frozen);
+    if (all) return st_tensor_to_f32(all, m->codebooks->data, err);
+    for (int d = 0; d < D; d++) {
+        char key[256];
+        snprintf(key, sizeof key, "%s%d.weight", name, d);
+        const st_tensor *t = safetensors_find(st, key);
+        if (!t) return asvr_err_set(err, "codebook '%s' is missing", key);
+        if (t->ndim != 2 || t->shape[1] != C || (t->shape[0] != K && t->shape[0] != K + 1))
+            return asvr_err_set(err, "codebook '%s' must be [%d or %d, %d]", key, K, K + 1, C);
+        float *tmp = asvr_malloc(sizeof(float) * (size_t)t->numel, "a codebook");
+        if (st_tensor_to_f32(t, tmp, err) < 0) {
+            free(tmp);
+            return -1;
+        }
+        memcpy((float *)m->codebooks->data + (size_t)d * K * C, tmp, sizeof(float) * (size_t)K * C);
+        free(tmp);
+    }
+    return 0;
+}
+
+void asvr_model_free(asvr_model *m) {
+    llama_free(m->llm);
+    if (m->head) vhead_free(m->head);
+    siglip_free(m->tower);
+    if (m->frozen) nn_arena_free(m->frozen);
+    param_set_free(&m->ps);
+    memset(m, 0, sizeof *m);
+}
+
+void asvr_model_print(const asvr_model *m, FILE *f) {
+    const asvr_config *c = &m->c;
+    fprintf(f, "model: LLaMA d%d x %d layers, %d heads (%d kv), FFN %d, vocab %d | vision %dpx/%d, %d wide, tap %d, "
+               "%d positions%s | ",
+            c->llm.dim, c->llm.n_layers, c->llm.n_heads, c->llm.n_kv_heads, c->llm.ffn_dim, c->llm.vocab,
+            c->vision.image_size, c->vision.patch_size, c->vision.hidden, c->vision.tap, c->image_positions,
+            c->input_discrete ? " (discrete input)" : "");
+    if (c->has_head)
+        fprintf(f, "visual head E%d, %d heads, D %d, K %d, %d layers, FFN %d, lambda %.2f\n", c->head.embed,
+                c->head.n_heads, c->head.depth, c->head.codebook_size, c->head.n_layers, c->head.ffn_dim,
+                (double)c->lambda_visual);
+    else
+        fprintf(f, "no visual head (text loss only)\n");
+    param_set_print(&m->ps, f);
+}
+
+/* ---- activations -------------------------------------------------------------------------------- */
+
+struct asvr_acts {
+    int B, T, max_images;
+    nn_arena *arena;
+    llama_acts *la;
+    vhead_acts *va;
+    siglip_acts *sa;
+    tensor *x, *h, *dh, *dx, *logits, *targets, *ids, *pos, *seg;
+    tensor *feats, *pre, *hid, *emb, *demb, *dscratch, *tmp_rows;
+    tensor *idx_flat, *idx_src, *codes, *h_img, *dh_img, *rows_d, *code_ids;
+};
+
+asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
+    const asvr_config *c = &m->c;
+    asvr_acts *a = asvr_calloc(1, sizeof *a, "model activations");
+    a->B = B, a->T = T, a->max_images = max_images > 0 ? max_images : 1;
+    int64_t BT = (int64_t)B * T, d = c->llm.dim, P = c->image_positions, NI = (int64_t)a->max_images * P;
+    int64_t C = c->vision.hidden, D = c->has_head ? c->head.depth : 1;
+    nn_arena *ar = a->arena = nn_arena_new("step activations", NN_CPU);
+    a->x = nn_arena_add(ar, "inputs_embeds", NN_F32, 2, (int64_t[]){BT, d});
+    a->h = nn_arena_add(ar, "hidden_final", NN_F32, 2, (int64_t[]){BT, d});
+    a->dh = nn_arena_add(ar, "d_hidden_final", NN_F32, 2, (int64_t[]){BT, d});
+    a->dx = nn_arena_add(ar, "d_inputs_embeds", NN_F32, 2, (int64_t[]){BT, d});
+    a->logits = nn_arena_add(ar, "text_logits", NN_F32, 2, (int64_t[]){BT, c->llm.vocab});
+    a->targets = nn_arena_add(ar, "text_targets", NN_I32, 2, (int64_t[]){B, T});
+    a->ids = nn_arena_add(ar, "ids", NN_I32, 2, (int64_t[]){B, T});
+    a->pos = nn_arena_add(ar, "positions", NN_I32, 2, (int64_t[]){B, T});
+    a->seg = nn_arena_add(ar, "segments", NN_I32, 2, (int64_t[]){B, T});
+    a->feats = nn_arena_add(ar, "image_features", NN_F32, 2, (int64_t[]){NI, C});
+    a->pre = nn_arena_add(ar, "projector_pre", NN_F32, 2, (int64_t[]){NI, d});
+    a->hid = nn_arena_add(ar, "projector_hidden", NN_F32, 2, (int64_t[]){NI, d});
+    a->emb = nn_arena_add(ar, "image_embeds", NN_F32, 2, (int64_t[]){NI, d});
+    a->demb = nn_arena_add(ar, "d_image_embeds", NN_F32, 2, (int64_t[]){NI, d});
+    a->dscratch = nn_arena_add(ar, "d_projector_hidden", NN_F32, 2, (int64_t[]){NI, d});
+    a->tmp_rows = nn_arena_add(ar, "image_rows", NN_F32, 2, (int64_t[]){NI, d});
+    a->rows_d = nn_arena_add(ar, "feature_rows", NN_F32, 2, (int64_t[]){NI, C});
+    a->idx_flat = nn_arena_add(ar, "image_flat_index", NN_I32, 1, (int64_t[]){NI});
+    a->idx_src = nn_arena_add(ar, "image_source_index", NN_I32, 1, (int64_t[]){NI});
+    a->code_ids = nn_arena_add(ar, "code_ids", NN_I32, 1, (int64_t[]){NI});
+    a->codes = nn_arena_add(ar, "codes", NN_I32, 2, (int64_t[]){NI, D});
+    a->h_img = nn_arena_add(ar, "h_image", NN_F32, 2, (int64_t[]){NI, d});
+    a->dh_img = nn_arena_add(ar, "d_h_image", NN_F32, 2, (int64_t[]){NI, d});
+    nn_arena_commit(ar);
+    a->la = llama_acts_new(m->llm, B, T);
+    if (m->head) a->va = vhead_acts_new(m->head, (int)NI);
+    if (m->tower) a->sa = siglip_acts_new(m->tower, a->max_images);
+    return a;
+}
+
+void asvr_acts_print_plan(const asvr_acts *a, FILE *f) { nn_arena_print_plan(a->arena, f); }
+
+void asvr_acts_free(asvr_acts *a) {
+    if (!a) return;
+    llama_acts_free(a->la);
+    if (a->va) vhead_acts_free(a->va);
+    if (a->sa) siglip_acts_free(a->sa);
+    nn_arena_free(a->arena);
+    free(a);
+}
+
+/* ---- one micro-batch ---------------------------------------------------------------------------- */
+
+static tensor head_rows(const tensor *t, int64_t n) {
+    return tensor_make(t->name, t->dtype, t->device, 2, (int64_t[]){n, t->shape[1]}, t->data);
+}
+
+void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, double text_scale, double vis_scale,
+                           asvr_losses *l) {
+    const asvr_config *c = &m->c;
+    CHECK(b->B == a->B && b->T == a->T && b->n_images <= a->max_images, "",
+          "batch %dx%d with %d images does not fit activations planned for %dx%d with %d", b->B, b->T, b->n_images,
+          a->B, a->T, a->max_images);
+    int64_t BT = (int64_t)b->B * b->T, P = c->image_positions, NI = (int64_t)b->n_images * P;
+    int D = c->has_head ? c->head.depth : 0;
+    int32_t *ids = a->ids->data, *tg = a->targets->data;
+    memcpy(a->pos->data, b->pos, sizeof(int32_t) * (size_t)BT);
+    memcpy(a->seg->data, b->seg, sizeof(int32_t) * (size_t)BT);
+    for (int64_t i = 0; i < BT; i++) ids[i] = b->ids[i] >= 0 && b->seg[i] >= 0 ? b->ids[i] : -1;
+    tensor t_labels = tensor_make("labels", NN_I32, NN_CPU, 2, (int64_t[]){b->B, b->T}, (void *)b->labels);
+    text_loss_targets(&t_labels, a->seg, a->targets);
+    (void)tg;
+
+    /* image positions that survived truncation: where they go in the rows, where they come from */
+    int32_t *iflat = a->idx_flat->data, *isrc = a->idx_src->data;
+    int64_t nv = 0;
+    for (int64_t k = 0; k < NI; k++)
+        if (b->image_pos[k] >= 0) iflat[nv] = b->image_pos[k], isrc[nv] = (int32_t)k, nv++;
+    tensor t_iflat = tensor_make("image_flat_index", NN_I32, NN_CPU, 1, (int64_t[]){nv}, iflat);
+    tensor t_isrc = tensor_make("image_source_index", NN_I32, NN_CPU, 1, (int64_t[]){nv}, isrc);
+
+    /* image features → projector */
+    tensor feats = head_rows(a->feats, NI), pre = head_rows(a->pre, NI), hid = head_rows(a->hid, NI),
+           emb = head_rows(a->emb, NI);
+    if (NI > 0) {
+        if (c->input_discrete) {
+            int32_t *cid = a->code_ids->data;
+            tensor rows = head_rows(a->rows_d, NI), t_cid = tensor_make("code_ids", NN_I32, NN_CPU, 1, (int64_t[]){NI}, cid);
+            int64_t K = m->codebooks->shape[1], C = m->codebooks->shape[2];
+            op_fill(&feats, 0.0f);
+            for (int d = 0; d < (int)m->codebooks->shape[0]; d++) {
+                for (int64_t k = 0; k < NI; k++) cid[k] = b->codes[k * m->codebooks->shape[0] + d];
+                tensor book = tensor_make("codebook", NN_F32, NN_CPU, 2, (int64_t[]){K, C},
+                                          (float *)m->codebooks->data + (size_t)d * K * C);
+                op_embedding(&rows, &t_cid, &book);
+                op_add(&feats, &feats, &rows);
+            }
+        } else {
+            CHECK(m->tower != NULL && b->pixels != NULL, "", "the vision tower or the images are missing");
+            int64_t S = c->vision.image_size;
+            tensor img = tensor_make("images", NN_F32, NN_CPU, 4, (int64_t[]){b->n_images, 3, S, S}, (void *)b->pixels);
+            tensor out = tensor_make("image_features", NN_F32, NN_CPU, 3, (int64_t[]){b->n_images, P, c->vision.hidden},
+                                     feats.data);
+            siglip_forward(m->tower, a->sa, &img, &out);
+        }
+        mlp2_forward(&m->proj, &feats, &pre, &hid, &emb);
+    }
+
+    /* inputs_embeds: token embeddings, image embeddings spliced in (0 + v, exactly v) */
+    tensor x = *a->x, ids_t = *a->ids;
+    op_fill(&x, 0.0f);
+    llama_embed(m->llm, &ids_t, &x);
+    if (nv > 0) {
+        tensor rows = head_rows(a->tmp_rows, nv);
+        op_embedding(&rows, &t_isrc, &emb);
+        op_embedding_backward(&x, &rows, &t_iflat);
+    }
+    tensor x3 = tensor_make("inputs_embeds", NN_F32, NN_CPU, 3, (int64_t[]){b->B, b->T, c->llm.dim}, x.data);
+    tensor h3 = tensor_make("hidden_final", NN_F32, NN_CPU, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->h->data);
+    llama_forward(m->llm, a->la, &x3, a->pos, a->seg, &h3);
+
+    /* text loss: logits, CE (dlogits in place), back through lm_head into dh */
+    double ts = 0;
+    int64_t tc = 0;
+    llama_lm_head(m->llm, a->h, a->logits);
+    op_cross_entropy(a->logits, &ts, &tc, a->logits, a->targets, (float)text_scale);
+    llama_lm_head_backward(m->llm, a->logits, a->h, a->dh, 0);
+    l->text_sum += ts;
+    l->text_count += tc;
+
+    /* visual loss at the image positions (no shift) */
+    if (m->head && nv > 0) {
+        int32_t *cd = a->codes->data;
+        for (int64_t k = 0; k < nv; k++)
+            for (int d = 0; d < D; d++) cd[k * D + d] = b->codes[(int64_t)isrc[k] * D + d];
+        tensor h_img = head_rows(a->h_img, nv), dh_img = head_rows(a->dh_img, nv);
+        tensor codes = tensor_make("codes", NN_I32, NN_CPU, 2, (int64_t[]){nv, D}, cd);
+        op_embedding(&h_img, &t_iflat, a->h);
+        double vs[256] = {0};
+        int64_t vc[256] = {0};
+        vhead_forward_loss(m->head, a->va, &h_img, &codes, m->codebooks, (float)vis_scale, vs, vc);
+        vhead_backward(m->head, a->va, &dh_img);
+        op_embedding_backward(a->dh, &dh_img, &t_iflat);
+        for (int d = 0; d < D; d++) l->vis_sum[d] += vs[d], l->vis_correct[d] += vc[d];
+        l->vis_count += nv;
+    }
+
+    /* back through the LLM; then the token embeddings and the projector */
+    tensor dh3 = tensor_make("d_hidden_final", NN_F32, NN_CPU, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->dh->data);
+    tensor dx3 = tensor_make("d_inputs_embeds", NN_F32, NN_CPU, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->dx->data);
+    llama_backward(m->llm, a->la, &dh3, &dx3);
+    llama_embed_backward(m->llm, &ids_t, a->dx);
+    if (nv > 0 && m->proj.w1->g) {
+        tensor demb = head_rows(a->demb, NI), rows = head_rows(a->tmp_rows, nv), ds = head_rows(a->dscratch, NI);
+        op_fill(&demb, 0.0f);
+        op_embedding(&rows, &t_iflat, a->dx);
+        op_embedding_backward(&demb, &rows, &t_isrc);
+        mlp2_backward(&m->proj, &demb, &feats, &pre, &hid, &ds, NULL, 0);
+    }
+}

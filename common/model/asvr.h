@@ -1,0 +1,100 @@
+/* asvr.h — the ASVR model assembled from its parts, and one forward + backward over a micro-batch.
+ *
+ *   images → frozen SigLIP input tower (tap layer) ─┐            (--input discrete: Σ_d codebook_d[code])
+ *                                                    ├→ mm_projector → spliced at the image positions
+ *   token ids → LLM embeddings ──────────────────────┘
+ *   → LLaMA (packed rows: block-diagonal causal attention, positions restart per sample)
+ *   → final-norm states h ─→ lm_head → text CE (labels shifted within each sample)
+ *                         └→ at image positions (no shift) → visual head → D × code CE
+ *   loss = text + λ · visual; text-only samples add no visual loss.
+ * Parameters live in one param_set: "llm.*", "mm_projector.*", "visual_head.*"; the input tower and the
+ * codebooks are frozen and loaded apart. The configuration is JSON:
+ *   {"llm": {HF LlamaConfig keys}, "vision": {image_size, patch_size, hidden_size, intermediate_size,
+ *    num_layers, num_heads, layer_norm_eps, tap_layer, image_mean, image_std},
+ *    "visual_head": {embed_dim, n_heads, depth, codebook_size, n_layers, ffn_dim, rms_norm_eps},
+ *    "image_positions": 729}
+ * Not for: data loading, optimisation or checkpoints (asvr-train), generation (asvr-eval).
+ */
+#ifndef ASVR_MODEL_ASVR_H
+#define ASVR_MODEL_ASVR_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/error.h"
+#include "model/llama.h"
+#include "model/mlp.h"
+#include "model/params.h"
+#include "model/siglip.h"
+#include "model/visual_head.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct asvr_config {
+    llama_config llm;
+    siglip_config vision;
+    vhead_config head;
+    float image_mean[3], image_std[3];
+    int image_positions;
+    int has_head;        /* 0: --visual-loss none (the LLaVA baseline): no visual head at all */
+    int input_discrete;  /* 1: the projector reads Σ_d codebook_d[code] instead of the SigLIP tower */
+    float lambda_visual;
+} asvr_config;
+
+int asvr_config_from_json(const char *json, asvr_config *c, asvr_error *err);
+
+typedef struct asvr_model {
+    asvr_config c;
+    param_set ps;
+    llama *llm;
+    mlp2 proj;
+    vhead *head;       /* NULL without a head */
+    siglip *tower;     /* NULL until loaded (not needed with input_discrete) */
+    nn_arena *frozen;  /* the codebooks [D, K, C] */
+    tensor *codebooks;
+} asvr_model;
+
+/* Declares the parameters (call param_set_trainable / param_set_commit on m->ps afterwards). */
+void asvr_model_init(asvr_model *m, const asvr_config *c);
+/* Frozen parts: the input tower from st under prefix (HF: "vision_model."), the codebooks from a
+ * tensor [D,K,C] or from D tensors "<prefix>{d}.weight" [K or K+1, C]. */
+int asvr_model_load_tower(asvr_model *m, const safetensors *st, const char *prefix, asvr_error *err);
+int asvr_model_load_codebooks(asvr_model *m, const safetensors *st, const char *name_or_prefix, asvr_error *err);
+void asvr_model_free(asvr_model *m);
+void asvr_model_print(const asvr_model *m, FILE *f);
+
+/* One micro-batch, laid out as the trainer's data loader makes it. */
+typedef struct asvr_batch {
+    int B, T;
+    const int32_t *ids, *labels, *pos, *seg; /* [B*T] */
+    int n_images;
+    const int32_t *image_pos;                /* [n_images*P], -1 where truncated away */
+    const uint16_t *codes;                   /* [n_images*P*D] */
+    const float *pixels;                     /* [n_images*3*S*S] (NULL with input_discrete) */
+} asvr_batch;
+
+typedef struct asvr_losses {
+    double text_sum;     /* summed CE over scored text targets */
+    int64_t text_count;
+    double vis_sum[256]; /* per depth, summed over image positions */
+    int64_t vis_count;   /* image positions scored */
+    int64_t vis_correct[256];
+} asvr_losses;
+
+typedef struct asvr_acts asvr_acts;
+asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images);
+void asvr_acts_print_plan(const asvr_acts *a, FILE *f);
+void asvr_acts_free(asvr_acts *a);
+
+/* Forward and backward of one micro-batch; gradients accumulate into m->ps. text_scale and
+ * vis_scale fold the global means in (1 / scored text targets of the whole step, and
+ * λ / (D · image positions of the whole step)). Losses are added to *l. */
+void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, double text_scale, double vis_scale,
+                           asvr_losses *l);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

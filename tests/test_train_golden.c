@@ -1,0 +1,255 @@
+/* test_train_golden.c — the whole ASVR training step on the CPU against PyTorch
+ * (tools/gen_train_fixtures.py, tests/golden/train/): step-0 losses, every trainable gradient for
+ * stage it (and pt as its subset), with and without the visual head, and the parameters after 3 AdamW
+ * steps under HF's cosine-with-warmup schedule (weight decay and clipping variants), with the
+ * per-step lr, loss and pre-clip gradient norm. */
+#include <jansson.h>
+#include <math.h>
+
+#include "io/safetensors.h"
+#include "model/asvr.h"
+#include "optim.h"
+#include "test.h"
+
+#define G ASVR_GOLDEN "/train/"
+
+static json_t *manifest;
+static safetensors *init_st, *batch_st;
+
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static char *model_config_json(int with_head) {
+    json_t *c = json_object_get(manifest, "config"), *l = json_object_get(c, "llm"), *v = json_object_get(c, "vision");
+    json_t *llm = json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:b}", "hidden_size", json_object_get(l, "hidden_size"),
+                            "num_hidden_layers", json_object_get(l, "num_layers"), "num_attention_heads",
+                            json_object_get(l, "num_heads"), "num_key_value_heads", json_object_get(l, "num_kv_heads"),
+                            "intermediate_size", json_object_get(l, "intermediate_size"), "vocab_size",
+                            json_object_get(l, "vocab_size"), "rms_norm_eps", json_object_get(l, "rms_norm_eps"),
+                            "rope_theta", json_object_get(l, "rope_theta"), "tie_word_embeddings", 0);
+    json_t *o = json_pack("{s:o, s:O}", "llm", llm, "vision", v);
+    if (with_head) json_object_set(o, "visual_head", json_object_get(c, "visual_head"));
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+typedef struct ctx {
+    asvr_model m;
+    asvr_acts *a;
+    asvr_batch b;
+    int32_t ids[56], labels[56], pos[56], seg[56], image_pos[18];
+    uint16_t codes[54];
+    float pixels[2 * 3 * 46 * 46];
+} ctx;
+
+static void to_i32(const char *name, int32_t *dst, int64_t n) {
+    const st_tensor *t = safetensors_find(batch_st, name);
+    T_CHECK(t && t->dtype == ST_I64 && t->numel == n, "batch tensor %s", name);
+    for (int64_t i = 0; i < n; i++) dst[i] = (int32_t)((const int64_t *)t->data)[i];
+}
+
+static void build(ctx *c, int with_head, int stage_it) {
+    asvr_error err;
+    asvr_config cfg;
+    char *js = model_config_json(with_head);
+    T_EQ_INT(asvr_config_from_json(js, &cfg, &err), 0);
+    free(js);
+    asvr_model_init(&c->m, &cfg);
+    param_set_trainable(&c->m.ps, "", 1);
+    if (!stage_it) param_set_trainable(&c->m.ps, "llm.", 0);
+    param_set_commit(&c->m.ps);
+    T_CHECK(param_set_load(&c->m.ps, init_st, "", &err) == 0, "%s", err.msg);
+    T_CHECK(asvr_model_load_tower(&c->m, init_st, "vision_tower.", &err) == 0, "%s", err.msg);
+    if (with_head) T_CHECK(asvr_model_load_codebooks(&c->m, init_st, "codebooks", &err) == 0, "%s", err.msg);
+    to_i32("input_ids", c->ids, 56);
+    to_i32("labels", c->labels, 56);
+    to_i32("position_ids", c->pos, 56);
+    to_i32("segment_ids", c->seg, 56);
+    to_i32("image_flat_pos", c->image_pos, 18);
+    int32_t codes[54];
+    to_i32("codes", codes, 54);
+    for (int i = 0; i < 54; i++) c->codes[i] = (uint16_t)codes[i];
+    const st_tensor *px = safetensors_find(batch_st, "images");
+    T_CHECK(px && px->numel == 2 * 3 * 46 * 46, "images");
+    memcpy(c->pixels, px->data, sizeof c->pixels);
+    c->b = (asvr_batch){2, 28, c->ids, c->labels, c->pos, c->seg, 2, c->image_pos, c->codes, c->pixels};
+    c->a = asvr_acts_new(&c->m, 2, 28, 2);
+}
+
+static void destroy(ctx *c) {
+    asvr_acts_free(c->a);
+    asvr_model_free(&c->m);
+}
+
+static double run_step(ctx *c, asvr_losses *L) {
+    memset(L, 0, sizeof *L);
+    param_set_zero_grads(&c->m.ps);
+    int D = c->m.c.has_head ? c->m.c.head.depth : 0;
+    asvr_forward_backward(&c->m, c->a, &c->b, 1.0 / 18, D ? 1.0 / (D * 18.0) : 0, L);
+    double text = L->text_sum / (double)L->text_count, vis = 0;
+    for (int d = 0; d < D; d++) vis += L->vis_sum[d] / (double)L->vis_count / D;
+    return text + vis;
+}
+
+static void check_grads(ctx *c, const char *file, const char *what) {
+    safetensors *st;
+    asvr_error err;
+    char path[512];
+    snprintf(path, sizeof path, G "%s", file);
+    T_CHECK(safetensors_open(path, &st, &err) == 0, "%s", err.msg);
+    double worst = 0;
+    const char *worst_name = "";
+    int n = 0;
+    for (int i = 0; i < c->m.ps.n; i++) {
+        param *p = c->m.ps.v[i];
+        if (!p->g) continue;
+        const st_tensor *t = safetensors_find(st, p->name);
+        T_CHECK(t && t->numel == tensor_numel(p->g), "%s: golden gradient %s", what, p->name);
+        if (!t) continue;
+        double e = rel_err(p->g->data, t->data, t->numel);
+        T_CHECK(e < 1e-4, "%s: gradient of %s off by %.2e", what, p->name, e);
+        if (e > worst) worst = e, worst_name = p->name;
+        n++;
+    }
+    printf("%s: %d gradients, worst relative error %.2e (%s)\n", what, n, worst, worst_name);
+    safetensors_close(st);
+}
+
+static void check_losses(asvr_losses *L, const char *run, int D) {
+    json_t *l = json_object_get(json_object_get(json_object_get(manifest, "runs"), run), "losses_step0");
+    double text = L->text_sum / (double)L->text_count;
+    T_EQ_INT(L->text_count, json_integer_value(json_object_get(l, "n_text_tokens")));
+    T_CHECK(fabs(text - json_real_value(json_object_get(l, "text"))) < 1e-5, "%s text loss %.7f", run, text);
+    for (int d = 0; d < D; d++) {
+        double v = L->vis_sum[d] / (double)L->vis_count, w = json_real_value(json_array_get(json_object_get(l, "visual_per_depth"), (size_t)d));
+        T_CHECK(fabs(v - w) < 1e-5, "%s visual loss depth %d: %.7f vs %.7f", run, d, v, w);
+    }
+}
+
+/* 3 optimizer steps, each a forward+backward on the same batch, against the recorded run. */
+static void check_three_steps(const char *run, const char *variant, int with_head, int stage_it, double wd, double clip) {
+    ctx c;
+    build(&c, with_head, stage_it);
+    json_t *opt = json_object_get(manifest, "optimizer");
+    optim_config oc = {json_real_value(json_object_get(json_object_get(opt, "peak_lr"), stage_it ? "it" : "pt")), 0.9, 0.999,
+                       1e-8, wd, clip, json_integer_value(json_object_get(opt, "total_steps")),
+                       json_integer_value(json_object_get(opt, "warmup_steps"))};
+    optim o;
+    optim_init(&o, &oc, &c.m.ps);
+    json_t *v = json_object_get(json_object_get(json_object_get(json_object_get(manifest, "runs"), run), "variants"), variant);
+    for (int s = 0; s < 3; s++) {
+        asvr_losses L;
+        double loss = run_step(&c, &L);
+        double gn, coef, lr = optim_step(&o, &gn, &coef);
+        double wl = json_real_value(json_array_get(json_object_get(v, "loss"), (size_t)s));
+        double wg = json_real_value(json_array_get(json_object_get(v, "grad_norm_preclip"), (size_t)s));
+        double wlr = json_real_value(json_array_get(json_object_get(v, "lr"), (size_t)s));
+        T_CHECK(fabs(loss - wl) < 2e-5 * fabs(wl), "%s/%s step %d loss %.7f vs %.7f", run, variant, s, loss, wl);
+        T_CHECK(fabs(gn - wg) < 1e-4 * fabs(wg), "%s/%s step %d grad norm %.7f vs %.7f", run, variant, s, gn, wg);
+        T_CHECK(fabs(lr - wlr) < 1e-12, "%s/%s step %d lr %.9g vs %.9g", run, variant, s, lr, wlr);
+    }
+    /* parameters (and their updates) against the recorded file, or the recorded update norms */
+    const char *pf = json_string_value(json_object_get(v, "params_file"));
+    json_t *un = json_object_get(v, "update_norm");
+    safetensors *after = NULL;
+    asvr_error err;
+    if (pf) {
+        char path[512];
+        snprintf(path, sizeof path, G "%s", pf);
+        T_CHECK(safetensors_open(path, &after, &err) == 0, "%s", err.msg);
+    }
+    double worst = 0;
+    for (int i = 0; i < c.m.ps.n; i++) {
+        param *p = c.m.ps.v[i];
+        if (!p->g) continue;
+        const st_tensor *t0 = safetensors_find(init_st, p->name);
+        int64_t n = tensor_numel(p->w);
+        float *upd = malloc(sizeof(float) * (size_t)n), *want = malloc(sizeof(float) * (size_t)n);
+        for (int64_t k = 0; k < n; k++) upd[k] = ((float *)p->w->data)[k] - ((const float *)t0->data)[k];
+        if (after) {
+            const st_tensor *t1 = safetensors_find(after, p->name);
+            T_CHECK(t1 != NULL, "%s missing in %s", p->name, pf);
+            if (t1) {
+                for (int64_t k = 0; k < n; k++) want[k] = ((const float *)t1->data)[k] - ((const float *)t0->data)[k];
+                if (strstr(p->name, "attn.in_proj_bias")) {
+                    /* The key bias adds the same q·b_k to every score of a row, which softmax ignores: its true
+                     * gradient is 0 and both sides see only rounding noise, which Adam's m/sqrt(v) turns into
+                     * full-size steps of arbitrary sign. Compare the query and value parts only. */
+                    int64_t E = n / 3;
+                    for (int64_t k = E; k < 2 * E; k++) upd[k] = want[k] = 0.0f;
+                }
+                double e = rel_err(upd, want, n);
+                if (e > worst) worst = e;
+                T_CHECK(e < 1e-3, "%s/%s: update of %s off by %.2e", run, variant, p->name, e);
+            }
+        } else {
+            double nrm = 0, w = json_real_value(json_object_get(un, p->name));
+            for (int64_t k = 0; k < n; k++) nrm += (double)upd[k] * upd[k];
+            nrm = sqrt(nrm);
+            double e = fabs(nrm - w) / (w > 0 ? w : 1);
+            if (e > worst) worst = e;
+            T_CHECK(e < 1e-3, "%s/%s: update norm of %s %.6g vs %.6g", run, variant, p->name, nrm, w);
+        }
+        free(upd);
+        free(want);
+    }
+    printf("%s/%s: 3 steps, worst relative error of the updates %.2e\n", run, variant, worst);
+    if (after) safetensors_close(after);
+    optim_free(&o);
+    destroy(&c);
+}
+
+int main(void) {
+    json_error_t je;
+    manifest = json_load_file(G "manifest.json", 0, &je);
+    T_CHECK(manifest != NULL, "manifest: %s", je.text);
+    asvr_error err;
+    T_CHECK(safetensors_open(G "model_init.safetensors", &init_st, &err) == 0, "%s", err.msg);
+    T_CHECK(safetensors_open(G "batch.safetensors", &batch_st, &err) == 0, "%s", err.msg);
+    if (!manifest || !init_st || !batch_st) return t_done();
+
+    /* step 0, stage it, default loss: losses and every gradient */
+    ctx c;
+    build(&c, 1, 1);
+    asvr_losses L;
+    run_step(&c, &L);
+    check_losses(&L, "it_default", 3);
+    check_grads(&c, "grads_it_default.safetensors", "it, text + visual");
+    destroy(&c);
+    /* stage pt: the same gradients, restricted to mm_projector and the visual head; the LLM gets none */
+    build(&c, 1, 0);
+    run_step(&c, &L);
+    check_losses(&L, "pt_default", 3);
+    check_grads(&c, "grads_it_default.safetensors", "pt, text + visual");
+    int frozen_ok = 1;
+    for (int i = 0; i < c.m.ps.n; i++)
+        if (!strncmp(c.m.ps.v[i]->name, "llm.", 4) && c.m.ps.v[i]->g) frozen_ok = 0;
+    T_CHECK(frozen_ok, "stage pt: the LLM has no gradient buffers");
+    destroy(&c);
+    /* text loss only (the LLaVA baseline): no visual head at all */
+    build(&c, 0, 1);
+    run_step(&c, &L);
+    check_losses(&L, "it_none", 0);
+    check_grads(&c, "grads_it_none.safetensors", "it, text only");
+    destroy(&c);
+
+    check_three_steps("pt_default", "wd0", 1, 0, 0.0, 0.0);
+    check_three_steps("pt_default", "wd0.1", 1, 0, 0.1, 0.0);
+    check_three_steps("pt_default", "clip1", 1, 0, 0.0, 1.0);
+    check_three_steps("it_default", "wd0", 1, 1, 0.0, 0.0);
+    check_three_steps("pt_none", "wd0", 0, 0, 0.0, 0.0);
+    check_three_steps("it_none", "wd0", 0, 1, 0.0, 0.0);
+
+    safetensors_close(init_st);
+    safetensors_close(batch_st);
+    json_decref(manifest);
+    return t_done();
+}

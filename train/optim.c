@@ -1,0 +1,70 @@
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/ops.h"
+
+double lr_schedule(int64_t step, int64_t warmup, int64_t total) {
+    if (step < warmup) return (double)step / (double)(warmup > 1 ? warmup : 1);
+    double progress = (double)(step - warmup) / (double)((total - warmup) > 1 ? (total - warmup) : 1);
+    double v = 0.5 * (1.0 + cos(M_PI * 2.0 * 0.5 * progress));
+    return v > 0 ? v : 0;
+}
+
+int64_t warmup_steps_from_ratio(double ratio, int64_t total) { return (int64_t)ceil(ratio * (double)total); }
+
+void optim_init(optim *o, const optim_config *c, param_set *ps) {
+    memset(o, 0, sizeof *o);
+    o->c = *c;
+    o->ps = ps;
+    o->state = nn_arena_new("optimizer state", NN_CPU);
+    o->m = asvr_calloc((size_t)(ps->n ? ps->n : 1), sizeof(tensor *), "optimizer state");
+    o->v = asvr_calloc((size_t)(ps->n ? ps->n : 1), sizeof(tensor *), "optimizer state");
+    char name[NN_NAME_MAX + 8];
+    for (int i = 0; i < ps->n; i++) {
+        param *p = ps->v[i];
+        if (!p->g) continue;
+        snprintf(name, sizeof name, "m.%s", p->name);
+        o->m[i] = nn_arena_add(o->state, name, NN_F32, p->w->ndim, p->w->shape);
+        snprintf(name, sizeof name, "v.%s", p->name);
+        o->v[i] = nn_arena_add(o->state, name, NN_F32, p->w->ndim, p->w->shape);
+    }
+    nn_arena_commit(o->state);
+}
+
+void optim_free(optim *o) {
+    if (o->state) nn_arena_free(o->state);
+    free(o->m);
+    free(o->v);
+    memset(o, 0, sizeof *o);
+}
+
+double optim_step(optim *o, double *grad_norm, double *clip_coef) {
+    param_set *ps = o->ps;
+    double sq = 0;
+    for (int i = 0; i < ps->n; i++)
+        if (ps->v[i]->g) op_grad_sqnorm(&sq, ps->v[i]->g);
+    double norm = sqrt(sq), coef = 1.0;
+    if (o->c.clip_norm > 0) {
+        coef = o->c.clip_norm / (norm + 1e-6);
+        if (coef < 1.0) {
+            for (int i = 0; i < ps->n; i++)
+                if (ps->v[i]->g) op_scale(ps->v[i]->g, (float)coef);
+        } else {
+            coef = 1.0;
+        }
+    }
+    double lr = o->c.lr * lr_schedule(o->step, o->c.warmup_steps, o->c.total_steps);
+    for (int i = 0; i < ps->n; i++) {
+        param *p = ps->v[i];
+        if (!p->g) continue;
+        op_adamw(p->w, p->g, o->m[i], o->v[i], (float)lr, (float)o->c.beta1, (float)o->c.beta2, (float)o->c.eps,
+                 p->decay ? (float)o->c.weight_decay : 0.0f, o->step + 1);
+    }
+    o->step++;
+    if (grad_norm) *grad_norm = norm;
+    if (clip_coef) *clip_coef = coef;
+    return lr;
+}

@@ -1,0 +1,337 @@
+/* asvr-train train — the training loop: data → forward/backward per micro-batch → AdamW step,
+ * with logging, checkpoints and exact resume. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/cli.h"
+#include "base/fsutil.h"
+#include "base/log.h"
+#include "base/progress.h"
+#include "checkpoint.h"
+#include "commands.h"
+#include "data.h"
+#include "io/safetensors.h"
+#include "model/asvr.h"
+#include "optim.h"
+
+typedef struct train_opts {
+    const char *stage, *config, *packed, *codes, *image_root, *vision, *vision_prefix, *codebooks, *llm, *init,
+        *out, *visual_loss, *input, *log_path;
+    int64_t rows, accum, steps, epochs, save_every, threads, seed, max_images;
+    double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps;
+} train_opts;
+
+/* Loads the parameters whose names start with `ours` from st, where they are named
+ * file_prefix + the rest of the name ("llm." ↔ "" for an HF LLaMA checkpoint). */
+static int load_subset(param_set *ps, const safetensors *st, const char *ours, const char *file_prefix, asvr_error *err) {
+    size_t n = strlen(ours);
+    int loaded = 0;
+    for (int i = 0; i < ps->n; i++) {
+        param *p = ps->v[i];
+        if (strncmp(p->name, ours, n) != 0) continue;
+        char key[256];
+        snprintf(key, sizeof key, "%s%s", file_prefix, p->name + n);
+        const st_tensor *t = safetensors_find(st, key);
+        if (!t) return asvr_err_set(err, "tensor '%s' (for %s) is missing", key, p->name);
+        if (t->numel != tensor_numel(p->w) || t->ndim != p->w->ndim)
+            return asvr_err_set(err, "tensor '%s' has %lld elements in %d dims, %s needs %lld", key, (long long)t->numel,
+                                t->ndim, p->name, (long long)tensor_numel(p->w));
+        if (st_tensor_to_f32(t, p->w->data, err) < 0) return -1;
+        loaded++;
+    }
+    return loaded;
+}
+
+static double now_s(void) { return asvr_now(); }
+
+int cmd_train(int argc, char **argv) {
+    train_opts o = {.stage = "pt", .vision_prefix = "vision_model.", .visual_loss = "semantic", .input = "continuous",
+                    .rows = 1, .accum = 1, .epochs = 1, .save_every = 0, .seed = 0, .max_images = 0,
+                    .lr = -1, .warmup_ratio = 0.03, .weight_decay = 0, .clip_norm = 0, .beta1 = 0.9, .beta2 = 0.999,
+                    .eps = 1e-8};
+    const asvr_opt opts[] = {
+        {"stage", ASVR_OPT_STR, &o.stage, "pt|it", "pt trains mm_projector + visual head; it also the LLM (default pt)"},
+        {"config", ASVR_OPT_STR, &o.config, "FILE", "model config JSON (llm, vision, visual_head); default: the checkpoint's"},
+        {"packed", ASVR_OPT_STR, &o.packed, "FILE", "packed store (asvr-pack build)"},
+        {"codes", ASVR_OPT_STR, &o.codes, "STORE", "code store of the same images and policy (asvr-tokenize encode)"},
+        {"image-root", ASVR_OPT_STR, &o.image_root, "DIR", "folder the image keys are relative to"},
+        {"vision", ASVR_OPT_STR, &o.vision, "FILE", "frozen SigLIP input tower (safetensors, HF names)"},
+        {"vision-prefix", ASVR_OPT_STR, &o.vision_prefix, "P", "name prefix of the tower's tensors (default vision_model.)"},
+        {"codebooks", ASVR_OPT_STR, &o.codebooks, "FILE", "vision tokenizer file whose codebooks feed the visual head"},
+        {"llm", ASVR_OPT_STR, &o.llm, "FILE", "HF LLaMA weights (.safetensors or .index.json) for llm.*"},
+        {"init", ASVR_OPT_STR, &o.init, "FILE", "parameters to start from (e.g. a stage-pt checkpoint's model.safetensors)"},
+        {"out", ASVR_OPT_STR, &o.out, "DIR", "run folder: checkpoints, log.jsonl (resumes from its newest checkpoint)"},
+        {"visual-loss", ASVR_OPT_STR, &o.visual_loss, "none|semantic", "none = the LLaVA baseline (default semantic)"},
+        {"input", ASVR_OPT_STR, &o.input, "continuous|discrete", "projector input: SigLIP features or summed codebook rows"},
+        {"rows", ASVR_OPT_INT, &o.rows, "N", "packed rows per micro-batch (default 1)"},
+        {"accum", ASVR_OPT_INT, &o.accum, "N", "micro-batches per optimizer step (default 1)"},
+        {"steps", ASVR_OPT_INT, &o.steps, "N", "optimizer steps (default: --epochs over the packed rows)"},
+        {"epochs", ASVR_OPT_INT, &o.epochs, "N", "epochs when --steps is not given (default 1)"},
+        {"lr", ASVR_OPT_F64, &o.lr, "X", "peak learning rate (default 1e-3 for pt, 2e-5 for it)"},
+        {"warmup-ratio", ASVR_OPT_F64, &o.warmup_ratio, "X", "linear warmup share of the steps (default 0.03)"},
+        {"weight-decay", ASVR_OPT_F64, &o.weight_decay, "X", "decoupled weight decay on matrices (default 0)"},
+        {"clip-norm", ASVR_OPT_F64, &o.clip_norm, "X", "clip the global gradient norm (default off)"},
+        {"save-every", ASVR_OPT_INT, &o.save_every, "N", "checkpoint every N steps (and always at the end)"},
+        {"seed", ASVR_OPT_INT, &o.seed, "N", "seed of the data order and of random initialisation (default 0)"},
+        {"threads", ASVR_OPT_INT, &o.threads, "N", "image decode threads (default: cores)"},
+        {"max-images", ASVR_OPT_INT, &o.max_images, "N", "images per micro-batch to plan for (default: from the store)"},
+    };
+    const asvr_cli cli = {"asvr-train train", "--packed FILE --codes STORE --out DIR [options]",
+                          "Trains ASVR (or the text-only baseline) from a packed store and a code store. Each step\n"
+                          "prints one line; log.jsonl keeps every step; checkpoints make a rerun resume exactly.",
+                          opts, (int)(sizeof opts / sizeof opts[0]), 0, 0};
+    int npos;
+    char **pos;
+    asvr_cli_parse(&cli, argc, argv, &npos, &pos);
+    free(pos);
+    if (!o.packed || !o.codes || !o.out) asvr_cli_usage_error(&cli, "--packed, --codes and --out are required");
+    int stage_it = strcmp(o.stage, "it") == 0;
+    if (!stage_it && strcmp(o.stage, "pt") != 0) asvr_cli_usage_error(&cli, "--stage must be pt or it");
+    if (strcmp(o.visual_loss, "none") && strcmp(o.visual_loss, "semantic"))
+        asvr_cli_usage_error(&cli, "--visual-loss %s: this build trains none or semantic (the appearance tokenizer is not supported yet)",
+                             o.visual_loss);
+    int discrete = strcmp(o.input, "discrete") == 0;
+    if (!discrete && strcmp(o.input, "continuous")) asvr_cli_usage_error(&cli, "--input must be continuous or discrete");
+    if (o.rows < 1 || o.accum < 1) asvr_cli_usage_error(&cli, "--rows and --accum must be >= 1");
+    if (o.lr < 0) o.lr = stage_it ? 2e-5 : 1e-3;
+    if (o.threads <= 0) o.threads = asvr_num_cores();
+    asvr_error err;
+    if (asvr_mkdir_p(o.out, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+
+    /* model config: --config, or the one recorded in the newest checkpoint */
+    char *ckpt = NULL;
+    int64_t ckpt_step = -1;
+    checkpoint_find_latest(o.out, &ckpt, &ckpt_step);
+    char *config_text = NULL;
+    if (o.config) {
+        uint8_t *data;
+        size_t n;
+        if (asvr_read_file(o.config, &data, &n, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        config_text = (char *)data;
+    } else if (ckpt) {
+        char *p = asvr_path_join(ckpt, "state.json");
+        json_t *s = json_load_file(p, 0, NULL);
+        free(p);
+        json_t *cfg = json_object_get(s, "model_config");
+        if (cfg) config_text = json_dumps(cfg, JSON_COMPACT);
+        json_decref(s);
+    }
+    if (!config_text) asvr_cli_usage_error(&cli, "--config is required for a new run");
+    asvr_config mc;
+    if (asvr_config_from_json(config_text, &mc, &err) < 0) ASVR_FATAL("check the model config", "%s", err.msg);
+    if (!strcmp(o.visual_loss, "none")) mc.has_head = 0;
+    else if (!mc.has_head) ASVR_FATAL("add a visual_head to the config or pass --visual-loss none", "the model config has no visual_head");
+    mc.input_discrete = discrete;
+
+    asvr_model m;
+    asvr_model_init(&m, &mc);
+    param_set_trainable(&m.ps, "", 1);
+    if (!stage_it) param_set_trainable(&m.ps, "llm.", 0);
+    param_set_commit(&m.ps);
+    param_set_init_random(&m.ps, (uint64_t)o.seed);
+
+    /* frozen parts */
+    if (!discrete) {
+        if (!o.vision) asvr_cli_usage_error(&cli, "--vision is required (or --input discrete)");
+        safetensors *st;
+        if (safetensors_open(o.vision, &st, &err) < 0 || asvr_model_load_tower(&m, st, o.vision_prefix, &err) < 0)
+            ASVR_FATAL("check --vision and --vision-prefix", "%s", err.msg);
+        safetensors_close(st);
+    }
+    if (mc.has_head || discrete) {
+        if (!o.codebooks) asvr_cli_usage_error(&cli, "--codebooks is required for the visual loss and for --input discrete");
+        safetensors *st;
+        if (safetensors_open(o.codebooks, &st, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        const char *name = safetensors_find(st, "codebooks") ? "codebooks" : "quantizer.codebooks.";
+        if (asvr_model_load_codebooks(&m, st, name, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        safetensors_close(st);
+    }
+    /* initial values: random, then --llm for llm.*, then --init for whatever it holds */
+    if (!ckpt) {
+        if (o.llm) {
+            safetensors *st;
+            if (safetensors_open(o.llm, &st, &err) < 0 || load_subset(&m.ps, st, "llm.", "", &err) < 0)
+                ASVR_FATAL("pass HF LLaMA weights", "%s", err.msg);
+            safetensors_close(st);
+        }
+        if (o.init) {
+            safetensors *st;
+            if (safetensors_open(o.init, &st, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+            int got = 0;
+            const char *groups[] = {"llm.", "mm_projector.", "visual_head."};
+            for (int g = 0; g < 3; g++) {
+                char probe[NN_NAME_MAX];
+                int has = 0;
+                for (int i = 0; i < m.ps.n && !has; i++)
+                    if (!strncmp(m.ps.v[i]->name, groups[g], strlen(groups[g]))) {
+                        snprintf(probe, sizeof probe, "%s", m.ps.v[i]->name);
+                        has = safetensors_find(st, probe) != NULL;
+                    }
+                if (!has) continue;
+                int r = load_subset(&m.ps, st, groups[g], groups[g], &err);
+                if (r < 0) ASVR_FATAL("", "'%s': %s", o.init, err.msg);
+                got += r;
+            }
+            LOG_INFO("init: %d tensors from '%s'", got, o.init);
+            safetensors_close(st);
+        }
+    }
+
+    data_config dc = {o.packed, o.codes, o.image_root ? o.image_root : "", (int)o.rows, (uint64_t)o.seed, !discrete,
+                      mc.vision.image_size, {0}, {0}, {127, 127, 127}, (int)o.threads};
+    memcpy(dc.mean, mc.image_mean, sizeof dc.mean);
+    memcpy(dc.std, mc.image_std, sizeof dc.std);
+    data_loader *dl;
+    if (data_open(&dc, &dl, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    int64_t rows = data_rows(dl);
+    int64_t steps_per_epoch = (rows + o.rows * o.accum - 1) / (o.rows * o.accum);
+    int64_t total = o.steps > 0 ? o.steps : steps_per_epoch * o.epochs;
+    optim_config oc = {o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.clip_norm, total,
+                       warmup_steps_from_ratio(o.warmup_ratio, total)};
+    optim opt;
+    optim_init(&opt, &oc, &m.ps);
+    int T = data_max_len(dl);
+    int max_images = o.max_images > 0 ? (int)o.max_images : (int)o.rows * (T / mc.image_positions + 1);
+    asvr_acts *acts = asvr_acts_new(&m, (int)o.rows, T, max_images);
+
+    int64_t step = 0;
+    if (ckpt) {
+        json_t *state;
+        if (checkpoint_load(ckpt, &m.ps, &opt, &state, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        step = json_integer_value(json_object_get(state, "step"));
+        opt.step = step;
+        data_set_cursor(dl, json_integer_value(json_object_get(state, "data_epoch")),
+                        json_integer_value(json_object_get(state, "data_index")));
+        LOG_INFO("resuming from '%s' at step %lld", ckpt, (long long)step);
+        json_decref(state);
+    }
+    if (asvr_log_get_level() >= ASVR_LOG_INFO) {
+        asvr_model_print(&m, stderr);
+        asvr_acts_print_plan(acts, stderr);
+    }
+    LOG_INFO("train: stage %s, %lld rows, %lld x %lld rows per step, %lld steps (warmup %lld), lr %g, wd %g, clip %g",
+             o.stage, (long long)rows, (long long)o.accum, (long long)o.rows, (long long)total, (long long)oc.warmup_steps,
+             o.lr, o.weight_decay, o.clip_norm);
+
+    /* log: keep the lines of steps the checkpoint covers (a crash may have logged more) */
+    char *log_path = asvr_path_join(o.out, "log.jsonl");
+    {
+        uint8_t *data = NULL;
+        size_t n = 0;
+        asvr_error e2;
+        char *kept = NULL;
+        size_t kn = 0;
+        if (asvr_read_file(log_path, &data, &n, &e2) == 0) {
+            kept = asvr_malloc(n + 1, "the log");
+            char *save = NULL;
+            for (char *line = strtok_r((char *)data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                json_t *j = json_loads(line, 0, NULL);
+                if (j && json_integer_value(json_object_get(j, "step")) <= step) {
+                    size_t l = strlen(line);
+                    memcpy(kept + kn, line, l);
+                    kept[kn + l] = '\n';
+                    kn += l + 1;
+                }
+                json_decref(j);
+            }
+            free(data);
+        }
+        if (asvr_atomic_write(log_path, kept ? kept : "", kn, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        free(kept);
+    }
+    FILE *logf = fopen(log_path, "a");
+    CHECK_PTR(logf, "opening '%s'", log_path);
+
+    int D = mc.has_head ? mc.head.depth : 0;
+    train_batch *mb = asvr_calloc((size_t)o.accum, sizeof *mb, "micro-batches");
+    int rc = ASVR_EXIT_OK;
+    while (step < total) {
+        double t0 = now_s();
+        int64_t text_targets = 0, img_pos = 0, tokens = 0, samples = 0;
+        for (int k = 0; k < o.accum; k++) {
+            if (data_next(dl, &mb[k], &err) < 0) ASVR_FATAL("", "%s", err.msg);
+            text_targets += mb[k].n_text_targets;
+            img_pos += mb[k].n_image_positions;
+            tokens += mb[k].n_tokens;
+            samples += mb[k].n_samples;
+        }
+        param_set_zero_grads(&m.ps);
+        asvr_losses L;
+        memset(&L, 0, sizeof L);
+        double ts = text_targets ? 1.0 / (double)text_targets : 0, vs = (D && img_pos) ? mc.lambda_visual / ((double)D * img_pos) : 0;
+        for (int k = 0; k < o.accum; k++) {
+            train_batch *b = &mb[k];
+            asvr_batch ab = {b->B, b->T, b->ids, b->labels, b->pos, b->seg, b->n_images, b->image_pos, b->codes, b->pixels};
+            if (b->B != (int)o.rows) { /* the last, shorter micro-batch of an epoch */
+                asvr_acts_free(acts);
+                acts = asvr_acts_new(&m, b->B, T, max_images);
+            }
+            asvr_forward_backward(&m, acts, &ab, ts, vs, &L);
+            if (b->B != (int)o.rows) {
+                asvr_acts_free(acts);
+                acts = asvr_acts_new(&m, (int)o.rows, T, max_images);
+            }
+            train_batch_free(b);
+        }
+        double gn, coef, lr = optim_step(&opt, &gn, &coef);
+        step++;
+        double dt = now_s() - t0;
+        double text = L.text_count ? L.text_sum / (double)L.text_count : 0, vis = 0;
+        json_t *vd = json_array(), *acc = json_array();
+        for (int d = 0; d < D; d++) {
+            double ld = L.vis_count ? L.vis_sum[d] / (double)L.vis_count : 0;
+            vis += ld / D;
+            json_array_append_new(vd, json_real(ld));
+            json_array_append_new(acc, json_real(L.vis_count ? (double)L.vis_correct[d] / (double)L.vis_count : 0));
+        }
+        double loss = text + mc.lambda_visual * vis;
+        json_t *line = json_pack("{s:I, s:f, s:f, s:f, s:o, s:o, s:f, s:f, s:I, s:I, s:f, s:f}", "step", (json_int_t)step,
+                                 "loss", loss, "text_loss", text, "visual_loss", vis, "visual_loss_depth", vd,
+                                 "code_accuracy_depth", acc, "lr", lr, "grad_norm", gn, "tokens", (json_int_t)tokens,
+                                 "samples", (json_int_t)samples, "seconds", dt, "tokens_per_s", dt > 0 ? tokens / dt : 0);
+        char *s = json_dumps(line, JSON_COMPACT);
+        fprintf(logf, "%s\n", s);
+        fflush(logf);
+        free(s);
+        json_decref(line);
+        char accs[256] = "";
+        for (int d = 0; d < D && d < 8; d++) {
+            size_t l = strlen(accs);
+            snprintf(accs + l, sizeof accs - l, "%s%.2f", d ? " " : "", L.vis_count ? (double)L.vis_correct[d] / (double)L.vis_count : 0);
+        }
+        LOG_INFO("step %lld/%lld  loss %.4f  text %.4f  visual %.4f  acc [%s]  lr %.3g  gnorm %.3f  %.0f tok/s",
+                 (long long)step, (long long)total, loss, text, vis, accs, lr, gn, dt > 0 ? tokens / dt : 0);
+        if ((o.save_every > 0 && step % o.save_every == 0) || step == total) {
+            int64_t ep, ix;
+            data_get_cursor(dl, &ep, &ix);
+            json_t *cfg = json_loads(config_text, 0, NULL);
+            json_t *state = json_pack("{s:I, s:I, s:I, s:s, s:I, s:I, s:f, s:o, s:s, s:s, s:s, s:s}", "step", (json_int_t)step,
+                                      "data_epoch", (json_int_t)ep, "data_index", (json_int_t)ix, "stage", o.stage,
+                                      "seed", (json_int_t)o.seed, "total_steps", (json_int_t)total, "lr", o.lr,
+                                      "model_config", cfg, "visual_loss", o.visual_loss, "input", o.input,
+                                      "packed_source_fingerprint", data_packed_fingerprint(dl),
+                                      "codes_tokenizer_fingerprint", data_codes_fingerprint(dl));
+            if (checkpoint_save(o.out, step, &m.ps, &opt, state, &err) < 0) {
+                LOG_ERROR("%s", err.msg);
+                rc = ASVR_EXIT_FAIL;
+                json_decref(state);
+                break;
+            }
+            json_decref(state);
+            LOG_INFO("checkpoint: step %lld", (long long)step);
+        }
+    }
+    fclose(logf);
+    free(log_path);
+    free(mb);
+    asvr_acts_free(acts);
+    optim_free(&opt);
+    data_close(dl);
+    asvr_model_free(&m);
+    free(config_text);
+    free(ckpt);
+    return rc;
+}
