@@ -55,6 +55,22 @@ int data_open(const data_config *c, data_loader **out, asvr_error *err) {
     }
     d->pr = packed_reader_new(d->ps);
     d->rows = (int64_t)I->n_rows;
+    /* every image needs its codes: check them all now rather than fail mid-run */
+    uint64_t missing = 0;
+    for (uint64_t i = 0; i < I->n_samples; i++) {
+        packed_sample s;
+        if (packed_read_sample(d->pr, i, &s, err) < 0) goto fail;
+        if (s.image_key && !code_store_has(d->cs, s.image_key)) {
+            if (!missing)
+                asvr_err_set(err, "image '%s' of sample %llu (id '%s') has no codes in '%s'", s.image_key,
+                             (unsigned long long)s.source_index, s.id, c->codes);
+            missing++;
+        }
+    }
+    if (missing) {
+        asvr_err_prefix(err, "%llu image(s) without codes, e.g.", (unsigned long long)missing);
+        goto fail;
+    }
     if (d->rows == 0) {
         asvr_err_set(err, "'%s' holds no rows", c->packed);
         goto fail;

@@ -132,8 +132,11 @@ int cmd_plot(int argc, char **argv) {
             for (int k = 0; k < 3; k++) ys[k] = realloc(ys[k], cap * sizeof(double));
         }
         st[m] = (double)json_integer_value(json_object_get(j, "step"));
-        for (int k = 0; k < 3; k++) ys[k][m] = json_number_value(json_object_get(j, keys[k]));
-        if (ys[2][m] > 0) has_vis = 1;
+        for (int k = 0; k < 3; k++) { /* null: nothing was scored in that step; not drawn */
+            json_t *v = json_object_get(j, keys[k]);
+            ys[k][m] = json_is_number(v) ? json_number_value(v) : NAN;
+        }
+        if (!isnan(ys[2][m])) has_vis = 1;
         m++;
         json_decref(j);
     }
@@ -141,7 +144,7 @@ int cmd_plot(int argc, char **argv) {
     if (m == 0) ASVR_FATAL("train first, or check the path", "'%s' holds no steps", pos[0]);
     double x0 = st[0], x1 = st[m - 1] > st[0] ? st[m - 1] : st[0] + 1, y0 = 0, y1 = 0;
     for (size_t i = 0; i < m; i++)
-        for (int k = 0; k < 3; k++) y1 = ys[k][i] > y1 ? ys[k][i] : y1;
+        for (int k = 0; k < 3; k++) y1 = !isnan(ys[k][i]) && ys[k][i] > y1 ? ys[k][i] : y1;
     if (y1 <= 0) y1 = 1;
     y1 *= 1.05;
     canvas *c = calloc(1, sizeof *c);
@@ -164,6 +167,7 @@ int cmd_plot(int argc, char **argv) {
     for (int k = 0; k < 3; k++) {
         if (k == 2 && !has_vis) continue;
         for (size_t i = 1; i < m; i++) {
+            if (isnan(ys[k][i - 1]) || isnan(ys[k][i])) continue;
             int xa = ML + (int)((st[i - 1] - x0) / (x1 - x0) * pw), xb = ML + (int)((st[i] - x0) / (x1 - x0) * pw);
             int ya = MT + ph - (int)((ys[k][i - 1] - y0) / (y1 - y0) * ph), yb = MT + ph - (int)((ys[k][i] - y0) / (y1 - y0) * ph);
             line(c, xa, ya, xb, yb, colors[k], 2);

@@ -20,7 +20,7 @@
 typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *image_root, *vision, *vision_prefix, *codebooks, *llm, *init,
         *out, *visual_loss, *input, *log_path;
-    int64_t rows, accum, steps, epochs, save_every, threads, seed, max_images;
+    int64_t rows, accum, steps, epochs, save_every, threads, seed, max_images, stop_after;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps;
 } train_opts;
 
@@ -75,6 +75,7 @@ int cmd_train(int argc, char **argv) {
         {"weight-decay", ASVR_OPT_F64, &o.weight_decay, "X", "decoupled weight decay on matrices (default 0)"},
         {"clip-norm", ASVR_OPT_F64, &o.clip_norm, "X", "clip the global gradient norm (default off)"},
         {"save-every", ASVR_OPT_INT, &o.save_every, "N", "checkpoint every N steps (and always at the end)"},
+        {"stop-after", ASVR_OPT_INT, &o.stop_after, "N", "stop (with a checkpoint) after N steps of this invocation; rerun to go on"},
         {"seed", ASVR_OPT_INT, &o.seed, "N", "seed of the data order and of random initialisation (default 0)"},
         {"threads", ASVR_OPT_INT, &o.threads, "N", "image decode threads (default: cores)"},
         {"max-images", ASVR_OPT_INT, &o.max_images, "N", "images per micro-batch to plan for (default: from the store)"},
@@ -248,6 +249,7 @@ int cmd_train(int argc, char **argv) {
     int D = mc.has_head ? mc.head.depth : 0;
     train_batch *mb = asvr_calloc((size_t)o.accum, sizeof *mb, "micro-batches");
     int rc = ASVR_EXIT_OK;
+    int64_t first_step = step;
     while (step < total) {
         double t0 = now_s();
         int64_t text_targets = 0, img_pos = 0, tokens = 0, samples = 0;
@@ -288,8 +290,10 @@ int cmd_train(int argc, char **argv) {
             json_array_append_new(acc, json_real(L.vis_count ? (double)L.vis_correct[d] / (double)L.vis_count : 0));
         }
         double loss = text + mc.lambda_visual * vis;
-        json_t *line = json_pack("{s:I, s:f, s:f, s:f, s:o, s:o, s:f, s:f, s:I, s:I, s:f, s:f}", "step", (json_int_t)step,
-                                 "loss", loss, "text_loss", text, "visual_loss", vis, "visual_loss_depth", vd,
+        /* a loss with nothing to score in this step (no supervised token, no image) is logged as null */
+        json_t *line = json_pack("{s:I, s:f, s:o, s:o, s:o, s:o, s:f, s:f, s:I, s:I, s:f, s:f}", "step", (json_int_t)step,
+                                 "loss", loss, "text_loss", L.text_count ? json_real(text) : json_null(),
+                                 "visual_loss", (D && L.vis_count) ? json_real(vis) : json_null(), "visual_loss_depth", vd,
                                  "code_accuracy_depth", acc, "lr", lr, "grad_norm", gn, "tokens", (json_int_t)tokens,
                                  "samples", (json_int_t)samples, "seconds", dt, "tokens_per_s", dt > 0 ? tokens / dt : 0);
         char *s = json_dumps(line, JSON_COMPACT);
@@ -304,7 +308,8 @@ int cmd_train(int argc, char **argv) {
         }
         LOG_INFO("step %lld/%lld  loss %.4f  text %.4f  visual %.4f  acc [%s]  lr %.3g  gnorm %.3f  %.0f tok/s",
                  (long long)step, (long long)total, loss, text, vis, accs, lr, gn, dt > 0 ? tokens / dt : 0);
-        if ((o.save_every > 0 && step % o.save_every == 0) || step == total) {
+        int stop_now = o.stop_after > 0 && step - first_step >= o.stop_after;
+        if ((o.save_every > 0 && step % o.save_every == 0) || step == total || stop_now) {
             int64_t ep, ix;
             data_get_cursor(dl, &ep, &ix);
             json_t *cfg = json_loads(config_text, 0, NULL);
@@ -322,6 +327,11 @@ int cmd_train(int argc, char **argv) {
             }
             json_decref(state);
             LOG_INFO("checkpoint: step %lld", (long long)step);
+        }
+        if (stop_now) {
+            LOG_INFO("stopping after %lld steps (--stop-after); rerun to continue from step %lld", (long long)o.stop_after,
+                     (long long)step);
+            break;
         }
     }
     fclose(logf);

@@ -246,12 +246,14 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
     int64_t nv = 0;
     for (int64_t k = 0; k < NI; k++)
         if (b->image_pos[k] >= 0) iflat[nv] = b->image_pos[k], isrc[nv] = (int32_t)k, nv++;
-    tensor t_iflat = tensor_make("image_flat_index", NN_I32, NN_CPU, 1, (int64_t[]){nv}, iflat);
-    tensor t_isrc = tensor_make("image_source_index", NN_I32, NN_CPU, 1, (int64_t[]){nv}, isrc);
+    /* (a batch of text-only samples has no image positions: the index tensors are then unused) */
+    tensor t_iflat = tensor_make("image_flat_index", NN_I32, NN_CPU, 1, (int64_t[]){nv ? nv : 1}, iflat);
+    tensor t_isrc = tensor_make("image_source_index", NN_I32, NN_CPU, 1, (int64_t[]){nv ? nv : 1}, isrc);
 
     /* image features → projector */
-    tensor feats = head_rows(a->feats, NI), pre = head_rows(a->pre, NI), hid = head_rows(a->hid, NI),
-           emb = head_rows(a->emb, NI);
+    int64_t NIr = NI ? NI : 1;
+    tensor feats = head_rows(a->feats, NIr), pre = head_rows(a->pre, NIr), hid = head_rows(a->hid, NIr),
+           emb = head_rows(a->emb, NIr);
     if (NI > 0) {
         if (c->input_discrete) {
             int32_t *cid = a->code_ids->data;
@@ -321,7 +323,7 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
     llama_backward(m->llm, a->la, &dh3, &dx3);
     llama_embed_backward(m->llm, &ids_t, a->dx);
     if (nv > 0 && m->proj.w1->g) {
-        tensor demb = head_rows(a->demb, NI), rows = head_rows(a->tmp_rows, nv), ds = head_rows(a->dscratch, NI);
+        tensor demb = head_rows(a->demb, NIr), rows = head_rows(a->tmp_rows, nv), ds = head_rows(a->dscratch, NIr);
         op_fill(&demb, 0.0f);
         op_embedding(&rows, &t_iflat, a->dx);
         op_embedding_backward(&demb, &rows, &t_isrc);

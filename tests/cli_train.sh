@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# cli_train.sh BUILD_DIR GOLDEN_DIR — the chain a user runs, at a tiny size on the CPU:
+# encode codes (squash for pt, pad for it) → pack pt and it → train pt → train it from the pt
+# checkpoint. Checks that text and visual losses fall and code accuracy rises above chance, that a run
+# stopped and resumed equals an uninterrupted one bit for bit, the baseline (--visual-loss none) and
+# --input discrete, the loss plot, and that an image without codes is refused before any step.
+set -u
+BIN="$1/bin"
+G="$2"
+F="$G/train_cli"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+pass=0 fail=0
+check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2" >&2; fi; }
+TOK="$G/tokenize/tiny_tokenizer.safetensors"
+SP="$G/sp/tiny_bpe.model"
+Q="--log-level warn"
+
+"$BIN/asvr-tokenize" encode --json "$F/pt.json" --image-root "$G/images" --tokenizer "$TOK" --policy squash --out "$TMP/pt.lmdb" $Q
+"$BIN/asvr-tokenize" encode --json "$F/it.json" --image-root "$G/images" --tokenizer "$TOK" --policy pad --out "$TMP/it.lmdb" $Q
+"$BIN/asvr-pack" build --template plain --tokenizer "$SP" --codes "$TMP/pt.lmdb" --max-len 64 --out "$TMP/pt.pack" $Q "$F/pt.json"
+"$BIN/asvr-pack" build --template vicuna_v1 --tokenizer "$SP" --codes "$TMP/it.lmdb" --max-len 128 --out "$TMP/it.pack" $Q "$F/it.json"
+check '[ -f "$TMP/pt.pack" ] && [ -f "$TMP/it.pack" ]' "stores built"
+
+COMMON=(--config "$F/model.json" --image-root "$G/images" --vision "$TOK" --codebooks "$TOK" --rows 2 $Q)
+"$BIN/asvr-train" train "${COMMON[@]}" --stage pt --packed "$TMP/pt.pack" --codes "$TMP/pt.lmdb" --steps 16 --lr 3e-3 --out "$TMP/pt"
+check '[ $? -eq 0 ] && [ -f "$TMP/pt/step-00000016/DONE" ] && [ "$(wc -l < "$TMP/pt/log.jsonl")" = 16 ]' "stage pt trains and checkpoints"
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 48 --lr 3e-3 \
+    --init "$TMP/pt/step-00000016/model.safetensors" --out "$TMP/it"
+check '[ $? -eq 0 ] && [ "$(wc -l < "$TMP/it/log.jsonl")" = 48 ]' "stage it trains from the pt checkpoint"
+
+# Learning: mean of the first 6 logged losses vs the last 6 (null entries skipped), accuracy vs chance.
+avg() { # avg FILE KEY FROM TO  (1-based line range)
+  sed -n "$3,$4p" "$1" | grep -o "\"$2\":[0-9.e+-]*" | cut -d: -f2 | awk '{s+=$1; n++} END {if (n) printf "%.6f", s/n; else print "nan"}'
+}
+t0=$(avg "$TMP/it/log.jsonl" text_loss 1 6); t1=$(avg "$TMP/it/log.jsonl" text_loss 43 48)
+v0=$(avg "$TMP/it/log.jsonl" visual_loss 1 6); v1=$(avg "$TMP/it/log.jsonl" visual_loss 43 48)
+check 'awk "BEGIN{exit !($t1 < 0.8 * $t0)}"' "text loss falls ($t0 → $t1)"
+check 'awk "BEGIN{exit !($v1 < 0.8 * $v0)}"' "visual loss falls ($v0 → $v1)"
+acc=$(sed -n '43,48p' "$TMP/it/log.jsonl" | grep -o '"code_accuracy_depth":\[[0-9.e+-]*' | cut -d[ -f2 | awk '{s+=$1; n++} END {printf "%.4f", s/n}')
+check 'awk "BEGIN{exit !($acc > 4.0 / 64)}"' "depth-0 code accuracy $acc is well above chance (1/64)"
+
+# Stop after 3 steps and resume == 6 steps straight: same log (timings aside), same parameters.
+RUN=("$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 6 --lr 3e-3)
+"${RUN[@]}" --out "$TMP/ra"
+"${RUN[@]}" --out "$TMP/rb" --stop-after 3
+check '[ -f "$TMP/rb/step-00000003/DONE" ] && [ ! -e "$TMP/rb/step-00000006" ]' "--stop-after leaves a checkpoint at step 3"
+"${RUN[@]}" --out "$TMP/rb"
+strip() { sed 's/"seconds":[^,]*,//; s/"tokens_per_s":[^}]*//' "$1"; }
+check 'cmp -s "$TMP/ra/step-00000006/model.safetensors" "$TMP/rb/step-00000006/model.safetensors"' "resumed parameters equal the uninterrupted run's"
+check 'cmp -s "$TMP/ra/step-00000006/optimizer.safetensors" "$TMP/rb/step-00000006/optimizer.safetensors"' "resumed optimizer state equal"
+check '[ "$(strip "$TMP/ra/log.jsonl")" = "$(strip "$TMP/rb/log.jsonl")" ]' "resumed losses equal bit for bit"
+
+# The LLaVA baseline and the discrete-input variant run.
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 3 --visual-loss none --out "$TMP/none"
+check '[ $? -eq 0 ] && grep -q "\"visual_loss\":null" "$TMP/none/log.jsonl"' "--visual-loss none trains the text loss only"
+"$BIN/asvr-train" train --config "$F/model.json" --codebooks "$TOK" --rows 2 $Q --stage pt --packed "$TMP/pt.pack" \
+    --codes "$TMP/pt.lmdb" --steps 3 --input discrete --out "$TMP/disc"
+check '[ $? -eq 0 ] && [ -f "$TMP/disc/step-00000003/DONE" ]' "--input discrete trains without the vision tower"
+
+"$BIN/asvr-train" plot "$TMP/it/log.jsonl" "$TMP/loss.png" $Q
+check '[ "$(head -c 4 "$TMP/loss.png" | od -An -tx1 | tr -d " ")" = "89504e47" ]' "plot writes a PNG"
+
+# An image without codes: refused at start, naming it; nothing trained.
+printf '[{"id": "x", "image": "exif1.jpg", "conversations": [{"from": "human", "value": "<image>\\nWhat?"}, {"from": "gpt", "value": "red"}]}]' > "$TMP/extra.json"
+"$BIN/asvr-pack" build --template vicuna_v1 --tokenizer "$SP" --image-positions 9 --max-len 128 --out "$TMP/it2.pack" $Q "$TMP/extra.json"
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it2.pack" --codes "$TMP/it.lmdb" --steps 2 --out "$TMP/bad" 2> "$TMP/bad.err"
+check '[ $? -eq 1 ] && grep -q "without codes" "$TMP/bad.err" && grep -q "exif1.jpg" "$TMP/bad.err" && [ ! -s "$TMP/bad/log.jsonl" ]' "missing codes refused before any step, naming the image"
+"$BIN/asvr-train" train --stage xx 2> /dev/null; check '[ $? -eq 2 ]' "usage error exits 2"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
