@@ -61,6 +61,18 @@ check '[ $? -eq 0 ] && [ -f "$TMP/disc/step-00000003/DONE" ]' "--input discrete 
 "$BIN/asvr-train" plot "$TMP/it/log.jsonl" "$TMP/loss.png" $Q
 check '[ "$(head -c 4 "$TMP/loss.png" | od -An -tx1 | tr -d " ")" = "89504e47" ]' "plot writes a PNG"
 
+"$BIN/asvr-train" export "$TMP/it/step-00000048" "$TMP/export" $Q
+check '[ $? -eq 0 ] && [ -f "$TMP/export/model.safetensors" ] && grep -q "mm_projector_type" "$TMP/export/config.json"' "export writes an HF-style folder"
+"$BIN/asvr-train" export "$TMP/it/step-00000048" "$TMP/export" 2> /dev/null; check '[ $? -eq 1 ]' "export refuses an existing folder"
+
+# The reference behaviour for text-only samples runs (scored against the zero image's codes).
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 2 --text-only-visual reference --out "$TMP/ref"
+check '[ $? -eq 0 ] && [ -f "$TMP/ref/step-00000002/DONE" ]' "--text-only-visual reference trains"
+# Codes made by another tokenizer than --codebooks: refused.
+cp "$TOK" "$TMP/tok2.safetensors"; printf '\x11' | dd of="$TMP/tok2.safetensors" bs=1 seek=$(( $(stat -c %s "$TOK") - 3 )) conv=notrunc status=none
+"$BIN/asvr-train" train "${COMMON[@]}" --codebooks "$TMP/tok2.safetensors" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --out "$TMP/mix" 2> "$TMP/mix.err"
+check '[ $? -eq 1 ] && grep -q "was not made by" "$TMP/mix.err"' "codes from another tokenizer refused"
+
 # An image without codes: refused at start, naming it; nothing trained.
 printf '[{"id": "x", "image": "exif1.jpg", "conversations": [{"from": "human", "value": "<image>\\nWhat?"}, {"from": "gpt", "value": "red"}]}]' > "$TMP/extra.json"
 "$BIN/asvr-pack" build --template vicuna_v1 --tokenizer "$SP" --image-positions 9 --max-len 128 --out "$TMP/it2.pack" $Q "$TMP/extra.json"

@@ -80,7 +80,7 @@ static void build(ctx *c, int with_head, int stage_it) {
     const st_tensor *px = safetensors_find(batch_st, "images");
     T_CHECK(px && px->numel == 2 * 3 * 46 * 46, "images");
     memcpy(c->pixels, px->data, sizeof c->pixels);
-    c->b = (asvr_batch){2, 28, c->ids, c->labels, c->pos, c->seg, 2, c->image_pos, c->codes, c->pixels};
+    c->b = (asvr_batch){2, 28, c->ids, c->labels, c->pos, c->seg, 2, c->image_pos, c->codes, c->pixels, 0, NULL};
     c->a = asvr_acts_new(&c->m, 2, 28, 2);
 }
 
@@ -233,6 +233,23 @@ int main(void) {
     for (int i = 0; i < c.m.ps.n; i++)
         if (!strncmp(c.m.ps.v[i]->name, "llm.", 4) && c.m.ps.v[i]->g) frozen_ok = 0;
     T_CHECK(frozen_ok, "stage pt: the LLM has no gradient buffers");
+    destroy(&c);
+    /* the reference's treatment of the text-only sample: 9 zero states scored against the zero
+     * image's codes (27 positions in the visual mean); losses only */
+    build(&c, 1, 1);
+    {
+        int32_t zc[27];
+        uint16_t zc16[27];
+        to_i32("codes_zero_image", zc, 27);
+        for (int i = 0; i < 27; i++) zc16[i] = (uint16_t)zc[i];
+        c.b.n_text_only = 1;
+        c.b.zero_codes = zc16;
+        memset(&L, 0, sizeof L);
+        param_set_zero_grads(&c.m.ps);
+        asvr_forward_backward(&c.m, c.a, &c.b, 1.0 / 18, 1.0 / (3 * 27.0), &L);
+        T_EQ_INT(L.vis_count, 27);
+        check_losses(&L, "it_default_zeroimage", 3);
+    }
     destroy(&c);
     /* text loss only (the LLaVA baseline): no visual head at all */
     build(&c, 0, 1);

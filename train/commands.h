@@ -4,5 +4,6 @@
 
 int cmd_train(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 #endif

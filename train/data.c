@@ -242,6 +242,7 @@ int data_next(data_loader *d, train_batch *b, asvr_error *err) {
                 }
             }
             b->n_samples++;
+            b->n_text_only += s.image_key == NULL;
             b->n_tokens += t - start;
             for (int q = start + 1; q < t; q++) b->n_text_targets += b->labels[r * T + q] != IGNORE_INDEX;
         }

@@ -28,6 +28,7 @@ typedef struct train_batch {
     float *pixels;       /* [n_images*3*S*S] normalised images (NULL when images are not needed) */
     int S;
     int64_t n_samples, n_tokens, n_text_targets, n_image_positions;
+    int n_text_only;     /* samples without an image */
 } train_batch;
 
 typedef struct data_config {

@@ -15,11 +15,13 @@
 #include "data.h"
 #include "io/safetensors.h"
 #include "model/asvr.h"
+#include "model/vision_tokenizer.h"
+#include "store/code_store.h"
 #include "optim.h"
 
 typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *image_root, *vision, *vision_prefix, *codebooks, *llm, *init,
-        *out, *visual_loss, *input, *log_path;
+        *out, *visual_loss, *input, *log_path, *text_only_visual;
     int64_t rows, accum, steps, epochs, save_every, threads, seed, max_images, stop_after;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps;
 } train_opts;
@@ -47,8 +49,18 @@ static int load_subset(param_set *ps, const safetensors *st, const char *ours, c
 
 static double now_s(void) { return asvr_now(); }
 
+/* 1 when path is a vision tokenizer file (its metadata has the tokenizer config). */
+static int is_tokenizer_file(const char *path) {
+    safetensors *st;
+    asvr_error err;
+    if (safetensors_open(path, &st, &err) < 0) return 0;
+    int has = safetensors_metadata(st, VTOK_META_KEY) != NULL;
+    safetensors_close(st);
+    return has;
+}
+
 int cmd_train(int argc, char **argv) {
-    train_opts o = {.stage = "pt", .vision_prefix = "vision_model.", .visual_loss = "semantic", .input = "continuous",
+    train_opts o = {.text_only_visual = "none", .stage = "pt", .vision_prefix = "vision_model.", .visual_loss = "semantic", .input = "continuous",
                     .rows = 1, .accum = 1, .epochs = 1, .save_every = 0, .seed = 0, .max_images = 0,
                     .lr = -1, .warmup_ratio = 0.03, .weight_decay = 0, .clip_norm = 0, .beta1 = 0.9, .beta2 = 0.999,
                     .eps = 1e-8};
@@ -66,6 +78,8 @@ int cmd_train(int argc, char **argv) {
         {"out", ASVR_OPT_STR, &o.out, "DIR", "run folder: checkpoints, log.jsonl (resumes from its newest checkpoint)"},
         {"visual-loss", ASVR_OPT_STR, &o.visual_loss, "none|semantic", "none = the LLaVA baseline (default semantic)"},
         {"input", ASVR_OPT_STR, &o.input, "continuous|discrete", "projector input: SigLIP features or summed codebook rows"},
+        {"text-only-visual", ASVR_OPT_STR, &o.text_only_visual, "none|reference",
+         "text-only samples add no visual loss (none, default) or, as the reference, score zero states against a zero image's codes"},
         {"rows", ASVR_OPT_INT, &o.rows, "N", "packed rows per micro-batch (default 1)"},
         {"accum", ASVR_OPT_INT, &o.accum, "N", "micro-batches per optimizer step (default 1)"},
         {"steps", ASVR_OPT_INT, &o.steps, "N", "optimizer steps (default: --epochs over the packed rows)"},
@@ -149,6 +163,35 @@ int cmd_train(int argc, char **argv) {
         const char *name = safetensors_find(st, "codebooks") ? "codebooks" : "quantizer.codebooks.";
         if (asvr_model_load_codebooks(&m, st, name, &err) < 0) ASVR_FATAL("", "%s", err.msg);
         safetensors_close(st);
+    }
+    int ref_text_only = !strcmp(o.text_only_visual, "reference");
+    if (!ref_text_only && strcmp(o.text_only_visual, "none")) asvr_cli_usage_error(&cli, "--text-only-visual must be none or reference");
+    uint16_t *zero_codes = NULL;
+    if ((mc.has_head || discrete) && is_tokenizer_file(o.codebooks)) {
+        /* the codes must come from the tokenizer whose codebooks the head embeds */
+        char fp[17];
+        code_store *cs;
+        if (vision_tokenizer_fingerprint_file(o.codebooks, fp, &err) < 0 || code_store_open(o.codes, &cs, &err) < 0)
+            ASVR_FATAL("", "%s", err.msg);
+        if (strcmp(fp, code_store_get_meta(cs)->tokenizer_fingerprint) != 0)
+            ASVR_FATAL("pass the tokenizer file that made the code store", "'%s' (tokenizer %s) was not made by '%s' (%s)",
+                       o.codes, code_store_get_meta(cs)->tokenizer_fingerprint, o.codebooks, fp);
+        code_store_close(cs);
+    }
+    if (ref_text_only && mc.has_head) {
+        vision_tokenizer *vt;
+        if (vision_tokenizer_load(o.codebooks, &vt, &err) < 0)
+            ASVR_FATAL("--text-only-visual reference needs --codebooks to be a full tokenizer file", "%s", err.msg);
+        int S = vision_tokenizer_config(vt)->enc.image_size, P = vision_tokenizer_positions(vt);
+        CHECK(P == mc.image_positions && vision_tokenizer_config(vt)->depth == mc.head.depth, "",
+              "the tokenizer's %d positions x %d depths do not match the model's", P, vision_tokenizer_config(vt)->depth);
+        float *zeros = asvr_calloc((size_t)3 * S * S, sizeof(float), "a zero image");
+        zero_codes = asvr_malloc(sizeof(uint16_t) * (size_t)P * mc.head.depth, "the zero image's codes");
+        vtok_work *w = vtok_work_new(vt, 1);
+        vision_tokenizer_encode(vt, w, 1, zeros, zero_codes);
+        vtok_work_free(w);
+        vision_tokenizer_free(vt);
+        free(zeros);
     }
     /* initial values: random, then --llm for llm.*, then --init for whatever it holds */
     if (!ckpt) {
@@ -263,10 +306,13 @@ int cmd_train(int argc, char **argv) {
         param_set_zero_grads(&m.ps);
         asvr_losses L;
         memset(&L, 0, sizeof L);
+        if (zero_codes)
+            for (int k = 0; k < o.accum; k++) img_pos += (int64_t)mb[k].n_text_only * mc.image_positions;
         double ts = text_targets ? 1.0 / (double)text_targets : 0, vs = (D && img_pos) ? mc.lambda_visual / ((double)D * img_pos) : 0;
         for (int k = 0; k < o.accum; k++) {
             train_batch *b = &mb[k];
-            asvr_batch ab = {b->B, b->T, b->ids, b->labels, b->pos, b->seg, b->n_images, b->image_pos, b->codes, b->pixels};
+            asvr_batch ab = {b->B, b->T, b->ids, b->labels, b->pos, b->seg, b->n_images, b->image_pos, b->codes, b->pixels,
+                             b->n_text_only, zero_codes};
             if (b->B != (int)o.rows) { /* the last, shorter micro-batch of an epoch */
                 asvr_acts_free(acts);
                 acts = asvr_acts_new(&m, b->B, T, max_images);
@@ -343,5 +389,6 @@ int cmd_train(int argc, char **argv) {
     asvr_model_free(&m);
     free(config_text);
     free(ckpt);
+    free(zero_codes);
     return rc;
 }

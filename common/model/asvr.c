@@ -316,6 +316,23 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
         for (int d = 0; d < D; d++) l->vis_sum[d] += vs[d], l->vis_correct[d] += vc[d];
         l->vis_count += nv;
     }
+    if (m->head && b->zero_codes && b->n_text_only > 0) {
+        /* Every text-only sample contributes the same P rows (zero states, the zero image's codes), so
+         * one pass over them with the scale multiplied by their number gives the summed gradient. */
+        int64_t n0 = b->n_text_only;
+        CHECK(P <= a->max_images * P, "", "activations too small for the zero-image rows");
+        int32_t *cd = a->codes->data;
+        for (int64_t k = 0; k < P; k++)
+            for (int d = 0; d < D; d++) cd[k * D + d] = b->zero_codes[k * D + d];
+        tensor h0 = head_rows(a->h_img, P), codes = tensor_make("codes", NN_I32, NN_CPU, 2, (int64_t[]){P, D}, cd);
+        op_fill(&h0, 0.0f);
+        double vs[256] = {0};
+        int64_t vc[256] = {0};
+        vhead_forward_loss(m->head, a->va, &h0, &codes, m->codebooks, (float)(vis_scale * (double)n0), vs, vc);
+        vhead_backward(m->head, a->va, NULL); /* the states are constants: no gradient flows back */
+        for (int d = 0; d < D; d++) l->vis_sum[d] += vs[d] * (double)n0, l->vis_correct[d] += vc[d] * n0;
+        l->vis_count += n0 * P;
+    }
 
     /* back through the LLM; then the token embeddings and the projector */
     tensor dh3 = tensor_make("d_hidden_final", NN_F32, NN_CPU, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->dh->data);

@@ -6,7 +6,8 @@
  *   → LLaMA (packed rows: block-diagonal causal attention, positions restart per sample)
  *   → final-norm states h ─→ lm_head → text CE (labels shifted within each sample)
  *                         └→ at image positions (no shift) → visual head → D × code CE
- *   loss = text + λ · visual; text-only samples add no visual loss.
+ *   loss = text + λ · visual; text-only samples add no visual loss (unless the batch asks for the
+ *   reference behaviour: zero states at P positions scored against the zero image's codes).
  * Parameters live in one param_set: "llm.*", "mm_projector.*", "visual_head.*"; the input tower and the
  * codebooks are frozen and loaded apart. The configuration is JSON:
  *   {"llm": {HF LlamaConfig keys}, "vision": {image_size, patch_size, hidden_size, intermediate_size,
@@ -73,6 +74,11 @@ typedef struct asvr_batch {
     const int32_t *image_pos;                /* [n_images*P], -1 where truncated away */
     const uint16_t *codes;                   /* [n_images*P*D] */
     const float *pixels;                     /* [n_images*3*S*S] (NULL with input_discrete) */
+    /* The reference's treatment of text-only samples (off unless zero_codes is set): each of the
+     * n_text_only samples adds P visual positions whose LLM state is zero, scored against the codes
+     * the tokenizer gives a zero image (zero_codes [P*D]). */
+    int n_text_only;
+    const uint16_t *zero_codes;
 } asvr_batch;
 
 typedef struct asvr_losses {
