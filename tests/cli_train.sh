@@ -22,7 +22,7 @@ Q="--log-level warn"
 "$BIN/asvr-pack" build --template vicuna_v1 --tokenizer "$SP" --codes "$TMP/it.lmdb" --max-len 128 --out "$TMP/it.pack" $Q "$F/it.json"
 check '[ -f "$TMP/pt.pack" ] && [ -f "$TMP/it.pack" ]' "stores built"
 
-COMMON=(--config "$F/model.json" --image-root "$G/images" --vision "$TOK" --codebooks "$TOK" --rows 2 $Q)
+COMMON=(--config "$F/model.json" --image-root "$G/images" --vision "$TOK" --codebooks "$TOK" --rows 2 --accum 1 $Q)
 "$BIN/asvr-train" train "${COMMON[@]}" --stage pt --packed "$TMP/pt.pack" --codes "$TMP/pt.lmdb" --steps 16 --lr 3e-3 --out "$TMP/pt"
 check '[ $? -eq 0 ] && [ -f "$TMP/pt/step-00000016/DONE" ] && [ "$(wc -l < "$TMP/pt/log.jsonl")" = 16 ]' "stage pt trains and checkpoints"
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 48 --lr 3e-3 \
@@ -54,7 +54,7 @@ check '[ "$(strip "$TMP/ra/log.jsonl")" = "$(strip "$TMP/rb/log.jsonl")" ]' "res
 # The LLaVA baseline and the discrete-input variant run.
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 3 --visual-loss none --out "$TMP/none"
 check '[ $? -eq 0 ] && grep -q "\"visual_loss\":null" "$TMP/none/log.jsonl"' "--visual-loss none trains the text loss only"
-"$BIN/asvr-train" train --config "$F/model.json" --codebooks "$TOK" --rows 2 $Q --stage pt --packed "$TMP/pt.pack" \
+"$BIN/asvr-train" train --config "$F/model.json" --codebooks "$TOK" --rows 2 --accum 1 $Q --stage pt --packed "$TMP/pt.pack" \
     --codes "$TMP/pt.lmdb" --steps 3 --input discrete --out "$TMP/disc"
 check '[ $? -eq 0 ] && [ -f "$TMP/disc/step-00000003/DONE" ]' "--input discrete trains without the vision tower"
 
@@ -79,6 +79,10 @@ printf '[{"id": "x", "image": "exif1.jpg", "conversations": [{"from": "human", "
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it2.pack" --codes "$TMP/it.lmdb" --steps 2 --out "$TMP/bad" 2> "$TMP/bad.err"
 check '[ $? -eq 1 ] && grep -q "without codes" "$TMP/bad.err" && grep -q "exif1.jpg" "$TMP/bad.err" && [ ! -s "$TMP/bad/log.jsonl" ]' "missing codes refused before any step, naming the image"
 "$BIN/asvr-train" train --stage xx 2> /dev/null; check '[ $? -eq 2 ]' "usage error exits 2"
+# Global-batch mode: 48 samples, 16 per step → 3 steps for one epoch, each with about 16 samples.
+"$BIN/asvr-train" train --config "$F/model.json" --image-root "$G/images" --vision "$TOK" --codebooks "$TOK" --rows 3 $Q \
+    --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --global-batch 16 --out "$TMP/gb"
+check '[ $? -eq 0 ] && [ "$(wc -l < "$TMP/gb/log.jsonl")" = 3 ] && grep -q "\"samples\":18" "$TMP/gb/log.jsonl"' "--global-batch accumulates rows up to the sample count"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -94,6 +94,7 @@ void data_close(data_loader *d) {
 }
 
 int64_t data_rows(const data_loader *d) { return d->rows; }
+int64_t data_samples(const data_loader *d) { return (int64_t)packed_store_info(d->ps)->n_samples; }
 const char *data_packed_fingerprint(const data_loader *d) { return packed_store_info(d->ps)->source_fp; }
 const char *data_codes_fingerprint(const data_loader *d) { return code_store_get_meta(d->cs)->tokenizer_fingerprint; }
 int data_max_len(const data_loader *d) { return (int)packed_store_info(d->ps)->max_len; }

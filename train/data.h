@@ -47,6 +47,7 @@ typedef struct data_loader data_loader;
 int data_open(const data_config *c, data_loader **out, asvr_error *err);
 void data_close(data_loader *d);
 int64_t data_rows(const data_loader *d);
+int64_t data_samples(const data_loader *d);
 int data_max_len(const data_loader *d);
 /* Next micro-batch at the cursor; advances it (a new epoch reshuffles). -1 with err naming the
  * sample or image on failure (missing code record, bad image). */

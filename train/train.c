@@ -22,7 +22,7 @@
 typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *image_root, *vision, *vision_prefix, *codebooks, *llm, *init,
         *out, *visual_loss, *input, *log_path, *text_only_visual;
-    int64_t rows, accum, steps, epochs, save_every, threads, seed, max_images, stop_after;
+    int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps;
 } train_opts;
 
@@ -61,7 +61,7 @@ static int is_tokenizer_file(const char *path) {
 
 int cmd_train(int argc, char **argv) {
     train_opts o = {.text_only_visual = "none", .stage = "pt", .vision_prefix = "vision_model.", .visual_loss = "semantic", .input = "continuous",
-                    .rows = 1, .accum = 1, .epochs = 1, .save_every = 0, .seed = 0, .max_images = 0,
+                    .rows = 1, .accum = 0, .global_batch = 0, .epochs = 1, .save_every = 0, .seed = 0, .max_images = 0,
                     .lr = -1, .warmup_ratio = 0.03, .weight_decay = 0, .clip_norm = 0, .beta1 = 0.9, .beta2 = 0.999,
                     .eps = 1e-8};
     const asvr_opt opts[] = {
@@ -81,7 +81,9 @@ int cmd_train(int argc, char **argv) {
         {"text-only-visual", ASVR_OPT_STR, &o.text_only_visual, "none|reference",
          "text-only samples add no visual loss (none, default) or, as the reference, score zero states against a zero image's codes"},
         {"rows", ASVR_OPT_INT, &o.rows, "N", "packed rows per micro-batch (default 1)"},
-        {"accum", ASVR_OPT_INT, &o.accum, "N", "micro-batches per optimizer step (default 1)"},
+        {"global-batch", ASVR_OPT_INT, &o.global_batch, "N",
+         "samples per optimizer step: micro-batches accumulate until N samples (default 256 for pt, 128 for it)"},
+        {"accum", ASVR_OPT_INT, &o.accum, "N", "or a fixed number of micro-batches per step (overrides --global-batch)"},
         {"steps", ASVR_OPT_INT, &o.steps, "N", "optimizer steps (default: --epochs over the packed rows)"},
         {"epochs", ASVR_OPT_INT, &o.epochs, "N", "epochs when --steps is not given (default 1)"},
         {"lr", ASVR_OPT_F64, &o.lr, "X", "peak learning rate (default 1e-3 for pt, 2e-5 for it)"},
@@ -110,7 +112,8 @@ int cmd_train(int argc, char **argv) {
                              o.visual_loss);
     int discrete = strcmp(o.input, "discrete") == 0;
     if (!discrete && strcmp(o.input, "continuous")) asvr_cli_usage_error(&cli, "--input must be continuous or discrete");
-    if (o.rows < 1 || o.accum < 1) asvr_cli_usage_error(&cli, "--rows and --accum must be >= 1");
+    if (o.rows < 1 || o.accum < 0 || o.global_batch < 0) asvr_cli_usage_error(&cli, "--rows must be >= 1, --accum and --global-batch >= 0");
+    if (o.global_batch == 0) o.global_batch = stage_it ? 128 : 256;
     if (o.lr < 0) o.lr = stage_it ? 2e-5 : 1e-3;
     if (o.threads <= 0) o.threads = asvr_num_cores();
     asvr_error err;
@@ -231,7 +234,9 @@ int cmd_train(int argc, char **argv) {
     data_loader *dl;
     if (data_open(&dc, &dl, &err) < 0) ASVR_FATAL("", "%s", err.msg);
     int64_t rows = data_rows(dl);
-    int64_t steps_per_epoch = (rows + o.rows * o.accum - 1) / (o.rows * o.accum);
+    int64_t n_samples = data_samples(dl);
+    int64_t steps_per_epoch = o.accum > 0 ? (rows + o.rows * o.accum - 1) / (o.rows * o.accum)
+                                          : (n_samples + o.global_batch - 1) / o.global_batch;
     int64_t total = o.steps > 0 ? o.steps : steps_per_epoch * o.epochs;
     optim_config oc = {o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.clip_norm, total,
                        warmup_steps_from_ratio(o.warmup_ratio, total)};
@@ -256,9 +261,15 @@ int cmd_train(int argc, char **argv) {
         asvr_model_print(&m, stderr);
         asvr_acts_print_plan(acts, stderr);
     }
-    LOG_INFO("train: stage %s, %lld rows, %lld x %lld rows per step, %lld steps (warmup %lld), lr %g, wd %g, clip %g",
-             o.stage, (long long)rows, (long long)o.accum, (long long)o.rows, (long long)total, (long long)oc.warmup_steps,
-             o.lr, o.weight_decay, o.clip_norm);
+    if (o.accum > 0)
+        LOG_INFO("train: stage %s, %lld rows, %lld micro-batches of %lld rows per step, %lld steps (warmup %lld), lr %g, wd %g, clip %g",
+                 o.stage, (long long)rows, (long long)o.accum, (long long)o.rows, (long long)total, (long long)oc.warmup_steps,
+                 o.lr, o.weight_decay, o.clip_norm);
+    else
+        LOG_INFO("train: stage %s, %lld samples in %lld rows, %lld samples per step (micro-batches of %lld rows), %lld steps "
+                 "(warmup %lld), lr %g, wd %g, clip %g", o.stage, (long long)n_samples, (long long)rows,
+                 (long long)o.global_batch, (long long)o.rows, (long long)total, (long long)oc.warmup_steps, o.lr,
+                 o.weight_decay, o.clip_norm);
 
     /* log: keep the lines of steps the checkpoint covers (a crash may have logged more) */
     char *log_path = asvr_path_join(o.out, "log.jsonl");
@@ -290,14 +301,21 @@ int cmd_train(int argc, char **argv) {
     CHECK_PTR(logf, "opening '%s'", log_path);
 
     int D = mc.has_head ? mc.head.depth : 0;
-    train_batch *mb = asvr_calloc((size_t)o.accum, sizeof *mb, "micro-batches");
+    int mb_cap = o.accum > 0 ? (int)o.accum : 16;
+    train_batch *mb = asvr_calloc((size_t)mb_cap, sizeof *mb, "micro-batches");
     int rc = ASVR_EXIT_OK;
     int64_t first_step = step;
     while (step < total) {
         double t0 = now_s();
         int64_t text_targets = 0, img_pos = 0, tokens = 0, samples = 0;
-        for (int k = 0; k < o.accum; k++) {
+        int n_mb = 0;
+        for (int k = 0; o.accum > 0 ? k < o.accum : samples < o.global_batch; k++) {
+            if (k == mb_cap) {
+                mb_cap *= 2;
+                mb = asvr_realloc(mb, sizeof *mb * (size_t)mb_cap, "micro-batches");
+            }
             if (data_next(dl, &mb[k], &err) < 0) ASVR_FATAL("", "%s", err.msg);
+            n_mb = k + 1;
             text_targets += mb[k].n_text_targets;
             img_pos += mb[k].n_image_positions;
             tokens += mb[k].n_tokens;
@@ -307,9 +325,9 @@ int cmd_train(int argc, char **argv) {
         asvr_losses L;
         memset(&L, 0, sizeof L);
         if (zero_codes)
-            for (int k = 0; k < o.accum; k++) img_pos += (int64_t)mb[k].n_text_only * mc.image_positions;
+            for (int k = 0; k < n_mb; k++) img_pos += (int64_t)mb[k].n_text_only * mc.image_positions;
         double ts = text_targets ? 1.0 / (double)text_targets : 0, vs = (D && img_pos) ? mc.lambda_visual / ((double)D * img_pos) : 0;
-        for (int k = 0; k < o.accum; k++) {
+        for (int k = 0; k < n_mb; k++) {
             train_batch *b = &mb[k];
             asvr_batch ab = {b->B, b->T, b->ids, b->labels, b->pos, b->seg, b->n_images, b->image_pos, b->codes, b->pixels,
                              b->n_text_only, zero_codes};
