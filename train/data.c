@@ -13,7 +13,7 @@ struct data_loader {
     data_config c;
     packed_store *ps;
     packed_reader *pr;
-    code_store *cs;
+    code_store *cs, *cs_app;
     int64_t rows;
     uint64_t *perm;
     int64_t epoch, index;
@@ -42,6 +42,15 @@ int data_open(const data_config *c, data_loader **out, asvr_error *err) {
     d->c = *c;
     if (packed_store_open(c->packed, &d->ps, err) < 0) goto fail;
     if (code_store_open(c->codes, &d->cs, err) < 0) goto fail;
+    if (c->codes_app) {
+        if (code_store_open(c->codes_app, &d->cs_app, err) < 0) goto fail;
+        const code_store_meta *a = code_store_get_meta(d->cs_app), *s0 = code_store_get_meta(d->cs);
+        if (a->positions != s0->positions || strcmp(a->policy, s0->policy) != 0 || a->image_size != s0->image_size) {
+            asvr_err_set(err, "'%s' (%d positions, %s, %d px) does not match '%s' (%d positions, %s, %d px)", c->codes_app,
+                         a->positions, a->policy, a->image_size, c->codes, s0->positions, s0->policy, s0->image_size);
+            goto fail;
+        }
+    }
     const packed_info *I = packed_store_info(d->ps);
     const code_store_meta *m = code_store_get_meta(d->cs);
     if ((int)I->image_positions != m->positions) {
@@ -60,10 +69,11 @@ int data_open(const data_config *c, data_loader **out, asvr_error *err) {
     for (uint64_t i = 0; i < I->n_samples; i++) {
         packed_sample s;
         if (packed_read_sample(d->pr, i, &s, err) < 0) goto fail;
-        if (s.image_key && !code_store_has(d->cs, s.image_key)) {
+        if (s.image_key && (!code_store_has(d->cs, s.image_key) || (d->cs_app && !code_store_has(d->cs_app, s.image_key)))) {
             if (!missing)
                 asvr_err_set(err, "image '%s' of sample %llu (id '%s') has no codes in '%s'", s.image_key,
-                             (unsigned long long)s.source_index, s.id, c->codes);
+                             (unsigned long long)s.source_index, s.id,
+                             code_store_has(d->cs, s.image_key) ? c->codes_app : c->codes);
             missing++;
         }
     }
@@ -89,6 +99,7 @@ void data_close(data_loader *d) {
     packed_reader_free(d->pr);
     packed_store_close(d->ps);
     code_store_close(d->cs);
+    code_store_close(d->cs_app);
     free(d->perm);
     free(d);
 }
@@ -97,6 +108,9 @@ int64_t data_rows(const data_loader *d) { return d->rows; }
 int64_t data_samples(const data_loader *d) { return (int64_t)packed_store_info(d->ps)->n_samples; }
 const char *data_packed_fingerprint(const data_loader *d) { return packed_store_info(d->ps)->source_fp; }
 const char *data_codes_fingerprint(const data_loader *d) { return code_store_get_meta(d->cs)->tokenizer_fingerprint; }
+const char *data_codes_app_fingerprint(const data_loader *d) {
+    return d->cs_app ? code_store_get_meta(d->cs_app)->tokenizer_fingerprint : NULL;
+}
 int data_max_len(const data_loader *d) { return (int)packed_store_info(d->ps)->max_len; }
 void data_get_cursor(const data_loader *d, int64_t *epoch, int64_t *index) { *epoch = d->epoch, *index = d->index; }
 
@@ -108,6 +122,7 @@ void data_set_cursor(data_loader *d, int64_t epoch, int64_t index) {
 
 void train_batch_free(train_batch *b) {
     free(b->ids), free(b->labels), free(b->pos), free(b->seg), free(b->image_pos), free(b->codes), free(b->pixels);
+    free(b->codes_app);
     memset(b, 0, sizeof *b);
 }
 
@@ -186,8 +201,8 @@ int data_next(data_loader *d, train_batch *b, asvr_error *err) {
     }
     int B = d->c.rows_per_batch;
     if (B > d->rows - d->index) B = (int)(d->rows - d->index);
-    int T = (int)I->max_len, P = m->positions, D = m->depth;
-    b->B = B, b->T = T, b->P = P, b->D = D, b->S = d->c.image_size;
+    int T = (int)I->max_len, P = m->positions, D = m->depth, Da = d->cs_app ? code_store_get_meta(d->cs_app)->depth : 0;
+    b->B = B, b->T = T, b->P = P, b->D = D, b->D_app = Da, b->S = d->c.image_size;
     size_t n = (size_t)B * T;
     b->ids = asvr_malloc(n * 4, "batch ids"), b->labels = asvr_malloc(n * 4, "batch labels");
     b->pos = asvr_malloc(n * 4, "batch positions"), b->seg = asvr_malloc(n * 4, "batch segments");
@@ -214,10 +229,12 @@ int data_next(data_loader *d, train_batch *b, asvr_error *err) {
                         keys = asvr_realloc(keys, sizeof(char *) * (size_t)cap_img, "batch image keys");
                         b->image_pos = asvr_realloc(b->image_pos, sizeof(int32_t) * (size_t)cap_img * P, "batch image positions");
                         b->codes = asvr_realloc(b->codes, sizeof(uint16_t) * (size_t)cap_img * P * D, "batch codes");
+                        if (Da) b->codes_app = asvr_realloc(b->codes_app, sizeof(uint16_t) * (size_t)cap_img * P * Da, "batch codes");
                     }
                     int im = b->n_images++;
                     keys[im] = asvr_strdup(s.image_key);
                     int rc = code_store_get(d->cs, s.image_key, b->codes + (size_t)im * P * D, err);
+                    if (rc == 0 && Da) rc = code_store_get(d->cs_app, s.image_key, b->codes_app + (size_t)im * P * Da, err);
                     if (rc != 0) {
                         if (rc == 1) asvr_err_set(err, "image '%s' of sample %llu (id '%s') has no codes in '%s'",
                                                   s.image_key, (unsigned long long)s.source_index, s.id, d->c.codes);

@@ -25,6 +25,8 @@ typedef struct train_batch {
     int P, D;            /* positions per image, code depth */
     int32_t *image_pos;  /* [n_images*P] flat row*T+t of each image position; -1 where truncated away */
     uint16_t *codes;     /* [n_images*P*D] */
+    uint16_t *codes_app; /* [n_images*P*D_app] from the appearance code store (NULL without one) */
+    int D_app;
     float *pixels;       /* [n_images*3*S*S] normalised images (NULL when images are not needed) */
     int S;
     int64_t n_samples, n_tokens, n_text_targets, n_image_positions;
@@ -33,6 +35,7 @@ typedef struct train_batch {
 
 typedef struct data_config {
     const char *packed, *codes, *image_root;
+    const char *codes_app; /* optional second code store (appearance tokenizer) */
     int rows_per_batch;
     uint64_t seed;
     int need_pixels;     /* 0 with --input discrete: only codes are needed */
@@ -58,5 +61,6 @@ void train_batch_free(train_batch *b);
 /* The packed store's source-JSON fingerprint and the code store's tokenizer fingerprint. */
 const char *data_packed_fingerprint(const data_loader *d);
 const char *data_codes_fingerprint(const data_loader *d);
+const char *data_codes_app_fingerprint(const data_loader *d); /* NULL without an appearance store */
 
 #endif

@@ -20,7 +20,8 @@
 #include "optim.h"
 
 typedef struct train_opts {
-    const char *stage, *config, *packed, *codes, *image_root, *vision, *vision_prefix, *codebooks, *llm, *init,
+    const char *stage, *config, *packed, *codes, *codes_app, *codebooks_app, *image_root, *vision, *vision_prefix,
+        *codebooks, *llm, *init,
         *out, *visual_loss, *input, *log_path, *text_only_visual;
     int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps;
@@ -69,6 +70,8 @@ int cmd_train(int argc, char **argv) {
         {"config", ASVR_OPT_STR, &o.config, "FILE", "model config JSON (llm, vision, visual_head); default: the checkpoint's"},
         {"packed", ASVR_OPT_STR, &o.packed, "FILE", "packed store (asvr-pack build)"},
         {"codes", ASVR_OPT_STR, &o.codes, "STORE", "code store of the same images and policy (asvr-tokenize encode)"},
+        {"codes-app", ASVR_OPT_STR, &o.codes_app, "STORE", "appearance tokenizer's code store (--visual-loss appearance|both)"},
+        {"codebooks-app", ASVR_OPT_STR, &o.codebooks_app, "FILE", "the appearance tokenizer file (its codebooks)"},
         {"image-root", ASVR_OPT_STR, &o.image_root, "DIR", "folder the image keys are relative to"},
         {"vision", ASVR_OPT_STR, &o.vision, "FILE", "frozen SigLIP input tower (safetensors, HF names)"},
         {"vision-prefix", ASVR_OPT_STR, &o.vision_prefix, "P", "name prefix of the tower's tensors (default vision_model.)"},
@@ -76,7 +79,8 @@ int cmd_train(int argc, char **argv) {
         {"llm", ASVR_OPT_STR, &o.llm, "FILE", "HF LLaMA weights (.safetensors or .index.json) for llm.*"},
         {"init", ASVR_OPT_STR, &o.init, "FILE", "parameters to start from (e.g. a stage-pt checkpoint's model.safetensors)"},
         {"out", ASVR_OPT_STR, &o.out, "DIR", "run folder: checkpoints, log.jsonl (resumes from its newest checkpoint)"},
-        {"visual-loss", ASVR_OPT_STR, &o.visual_loss, "none|semantic", "none = the LLaVA baseline (default semantic)"},
+        {"visual-loss", ASVR_OPT_STR, &o.visual_loss, "none|semantic|appearance|both",
+         "none = the LLaVA baseline; semantic (default) = ASVR; appearance / both = Table 1's App. and Dual rows"},
         {"input", ASVR_OPT_STR, &o.input, "continuous|discrete", "projector input: SigLIP features or summed codebook rows"},
         {"text-only-visual", ASVR_OPT_STR, &o.text_only_visual, "none|reference",
          "text-only samples add no visual loss (none, default) or, as the reference, score zero states against a zero image's codes"},
@@ -107,9 +111,12 @@ int cmd_train(int argc, char **argv) {
     if (!o.packed || !o.codes || !o.out) asvr_cli_usage_error(&cli, "--packed, --codes and --out are required");
     int stage_it = strcmp(o.stage, "it") == 0;
     if (!stage_it && strcmp(o.stage, "pt") != 0) asvr_cli_usage_error(&cli, "--stage must be pt or it");
-    if (strcmp(o.visual_loss, "none") && strcmp(o.visual_loss, "semantic"))
-        asvr_cli_usage_error(&cli, "--visual-loss %s: this build trains none or semantic (the appearance tokenizer is not supported yet)",
-                             o.visual_loss);
+    int want_sem = !strcmp(o.visual_loss, "semantic") || !strcmp(o.visual_loss, "both");
+    int want_app = !strcmp(o.visual_loss, "appearance") || !strcmp(o.visual_loss, "both");
+    if (!want_sem && !want_app && strcmp(o.visual_loss, "none"))
+        asvr_cli_usage_error(&cli, "--visual-loss must be none, semantic, appearance or both");
+    if (want_app && (!o.codes_app || !o.codebooks_app))
+        asvr_cli_usage_error(&cli, "--visual-loss %s needs --codes-app and --codebooks-app", o.visual_loss);
     int discrete = strcmp(o.input, "discrete") == 0;
     if (!discrete && strcmp(o.input, "continuous")) asvr_cli_usage_error(&cli, "--input must be continuous or discrete");
     if (o.rows < 1 || o.accum < 0 || o.global_batch < 0) asvr_cli_usage_error(&cli, "--rows must be >= 1, --accum and --global-batch >= 0");
@@ -140,8 +147,12 @@ int cmd_train(int argc, char **argv) {
     if (!config_text) asvr_cli_usage_error(&cli, "--config is required for a new run");
     asvr_config mc;
     if (asvr_config_from_json(config_text, &mc, &err) < 0) ASVR_FATAL("check the model config", "%s", err.msg);
-    if (!strcmp(o.visual_loss, "none")) mc.has_head = 0;
-    else if (!mc.has_head) ASVR_FATAL("add a visual_head to the config or pass --visual-loss none", "the model config has no visual_head");
+    if (want_sem && !mc.has_head) ASVR_FATAL("add a visual_head to the config or pass --visual-loss none", "the model config has no visual_head");
+    if (want_app && !mc.has_app_head)
+        ASVR_FATAL("add a visual_head_appearance to the config", "--visual-loss %s but the model config has no visual_head_appearance",
+                   o.visual_loss);
+    mc.has_head = want_sem;
+    mc.has_app_head = want_app;
     mc.input_discrete = discrete;
 
     asvr_model m;
@@ -166,6 +177,23 @@ int cmd_train(int argc, char **argv) {
         const char *name = safetensors_find(st, "codebooks") ? "codebooks" : "quantizer.codebooks.";
         if (asvr_model_load_codebooks(&m, st, name, &err) < 0) ASVR_FATAL("", "%s", err.msg);
         safetensors_close(st);
+    }
+    if (want_app) {
+        safetensors *st;
+        if (safetensors_open(o.codebooks_app, &st, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        const char *name = safetensors_find(st, "codebooks") ? "codebooks" : "quantizer.codebooks.";
+        if (asvr_model_load_app_codebooks(&m, st, name, &err) < 0) ASVR_FATAL("", "'%s': %s", o.codebooks_app, err.msg);
+        safetensors_close(st);
+        if (is_tokenizer_file(o.codebooks_app)) {
+            char fp[17];
+            code_store *cs;
+            if (vision_tokenizer_fingerprint_file(o.codebooks_app, fp, &err) < 0 || code_store_open(o.codes_app, &cs, &err) < 0)
+                ASVR_FATAL("", "%s", err.msg);
+            if (strcmp(fp, code_store_get_meta(cs)->tokenizer_fingerprint) != 0)
+                ASVR_FATAL("pass the tokenizer file that made the appearance code store", "'%s' was not made by '%s'",
+                           o.codes_app, o.codebooks_app);
+            code_store_close(cs);
+        }
     }
     int ref_text_only = !strcmp(o.text_only_visual, "reference");
     if (!ref_text_only && strcmp(o.text_only_visual, "none")) asvr_cli_usage_error(&cli, "--text-only-visual must be none or reference");
@@ -227,7 +255,8 @@ int cmd_train(int argc, char **argv) {
         }
     }
 
-    data_config dc = {o.packed, o.codes, o.image_root ? o.image_root : "", (int)o.rows, (uint64_t)o.seed, !discrete,
+    data_config dc = {o.packed, o.codes, o.image_root ? o.image_root : "", want_app ? o.codes_app : NULL, (int)o.rows,
+                      (uint64_t)o.seed, !discrete,
                       mc.vision.image_size, {0}, {0}, {127, 127, 127}, (int)o.threads};
     memcpy(dc.mean, mc.image_mean, sizeof dc.mean);
     memcpy(dc.std, mc.image_std, sizeof dc.std);
@@ -326,16 +355,20 @@ int cmd_train(int argc, char **argv) {
         memset(&L, 0, sizeof L);
         if (zero_codes)
             for (int k = 0; k < n_mb; k++) img_pos += (int64_t)mb[k].n_text_only * mc.image_positions;
+        int Da = mc.has_app_head ? mc.head_app.depth : 0;
+        int64_t app_pos = 0;
+        for (int k = 0; k < n_mb; k++) app_pos += mb[k].n_image_positions;
         double ts = text_targets ? 1.0 / (double)text_targets : 0, vs = (D && img_pos) ? mc.lambda_visual / ((double)D * img_pos) : 0;
+        double as = (Da && app_pos) ? mc.lambda_visual / ((double)Da * app_pos) : 0;
         for (int k = 0; k < n_mb; k++) {
             train_batch *b = &mb[k];
-            asvr_batch ab = {b->B, b->T, b->ids, b->labels, b->pos, b->seg, b->n_images, b->image_pos, b->codes, b->pixels,
-                             b->n_text_only, zero_codes};
+            asvr_batch ab = {b->B, b->T, b->ids, b->labels, b->pos, b->seg, b->n_images, b->image_pos, b->codes,
+                             b->codes_app, b->pixels, b->n_text_only, zero_codes};
             if (b->B != (int)o.rows) { /* the last, shorter micro-batch of an epoch */
                 asvr_acts_free(acts);
                 acts = asvr_acts_new(&m, b->B, T, max_images);
             }
-            asvr_forward_backward(&m, acts, &ab, ts, vs, &L);
+            asvr_forward_backward(&m, acts, &ab, ts, vs, as, &L);
             if (b->B != (int)o.rows) {
                 asvr_acts_free(acts);
                 acts = asvr_acts_new(&m, (int)o.rows, T, max_images);
@@ -353,13 +386,29 @@ int cmd_train(int argc, char **argv) {
             json_array_append_new(vd, json_real(ld));
             json_array_append_new(acc, json_real(L.vis_count ? (double)L.vis_correct[d] / (double)L.vis_count : 0));
         }
-        double loss = text + mc.lambda_visual * vis;
+        double app = 0;
+        json_t *ad = json_array(), *aacc = json_array();
+        for (int d = 0; d < Da; d++) {
+            double ld = L.app_count ? L.app_sum[d] / (double)L.app_count : 0;
+            app += ld / Da;
+            json_array_append_new(ad, json_real(ld));
+            json_array_append_new(aacc, json_real(L.app_count ? (double)L.app_correct[d] / (double)L.app_count : 0));
+        }
+        double loss = text + mc.lambda_visual * (vis + app);
         /* a loss with nothing to score in this step (no supervised token, no image) is logged as null */
         json_t *line = json_pack("{s:I, s:f, s:o, s:o, s:o, s:o, s:f, s:f, s:I, s:I, s:f, s:f}", "step", (json_int_t)step,
                                  "loss", loss, "text_loss", L.text_count ? json_real(text) : json_null(),
                                  "visual_loss", (D && L.vis_count) ? json_real(vis) : json_null(), "visual_loss_depth", vd,
                                  "code_accuracy_depth", acc, "lr", lr, "grad_norm", gn, "tokens", (json_int_t)tokens,
                                  "samples", (json_int_t)samples, "seconds", dt, "tokens_per_s", dt > 0 ? tokens / dt : 0);
+        if (Da) {
+            json_object_set_new(line, "appearance_loss", L.app_count ? json_real(app) : json_null());
+            json_object_set_new(line, "appearance_loss_depth", ad);
+            json_object_set_new(line, "appearance_accuracy_depth", aacc);
+        } else {
+            json_decref(ad);
+            json_decref(aacc);
+        }
         char *s = json_dumps(line, JSON_COMPACT);
         fprintf(logf, "%s\n", s);
         fflush(logf);
@@ -370,8 +419,10 @@ int cmd_train(int argc, char **argv) {
             size_t l = strlen(accs);
             snprintf(accs + l, sizeof accs - l, "%s%.2f", d ? " " : "", L.vis_count ? (double)L.vis_correct[d] / (double)L.vis_count : 0);
         }
-        LOG_INFO("step %lld/%lld  loss %.4f  text %.4f  visual %.4f  acc [%s]  lr %.3g  gnorm %.3f  %.0f tok/s",
-                 (long long)step, (long long)total, loss, text, vis, accs, lr, gn, dt > 0 ? tokens / dt : 0);
+        char apps[64] = "";
+        if (Da) snprintf(apps, sizeof apps, "  appearance %.4f", app);
+        LOG_INFO("step %lld/%lld  loss %.4f  text %.4f  visual %.4f%s  acc [%s]  lr %.3g  gnorm %.3f  %.0f tok/s",
+                 (long long)step, (long long)total, loss, text, vis, apps, accs, lr, gn, dt > 0 ? tokens / dt : 0);
         int stop_now = o.stop_after > 0 && step - first_step >= o.stop_after;
         if ((o.save_every > 0 && step % o.save_every == 0) || step == total || stop_now) {
             int64_t ep, ix;

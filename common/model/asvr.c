@@ -23,6 +23,20 @@ static int jnum(json_t *o, const char *k, float *v, asvr_error *err) {
     return 0;
 }
 
+static int parse_head(json_t *vh, int d_in, int code_dim, vhead_config *h, asvr_error *err) {
+    if (jint(vh, "embed_dim", &h->embed, err) < 0 || jint(vh, "n_heads", &h->n_heads, err) < 0 ||
+        jint(vh, "depth", &h->depth, err) < 0 || jint(vh, "codebook_size", &h->codebook_size, err) < 0 ||
+        jint(vh, "n_layers", &h->n_layers, err) < 0 || jint(vh, "ffn_dim", &h->ffn_dim, err) < 0 ||
+        jnum(vh, "rms_norm_eps", &h->eps, err) < 0)
+        return -1;
+    h->d_in = d_in;
+    h->code_dim = code_dim;
+    json_t *cd = json_object_get(vh, "code_dim"); /* the codebook width when it is not the tower's */
+    if (json_is_integer(cd)) h->code_dim = (int)json_integer_value(cd);
+    if (h->depth < 1 || h->depth > 255) return asvr_err_set(err, "model config: visual head depth %d outside 1..255", h->depth);
+    return vhead_config_check(h, err);
+}
+
 int asvr_config_from_json(const char *text, asvr_config *c, asvr_error *err) {
     memset(c, 0, sizeof *c);
     json_error_t je;
@@ -66,20 +80,10 @@ int asvr_config_from_json(const char *text, asvr_config *c, asvr_error *err) {
     json_t *lam = json_object_get(o, "lambda_visual");
     if (json_is_number(lam)) c->lambda_visual = (float)json_number_value(lam);
     c->has_head = json_is_object(vh);
-    if (c->has_head) {
-        vhead_config *h = &c->head;
-        if (jint(vh, "embed_dim", &h->embed, err) < 0 || jint(vh, "n_heads", &h->n_heads, err) < 0 ||
-            jint(vh, "depth", &h->depth, err) < 0 || jint(vh, "codebook_size", &h->codebook_size, err) < 0 ||
-            jint(vh, "n_layers", &h->n_layers, err) < 0 || jint(vh, "ffn_dim", &h->ffn_dim, err) < 0 ||
-            jnum(vh, "rms_norm_eps", &h->eps, err) < 0)
-            goto out;
-        h->d_in = c->llm.dim;
-        h->code_dim = v->hidden;
-        if (h->depth < 1 || h->depth > 255) {
-            asvr_err_set(err, "model config: visual_head depth %d outside 1..255", h->depth);
-            goto out;
-        }
-    }
+    if (c->has_head && parse_head(vh, c->llm.dim, v->hidden, &c->head, err) < 0) goto out;
+    json_t *va = json_object_get(o, "visual_head_appearance");
+    c->has_app_head = json_is_object(va);
+    if (c->has_app_head && parse_head(va, c->llm.dim, v->hidden, &c->head_app, err) < 0) goto out;
     rc = 0;
 out:
     json_decref(o);
@@ -95,15 +99,17 @@ void asvr_model_init(asvr_model *m, const asvr_config *c) {
     m->llm = llama_new(&c->llm, &m->ps, "llm.");
     mlp2_declare(&m->proj, &m->ps, c->vision.hidden, c->llm.dim, c->llm.dim, "mm_projector.");
     if (c->has_head) m->head = vhead_new(&c->head, &m->ps, "visual_head.");
+    if (c->has_app_head) m->head_app = vhead_new(&c->head_app, &m->ps, "visual_head_appearance.");
 }
 
 int asvr_model_load_tower(asvr_model *m, const safetensors *st, const char *prefix, asvr_error *err) {
     return siglip_load(&m->c.vision, st, prefix, &m->tower, err);
 }
 
-int asvr_model_load_codebooks(asvr_model *m, const safetensors *st, const char *name, asvr_error *err) {
-    int D = m->c.has_head ? m->c.head.depth : 0, K = m->c.has_head ? m->c.head.codebook_size : 0;
-    int C = m->c.vision.hidden;
+static int load_books(const vhead_config *h, const safetensors *st, const char *name, const char *label, nn_arena **frozen,
+                      tensor **books, int C, asvr_error *err) {
+    int D = h ? h->depth : 0, K = h ? h->codebook_size : 0;
+    if (h) C = h->code_dim;
     const st_tensor *all = safetensors_find(st, name);
     if (all) { /* one [D,K,C] tensor */
         if (all->ndim != 3 || (D && (all->shape[0] != D || all->shape[1] != K)) || all->shape[2] != C)
@@ -111,10 +117,10 @@ int asvr_model_load_codebooks(asvr_model *m, const safetensors *st, const char *
         D = (int)all->shape[0], K = (int)all->shape[1];
     }
     if (!D) return asvr_err_set(err, "the codebooks' depth is unknown without a visual head config");
-    m->frozen = nn_arena_new("codebooks", NN_CPU);
-    m->codebooks = nn_arena_add(m->frozen, "codebooks", NN_F32, 3, (int64_t[]){D, K, C});
-    nn_arena_commit(m->frozen);
-    if (all) return st_tensor_to_f32(all, m->codebooks->data, err);
+    *frozen = nn_arena_new(label, NN_CPU);
+    *books = nn_arena_add(*frozen, label, NN_F32, 3, (int64_t[]){D, K, C});
+    nn_arena_commit(*frozen);
+    if (all) return st_tensor_to_f32(all, (*books)->data, err);
     for (int d = 0; d < D; d++) {
         char key[256];
         snprintf(key, sizeof key, "%s%d.weight", name, d);
@@ -127,17 +133,31 @@ int asvr_model_load_codebooks(asvr_model *m, const safetensors *st, const char *
             free(tmp);
             return -1;
         }
-        memcpy((float *)m->codebooks->data + (size_t)d * K * C, tmp, sizeof(float) * (size_t)K * C);
+        memcpy((float *)(*books)->data + (size_t)d * K * C, tmp, sizeof(float) * (size_t)K * C);
         free(tmp);
     }
     return 0;
 }
 
+int asvr_model_load_codebooks(asvr_model *m, const safetensors *st, const char *name, asvr_error *err) {
+    /* the semantic head's config gives D and K even when that head is off (--input discrete) */
+    return load_books(m->c.head.depth > 0 ? &m->c.head : NULL, st, name, "codebooks", &m->frozen, &m->codebooks,
+                      m->c.vision.hidden, err);
+}
+
+int asvr_model_load_app_codebooks(asvr_model *m, const safetensors *st, const char *name, asvr_error *err) {
+    if (!m->c.has_app_head) return asvr_err_set(err, "the model config has no visual_head_appearance");
+    return load_books(&m->c.head_app, st, name, "appearance codebooks", &m->frozen_app, &m->codebooks_app,
+                      m->c.vision.hidden, err);
+}
+
 void asvr_model_free(asvr_model *m) {
     llama_free(m->llm);
     if (m->head) vhead_free(m->head);
+    if (m->head_app) vhead_free(m->head_app);
     siglip_free(m->tower);
     if (m->frozen) nn_arena_free(m->frozen);
+    if (m->frozen_app) nn_arena_free(m->frozen_app);
     param_set_free(&m->ps);
     memset(m, 0, sizeof *m);
 }
@@ -149,6 +169,9 @@ void asvr_model_print(const asvr_model *m, FILE *f) {
             c->llm.dim, c->llm.n_layers, c->llm.n_heads, c->llm.n_kv_heads, c->llm.ffn_dim, c->llm.vocab,
             c->vision.image_size, c->vision.patch_size, c->vision.hidden, c->vision.tap, c->image_positions,
             c->input_discrete ? " (discrete input)" : "");
+    if (c->has_app_head)
+        fprintf(f, "appearance head E%d, D %d, K %d, code dim %d | ", c->head_app.embed, c->head_app.depth,
+                c->head_app.codebook_size, c->head_app.code_dim);
     if (c->has_head)
         fprintf(f, "visual head E%d, %d heads, D %d, K %d, %d layers, FFN %d, lambda %.2f\n", c->head.embed,
                 c->head.n_heads, c->head.depth, c->head.codebook_size, c->head.n_layers, c->head.ffn_dim,
@@ -164,7 +187,7 @@ struct asvr_acts {
     int B, T, max_images;
     nn_arena *arena;
     llama_acts *la;
-    vhead_acts *va;
+    vhead_acts *va, *va_app;
     siglip_acts *sa;
     tensor *x, *h, *dh, *dx, *logits, *targets, *ids, *pos, *seg;
     tensor *feats, *pre, *hid, *emb, *demb, *dscratch, *tmp_rows;
@@ -177,6 +200,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->B = B, a->T = T, a->max_images = max_images > 0 ? max_images : 1;
     int64_t BT = (int64_t)B * T, d = c->llm.dim, P = c->image_positions, NI = (int64_t)a->max_images * P;
     int64_t C = c->vision.hidden, D = c->has_head ? c->head.depth : 1;
+    if (c->has_app_head && c->head_app.depth > D) D = c->head_app.depth;
     nn_arena *ar = a->arena = nn_arena_new("step activations", NN_CPU);
     a->x = nn_arena_add(ar, "inputs_embeds", NN_F32, 2, (int64_t[]){BT, d});
     a->h = nn_arena_add(ar, "hidden_final", NN_F32, 2, (int64_t[]){BT, d});
@@ -204,6 +228,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     nn_arena_commit(ar);
     a->la = llama_acts_new(m->llm, B, T);
     if (m->head) a->va = vhead_acts_new(m->head, (int)NI);
+    if (m->head_app) a->va_app = vhead_acts_new(m->head_app, (int)NI);
     if (m->tower) a->sa = siglip_acts_new(m->tower, a->max_images);
     return a;
 }
@@ -214,6 +239,7 @@ void asvr_acts_free(asvr_acts *a) {
     if (!a) return;
     llama_acts_free(a->la);
     if (a->va) vhead_acts_free(a->va);
+    if (a->va_app) vhead_acts_free(a->va_app);
     if (a->sa) siglip_acts_free(a->sa);
     nn_arena_free(a->arena);
     free(a);
@@ -225,8 +251,28 @@ static tensor head_rows(const tensor *t, int64_t n) {
     return tensor_make(t->name, t->dtype, t->device, 2, (int64_t[]){n, t->shape[1]}, t->data);
 }
 
+/* One visual head over the surviving image positions: gather the LLM states (no shift), forward and
+ * loss against the codes, backward, and the state gradient added into dh. */
+static void visual_target(asvr_acts *a, const vhead *head, vhead_acts *va, const tensor *books, const uint16_t *codes_src,
+                          int D, int64_t nv, const int32_t *isrc, const tensor *t_iflat, double scale, double *sum,
+                          int64_t *correct, int64_t *count) {
+    int32_t *cd = a->codes->data;
+    for (int64_t k = 0; k < nv; k++)
+        for (int d = 0; d < D; d++) cd[k * D + d] = codes_src[(int64_t)isrc[k] * D + d];
+    tensor h_img = head_rows(a->h_img, nv), dh_img = head_rows(a->dh_img, nv);
+    tensor codes = tensor_make("codes", NN_I32, NN_CPU, 2, (int64_t[]){nv, D}, cd);
+    op_embedding(&h_img, t_iflat, a->h);
+    double vs[256] = {0};
+    int64_t vc[256] = {0};
+    vhead_forward_loss(head, va, &h_img, &codes, books, (float)scale, vs, vc);
+    vhead_backward(head, va, &dh_img);
+    op_embedding_backward(a->dh, &dh_img, t_iflat);
+    for (int d = 0; d < D; d++) sum[d] += vs[d], correct[d] += vc[d];
+    *count += nv;
+}
+
 void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, double text_scale, double vis_scale,
-                           asvr_losses *l) {
+                           double app_scale, asvr_losses *l) {
     const asvr_config *c = &m->c;
     CHECK(b->B == a->B && b->T == a->T && b->n_images <= a->max_images, "",
           "batch %dx%d with %d images does not fit activations planned for %dx%d with %d", b->B, b->T, b->n_images,
@@ -300,21 +346,14 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
     l->text_sum += ts;
     l->text_count += tc;
 
-    /* visual loss at the image positions (no shift) */
-    if (m->head && nv > 0) {
-        int32_t *cd = a->codes->data;
-        for (int64_t k = 0; k < nv; k++)
-            for (int d = 0; d < D; d++) cd[k * D + d] = b->codes[(int64_t)isrc[k] * D + d];
-        tensor h_img = head_rows(a->h_img, nv), dh_img = head_rows(a->dh_img, nv);
-        tensor codes = tensor_make("codes", NN_I32, NN_CPU, 2, (int64_t[]){nv, D}, cd);
-        op_embedding(&h_img, &t_iflat, a->h);
-        double vs[256] = {0};
-        int64_t vc[256] = {0};
-        vhead_forward_loss(m->head, a->va, &h_img, &codes, m->codebooks, (float)vis_scale, vs, vc);
-        vhead_backward(m->head, a->va, &dh_img);
-        op_embedding_backward(a->dh, &dh_img, &t_iflat);
-        for (int d = 0; d < D; d++) l->vis_sum[d] += vs[d], l->vis_correct[d] += vc[d];
-        l->vis_count += nv;
+    /* visual losses at the image positions (no shift) */
+    if (m->head && nv > 0)
+        visual_target(a, m->head, a->va, m->codebooks, b->codes, D, nv, isrc, &t_iflat, vis_scale, l->vis_sum,
+                      l->vis_correct, &l->vis_count);
+    if (m->head_app && nv > 0) {
+        CHECK(b->codes_app != NULL, "", "the model has an appearance head but the batch has no appearance codes");
+        visual_target(a, m->head_app, a->va_app, m->codebooks_app, b->codes_app, c->head_app.depth, nv, isrc, &t_iflat,
+                      app_scale, l->app_sum, l->app_correct, &l->app_count);
     }
     if (m->head && b->zero_codes && b->n_text_only > 0) {
         /* Every text-only sample contributes the same P rows (zero states, the zero image's codes), so

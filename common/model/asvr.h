@@ -9,7 +9,8 @@
  *   loss = text + λ · visual; text-only samples add no visual loss (unless the batch asks for the
  *   reference behaviour: zero states at P positions scored against the zero image's codes).
  * Parameters live in one param_set: "llm.*", "mm_projector.*", "visual_head.*"; the input tower and the
- * codebooks are frozen and loaded apart. The configuration is JSON:
+ * codebooks are frozen and loaded apart. An optional second head ("visual_head_appearance", its own
+ * codebooks and codes) gives the appearance and dual losses. The configuration is JSON:
  *   {"llm": {HF LlamaConfig keys}, "vision": {image_size, patch_size, hidden_size, intermediate_size,
  *    num_layers, num_heads, layer_norm_eps, tap_layer, image_mean, image_std},
  *    "visual_head": {embed_dim, n_heads, depth, codebook_size, n_layers, ffn_dim, rms_norm_eps},
@@ -39,7 +40,9 @@ typedef struct asvr_config {
     vhead_config head;
     float image_mean[3], image_std[3];
     int image_positions;
-    int has_head;        /* 0: --visual-loss none (the LLaVA baseline): no visual head at all */
+    int has_head;        /* semantic visual head ("visual_head"); 0 with --visual-loss none (the LLaVA baseline) */
+    vhead_config head_app; /* appearance visual head ("visual_head_appearance"), for the App. and Dual rows */
+    int has_app_head;
     int input_discrete;  /* 1: the projector reads Σ_d codebook_d[code] instead of the SigLIP tower */
     float lambda_visual;
 } asvr_config;
@@ -52,9 +55,10 @@ typedef struct asvr_model {
     llama *llm;
     mlp2 proj;
     vhead *head;       /* NULL without a head */
+    vhead *head_app;   /* NULL without an appearance head */
     siglip *tower;     /* NULL until loaded (not needed with input_discrete) */
-    nn_arena *frozen;  /* the codebooks [D, K, C] */
-    tensor *codebooks;
+    nn_arena *frozen, *frozen_app;  /* the codebooks [D, K, C] of each tokenizer */
+    tensor *codebooks, *codebooks_app;
 } asvr_model;
 
 /* Declares the parameters (call param_set_trainable / param_set_commit on m->ps afterwards). */
@@ -63,6 +67,7 @@ void asvr_model_init(asvr_model *m, const asvr_config *c);
  * tensor [D,K,C] or from D tensors "<prefix>{d}.weight" [K or K+1, C]. */
 int asvr_model_load_tower(asvr_model *m, const safetensors *st, const char *prefix, asvr_error *err);
 int asvr_model_load_codebooks(asvr_model *m, const safetensors *st, const char *name_or_prefix, asvr_error *err);
+int asvr_model_load_app_codebooks(asvr_model *m, const safetensors *st, const char *name_or_prefix, asvr_error *err);
 void asvr_model_free(asvr_model *m);
 void asvr_model_print(const asvr_model *m, FILE *f);
 
@@ -72,7 +77,8 @@ typedef struct asvr_batch {
     const int32_t *ids, *labels, *pos, *seg; /* [B*T] */
     int n_images;
     const int32_t *image_pos;                /* [n_images*P], -1 where truncated away */
-    const uint16_t *codes;                   /* [n_images*P*D] */
+    const uint16_t *codes;                   /* [n_images*P*D] semantic codes */
+    const uint16_t *codes_app;               /* [n_images*P*D_app] appearance codes (NULL without that head) */
     const float *pixels;                     /* [n_images*3*S*S] (NULL with input_discrete) */
     /* The reference's treatment of text-only samples (off unless zero_codes is set): each of the
      * n_text_only samples adds P visual positions whose LLM state is zero, scored against the codes
@@ -87,6 +93,9 @@ typedef struct asvr_losses {
     double vis_sum[256]; /* per depth, summed over image positions */
     int64_t vis_count;   /* image positions scored */
     int64_t vis_correct[256];
+    double app_sum[256]; /* the appearance head's, likewise */
+    int64_t app_count;
+    int64_t app_correct[256];
 } asvr_losses;
 
 typedef struct asvr_acts asvr_acts;
@@ -94,11 +103,11 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images);
 void asvr_acts_print_plan(const asvr_acts *a, FILE *f);
 void asvr_acts_free(asvr_acts *a);
 
-/* Forward and backward of one micro-batch; gradients accumulate into m->ps. text_scale and
- * vis_scale fold the global means in (1 / scored text targets of the whole step, and
- * λ / (D · image positions of the whole step)). Losses are added to *l. */
+/* Forward and backward of one micro-batch; gradients accumulate into m->ps. text_scale and the
+ * visual scales fold the global means in (1 / scored text targets of the whole step, and
+ * λ / (D · image positions of the whole step) per head). Losses are added to *l. */
 void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, double text_scale, double vis_scale,
-                           asvr_losses *l);
+                           double app_scale, asvr_losses *l);
 
 #ifdef __cplusplus
 }
