@@ -1,6 +1,7 @@
 #include "model/llama.h"
 
 #include <jansson.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -421,4 +422,257 @@ void llama_lm_head_backward(const llama *m, const tensor *dlogits, const tensor 
     /* with no activation op_matmul_backward only reads dy, so dropping const is safe */
     tensor dy = *dlogits;
     op_matmul_backward(dh, m->head->g, NULL, &dy, h, m->head->w, NN_ACT_NONE, NULL, accumulate_dh);
+}
+
+/* ---- inference with a KV cache ------------------------------------------------------------- */
+
+struct llama_cache {
+    const llama *m;
+    int B, T_max, T_pre, keep;
+    int cur_b;    /* rows of the last prefill, 0 before */
+    int32_t *len; /* [B] cached positions per row */
+    nn_arena *arena;
+    tensor *k, *v;                     /* [L, B, T_max, KVD] */
+    tensor *pos, *seg, *gidx;          /* i32 [B, T_pre], [B, T_pre], [B] */
+    tensor *res, *xn, *q, *kk, *vv, *attn, *branch, *gate, *up; /* [B, T_pre, ...] scratch */
+    tensor *att;                       /* [B, H, T_pre, T_pre] (keep) or [T_pre, T_pre] */
+    tensor *scores;                    /* [T_max] one query's scores in a decode step */
+};
+
+llama_cache *llama_cache_new(const llama *m, int B, int T_max, int T_prefill, int keep_attention) {
+    const llama_config *c = &m->cfg;
+    CHECK(B >= 1 && T_max >= 1 && T_prefill >= 1 && T_prefill <= T_max, "",
+          "llama cache for %d rows of %d positions with prefills of %d", B, T_max, T_prefill);
+    CHECK(c->sliding_window == 0 || T_max <= c->sliding_window, "generate fewer tokens or use shorter prompts",
+          "llama: a cache of %d positions exceeds the sliding attention window %d, which is not implemented", T_max,
+          c->sliding_window);
+    int64_t D = c->dim, F = c->ffn_dim, hd = llama_head_dim(c), QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
+    int64_t Tp = T_prefill;
+    llama_cache *a = asvr_calloc(1, sizeof *a, "llama cache");
+    a->m = m;
+    a->B = B, a->T_max = T_max, a->T_pre = T_prefill, a->keep = keep_attention != 0;
+    a->len = asvr_calloc((size_t)B, sizeof *a->len, "llama cache lengths");
+    nn_arena *ar = a->arena = nn_arena_new("llama kv cache", NN_CPU);
+    a->k = nn_arena_add(ar, "cache.k", NN_F32, 4, (int64_t[]){c->n_layers, B, T_max, KVD});
+    a->v = nn_arena_add(ar, "cache.v", NN_F32, 4, (int64_t[]){c->n_layers, B, T_max, KVD});
+    a->pos = nn_arena_add(ar, "positions", NN_I32, 2, (int64_t[]){B, Tp});
+    a->seg = nn_arena_add(ar, "segments", NN_I32, 2, (int64_t[]){B, Tp});
+    a->gidx = nn_arena_add(ar, "last_index", NN_I32, 1, (int64_t[]){B});
+    a->res = add3(ar, "residual", B, Tp, D);
+    a->xn = add3(ar, "norm_out", B, Tp, D);
+    a->q = add3(ar, "q", B, Tp, QD);
+    a->kk = add3(ar, "k", B, Tp, KVD);
+    a->vv = add3(ar, "v", B, Tp, KVD);
+    a->attn = add3(ar, "attn_out", B, Tp, QD);
+    a->branch = add3(ar, "branch_out", B, Tp, D);
+    a->gate = add3(ar, "mlp_gate", B, Tp, F);
+    a->up = add3(ar, "mlp_up", B, Tp, F);
+    if (a->keep)
+        a->att = nn_arena_add(ar, "attn_probs", NN_F32, 4, (int64_t[]){B, c->n_heads, Tp, Tp});
+    else
+        a->att = nn_arena_add(ar, "attn_scratch", NN_F32, 2, (int64_t[]){Tp, Tp});
+    a->scores = nn_arena_add(ar, "decode_scores", NN_F32, 1, (int64_t[]){T_max});
+    nn_arena_commit(ar);
+    return a;
+}
+
+void llama_cache_print_plan(const llama_cache *c, FILE *f) { nn_arena_print_plan(c->arena, f); }
+
+void llama_cache_free(llama_cache *c) {
+    if (!c) return;
+    nn_arena_free(c->arena);
+    free(c->len);
+    free(c);
+}
+
+int llama_cache_len(const llama_cache *c, int b) {
+    CHECK(b >= 0 && b < c->B, "", "llama_cache_len: row %d of %d", b, c->B);
+    return c->len[b];
+}
+
+/* A contiguous [r, t, cols] (or [r, cols] when t == 0) view over the start of a scratch tensor. */
+static tensor view_rows(const tensor *s, int64_t r, int64_t t, int64_t cols) {
+    CHECK(r * (t ? t : 1) * cols <= tensor_numel(s), "", "llama cache: view of '%s' too large", s->name);
+    if (!t) return tensor_make(s->name, s->dtype, s->device, 2, (int64_t[]){r, cols}, s->data);
+    return tensor_make(s->name, s->dtype, s->device, 3, (int64_t[]){r, t, cols}, s->data);
+}
+
+/* Row b of layer l's cache, positions [0, n): [n, KVD]. */
+static tensor cache_rows(const tensor *kv, int l, int b, int64_t n) {
+    tensor tl = tensor_index0(kv, l), tb = tensor_index0(&tl, b);
+    return tensor_head0(&tb, n);
+}
+
+/* The MLP half of a layer on n rows: res += down(silu(gate(xn)) * up(xn)), xn = RMSNorm_post(res). */
+static void mlp_block(const llama_layer *W, const llama_config *c, tensor *res, tensor *xn, tensor *gate,
+                      tensor *up, tensor *branch) {
+    op_rmsnorm(xn, res, W->ln_post->w, c->rms_eps, NULL);
+    op_matmul(gate, xn, W->gate->w, NULL, NN_ACT_NONE, NULL);
+    op_matmul(up, xn, W->up->w, NULL, NN_ACT_NONE, NULL);
+    op_swiglu(gate, gate, up);
+    op_matmul(branch, gate, W->down->w, NULL, NN_ACT_NONE, NULL);
+    op_add(res, res, branch);
+}
+
+void llama_prefill(const llama *m, llama_cache *a, const tensor *x, const int32_t *lens, tensor *h_last,
+                   tensor *att_last) {
+    const char *op = "llama_prefill";
+    const llama_config *c = &m->cfg;
+    char s1[96];
+    CHECK(a->m == m, "", "%s: the cache was planned for another model", op);
+    CHECK(x->ndim == 3 && x->shape[0] >= 1 && x->shape[0] <= a->B && x->shape[1] >= 1 && x->shape[1] <= a->T_pre &&
+              x->shape[2] == c->dim,
+          "", "%s: x '%s' is %s, want [1..%d, 1..%d, %d]", op, x->name, tensor_shape_str(x, s1, sizeof s1), a->B,
+          a->T_pre, c->dim);
+    int64_t B = x->shape[0], T = x->shape[1], D = c->dim, F = c->ffn_dim, hd = llama_head_dim(c);
+    int64_t H = c->n_heads, QD = hd * H, KVD = hd * c->n_kv_heads;
+    CHECK(h_last->ndim == 2 && h_last->shape[0] == B && h_last->shape[1] == D, "", "%s: h_last '%s' is %s, want [%lld, %lld]",
+          op, h_last->name, tensor_shape_str(h_last, s1, sizeof s1), (long long)B, (long long)D);
+    if (att_last) {
+        CHECK(a->keep, "", "%s: attention requested from a cache planned without keep_attention", op);
+        CHECK(att_last->ndim == 4 && att_last->shape[0] == c->n_layers && att_last->shape[1] == B &&
+                  att_last->shape[2] == H && att_last->shape[3] == T && att_last->dtype == NN_F32,
+              "", "%s: att_last '%s' is %s, want [%d, %lld, %lld, %lld]", op, att_last->name,
+              tensor_shape_str(att_last, s1, sizeof s1), c->n_layers, (long long)B, (long long)H, (long long)T);
+    }
+    /* bookkeeping: positions 0..T-1, segment 0 for the prompt and -1 for the padding after it */
+    int32_t *pos = a->pos->data, *seg = a->seg->data, *gi = a->gidx->data;
+    for (int64_t b = 0; b < B; b++) {
+        CHECK(lens[b] >= 1 && lens[b] <= T, "", "%s: row %lld has length %d, want 1..%lld", op, (long long)b, lens[b],
+              (long long)T);
+        for (int64_t t = 0; t < T; t++) pos[b * T + t] = (int32_t)t, seg[b * T + t] = t < lens[b] ? 0 : -1;
+        gi[b] = (int32_t)(b * T + lens[b] - 1);
+        a->len[b] = 0;
+    }
+    tensor posv = tensor_make("positions", NN_I32, NN_CPU, 2, (int64_t[]){B, T}, pos);
+    tensor segv = tensor_make("segments", NN_I32, NN_CPU, 2, (int64_t[]){B, T}, seg);
+    tensor res = view_rows(a->res, B, T, D), xn = view_rows(a->xn, B, T, D), q = view_rows(a->q, B, T, QD);
+    tensor k = view_rows(a->kk, B, T, KVD), v = view_rows(a->vv, B, T, KVD), attn = view_rows(a->attn, B, T, QD);
+    tensor branch = view_rows(a->branch, B, T, D), gate = view_rows(a->gate, B, T, F), up = view_rows(a->up, B, T, F);
+    tensor att = a->keep ? tensor_make("attn_probs", NN_F32, NN_CPU, 4, (int64_t[]){B, H, T, T}, a->att->data) : *a->att;
+    float scale = 1.0f / sqrtf((float)hd);
+
+    op_copy(&res, x);
+    for (int i = 0; i < c->n_layers; i++) {
+        const llama_layer *W = &m->layer[i];
+        op_rmsnorm(&xn, &res, W->ln_in->w, c->rms_eps, NULL);
+        op_matmul(&q, &xn, W->q->w, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&k, &xn, W->k->w, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&v, &xn, W->v->w, NULL, NN_ACT_NONE, NULL);
+        op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
+        op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
+        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
+        for (int64_t b = 0; b < B; b++) {
+            tensor kc = cache_rows(a->k, i, (int)b, T), vc = cache_rows(a->v, i, (int)b, T);
+            tensor kb = tensor_index0(&k, b), vb = tensor_index0(&v, b);
+            op_copy(&kc, &kb);
+            op_copy(&vc, &vb);
+            if (!att_last) continue;
+            tensor al = tensor_index0(att_last, i), alb = tensor_index0(&al, b), ab = tensor_index0(&att, b);
+            for (int64_t h = 0; h < H; h++) {
+                tensor dst = tensor_index0(&alb, h), abh = tensor_index0(&ab, h), src = tensor_index0(&abh, lens[b] - 1);
+                op_copy(&dst, &src);
+            }
+        }
+        op_matmul(&branch, &attn, W->o->w, NULL, NN_ACT_NONE, NULL);
+        op_add(&res, &res, &branch);
+        mlp_block(W, c, &res, &xn, &gate, &up, &branch);
+    }
+    /* the last prompt token of each row, then the final norm */
+    tensor flat = view_rows(a->res, B * T, 0, D), last = view_rows(a->xn, B, 0, D);
+    tensor giv = tensor_make("last_index", NN_I32, NN_CPU, 1, (int64_t[]){B}, gi);
+    op_embedding(&last, &giv, &flat);
+    op_rmsnorm(h_last, &last, m->norm->w, c->rms_eps, NULL);
+    for (int64_t b = 0; b < B; b++) a->len[b] = lens[b];
+    for (int64_t b = B; b < a->B; b++) a->len[b] = 0;
+    a->cur_b = (int)B;
+}
+
+/* Model-local attention of one new query per row over its cached keys (no nn op takes a query length
+ * different from the key length): out[b, h] = softmax(scale · q[b,h] · K[b, 0..n_b)^T) · V[b, 0..n_b),
+ * kv head h / (H / Hkv); max-subtracted exponentials in fp32 summed in double, as op_attention's CPU
+ * softmax does. q, out [B,1,H*Dh]; k, v: layer l's cache [B, T_max, Hkv*Dh]. */
+static void kv_attend(tensor *out, const tensor *q, const tensor *k, const tensor *v, const int32_t *n, int n_heads,
+                      int n_kv_heads, float scale, tensor *scores) {
+    int64_t B = q->shape[0], HD = q->shape[2], Dh = HD / n_heads, KVD = Dh * n_kv_heads, Tm = k->shape[1];
+    int group = n_heads / n_kv_heads;
+    float *s = scores->data;
+    for (int64_t b = 0; b < B; b++) {
+        for (int h = 0; h < n_heads; h++) {
+            const float *qh = (const float *)q->data + b * HD + h * Dh;
+            const float *kb = (const float *)k->data + b * Tm * KVD + (h / group) * Dh;
+            const float *vb = (const float *)v->data + b * Tm * KVD + (h / group) * Dh;
+            float *oh = (float *)out->data + b * HD + h * Dh;
+            float mx = -FLT_MAX;
+            for (int64_t j = 0; j < n[b]; j++) {
+                float d = 0.0f;
+                for (int64_t e = 0; e < Dh; e++) d += qh[e] * kb[j * KVD + e];
+                s[j] = scale * d;
+                if (s[j] > mx) mx = s[j];
+            }
+            double sum = 0.0;
+            for (int64_t j = 0; j < n[b]; j++) {
+                s[j] = expf(s[j] - mx);
+                sum += s[j];
+            }
+            float inv = (float)(1.0 / sum);
+            for (int64_t e = 0; e < Dh; e++) oh[e] = 0.0f;
+            for (int64_t j = 0; j < n[b]; j++) {
+                float p = s[j] * inv;
+                for (int64_t e = 0; e < Dh; e++) oh[e] += p * vb[j * KVD + e];
+            }
+        }
+    }
+}
+
+void llama_decode_step(const llama *m, llama_cache *a, const tensor *x, tensor *h) {
+    const char *op = "llama_decode_step";
+    const llama_config *c = &m->cfg;
+    char s1[96];
+    CHECK(a->m == m, "", "%s: the cache was planned for another model", op);
+    CHECK(a->cur_b > 0, "", "%s: no prefill was run on this cache", op);
+    int64_t B = a->cur_b, D = c->dim, F = c->ffn_dim, hd = llama_head_dim(c);
+    int64_t QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
+    CHECK(tensor_rows(x) == B && tensor_cols(x) == D && (x->ndim == 2 || (x->ndim == 3 && x->shape[1] == 1)), "",
+          "%s: x '%s' is %s, want [%lld, %lld] (the rows of the last prefill)", op, x->name,
+          tensor_shape_str(x, s1, sizeof s1), (long long)B, (long long)D);
+    CHECK(h->ndim == 2 && h->shape[0] == B && h->shape[1] == D, "", "%s: h '%s' is %s, want [%lld, %lld]", op, h->name,
+          tensor_shape_str(h, s1, sizeof s1), (long long)B, (long long)D);
+    int32_t *pos = a->pos->data, *n = a->gidx->data;
+    for (int64_t b = 0; b < B; b++) {
+        CHECK(a->len[b] < a->T_max, "plan a larger cache", "%s: row %lld already holds %d of %d positions", op,
+              (long long)b, a->len[b], a->T_max);
+        pos[b] = a->len[b];
+        n[b] = a->len[b] + 1;
+    }
+    tensor posv = tensor_make("positions", NN_I32, NN_CPU, 2, (int64_t[]){B, 1}, pos);
+    tensor res = view_rows(a->res, B, 1, D), xn = view_rows(a->xn, B, 1, D), q = view_rows(a->q, B, 1, QD);
+    tensor k = view_rows(a->kk, B, 1, KVD), v = view_rows(a->vv, B, 1, KVD), attn = view_rows(a->attn, B, 1, QD);
+    tensor branch = view_rows(a->branch, B, 1, D), gate = view_rows(a->gate, B, 1, F), up = view_rows(a->up, B, 1, F);
+    float scale = 1.0f / sqrtf((float)hd);
+    op_copy(&res, x);
+    for (int i = 0; i < c->n_layers; i++) {
+        const llama_layer *W = &m->layer[i];
+        op_rmsnorm(&xn, &res, W->ln_in->w, c->rms_eps, NULL);
+        op_matmul(&q, &xn, W->q->w, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&k, &xn, W->k->w, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&v, &xn, W->v->w, NULL, NN_ACT_NONE, NULL);
+        op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
+        op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
+        for (int64_t b = 0; b < B; b++) { /* append at position len[b] */
+            tensor kc = cache_rows(a->k, i, (int)b, a->T_max), vc = cache_rows(a->v, i, (int)b, a->T_max);
+            tensor kd = tensor_index0(&kc, a->len[b]), vd = tensor_index0(&vc, a->len[b]);
+            tensor kb = tensor_index0(&k, b), vb = tensor_index0(&v, b);
+            op_copy(&kd, &kb);
+            op_copy(&vd, &vb);
+        }
+        tensor kl = tensor_index0(a->k, i), vl = tensor_index0(a->v, i);
+        kv_attend(&attn, &q, &kl, &vl, n, c->n_heads, c->n_kv_heads, scale, a->scores);
+        op_matmul(&branch, &attn, W->o->w, NULL, NN_ACT_NONE, NULL);
+        op_add(&res, &res, &branch);
+        mlp_block(W, c, &res, &xn, &gate, &up, &branch);
+    }
+    tensor last = view_rows(a->res, B, 0, D);
+    op_rmsnorm(h, &last, m->norm->w, c->rms_eps, NULL);
+    for (int64_t b = 0; b < B; b++) a->len[b]++;
 }

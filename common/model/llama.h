@@ -14,8 +14,11 @@
  * Activations for B rows of T positions live in one arena planned by llama_acts_new; the forward
  * keeps everything the backward reads, including the full attention probabilities [B,H,T,T] per
  * layer (fine at test and CPU sizes; at 7B training scale that needs a recomputing fused backward).
+ * Inference (forward only, nothing kept for backward): a KV cache (llama_cache) holds the post-RoPE
+ * keys and values of every layer for B rows of up to T_max positions; llama_prefill runs a prompt per
+ * row and fills it, llama_decode_step runs one new position per row against the cached prefix.
  * CPU backend only for now (the training ops it composes have no CUDA implementation yet).
- * Not for: generation with a KV cache, tied embeddings, rope scaling variants, biased projections
+ * Not for: sliding-window or beam-search caches, tied embeddings, rope scaling variants, biased projections
  * (attention_bias / mlp_bias), or the loss itself (model/text_loss.h builds the shifted targets).
  */
 #ifndef ASVR_MODEL_LLAMA_H
@@ -101,6 +104,36 @@ void llama_lm_head(const llama *m, const tensor *h, tensor *logits);
  * dh may be NULL; lm_head grad += dlogits^T · h when trainable. */
 void llama_lm_head_backward(const llama *m, const tensor *dlogits, const tensor *h, tensor *dh,
                             int accumulate_dh);
+
+/* ---- inference with a KV cache -------------------------------------------------------------- */
+
+/* The cache: K and V [n_layers, B, T_max, n_kv_heads * head_dim] (post-RoPE keys) in one arena, with
+ * the per-row lengths, plus forward scratch for prefills of up to T_prefill positions (reused by the
+ * decode steps). keep_attention: also plan [B, H, T_prefill, T_prefill] so llama_prefill can report
+ * the last prompt token's attention (otherwise one T_prefill² scratch). Exits on bad sizes or a
+ * T_max beyond a configured sliding window. */
+typedef struct llama_cache llama_cache;
+llama_cache *llama_cache_new(const llama *m, int B, int T_max, int T_prefill, int keep_attention);
+void llama_cache_print_plan(const llama_cache *c, FILE *f);
+void llama_cache_free(llama_cache *c);
+/* Positions cached for row b (0 before a prefill). */
+int llama_cache_len(const llama_cache *c, int b);
+
+/* Prompts, right-padded: x [B',T,dim] (B' <= B, T <= T_prefill), row b's prompt is x[b, 0..lens[b])
+ * (1 <= lens[b] <= T) at positions 0..lens[b]-1; what follows is ignored (attended by no real
+ * token) and later overwritten. Resets the cache to those rows and lengths. Writes h_last [B',dim]
+ * = the final-norm state of each row's last prompt token. att_last (NULL, or [n_layers, B', H, T]
+ * f32, needs keep_attention): that token's attention probabilities per layer and head over the T
+ * positions (0 beyond lens[b]). */
+void llama_prefill(const llama *m, llama_cache *c, const tensor *x, const int32_t *lens, tensor *h_last,
+                   tensor *att_last);
+/* One new position per row of the last prefill: x [B',dim] (or [B',1,dim]) with the same B'; row b
+ * runs at position llama_cache_len(c, b) with RoPE there, attends over its cached prefix and itself,
+ * and is appended. h [B',dim] = final-norm states. Exits when a row would pass T_max.
+ * The attention of one query over the cache is a model-local helper (no nn op takes a query length
+ * different from the key length yet); it computes scale·q·k, a max-subtracted softmax in fp32 and
+ * the weighted sum of V, as op_attention does. */
+void llama_decode_step(const llama *m, llama_cache *c, const tensor *x, tensor *h);
 
 #ifdef __cplusplus
 }

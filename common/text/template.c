@@ -201,6 +201,10 @@ static int tokenize_image_text(const text_encoder *enc, const char *s, size_t le
     return 0;
 }
 
+int template_tokenize_image(const text_encoder *enc, const char *text, size_t len, ivec *out, asvr_error *err) {
+    return tokenize_image_text(enc, text, len, out, err);
+}
+
 /* T(s): tokenizer_image_token(s) with an image, tokenizer(s).input_ids without. */
 static int tokenize_T(const text_encoder *enc, int has_image, const char *s, size_t len, ivec *out, asvr_error *err) {
     out->n = 0;

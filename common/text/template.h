@@ -77,6 +77,11 @@ int template_apply(const template_spec *t, const text_encoder *enc, const chat_t
 char *template_prompt(const template_spec *t, const chat_turn *turns, int n_turns, int has_image,
                       int add_generation_prompt);
 
+/* LLaVA's tokenizer_image_token(text): each chunk around "<image>" encoded on its own with BOS, the
+ * first BOS kept and the others dropped, IMAGE_TOKEN_INDEX between chunks; appended to out (for
+ * generation prompts: template_prompt(..., add_generation_prompt = 1) then this). -1 with err set. */
+int template_tokenize_image(const text_encoder *enc, const char *text, size_t len, ivec *out, asvr_error *err);
+
 /* Python's str.strip() (Unicode whitespace) as [begin, end) byte offsets. */
 void py_strip(const char *s, size_t len, size_t *begin, size_t *end);
 

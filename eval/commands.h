@@ -1,0 +1,9 @@
+/* commands.h — asvr-eval's subcommands (argv[0] is the subcommand name; they return the exit status).
+ * Each lives in its own file; main.c lists them in its dispatch table. */
+#ifndef ASVR_EVAL_COMMANDS_H
+#define ASVR_EVAL_COMMANDS_H
+
+int cmd_ask(int argc, char **argv);
+int cmd_attention(int argc, char **argv);
+
+#endif

@@ -1,0 +1,178 @@
+#include "eval_model.h"
+
+#include <dirent.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/fsutil.h"
+#include "base/log.h"
+#include "io/safetensors.h"
+
+void eval_model_opts_default(eval_model_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->vision_prefix = "vision_model.";
+    o->template_name = "vicuna_v1";
+}
+
+void eval_model_opts_table(eval_model_opts *o, asvr_opt *out) {
+    const asvr_opt t[EVAL_MODEL_NOPTS] = {
+        {"checkpoint", ASVR_OPT_STR, &o->checkpoint, "DIR",
+         "asvr-train checkpoint folder (step-N/, or a run folder: its newest complete step)"},
+        {"model", ASVR_OPT_STR, &o->model, "FILE", "model.safetensors (llm.*, mm_projector.*), with --config"},
+        {"config", ASVR_OPT_STR, &o->config, "FILE", "model config JSON (llm, vision), with --model"},
+        {"vision", ASVR_OPT_STR, &o->vision, "FILE", "frozen SigLIP input tower (safetensors, HF names)"},
+        {"vision-prefix", ASVR_OPT_STR, &o->vision_prefix, "P", "name prefix of the tower's tensors (default vision_model.)"},
+        {"tokenizer", ASVR_OPT_STR, &o->tokenizer, "FILE", "SentencePiece tokenizer.model of the LLM"},
+        {"policy", ASVR_OPT_STR, &o->policy, "pad|squash",
+         "image preprocessing (default: the checkpoint's stage: pt squash, it pad; pad without a checkpoint)"},
+        {"template", ASVR_OPT_STR, &o->template_name, "NAME", "prompt template: vicuna_v1 (default) or plain"},
+    };
+    memcpy(out, t, sizeof t);
+}
+
+/* A run folder: the newest "step-N" holding DONE. NULL when none. */
+static char *newest_step(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return NULL;
+    struct dirent *e;
+    long long best = -1;
+    char *path = NULL;
+    while ((e = readdir(d))) {
+        char *end;
+        if (strncmp(e->d_name, "step-", 5) != 0) continue;
+        long long n = strtoll(e->d_name + 5, &end, 10);
+        if (*end || n <= best) continue;
+        char *p = asvr_path_join(dir, e->d_name), *done = asvr_path_join(p, "DONE");
+        int ok = asvr_path_exists(done);
+        free(done);
+        if (!ok) {
+            free(p);
+            continue;
+        }
+        free(path);
+        path = p;
+        best = n;
+    }
+    closedir(d);
+    return path;
+}
+
+int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *em, asvr_error *err) {
+    memset(em, 0, sizeof *em);
+    if (!o->checkpoint == !(o->model || o->config))
+        asvr_cli_usage_error(cli, "give either --checkpoint DIR or --model FILE --config FILE");
+    if (!o->checkpoint && (!o->model || !o->config)) asvr_cli_usage_error(cli, "--model and --config go together");
+    if (!o->vision) asvr_cli_usage_error(cli, "--vision is required (the input tower is not part of a checkpoint)");
+    if (!o->tokenizer) asvr_cli_usage_error(cli, "--tokenizer is required");
+    em->tmpl = template_find(o->template_name);
+    if (!em->tmpl) asvr_cli_usage_error(cli, "--template %s: known templates are %s", o->template_name, template_names());
+    image_policy policy = IMAGE_POLICY_PAD;
+    int policy_set = 0;
+    if (o->policy) {
+        if (image_policy_parse(o->policy, &policy) < 0) asvr_cli_usage_error(cli, "--policy must be pad or squash");
+        policy_set = 1;
+    }
+
+    char *config_text = NULL, *weights = NULL, *dir = NULL;
+    int rc = -1;
+    if (o->checkpoint) {
+        char *probe = asvr_path_join(o->checkpoint, "model.safetensors");
+        if (asvr_path_exists(probe)) {
+            dir = asvr_strdup(o->checkpoint);
+        } else if (!(dir = newest_step(o->checkpoint))) {
+            free(probe);
+            return asvr_err_set(err, "'%s' is neither a checkpoint (no model.safetensors) nor a run folder with a "
+                                     "complete step-N checkpoint",
+                                o->checkpoint);
+        }
+        free(probe);
+        weights = asvr_path_join(dir, "model.safetensors");
+        char *sp = asvr_path_join(dir, "state.json");
+        json_error_t je;
+        json_t *s = json_load_file(sp, 0, &je);
+        if (!s) {
+            asvr_err_set(err, "'%s': %s", sp, je.text);
+            free(sp);
+            goto out;
+        }
+        json_t *cfg = json_object_get(s, "model_config"), *stage = json_object_get(s, "stage"),
+               *input = json_object_get(s, "input");
+        if (!json_is_object(cfg)) {
+            asvr_err_set(err, "'%s' has no model_config", sp);
+            json_decref(s);
+            free(sp);
+            goto out;
+        }
+        if (json_is_string(input) && strcmp(json_string_value(input), "continuous") != 0) {
+            asvr_err_set(err, "'%s': the model was trained with --input %s; asvr-eval feeds images through the input "
+                              "tower only", sp, json_string_value(input));
+            json_decref(s);
+            free(sp);
+            goto out;
+        }
+        if (!policy_set && json_is_string(stage) && strcmp(json_string_value(stage), "pt") == 0) policy = IMAGE_POLICY_SQUASH;
+        config_text = json_dumps(cfg, JSON_COMPACT);
+        json_decref(s);
+        free(sp);
+    } else {
+        uint8_t *data;
+        size_t n;
+        if (asvr_read_file(o->config, &data, &n, err) < 0) goto out;
+        config_text = (char *)data;
+        weights = asvr_strdup(o->model);
+    }
+    asvr_config mc;
+    if (asvr_config_from_json(config_text, &mc, err) < 0) {
+        asvr_err_prefix(err, "%s: ", o->config ? o->config : o->checkpoint);
+        goto out;
+    }
+    mc.has_head = 0;       /* generation never runs the visual head */
+    mc.input_discrete = 0;
+    asvr_model_init(&em->m, &mc);
+    param_set_trainable(&em->m.ps, "", 0);
+    param_set_commit(&em->m.ps);
+    safetensors *st;
+    if (safetensors_open(weights, &st, err) < 0) goto out;
+    if (param_set_load(&em->m.ps, st, "", err) < 0) {
+        safetensors_close(st);
+        goto out;
+    }
+    safetensors_close(st);
+    if (safetensors_open(o->vision, &st, err) < 0) goto out;
+    if (asvr_model_load_tower(&em->m, st, o->vision_prefix, err) < 0) {
+        asvr_err_prefix(err, "--vision '%s' (prefix '%s'): ", o->vision, o->vision_prefix);
+        safetensors_close(st);
+        goto out;
+    }
+    safetensors_close(st);
+    em->tok = sp_tokenizer_load(o->tokenizer, err);
+    if (!em->tok) goto out;
+    if (sp_tokenizer_vocab_size(em->tok) > mc.llm.vocab) {
+        asvr_err_set(err, "tokenizer '%s' has %d pieces, more than the model's vocabulary of %d", o->tokenizer,
+                     sp_tokenizer_vocab_size(em->tok), mc.llm.vocab);
+        goto out;
+    }
+    em->enc = gen_text_encoder(em->tok);
+    image_preprocess_opts_default(&em->pre);
+    em->pre.policy = policy;
+    em->pre.size = mc.vision.image_size;
+    for (int i = 0; i < 3; i++) em->pre.pad[i] = (uint8_t)(mc.image_mean[i] * 255.0f); /* int(m*255), LLaVA's rule */
+    em->source = weights;
+    weights = NULL;
+    LOG_INFO("model: %s (%s preprocessing, template %s)", em->source, image_policy_name(policy), em->tmpl->name);
+    rc = 0;
+out:
+    free(config_text);
+    free(weights);
+    free(dir);
+    if (rc < 0) eval_model_free(em);
+    return rc;
+}
+
+void eval_model_free(eval_model *em) {
+    if (em->m.llm) asvr_model_free(&em->m);
+    if (em->tok) sp_tokenizer_free(em->tok);
+    free(em->source);
+    memset(em, 0, sizeof *em);
+}
