@@ -211,6 +211,10 @@ int cmd_fit(int argc, char **argv) {
                    "'%s' has no \"%s\" entry in its __metadata__: not an asvr tokenizer file", enc_path, VTOK_META_KEY);
     vtok_config vc;
     if (vtok_config_parse(src_cfg_text, &vc, &err) < 0) ASVR_FATAL("check --encoder", "'%s': %s", enc_path, err.msg);
+    if (vc.kind_id != VTOK_SEMANTIC)
+        ASVR_FATAL("fit from a semantic tokenizer file (the same encoder, converted with --kind semantic)",
+                   "'%s' is a '%s' tokenizer: fit makes codebooks for the raw tap features and cannot fit the "
+                   "appearance projection's", enc_path, vc.kind);
     char src_fp[17];
     if (vision_tokenizer_fingerprint_file(enc_path, src_fp, &err) < 0) ASVR_FATAL("", "%s", err.msg);
     if (tap) vc.enc.tap = (int)tap;

@@ -4,17 +4,27 @@ tap layer, the D codebooks, and the config JSON in __metadata__["asvr_tokenizer"
 common/model/vision_tokenizer.h) from:
 
   dualtoken CKPT.pt            a DualToken / ASVR tokenizer checkpoint, torch.load(p)["state_dict"]
-                               (keys siglip_model.vision_model.*, quantizer_semantic.codebooks.{d}.weight)
+                               (keys siglip_model.vision_model.*, quantizer_semantic.codebooks.{d}.weight;
+                               with --kind appearance: prequant_visual.* and quantizer.codebooks.{d}.weight)
   hf SIGLIP --codebooks FILE   an HF SigLIP checkpoint (model.safetensors, a folder, or a sharded
                                index) plus codebooks (safetensors/.pt with {prefix}{d}.weight or
                                codebooks.{d}.weight, [K or K+1, C])
   random --preset P --seed N   seeded random weights at a preset shape (so400m, tiny), for tests
                                and benchmarks
 
+--kind semantic (default) taps the encoder (layer 26 for so400m) and quantises the raw features.
+--kind appearance is DualToken's pixel tokenizer: tap layer 6, then the ResNet projection block
+prequant_visual (GroupNorm(32, eps 1e-6) -> SiLU -> Conv1x1 -> GroupNorm -> SiLU -> Conv3x3, plus a 1x1
+nin_shortcut when hidden_size != embed_dim, added to the output), then its own RVQ "quantizer" on
+embed_dim-wide codes. embed_dim is read from the checkpoint's prequant_visual.conv1.weight unless
+--embed-dim is given. The block is stored under "prequant_visual.", the codebooks under
+"quantizer.codebooks." for both kinds.
+
 Every expected tensor must be present with its exact shape; a missing or mis-shaped key is an error
 naming it (the reference loads with strict=False and would silently ignore it).
 
     python3 tools/convert_tokenizer.py dualtoken epoch_6.pt --out dualtoken-semantic.safetensors
+    python3 tools/convert_tokenizer.py dualtoken epoch_6.pt --kind appearance --out dualtoken-appearance.safetensors
     python3 tools/convert_tokenizer.py random --preset so400m --seed 0 --out random-so400m.safetensors
 
 Needs: torch, safetensors, numpy.
@@ -35,6 +45,16 @@ PRESETS = {
     "tiny": dict(image_size=46, patch_size=14, hidden_size=48, intermediate_size=96, num_layers=4,
                  num_heads=4, layer_norm_eps=1e-6, tap_layer=3, depth=3, codebook_size=64),
 }
+# The appearance kind: the same encoder tapped shallow, a projection block, its own RVQ. The tiny one
+# is 64 wide (GroupNorm(32) needs widths divisible by 32) on a 7 x 7 grid, projecting to 32.
+PRESETS_APPEARANCE = {
+    "so400m": dict(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304, num_layers=27,
+                   num_heads=16, layer_norm_eps=1e-6, tap_layer=6, embed_dim=1152, depth=8, codebook_size=16384),
+    "tiny": dict(image_size=56, patch_size=8, hidden_size=64, intermediate_size=128, num_layers=4,
+                 num_heads=4, layer_norm_eps=1e-6, tap_layer=2, embed_dim=32, depth=3, codebook_size=64),
+}
+PREQUANT = "prequant_visual."
+NORM_GROUPS, NORM_EPS = 32, 1e-6
 LAYER_TENSORS = [("layer_norm1.weight", "C"), ("layer_norm1.bias", "C"), ("layer_norm2.weight", "C"),
                  ("layer_norm2.bias", "C"), ("self_attn.q_proj.weight", "CC"), ("self_attn.q_proj.bias", "C"),
                  ("self_attn.k_proj.weight", "CC"), ("self_attn.k_proj.bias", "C"),
@@ -53,6 +73,17 @@ def expected_shapes(cfg):
     for i in range(cfg["tap_layer"]):
         for name, spec in LAYER_TENSORS:
             out["vision_model.encoder.layers.%d.%s" % (i, name)] = tuple(dims[ch] for ch in spec)
+    if cfg.get("kind", "semantic") == "appearance":
+        out.update({PREQUANT + k: v for k, v in prequant_shapes(C, cfg["embed_dim"]).items()})
+    return out
+
+
+def prequant_shapes(cin, cout):
+    """ProjectResnetBlock(cin -> cout) tensors: the 1x1 nin_shortcut exists only when cin != cout."""
+    out = {"norm1.weight": (cin,), "norm1.bias": (cin,), "conv1.weight": (cout, cin, 1, 1), "conv1.bias": (cout,),
+           "norm2.weight": (cout,), "norm2.bias": (cout,), "conv2.weight": (cout, cout, 3, 3), "conv2.bias": (cout,)}
+    if cin != cout:
+        out.update({"nin_shortcut.weight": (cout, cin, 1, 1), "nin_shortcut.bias": (cout,)})
     return out
 
 
@@ -62,6 +93,8 @@ def config_json(cfg, kind="semantic"):
              image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], pad_color=[127, 127, 127])
     c.update({k: cfg[k] for k in ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers",
                                   "num_heads", "layer_norm_eps", "tap_layer", "depth", "codebook_size")})
+    if kind == "appearance":
+        c.update(embed_dim=cfg["embed_dim"], prequant_prefix=PREQUANT, norm_groups=NORM_GROUPS, norm_eps=NORM_EPS)
     return json.dumps(c, sort_keys=True)
 
 
@@ -79,7 +112,8 @@ def assemble(cfg, encoder, codebooks, dtype):
             problems.append("tensor %s has shape %s, expected %s" % (name, list(t.shape), list(shape)))
         else:
             out[name] = t.to(dtype).contiguous()
-    K, C = cfg["codebook_size"], cfg["hidden_size"]
+    K = cfg["codebook_size"]
+    C = cfg["embed_dim"] if cfg.get("kind", "semantic") == "appearance" else cfg["hidden_size"]
     if len(codebooks) != cfg["depth"]:
         problems.append("%d codebooks, the config says depth %d" % (len(codebooks), cfg["depth"]))
     for d, cb in enumerate(codebooks):
@@ -110,7 +144,22 @@ def from_dualtoken(path, cfg):
     sd = ck["state_dict"] if isinstance(ck, dict) and "state_dict" in ck else ck
     sd = strip_prefixes(sd, ["module.", "rqvaesiglip.", "vision_tower."])
     enc = {k[len("siglip_model."):]: v for k, v in sd.items() if k.startswith("siglip_model.vision_model.")}
-    books = [sd.get("quantizer_semantic.codebooks.%d.weight" % d) for d in range(cfg["depth"])]
+    if cfg["kind"] != "appearance":
+        books = [sd.get("quantizer_semantic.codebooks.%d.weight" % d) for d in range(cfg["depth"])]
+        return enc, books
+    # The pixel branch: prequant_visual = ProjectResnetBlock(hidden_size -> embed_dim), then "quantizer".
+    if PREQUANT + "conv_shortcut.weight" in sd:
+        sys.exit("convert_tokenizer: %s has a 3x3 conv_shortcut; only the 1x1 nin_shortcut is supported" % path)
+    conv1 = sd.get(PREQUANT + "conv1.weight")
+    if cfg.get("embed_dim") is None:
+        if conv1 is None:
+            sys.exit("convert_tokenizer: %s has no %sconv1.weight (is it a DualToken checkpoint with the pixel "
+                     "branch?); --embed-dim cannot replace the missing block" % (path, PREQUANT))
+        cfg["embed_dim"] = int(conv1.shape[0])
+    for k, v in sd.items():
+        if k.startswith(PREQUANT):
+            enc[k] = v
+    books = [sd.get("quantizer.codebooks.%d.weight" % d) for d in range(cfg["depth"])]
     return enc, books
 
 
@@ -156,7 +205,14 @@ def random_weights(cfg, seed):
     g = torch.Generator().manual_seed(seed)
     enc = {}
     for name, shape in expected_shapes(cfg).items():
-        if "layer_norm" in name and name.endswith("weight"):
+        if name.startswith(PREQUANT):
+            if ".norm" in name and name.endswith("weight"):
+                t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+            elif len(shape) == 1:
+                t = 0.1 * torch.randn(shape, generator=g)
+            else:
+                t = torch.randn(shape, generator=g) / (shape[1] * shape[2] * shape[3]) ** 0.5
+        elif "layer_norm" in name and name.endswith("weight"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
         elif "position_embedding" in name:
             t = 0.5 * torch.randn(shape, generator=g)
@@ -164,7 +220,8 @@ def random_weights(cfg, seed):
             fan_in = shape[-1] if len(shape) == 2 else (shape[1] * shape[2] * shape[3] if len(shape) == 4 else 1)
             t = torch.randn(shape, generator=g) / (fan_in ** 0.5 if len(shape) > 1 else 10.0)
         enc[name] = t
-    books = [torch.randn((cfg["codebook_size"] + 1, cfg["hidden_size"]), generator=g) for _ in range(cfg["depth"])]
+    C = cfg["embed_dim"] if cfg.get("kind", "semantic") == "appearance" else cfg["hidden_size"]
+    books = [torch.randn((cfg["codebook_size"] + 1, C), generator=g) for _ in range(cfg["depth"])]
     for b in books:
         b[-1] = 0  # the padding row, as nn.Embedding(padding_idx) has it
     return enc, books
@@ -172,7 +229,7 @@ def random_weights(cfg, seed):
 
 def write(out_path, cfg, enc, books, dtype):
     tensors = assemble(cfg, enc, books, dtype)
-    meta = {"asvr_tokenizer": config_json(cfg)}
+    meta = {"asvr_tokenizer": config_json(cfg, cfg.get("kind", "semantic"))}
     tmp = out_path + ".tmp"
     save_file(tensors, tmp, metadata=meta)
     os.replace(tmp, out_path)
@@ -184,7 +241,9 @@ def main():
     ap.add_argument("source", choices=["dualtoken", "hf", "random"])
     ap.add_argument("path", nargs="?")
     ap.add_argument("--codebooks")
+    ap.add_argument("--kind", default="semantic", choices=["semantic", "appearance"])
     ap.add_argument("--preset", default="so400m", choices=sorted(PRESETS))
+    ap.add_argument("--embed-dim", type=int, help="appearance: the projection width (default: from the checkpoint)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tap-layer", type=int)
     ap.add_argument("--depth", type=int)
@@ -192,14 +251,22 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    cfg = dict(PRESETS[a.preset])
-    for k in ("tap_layer", "depth", "codebook_size"):
+    cfg = dict((PRESETS_APPEARANCE if a.kind == "appearance" else PRESETS)[a.preset])
+    cfg["kind"] = a.kind
+    if a.kind == "appearance" and a.source == "dualtoken":
+        cfg["embed_dim"] = None  # read from the checkpoint unless given
+    elif a.kind != "appearance" and a.embed_dim is not None:
+        sys.exit("convert_tokenizer: --embed-dim is for --kind appearance (the semantic codes are hidden_size wide)")
+    for k in ("tap_layer", "depth", "codebook_size", "embed_dim"):
         if getattr(a, k) is not None:
             cfg[k] = getattr(a, k)
     dtype = getattr(torch, a.dtype)
     if a.source == "dualtoken":
         enc, books = from_dualtoken(a.path, cfg)
     elif a.source == "hf":
+        if a.kind == "appearance":
+            sys.exit("convert_tokenizer: an HF SigLIP checkpoint has no projection block; the appearance kind "
+                     "needs a DualToken checkpoint (dualtoken CKPT.pt --kind appearance)")
         if not a.codebooks:
             sys.exit("convert_tokenizer: hf needs --codebooks FILE")
         enc, books = from_hf(a.path, a.codebooks, cfg)

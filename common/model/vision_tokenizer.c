@@ -11,6 +11,7 @@ struct vision_tokenizer {
     vtok_config cfg;
     safetensors *st;
     siglip *enc;
+    proj_block *proj; /* appearance only */
     rvq *q;
     char fingerprint[17];
     char *path;
@@ -20,8 +21,10 @@ struct vtok_work {
     const vision_tokenizer *vt;
     int max_batch;
     siglip_acts *acts;
+    proj_block_acts *pacts; /* appearance only */
     rvq_work *rw;
-    float *feats; /* [max_batch, N, C] */
+    float *feats; /* [max_batch, N, hidden]: tap output */
+    float *qin;   /* [max_batch, N, embed_dim]: projection output (appearance only) */
 };
 
 static int get_int(json_t *o, const char *k, int *v, asvr_error *err) {
@@ -39,6 +42,26 @@ static int get_str(json_t *o, const char *k, char *dst, size_t n, const char *df
     }
     if (!json_is_string(j) || json_string_length(j) >= n) return asvr_err_set(err, "config field \"%s\" must be a short string", k);
     snprintf(dst, n, "%s", json_string_value(j));
+    return 0;
+}
+
+/* An optional integer / number: dflt when the key is absent. */
+static int get_int_opt(json_t *o, const char *k, int dflt, int *v, asvr_error *err) {
+    if (!json_object_get(o, k)) {
+        *v = dflt;
+        return 0;
+    }
+    return get_int(o, k, v, err);
+}
+
+static int get_num_opt(json_t *o, const char *k, double dflt, double *v, asvr_error *err) {
+    json_t *j = json_object_get(o, k);
+    if (!j) {
+        *v = dflt;
+        return 0;
+    }
+    if (!json_is_number(j)) return asvr_err_set(err, "config field \"%s\" must be a number", k);
+    *v = json_number_value(j);
     return 0;
 }
 
@@ -108,8 +131,28 @@ int vtok_config_parse(const char *text, vtok_config *c, asvr_error *err) {
         }
         c->pad[i] = (uint8_t)pad[i];
     }
-    if (strcmp(c->kind, "semantic") != 0) {
-        asvr_err_set(err, "tokenizer kind '%s' is not supported by this build (semantic only)", c->kind);
+    if (strcmp(c->kind, "semantic") == 0) {
+        c->kind_id = VTOK_SEMANTIC;
+        c->embed_dim = c->enc.hidden;
+    } else if (strcmp(c->kind, "appearance") == 0) {
+        double neps = 1e-6;
+        c->kind_id = VTOK_APPEARANCE;
+        if (get_int(o, "embed_dim", &c->embed_dim, err) < 0 ||
+            get_str(o, "prequant_prefix", c->prequant_prefix, sizeof c->prequant_prefix, "prequant_visual.", err) < 0 ||
+            get_int_opt(o, "norm_groups", 32, &c->norm_groups, err) < 0 || get_num_opt(o, "norm_eps", 1e-6, &neps, err) < 0)
+            goto out;
+        c->norm_eps = (float)neps;
+        if (c->norm_groups < 1 || c->embed_dim < 1 || c->enc.hidden % c->norm_groups || c->embed_dim % c->norm_groups) {
+            asvr_err_set(err, "appearance config: hidden_size %d and embed_dim %d must be positive multiples of "
+                         "norm_groups %d", c->enc.hidden, c->embed_dim, c->norm_groups);
+            goto out;
+        }
+        if (!(c->norm_eps > 0.0f)) {
+            asvr_err_set(err, "appearance config: norm_eps %g must be > 0", neps);
+            goto out;
+        }
+    } else {
+        asvr_err_set(err, "tokenizer kind '%s' is not supported (semantic, appearance)", c->kind);
         goto out;
     }
     if (c->depth < 1 || c->depth > 255 || c->codebook_size < 1 || c->codebook_size > 65536) {
@@ -170,8 +213,12 @@ int vision_tokenizer_load(const char *path, vision_tokenizer **out, asvr_error *
         asvr_err_prefix(err, "'%s'", path);
         goto fail;
     }
-    if (siglip_load(&vt->cfg.enc, vt->st, vt->cfg.encoder_prefix, &vt->enc, err) < 0 ||
-        rvq_load(vt->st, vt->cfg.codebook_prefix, vt->cfg.depth, vt->cfg.codebook_size, vt->cfg.enc.hidden, &vt->q, err) < 0) {
+    const vtok_config *c = &vt->cfg;
+    if (siglip_load(&c->enc, vt->st, c->encoder_prefix, &vt->enc, err) < 0 ||
+        (c->kind_id == VTOK_APPEARANCE &&
+         proj_block_load(vt->st, c->prequant_prefix, c->enc.hidden, c->embed_dim, c->norm_groups, c->norm_eps,
+                         &vt->proj, err) < 0) ||
+        rvq_load(vt->st, c->codebook_prefix, c->depth, c->codebook_size, c->embed_dim, &vt->q, err) < 0) {
         asvr_err_prefix(err, "tokenizer '%s'", path);
         goto fail;
     }
@@ -186,6 +233,7 @@ fail:
 void vision_tokenizer_free(vision_tokenizer *vt) {
     if (!vt) return;
     siglip_free(vt->enc);
+    proj_block_free(vt->proj);
     rvq_free(vt->q);
     safetensors_close(vt->st);
     free(vt->path);
@@ -195,15 +243,21 @@ void vision_tokenizer_free(vision_tokenizer *vt) {
 const vtok_config *vision_tokenizer_config(const vision_tokenizer *vt) { return &vt->cfg; }
 const char *vision_tokenizer_fingerprint(const vision_tokenizer *vt) { return vt->fingerprint; }
 int vision_tokenizer_positions(const vision_tokenizer *vt) { return siglip_num_patches(&vt->cfg.enc); }
+int vision_tokenizer_code_dim(const vision_tokenizer *vt) { return vt->cfg.embed_dim; }
 
 void vision_tokenizer_print(const vision_tokenizer *vt, FILE *f) {
     const vtok_config *c = &vt->cfg;
     fprintf(f, "tokenizer %s (%s, fingerprint %s): SigLIP %dpx/%d, %d wide, MLP %d, %d heads, tap layer %d of %d; "
                "RVQ %d x %d x %d; %d positions\n",
             vt->path, c->kind, vt->fingerprint, c->enc.image_size, c->enc.patch_size, c->enc.hidden,
-            c->enc.intermediate, c->enc.heads, c->enc.tap, c->enc.layers, c->depth, c->codebook_size, c->enc.hidden,
+            c->enc.intermediate, c->enc.heads, c->enc.tap, c->enc.layers, c->depth, c->codebook_size, c->embed_dim,
             vision_tokenizer_positions(vt));
+    if (vt->proj)
+        fprintf(f, "  projection block '%s': GroupNorm(%d, eps %g) SiLU conv1x1 %d -> %d, GroupNorm SiLU conv3x3, "
+                   "shortcut %s\n", c->prequant_prefix, c->norm_groups, (double)c->norm_eps, c->enc.hidden,
+                c->embed_dim, c->enc.hidden != c->embed_dim ? "nin_shortcut (1x1)" : "identity");
     siglip_print_plan(vt->enc, f);
+    if (vt->proj) proj_block_print_plan(vt->proj, f);
     rvq_print_plan(vt->q, f);
 }
 
@@ -215,18 +269,28 @@ vtok_work *vtok_work_new(const vision_tokenizer *vt, int max_batch) {
     int64_t rows = (int64_t)max_batch * vision_tokenizer_positions(vt);
     w->rw = rvq_work_new(vt->q, rows);
     w->feats = asvr_malloc(sizeof(float) * (size_t)rows * (size_t)vt->cfg.enc.hidden, "tap-layer features");
+    if (vt->proj) {
+        int g = vt->cfg.enc.image_size / vt->cfg.enc.patch_size;
+        w->pacts = proj_block_acts_new(vt->proj, max_batch, g, g);
+        w->qin = asvr_malloc(sizeof(float) * (size_t)rows * (size_t)vt->cfg.embed_dim, "projection block output");
+    }
     return w;
 }
 
 void vtok_work_free(vtok_work *w) {
     if (!w) return;
     siglip_acts_free(w->acts);
+    proj_block_acts_free(w->pacts);
     rvq_work_free(w->rw);
     free(w->feats);
+    free(w->qin);
     free(w);
 }
 
-void vtok_work_print_plan(const vtok_work *w, FILE *f) { siglip_acts_print_plan(w->acts, f); }
+void vtok_work_print_plan(const vtok_work *w, FILE *f) {
+    siglip_acts_print_plan(w->acts, f);
+    if (w->pacts) proj_block_acts_print_plan(w->pacts, f);
+}
 
 static void run_features(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *feats) {
     const vtok_config *c = &vt->cfg;
@@ -241,10 +305,30 @@ void vision_tokenizer_features(const vision_tokenizer *vt, vtok_work *w, int B, 
     run_features(vt, w, B, images, feats);
 }
 
-void vision_tokenizer_encode(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, uint16_t *codes) {
+/* The RVQ input: the tap features themselves (semantic, into w->feats) or the projection of them
+ * (appearance, into w->qin, or into out when given). */
+static float *run_quant_input(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *out) {
+    if (!vt->proj) {
+        run_features(vt, w, B, images, out ? out : w->feats);
+        return out ? out : w->feats;
+    }
     run_features(vt, w, B, images, w->feats);
-    int64_t N = vision_tokenizer_positions(vt), C = vt->cfg.enc.hidden;
-    tensor x = tensor_make("features", NN_F32, NN_CPU, 3, (int64_t[]){B, N, C}, w->feats);
+    int64_t N = vision_tokenizer_positions(vt);
+    float *dst = out ? out : w->qin;
+    tensor x = tensor_make("tap features", NN_F32, NN_CPU, 3, (int64_t[]){B, N, vt->cfg.enc.hidden}, w->feats);
+    tensor y = tensor_make("projected features", NN_F32, NN_CPU, 3, (int64_t[]){B, N, vt->cfg.embed_dim}, dst);
+    proj_block_forward(vt->proj, w->pacts, &x, &y);
+    return dst;
+}
+
+void vision_tokenizer_quant_input(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *out) {
+    run_quant_input(vt, w, B, images, out);
+}
+
+void vision_tokenizer_encode(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, uint16_t *codes) {
+    float *q = run_quant_input(vt, w, B, images, NULL);
+    int64_t N = vision_tokenizer_positions(vt), C = vt->cfg.embed_dim;
+    tensor x = tensor_make("features", NN_F32, NN_CPU, 3, (int64_t[]){B, N, C}, q);
     tensor cd = tensor_make("codes", NN_U16, NN_CPU, 3, (int64_t[]){B, N, vt->cfg.depth}, codes);
     rvq_encode(vt->q, w->rw, &x, &cd);
 }

@@ -12,10 +12,16 @@
  * a tiny test model another. The fingerprint (xxh64 over the config text and every tensor's name,
  * dtype, shape and bytes) names the tokenizer in the stores it makes. tools/convert_tokenizer.py
  * writes such files from a DualToken checkpoint or an HF SigLIP checkpoint plus codebooks.
- * Forward (semantic kind): patch + position embedding, encoder layers 1..tap, greedy RVQ on the raw
- * tap output; codes [B, N, D] in raster order.
- * Not for: the appearance tokenizer (layer-6 ResNet projection; not supported yet: refused on load),
- * image decoding (io/image.h), or training.
+ * Two kinds:
+ *   "semantic": patch + position embedding, encoder layers 1..tap, greedy RVQ on the raw tap output
+ *     (codebooks K × hidden_size). DualToken/ASVR: tap 26.
+ *   "appearance": encoder layers 1..tap, then the tap output as a (S/p) × (S/p) grid through the
+ *     ResNet projection block of model/proj_block.h (hidden_size -> embed_dim), then greedy RVQ on
+ *     that (codebooks K × embed_dim). DualToken: tap 6, block "prequant_visual.", RVQ "quantizer.".
+ *     Extra config keys: "embed_dim" (required), "prequant_prefix" (default "prequant_visual."),
+ *     "norm_groups" (default 32), "norm_eps" (default 1e-6).
+ * Codes are [B, N, D] in raster order for both.
+ * Not for: image decoding (io/image.h), decoding codes back to pixels, or training.
  */
 #ifndef ASVR_MODEL_VISION_TOKENIZER_H
 #define ASVR_MODEL_VISION_TOKENIZER_H
@@ -24,6 +30,7 @@
 #include <stdio.h>
 
 #include "base/error.h"
+#include "model/proj_block.h"
 #include "model/rvq.h"
 #include "model/siglip.h"
 
@@ -33,11 +40,19 @@ extern "C" {
 
 #define VTOK_META_KEY "asvr_tokenizer"
 
+typedef enum { VTOK_SEMANTIC, VTOK_APPEARANCE } vtok_kind;
+
 typedef struct vtok_config {
     char kind[16];
+    vtok_kind kind_id;
     siglip_config enc;
     char encoder_prefix[64], codebook_prefix[64];
     int depth, codebook_size;
+    /* appearance only (semantic: embed_dim = hidden, the rest unused) */
+    int embed_dim;           /* the projection block's output width = the codebooks' width */
+    char prequant_prefix[64];
+    int norm_groups;
+    float norm_eps;
     float mean[3], std[3];
     uint8_t pad[3];
 } vtok_config;
@@ -52,6 +67,7 @@ void vision_tokenizer_free(vision_tokenizer *vt);
 const vtok_config *vision_tokenizer_config(const vision_tokenizer *vt);
 const char *vision_tokenizer_fingerprint(const vision_tokenizer *vt); /* 16 hex digits */
 int vision_tokenizer_positions(const vision_tokenizer *vt);           /* (S/p)^2 */
+int vision_tokenizer_code_dim(const vision_tokenizer *vt);            /* codebook width */
 /* Fingerprint of a tokenizer file without loading the model (same value as after a load). */
 int vision_tokenizer_fingerprint_file(const char *path, char out[17], asvr_error *err);
 void vision_tokenizer_print(const vision_tokenizer *vt, FILE *f); /* config and memory plan */
@@ -63,8 +79,11 @@ void vtok_work_free(vtok_work *w);
 void vtok_work_print_plan(const vtok_work *w, FILE *f);
 /* images: B normalised CHW images (B*3*S*S floats); codes: B*N*D uint16. */
 void vision_tokenizer_encode(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, uint16_t *codes);
-/* Tap-layer features for B images into feats (B*N*C floats) — for parity checks. */
+/* Tap-layer features for B images into feats (B*N*hidden floats) — for parity checks. */
 void vision_tokenizer_features(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *feats);
+/* What the RVQ quantises, into out (B*N*code_dim floats): the tap features (semantic) or the
+ * projection block's output (appearance) — for parity checks. */
+void vision_tokenizer_quant_input(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *out);
 
 #ifdef __cplusplus
 }

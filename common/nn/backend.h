@@ -55,6 +55,11 @@ void cpu_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float
                float eps, float weight_decay, int64_t step);
 void cpu_grad_sqnorm(double *acc, const tensor *g);
 void cpu_scale(tensor *t, float s);
+/* Convolutional-block ops: CPU only so far. */
+void cpu_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, int groups, float eps);
+void cpu_silu(tensor *y, const tensor *x);
+void cpu_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b, int H, int W,
+                     tensor *cols);
 #ifdef ASVR_HAVE_CUDA
 NN_BACKEND_DECLARE(cuda)
 #endif

@@ -545,3 +545,62 @@ void op_scale(tensor *t, float s) {
     need_float("op_scale", t);
     cpu_scale(t, s);
 }
+
+/* ---- convolutional blocks (CPU only so far) ---------------------------------------------------- */
+
+void op_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, int groups, float eps) {
+    const char *op = "op_groupnorm";
+    const tensor *ts[] = {y, x, w, b};
+    nn_device dev = same_device(op, 4, ts);
+    cpu_only(op, dev);
+    for (int i = 0; i < 4; i++) need_float(op, ts[i]);
+    char s1[96], s2[96];
+    need(x->ndim == 3, op, "x '%s' must be [B, H*W, C], is %s", x->name, shp(x, s1));
+    need(tensor_same_shape(y, x), op, "y '%s' %s != x %s", y->name, shp(y, s1), shp(x, s2));
+    int64_t C = x->shape[2];
+    need(groups > 0 && C % groups == 0, op, "%lld channels of '%s' are not a multiple of %d groups",
+         (long long)C, x->name, groups);
+    need(w != NULL && b != NULL, op, "weight and bias are required");
+    need_numel(op, w, C);
+    need_numel(op, b, C);
+    need(eps > 0.0f, op, "eps %g must be > 0", (double)eps);
+    cpu_groupnorm(y, x, w, b, groups, eps);
+}
+
+void op_silu(tensor *y, const tensor *x) {
+    const char *op = "op_silu";
+    const tensor *ts[] = {y, x};
+    nn_device dev = same_device(op, 2, ts);
+    cpu_only(op, dev);
+    need_float(op, y);
+    need_float(op, x);
+    need_numel(op, y, tensor_numel(x));
+    cpu_silu(y, x);
+}
+
+void op_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b, int H, int W,
+                    tensor *cols) {
+    const char *op = "op_conv2d_same";
+    const tensor *ts[] = {y, x, w, b, cols};
+    nn_device dev = same_device(op, 5, ts);
+    cpu_only(op, dev);
+    for (int i = 0; i < 5; i++) need_float(op, ts[i]);
+    char s1[96], s2[96];
+    need(H > 0 && W > 0, op, "grid %d x %d", H, W);
+    need(x->ndim == 3 && x->shape[1] == (int64_t)H * W, op, "x '%s' must be [B, %d*%d, Cin], is %s",
+         x->name, H, W, shp(x, s1));
+    need(w->ndim == 4 && w->shape[2] == w->shape[3] && w->shape[2] % 2 == 1, op,
+         "weight '%s' must be [Cout, Cin, k, k] with k odd, is %s", w->name, shp(w, s1));
+    int64_t B = x->shape[0], Cin = x->shape[2], Cout = w->shape[0], k = w->shape[2];
+    need(w->shape[1] == Cin, op, "weight '%s' %s does not fit x '%s' %s (Cin %lld)", w->name, shp(w, s1),
+         x->name, shp(x, s2), (long long)Cin);
+    need(y->ndim == 3 && y->shape[0] == B && y->shape[1] == (int64_t)H * W && y->shape[2] == Cout, op,
+         "y '%s' %s, want [%lld, %d, %lld]", y->name, shp(y, s1), (long long)B, H * W, (long long)Cout);
+    need_numel(op, b, Cout);
+    need(cols != NULL && tensor_numel(cols) >= (int64_t)H * W * Cin * k * k, op,
+         "cols scratch has %lld elements, want at least %lld", cols ? (long long)tensor_numel(cols) : 0LL,
+         (long long)H * W * Cin * k * k);
+    need(y->data != x->data && cols->data != x->data && cols->data != y->data, op,
+         "y '%s', x and cols must not alias", y->name);
+    cpu_conv2d_same(y, x, w, b, H, W, cols);
+}

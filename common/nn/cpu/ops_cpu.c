@@ -461,3 +461,67 @@ void cpu_scale(tensor *t, float s) {
     float *pt = F(t);
     for (int64_t i = 0; i < n; i++) pt[i] *= s;
 }
+
+/* ---- convolutional blocks ---------------------------------------------------------------------- */
+
+void cpu_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, int groups, float eps) {
+    int64_t B = x->shape[0], P = x->shape[1], C = x->shape[2], cg = C / groups;
+    const float *px = F(x), *pw = F(w), *pb = F(b);
+    float *py = F(y);
+    for (int64_t bi = 0; bi < B; bi++) {
+        const float *xb = px + bi * P * C;
+        float *yb = py + bi * P * C;
+        for (int64_t g = 0; g < groups; g++) {
+            int64_t c0 = g * cg;
+            double s = 0.0;
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t c = c0; c < c0 + cg; c++) s += xb[p * C + c];
+            double mean = s / (double)(P * cg), v = 0.0;
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t c = c0; c < c0 + cg; c++) {
+                    double d = xb[p * C + c] - mean;
+                    v += d * d;
+                }
+            float m = (float)mean, r = (float)(1.0 / sqrt(v / (double)(P * cg) + (double)eps));
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t c = c0; c < c0 + cg; c++) yb[p * C + c] = (xb[p * C + c] - m) * r * pw[c] + pb[c];
+        }
+    }
+}
+
+void cpu_silu(tensor *y, const tensor *x) {
+    const float *px = F(x);
+    float *py = F(y);
+    int64_t n = tensor_numel(x);
+    for (int64_t i = 0; i < n; i++) py[i] = px[i] / (1.0f + expf(-px[i]));
+}
+
+void cpu_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b, int H, int W,
+                     tensor *cols) {
+    int64_t B = x->shape[0], Cin = x->shape[2], Cout = w->shape[0], k = w->shape[2], r = k / 2;
+    int64_t P = (int64_t)H * W, KK = Cin * k * k;
+    float *pc = F(cols);
+    for (int64_t bi = 0; bi < B; bi++) {
+        const float *xb = F(x) + bi * P * Cin;
+        /* cols[p, c*k*k + i*k + j] = x[(h+i-r)*W + (w+j-r), c], 0 outside: the row order of w's
+         * [Cout, Cin*k*k] flattening. */
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t ww = 0; ww < W; ww++) {
+                float *row = pc + (h * W + ww) * KK;
+                for (int64_t i = 0; i < k; i++) {
+                    int64_t hh = h + i - r;
+                    for (int64_t j = 0; j < k; j++) {
+                        int64_t wx = ww + j - r;
+                        float *dst = row + i * k + j;
+                        if (hh < 0 || hh >= H || wx < 0 || wx >= W) {
+                            for (int64_t c = 0; c < Cin; c++) dst[c * k * k] = 0.0f;
+                        } else {
+                            const float *src = xb + (hh * W + wx) * Cin;
+                            for (int64_t c = 0; c < Cin; c++) dst[c * k * k] = src[c];
+                        }
+                    }
+                }
+            }
+        gemm_xwt(F(y) + bi * P * Cout, pc, F(w), F(b), P, Cout, KK);
+    }
+}
