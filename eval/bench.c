@@ -542,7 +542,7 @@ static void score_mmbench(bench_set *s, json_t *out) {
                 cg = asvr_realloc(cg, (size_t)catnames.n * sizeof *cg, "category groups");
                 memset(&cg[k], 0, sizeof cg[k]);
             }
-                group_add(&cg[k], key, ok);
+            group_add(&cg[k], key, ok);
         }
     }
     int ng;

@@ -29,6 +29,7 @@ static void u_free(ustr *u) {
     u->n = u->cap = 0;
 }
 static void u_append(ustr *u, const uint32_t *c, size_t n) {
+    if (n == 0) return;
     for (size_t i = 0; i < n; i++) u_push(u, c[i]);
 }
 
@@ -175,6 +176,8 @@ static int is_cased(uint32_t c) {
 
 static ustr u_lower(const ustr *s) {
     ustr o = {0};
+    u_push(&o, 0); /* every live ustr owns a buffer, so c + offset is always defined */
+    o.n = 0;
     for (size_t i = 0; i < s->n; i++) {
         uint32_t c = s->c[i];
         if (c == 0x130) {
@@ -222,6 +225,7 @@ static void u_rstrip_set(ustr *s, const char *chars) {
 static void u_lstrip_set(ustr *s, const char *chars) {
     size_t k = 0;
     while (k < s->n && in_set(s->c[k], chars)) k++;
+    if (k == 0) return;
     memmove(s->c, s->c + k, (s->n - k) * sizeof *s->c);
     s->n -= k;
 }
