@@ -66,7 +66,10 @@ int cmd_score(int argc, char **argv) {
         free(dir);
     }
     if (rc == ASVR_EXIT_OK) {
-        fputs(text, stdout);
+        if (fputs(text, stdout) < 0 || fflush(stdout) != 0) {
+            LOG_ERROR("writing the scores to stdout failed");
+            rc = ASVR_EXIT_FAIL;
+        }
         json_t *rep = json_object_get(scores, "reported");
         LOG_INFO("%s: %zu questions, %zu answered; %s = %.4f", b->name, s.n, s.answered,
                  json_string_value(json_object_get(rep, "metric")), json_number_value(json_object_get(rep, "value")));
