@@ -37,6 +37,8 @@ before=$(stat -c %Y.%i "$TMP/a/manifest.json" "$TMP/a/pt.json" | tr '\n' ' ')
 check '[ $? -eq 0 ] && grep -q "nothing to do" "$TMP/noop.err" && [ "$(stat -c %Y.%i "$TMP/a/manifest.json" "$TMP/a/pt.json" | tr "\n" " ")" = "$before" ]' "rerun of the same request is a no-op"
 "$BIN/asvr-demo-gen" --train 61 --eval 20 --seed 7 $Q --out "$TMP/b"
 check '[ $? -eq 0 ] && grep -q "\"train\": 61" "$TMP/b/manifest.json" && [ "$(grep -c "\"id\":\"pt-" "$TMP/b/pt.json")" = 61 ]' "another request regenerates"
+"$BIN/asvr-demo-gen" --train 10 --eval 3 --seed 9 $Q --out "$TMP/b"
+check '[ $? -eq 0 ] && [ "$(find "$TMP/b/images" -type f | wc -l)" = 13 ]' "a smaller request leaves no stale images"
 "$BIN/asvr-demo-gen" --train 5 2> /dev/null; check '[ $? -eq 2 ]' "missing --out: usage error"
 "$BIN/asvr-demo-gen" --out "$TMP/d" --size 64y64 2> /dev/null; check '[ $? -eq 2 ] && [ ! -e "$TMP/d" ]' "bad --size: usage error, nothing written"
 "$BIN/asvr-demo-gen" --out "$TMP/d" --train 4 --eval 2 --size 48,100x40 $Q

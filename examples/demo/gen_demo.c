@@ -17,6 +17,7 @@
  * rerun with the same request on a finished DIR does nothing. Drawing is integer-only (4x4
  * supersampled coverage), so the pixels do not depend on the compiler's floating point.
  */
+#include <dirent.h>
 #include <jansson.h>
 #include <png.h>
 #include <stdint.h>
@@ -510,6 +511,26 @@ static int parse_sizes(const char *s, img_size *out, int max) {
     return n;
 }
 
+/* Removes the files a previous run of another request left in dir (names NNNNNN.jpg / NNNNNN.png
+ * only), so the folder holds exactly the images its JSON files name. A missing dir is fine. */
+static void remove_old_images(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    int64_t removed = 0;
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        size_t k = strspn(n, "0123456789");
+        if (k != 6 || (strcmp(n + k, ".jpg") != 0 && strcmp(n + k, ".png") != 0)) continue;
+        char *path = asvr_path_join(dir, n);
+        CHECK_SYS(remove(path), "removing the old image '%s'", path);
+        free(path);
+        removed++;
+    }
+    CHECK_SYS(closedir(d), "closing '%s'", dir);
+    if (removed) LOG_INFO("removed %lld images of an earlier request from '%s'", (long long)removed, dir);
+}
+
 static void image_key(char *buf, size_t n, const char *split, int64_t i, int jpeg) {
     snprintf(buf, n, "%s/%06lld.%s", split, (long long)i, jpeg ? "jpg" : "png");
 }
@@ -605,6 +626,8 @@ int main(int argc, char **argv) {
     }
     char *img_root = asvr_path_join(out, "images");
     char *train_dir = asvr_path_join(img_root, "train"), *eval_dir = asvr_path_join(img_root, "eval");
+    remove_old_images(train_dir);
+    remove_old_images(eval_dir);
     if (asvr_mkdir_p(train_dir, &err) < 0 || asvr_mkdir_p(eval_dir, &err) < 0)
         ASVR_FATAL("check the --out path", "%s", err.msg);
     tjhandle tj = tjInitCompress();
