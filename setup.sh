@@ -2,6 +2,7 @@
 # setup.sh — installs what asvr needs (Debian packages, as root), builds it, and optionally tests it.
 #
 #   ./setup.sh            install missing packages, build into build/ (release + CUDA when nvcc is found)
+#   ./setup.sh demo       build, then run the embedded demo end to end (examples/demo/run.sh, into demo-run/)
 #   ./setup.sh test       the full test suite: -Werror build + ctest, then ASan+UBSan build + ctest,
 #                         then the libFuzzer harnesses (clang) for a short fixed time
 #
@@ -51,6 +52,10 @@ case "$MODE" in
     build "$ROOT/build" -DCMAKE_BUILD_TYPE=Release
     echo "setup: built into build/ (tools in build/bin)" >&2
     ;;
+  demo)
+    build "$ROOT/build" -DCMAKE_BUILD_TYPE=Release
+    exec "$ROOT/examples/demo/run.sh" "$ROOT/build" "${2:-$ROOT/demo-run}"
+    ;;
   test)
     echo "== build (-Werror, CUDA compiled when nvcc is present) ==" >&2
     build "$ROOT/build-ci" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DASVR_WERROR=ON
@@ -64,7 +69,7 @@ case "$MODE" in
     run_ctest "$ROOT/build-fuzz" -R '^fuzz_'
     ;;
   *)
-    echo "usage: ./setup.sh [build|test]" >&2
+    echo "usage: ./setup.sh [build|test|demo]" >&2
     exit 2
     ;;
 esac

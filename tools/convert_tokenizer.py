@@ -44,6 +44,10 @@ PRESETS = {
                    num_heads=16, layer_norm_eps=1e-6, tap_layer=26, depth=8, codebook_size=16384),
     "tiny": dict(image_size=46, patch_size=14, hidden_size=48, intermediate_size=96, num_layers=4,
                  num_heads=4, layer_norm_eps=1e-6, tap_layer=3, depth=3, codebook_size=64),
+    # the embedded demo's encoder: 56 px, 4 x 4 patches, tapped after its first layer so that a random
+    # encoder still passes colour and layout through (used with --position-std 0.05)
+    "demo": dict(image_size=56, patch_size=14, hidden_size=48, intermediate_size=96, num_layers=2,
+                 num_heads=4, layer_norm_eps=1e-6, tap_layer=1, depth=4, codebook_size=64),
 }
 # The appearance kind: the same encoder tapped shallow, a projection block, its own RVQ. The tiny one
 # is 64 wide (GroupNorm(32) needs widths divisible by 32) on a 7 x 7 grid, projecting to 32.
@@ -201,7 +205,7 @@ def from_hf(path, codebooks, cfg):
     return enc, books
 
 
-def random_weights(cfg, seed):
+def random_weights(cfg, seed, position_std=0.5):
     g = torch.Generator().manual_seed(seed)
     enc = {}
     for name, shape in expected_shapes(cfg).items():
@@ -215,7 +219,7 @@ def random_weights(cfg, seed):
         elif "layer_norm" in name and name.endswith("weight"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
         elif "position_embedding" in name:
-            t = 0.5 * torch.randn(shape, generator=g)
+            t = position_std * torch.randn(shape, generator=g)
         else:
             fan_in = shape[-1] if len(shape) == 2 else (shape[1] * shape[2] * shape[3] if len(shape) == 4 else 1)
             t = torch.randn(shape, generator=g) / (fan_in ** 0.5 if len(shape) > 1 else 10.0)
@@ -245,6 +249,7 @@ def main():
     ap.add_argument("--preset", default="so400m", choices=sorted(PRESETS))
     ap.add_argument("--embed-dim", type=int, help="appearance: the projection width (default: from the checkpoint)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--position-std", type=float, default=0.5, help="random: std of the position embeddings")
     ap.add_argument("--tap-layer", type=int)
     ap.add_argument("--depth", type=int)
     ap.add_argument("--codebook-size", type=int)
@@ -271,7 +276,7 @@ def main():
             sys.exit("convert_tokenizer: hf needs --codebooks FILE")
         enc, books = from_hf(a.path, a.codebooks, cfg)
     else:
-        enc, books = random_weights(cfg, a.seed)
+        enc, books = random_weights(cfg, a.seed, a.position_std)
     tensors = write(a.out, cfg, enc, books, dtype)
     print("wrote %s: %d tensors, %.1f MB" % (a.out, len(tensors), sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6))
 
