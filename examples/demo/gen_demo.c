@@ -124,14 +124,16 @@ static int overlaps(const shape *a, const shape *b) {
     return dx * dx + dy * dy < m * m;
 }
 
-static void scene_make(rng *r, const img_size *sizes, int nsizes, scene *sc) {
+static void scene_make(rng *r, const img_size *sizes, int nsizes, int max_shapes, scene *sc) {
     memset(sc, 0, sizeof *sc);
     const img_size *z = &sizes[rng_below(r, nsizes)];
     sc->w = z->w;
     sc->h = z->h;
     int m = sc->w < sc->h ? sc->w : sc->h;
-    int rmin = m / 10 > 4 ? m / 10 : 4, rmax = m * 22 / 100 > rmin ? m * 22 / 100 : rmin;
-    int want = rng_range(r, 1, MAX_SHAPES);
+    /* one shape per image draws it larger (a fifth to a third of the short side as radius) */
+    int lo = max_shapes == 1 ? 20 : 10, hi = max_shapes == 1 ? 33 : 22;
+    int rmin = m * lo / 100 > 4 ? m * lo / 100 : 4, rmax = m * hi / 100 > rmin ? m * hi / 100 : rmin;
+    int want = rng_range(r, 1, max_shapes);
     for (int attempt = 0; attempt < 400 && sc->n < want; attempt++) {
         shape s;
         s.kind = rng_below(r, N_SHAPE_KINDS);
@@ -566,7 +568,7 @@ static size_t write_image(const char *img_root, const char *key, const scene *sc
 
 int main(int argc, char **argv) {
     const char *out = NULL, *sizes_s = "64x64,96x64,64x96,80x80";
-    int64_t seed = 0, n_train = 1500, n_eval = 100, text_pct = 5;
+    int64_t seed = 0, n_train = 1500, n_eval = 100, text_pct = 5, max_shapes = MAX_SHAPES;
     const asvr_opt opts[] = {
         {"out", ASVR_OPT_STR, &out, "DIR", "output folder (created); required"},
         {"seed", ASVR_OPT_INT, &seed, "N", "seed of everything drawn (default 0); the same seed gives byte-identical files"},
@@ -574,6 +576,7 @@ int main(int argc, char **argv) {
         {"eval", ASVR_OPT_INT, &n_eval, "N", "held-out images, three eval questions each: yes/no, multiple choice, short (default 100)"},
         {"size", ASVR_OPT_STR, &sizes_s, "WxH,...", "image sizes drawn from (default 64x64,96x64,64x96,80x80; S means SxS)"},
         {"text-only", ASVR_OPT_INT, &text_pct, "PCT", "text-only it samples, percent of the training images (default 5)"},
+        {"max-shapes", ASVR_OPT_INT, &max_shapes, "N", "shapes per image, 1..3 (default 3); with 1 they are drawn larger"},
     };
     const asvr_cli cli = {
         "asvr-demo-gen",
@@ -594,6 +597,7 @@ int main(int argc, char **argv) {
     if (n_train < 1 || n_train > 1000000) asvr_cli_usage_error(&cli, "--train must be in 1..1000000");
     if (n_eval < 1 || n_eval > 1000000) asvr_cli_usage_error(&cli, "--eval must be in 1..1000000");
     if (text_pct < 0 || text_pct > 100) asvr_cli_usage_error(&cli, "--text-only must be in 0..100");
+    if (max_shapes < 1 || max_shapes > MAX_SHAPES) asvr_cli_usage_error(&cli, "--max-shapes must be in 1..%d", MAX_SHAPES);
     img_size sizes[MAX_SIZES];
     int nsizes = parse_sizes(sizes_s, sizes, MAX_SIZES);
     if (nsizes <= 0) asvr_cli_usage_error(&cli, "--size expects WxH[,WxH...] (16..4096 each, at most %d sizes)", MAX_SIZES);
@@ -602,6 +606,7 @@ int main(int argc, char **argv) {
     json_t *request = json_pack("{s:i, s:I, s:I, s:I, s:I, s:[]}", "format_version", GEN_FORMAT_VERSION, "seed",
                                 (json_int_t)seed, "train", (json_int_t)n_train, "eval", (json_int_t)n_eval, "text_only_percent",
                                 (json_int_t)text_pct, "sizes");
+    if (max_shapes != MAX_SHAPES) json_object_set_new(request, "max_shapes", json_integer(max_shapes)); /* older requests stay equal */
     CHECK(request != NULL, "", "building the request record");
     for (int i = 0; i < nsizes; i++) {
         char s[32];
@@ -651,7 +656,7 @@ int main(int argc, char **argv) {
         rng r;
         rng_seed(&r, (uint64_t)seed, 1, (uint64_t)i);
         scene sc;
-        scene_make(&r, sizes, nsizes, &sc);
+        scene_make(&r, sizes, nsizes, (int)max_shapes, &sc);
         shapes_hist[sc.n]++;
         int jpeg = rng_below(&r, 2);
         char key[64], id[64], text[512];
@@ -734,7 +739,7 @@ int main(int argc, char **argv) {
         rng r;
         rng_seed(&r, (uint64_t)seed, 4, (uint64_t)i);
         scene sc;
-        scene_make(&r, sizes, nsizes, &sc);
+        scene_make(&r, sizes, nsizes, (int)max_shapes, &sc);
         int jpeg = rng_below(&r, 2);
         char key[64];
         image_key(key, sizeof key, "eval", i, jpeg);

@@ -18,7 +18,7 @@ T0=$(date +%s)
 say() { printf '\n== %s (%ds)\n' "$*" $(( $(date +%s) - T0 )) >&2; }
 
 say "generate the data"
-"$BIN/asvr-demo-gen" --out "$W/data" --seed 0
+"$BIN/asvr-demo-gen" --out "$W/data" --seed 0 --max-shapes 1 --eval 40
 IMG="$W/data/images"
 
 say "visual codes: squash for stage pt, pad for stage it"
@@ -37,17 +37,17 @@ done
 COMMON=(--config "$CFG" --image-root "$IMG" --vision "$TOK" --codebooks "$TOK" --rows 4 --accum 1 --log-level warn)
 for run in baseline asvr; do
   loss=semantic; [ "$run" = baseline ] && loss=none
-  say "train $run: stage pt (projector${run/baseline/}${run/asvr/ + visual head})"
+  say "train $run: stage pt"
   "$BIN/asvr-train" train "${COMMON[@]}" --stage pt --visual-loss "$loss" --packed "$W/pt.pack" --codes "$W/codes-pt.lmdb" \
       --epochs 1 --lr 1e-3 --out "$W/$run/pt"
   ptck=$(ls -d "$W/$run/pt"/step-* | tail -1)
   say "train $run: stage it (everything but the tower), from $(basename "$ptck")"
   "$BIN/asvr-train" train "${COMMON[@]}" --stage it --visual-loss "$loss" --packed "$W/it.pack" --codes "$W/codes-it.lmdb" \
-      --init "$ptck/model.safetensors" --epochs 2 --lr 2e-3 --out "$W/$run/it"
+      --init "$ptck/model.safetensors" --epochs 6 --lr 2e-3 --out "$W/$run/it"
   say "eval $run on the held-out questions"
   for b in demo_yesno demo_mc demo_short; do
     "$BIN/asvr-eval" run --checkpoint "$W/$run/it" --vision "$TOK" --tokenizer "$SP" --bench "$b" \
-        --questions "$W/$b.jsonl" --image-root "$IMG" --out "$W/eval/$run" --batch 16 --log-level warn
+        --questions "$W/$b.jsonl" --image-root "$IMG" --out "$W/eval/$run" --batch 32 --log-level warn
   done
 done
 
