@@ -15,7 +15,7 @@ JOBS=${JOBS:-$(nproc)}
 MODE=${1:-build}
 
 PACKAGES=(build-essential cmake pkg-config
-          libturbojpeg0-dev libpng-dev libzstd-dev liblmdb-dev libjansson-dev libopenblas-dev libxxhash-dev
+          libturbojpeg0-dev libpng-dev libzstd-dev liblmdb-dev libjansson-dev libopenblas-dev libxxhash-dev libwebp-dev
           clang libclang-rt-dev gfortran)
 
 install_packages() {

@@ -293,8 +293,8 @@ def main():
     hj = bytearray(photo)
     hj[sof + 5: sof + 9] = struct.pack(">HH", 30000, 30000)
     bad("huge.jpg", bytes(hj), "30000x30000", "89478485")
-    bad("random.bin", bytes(r.randrange(256) for _ in range(1000)), "not a JPEG or PNG")
-    bad("text.jpg", b"hello, this is not an image\n", "not a JPEG or PNG", "starts with 'hell'")
+    bad("random.bin", bytes(r.randrange(256) for _ in range(1000)), "not a JPEG, PNG or WebP")
+    bad("text.jpg", b"hello, this is not an image\n", "not a JPEG, PNG or WebP", "starts with 'hell'")
     bad("zero_width.png", b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 5, 8, 2, 0, 0, 0)),
         "PNG")
     bad("header_only.jpg", photo[:scan], "JPEG")

@@ -30,7 +30,7 @@ extern "C" {
 /* Pillow's Image.MAX_IMAGE_PIXELS. */
 #define IMAGE_DEFAULT_MAX_PIXELS 89478485ULL
 
-typedef enum { IMAGE_FORMAT_UNKNOWN = 0, IMAGE_FORMAT_JPEG, IMAGE_FORMAT_PNG } image_format;
+typedef enum { IMAGE_FORMAT_UNKNOWN = 0, IMAGE_FORMAT_JPEG, IMAGE_FORMAT_PNG, IMAGE_FORMAT_WEBP } image_format;
 
 /* An 8-bit interleaved RGB image, rows packed (stride = 3 * width). */
 typedef struct image_rgb {

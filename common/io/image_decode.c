@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <turbojpeg.h>
+#include <webp/decode.h>
 
 #include "base/fsutil.h"
 #include "io/image.h"
@@ -27,6 +28,7 @@ image_format image_detect_format(const uint8_t *data, size_t n) {
     static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     if (n >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) return IMAGE_FORMAT_JPEG;
     if (n >= 8 && memcmp(data, png_sig, 8) == 0) return IMAGE_FORMAT_PNG;
+    if (n >= 12 && memcmp(data, "RIFF", 4) == 0 && memcmp(data + 8, "WEBP", 4) == 0) return IMAGE_FORMAT_WEBP;
     return IMAGE_FORMAT_UNKNOWN;
 }
 
@@ -384,6 +386,24 @@ static int decode_png(const uint8_t *data, size_t n, const char *name, const ima
 
 /* ---- entry points ---------------------------------------------------------------------------------- */
 
+/* WebP (RealWorldQA's images) through libwebp: RGB with the alpha dropped, as Pillow's convert('RGB'). */
+static int decode_webp(const uint8_t *data, size_t n, const char *name, const image_decode_opts *opts, image_rgb *out,
+                       asvr_error *err) {
+    int w = 0, h = 0;
+    if (!WebPGetInfo(data, n, &w, &h)) return asvr_err_set(err, "'%s': not a valid WebP file (bad header)", name);
+    if (check_dimensions(name, w, h, opts->max_pixels, err) < 0) return -1;
+    size_t bytes = (size_t)w * (size_t)h * 3;
+    uint8_t *px = asvr_malloc(bytes, "decoded WebP pixels");
+    if (!WebPDecodeRGBInto(data, n, px, bytes, w * 3)) {
+        free(px);
+        return asvr_err_set(err, "'%s': WebP data is corrupt or truncated", name);
+    }
+    out->width = w;
+    out->height = h;
+    out->pixels = px;
+    return 0;
+}
+
 int image_decode(const uint8_t *data, size_t n, const char *name, const image_decode_opts *opts,
                  image_rgb *out, asvr_error *err) {
     image_decode_opts defaults;
@@ -400,6 +420,8 @@ int image_decode(const uint8_t *data, size_t n, const char *name, const image_de
         rc = decode_jpeg(data, n, name, opts, out, err);
     } else if (f == IMAGE_FORMAT_PNG) {
         rc = decode_png(data, n, name, opts, out, err);
+    } else if (f == IMAGE_FORMAT_WEBP) {
+        rc = decode_webp(data, n, name, opts, out, err);
     } else {
         char shown[4 * 4 + 1];
         size_t k = 0;
@@ -409,14 +431,14 @@ int image_decode(const uint8_t *data, size_t n, const char *name, const image_de
             else k += (size_t)snprintf(shown + k, sizeof shown - k, "\\x%02x", c);
         }
         shown[k] = 0;
-        return asvr_err_set(err, "'%s': not a JPEG or PNG file (starts with '%s')", name, shown);
+        return asvr_err_set(err, "'%s': not a JPEG, PNG or WebP file (starts with '%s')", name, shown);
     }
     if (rc < 0) {
         memset(out, 0, sizeof *out);
         return -1;
     }
     if (opts->apply_exif_orientation) {
-        int o = f == IMAGE_FORMAT_JPEG ? exif_orientation_jpeg(data, n) : exif_orientation_png(data, n);
+        int o = f == IMAGE_FORMAT_JPEG ? exif_orientation_jpeg(data, n) : f == IMAGE_FORMAT_PNG ? exif_orientation_png(data, n) : 1;
         if (apply_orientation(out, o, name, err) < 0) {
             image_free(out);
             return -1;
