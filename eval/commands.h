@@ -6,6 +6,7 @@
 int cmd_ask(int argc, char **argv);
 int cmd_attention(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_codes(int argc, char **argv);
 int cmd_benchmarks(int argc, char **argv);
 int cmd_prompts(int argc, char **argv);
 int cmd_score(int argc, char **argv);

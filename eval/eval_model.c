@@ -127,7 +127,8 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
         asvr_err_prefix(err, "%s: ", o->config ? o->config : o->checkpoint);
         goto out;
     }
-    mc.has_head = 0;       /* generation never runs the visual head */
+    if (!o->with_head) mc.has_head = 0; /* generation never runs the visual head */
+    mc.has_app_head = 0;
     mc.input_discrete = 0;
     asvr_model_init(&em->m, &mc);
     param_set_trainable(&em->m.ps, "", 0);

@@ -19,6 +19,7 @@
 
 typedef struct eval_model_opts {
     const char *checkpoint, *model, *config, *vision, *vision_prefix, *tokenizer, *policy, *template_name;
+    int with_head; /* also load the visual head (the code-accuracy check); generation never needs it */
 } eval_model_opts;
 
 /* Defaults (vision prefix "vision_model.", template vicuna_v1); EVAL_MODEL_OPTS lists the options. */

@@ -6,6 +6,7 @@ static const asvr_command COMMANDS[] = {
     {"ask", cmd_ask, "answer one question about one image (greedy decoding)"},
     {"attention", cmd_attention, "draw the last prompt token's attention over the image patches into a PNG"},
     {"run", cmd_run, "answer every question of a benchmark file (resumable), then score it"},
+    {"codes", cmd_codes, "visual reconstruction: the head's per-depth top-1 code accuracy on held-out images"},
     {"score", cmd_score, "score an answers file against a benchmark's questions (every metric variant)"},
     {"report", cmd_report, "the paper's table over run folders (Markdown/JSON), with --compare deltas"},
     {"prompts", cmd_prompts, "print the prompts a benchmark file produces (JSON lines)"},

@@ -40,6 +40,12 @@ check 'awk "BEGIN{exit !($v1 < 0.8 * $v0)}"' "visual loss falls ($v0 → $v1)"
 acc=$(sed -n '43,48p' "$TMP/it/log.jsonl" | grep -o '"code_accuracy_depth":\[[0-9.e+-]*' | cut -d[ -f2 | awk '{s+=$1; n++} END {printf "%.4f", s/n}')
 check 'awk "BEGIN{exit !($acc > 4.0 / 64)}"' "depth-0 code accuracy $acc is well above chance (1/64)"
 
+# Visual reconstruction diagnostics: per-depth code accuracy of the trained head (asvr-eval codes).
+"$BIN/asvr-eval" codes --checkpoint "$TMP/it" --vision "$TOK" --tokenizer "$SP" --codebooks "$TOK" --packed "$TMP/it.pack" \
+    --codes "$TMP/it.lmdb" --image-root "$G/images" $Q > "$TMP/codes.json"
+d0=$(tr -d ' \n' < "$TMP/codes.json" | grep -o '"code_accuracy_depth":\[[0-9.e+-]*' | cut -d[ -f2)
+check '[ -n "$d0" ] && awk "BEGIN{exit !($d0 > 4.0 / 64)}"' "asvr-eval codes: depth-0 accuracy $d0 above chance"
+
 # Stop after 3 steps and resume == 6 steps straight: same log (timings aside), same parameters.
 RUN=("$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 6 --lr 3e-3)
 "${RUN[@]}" --out "$TMP/ra"

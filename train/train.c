@@ -12,7 +12,7 @@
 #include "base/progress.h"
 #include "checkpoint.h"
 #include "commands.h"
-#include "data.h"
+#include "store/batches.h"
 #include "io/safetensors.h"
 #include "model/asvr.h"
 #include "model/vision_tokenizer.h"

@@ -1,4 +1,4 @@
-#include "data.h"
+#include "store/batches.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

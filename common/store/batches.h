@@ -1,12 +1,13 @@
-/* data.h — micro-batches for the trainer: rows of the packed store expanded to positions (the image
- * placeholder becomes the image's positions), with labels, positions restarting per sample, segment
+/* batches.h — training micro-batches (asvr-train's data; asvr-eval's code-accuracy check reads the
+ * same): rows of the packed store expanded to positions (the image placeholder becomes the image's
+ * positions), with labels, positions restarting per sample, segment
  * ids, the image positions, the codes from the code store and the images decoded and preprocessed
  * by worker threads with the store's policy. Row order is a seeded permutation per epoch; the
  * cursor (epoch, index) is all the state a checkpoint needs to resume it exactly.
  * Not for: the model (model/asvr.h) or the loss.
  */
-#ifndef ASVR_TRAIN_DATA_H
-#define ASVR_TRAIN_DATA_H
+#ifndef ASVR_STORE_BATCHES_H
+#define ASVR_STORE_BATCHES_H
 
 #include <stdint.h>
 
