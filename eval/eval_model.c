@@ -58,6 +58,22 @@ static char *newest_step(const char *dir) {
     return path;
 }
 
+/* Parameters from an export's names: llm.X as X (HF LLaMA), anything else as model.<name> (LLaVA). */
+static int load_exported(param_set *ps, const safetensors *st, asvr_error *err) {
+    for (int i = 0; i < ps->n; i++) {
+        param *p = ps->v[i];
+        char key[256];
+        if (!strncmp(p->name, "llm.", 4)) snprintf(key, sizeof key, "%s", p->name + 4);
+        else snprintf(key, sizeof key, "model.%s", p->name);
+        const st_tensor *t = safetensors_find(st, key);
+        if (!t) return asvr_err_set(err, "tensor '%s' (for %s) is missing", key, p->name);
+        if (t->numel != tensor_numel(p->w)) return asvr_err_set(err, "tensor '%s' has %lld elements, %s needs %lld", key,
+                                                                (long long)t->numel, p->name, (long long)tensor_numel(p->w));
+        if (st_tensor_to_f32(t, p->w->data, err) < 0) return -1;
+    }
+    return 0;
+}
+
 int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *em, asvr_error *err) {
     memset(em, 0, sizeof *em);
     if (!o->checkpoint == !(o->model || o->config))
@@ -75,7 +91,7 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
     }
 
     char *config_text = NULL, *weights = NULL, *dir = NULL;
-    int rc = -1;
+    int rc = -1, exported = 0;
     if (o->checkpoint) {
         char *probe = asvr_path_join(o->checkpoint, "model.safetensors");
         if (asvr_path_exists(probe)) {
@@ -88,6 +104,28 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
         }
         free(probe);
         weights = asvr_path_join(dir, "model.safetensors");
+        char *cp = asvr_path_join(dir, "config.json"), *stp = asvr_path_join(dir, "state.json");
+        int is_export = !asvr_path_exists(stp) && asvr_path_exists(cp);
+        free(stp);
+        if (is_export) { /* an `asvr-train export` folder: HF/LLaVA names, our config under "asvr" */
+            json_error_t je;
+            json_t *c = json_load_file(cp, 0, &je);
+            json_t *cfg = json_object_get(c, "asvr");
+            if (!json_is_object(cfg)) {
+                asvr_err_set(err, "'%s' is not an asvr export (no \"asvr\" model config)", cp);
+                json_decref(c);
+                free(cp);
+                goto out;
+            }
+            const char *ar = json_string_value(json_object_get(c, "image_aspect_ratio"));
+            if (!policy_set && ar && !strcmp(ar, "square")) policy = IMAGE_POLICY_SQUASH;
+            config_text = json_dumps(cfg, JSON_COMPACT);
+            exported = 1;
+            json_decref(c);
+            free(cp);
+            goto have_config;
+        }
+        free(cp);
         char *sp = asvr_path_join(dir, "state.json");
         json_error_t je;
         json_t *s = json_load_file(sp, 0, &je);
@@ -122,6 +160,7 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
         config_text = (char *)data;
         weights = asvr_strdup(o->model);
     }
+have_config:;
     asvr_config mc;
     if (asvr_config_from_json(config_text, &mc, err) < 0) {
         asvr_err_prefix(err, "%s: ", o->config ? o->config : o->checkpoint);
@@ -135,7 +174,8 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
     param_set_commit(&em->m.ps);
     safetensors *st;
     if (safetensors_open(weights, &st, err) < 0) goto out;
-    if (param_set_load(&em->m.ps, st, "", err) < 0) {
+    if ((exported ? load_exported(&em->m.ps, st, err) : param_set_load(&em->m.ps, st, "", err)) < 0) {
+        asvr_err_prefix(err, "'%s'", weights);
         safetensors_close(st);
         goto out;
     }

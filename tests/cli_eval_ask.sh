@@ -30,6 +30,9 @@ a2=$("$BIN/asvr-eval" ask --checkpoint "$TMP/run/step-00000150" "${M[@]}" "${ASK
 check '[ "$a2" = "$a1" ]' "the step folder gives the same answer"
 a3=$("$BIN/asvr-eval" ask --model "$TMP/run/step-00000150/model.safetensors" --config "$F/model.json" "${M[@]}" "${ASK[@]}")
 check '[ "$a3" = "$a1" ]' "--model/--config gives the same answer (pad policy by default)"
+"$BIN/asvr-train" export "$TMP/run/step-00000150" "$TMP/export" --log-level warn
+a5=$("$BIN/asvr-eval" ask --checkpoint "$TMP/export" "${M[@]}" "${ASK[@]}" --policy pad)
+check '[ "$a5" = "$a1" ]' "an asvr-train export loads directly and gives the same answer"
 a4=$("$BIN/asvr-eval" ask --checkpoint "$TMP/run" "${M[@]}" "${ASK[@]}" --max-new-tokens 1)
 check '[ "$(printf "%s" "$a4" | wc -w)" -le 1 ]' "--max-new-tokens 1 gives at most one word ('$a4')"
 
