@@ -2,7 +2,8 @@
 # setup.sh — installs what asvr needs (Debian packages, as root), builds it, and optionally tests it.
 #
 #   ./setup.sh            install missing packages, build into build/ (release + CUDA when nvcc is found)
-#   ./setup.sh demo       build, then run the embedded demo end to end (examples/demo/run.sh, into demo-run/)
+#   ./setup.sh demo       build (CPU-only, build-demo/), then run the embedded demo end to end
+#                         (examples/demo/run.sh, into demo-run/)
 #   ./setup.sh test       the full test suite: -Werror build + ctest, then ASan+UBSan build + ctest,
 #                         then the libFuzzer harnesses (clang) for a short fixed time
 #
@@ -53,8 +54,9 @@ case "$MODE" in
     echo "setup: built into build/ (tools in build/bin)" >&2
     ;;
   demo)
-    build "$ROOT/build" -DCMAKE_BUILD_TYPE=Release
-    exec "$ROOT/examples/demo/run.sh" "$ROOT/build" "${2:-$ROOT/demo-run}"
+    # the demo runs on the CPU: a CPU-only release build of its own keeps it quick to build
+    build "$ROOT/build-demo" -DCMAKE_BUILD_TYPE=Release -DASVR_CUDA=OFF
+    exec "$ROOT/examples/demo/run.sh" "$ROOT/build-demo" "${2:-$ROOT/demo-run}"
     ;;
   test)
     echo "== build (-Werror, CUDA compiled when nvcc is present) ==" >&2
