@@ -10,27 +10,11 @@
 #include <string.h>
 
 #include "base/fsutil.h"
+#include "base/sbuf.h"
 #include "base/log.h"
 #include "metrics.h"
 #include "text/template.h"
 
-/* ---- small string builder ----------------------------------------------------------------------- */
-
-typedef struct sbuf {
-    char *s;
-    size_t n, cap;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        while (b->n + n + 1 > b->cap) b->cap = b->cap ? b->cap * 2 : 256;
-        b->s = asvr_realloc(b->s, b->cap, "a prompt");
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-}
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
 
 /* ---- field access --------------------------------------------------------------------------------- */
 

@@ -199,7 +199,7 @@ llama_acts *llama_acts_new(const llama *m, int B, int T) {
     CHECK(B >= 1 && T >= 1, "", "llama activations for %d rows of %d positions", B, T);
     const llama_config *c = &m->cfg;
     CHECK(c->sliding_window == 0 || T <= c->sliding_window, "use rows no longer than the window",
-          "llama: rows of %d positions exceed the sliding attention window %d, which is not implemented", T,
+          "llama: rows of %d positions exceed the sliding attention window %d, which this build does not support", T,
           c->sliding_window);
     int nl = c->n_layers;
     int64_t D = c->dim, F = c->ffn_dim, hd = llama_head_dim(c), QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
@@ -444,7 +444,7 @@ llama_cache *llama_cache_new(const llama *m, int B, int T_max, int T_prefill, in
     CHECK(B >= 1 && T_max >= 1 && T_prefill >= 1 && T_prefill <= T_max, "",
           "llama cache for %d rows of %d positions with prefills of %d", B, T_max, T_prefill);
     CHECK(c->sliding_window == 0 || T_max <= c->sliding_window, "generate fewer tokens or use shorter prompts",
-          "llama: a cache of %d positions exceeds the sliding attention window %d, which is not implemented", T_max,
+          "llama: a cache of %d positions exceeds the sliding attention window %d, which this build does not support", T_max,
           c->sliding_window);
     int64_t D = c->dim, F = c->ffn_dim, hd = llama_head_dim(c), QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
     int64_t Tp = T_prefill;

@@ -45,7 +45,7 @@ typedef struct llama_config {
     float rms_eps;  /* rms_norm_eps */
     float rope_theta;
     int sliding_window; /* Mistral's attention window; 0 = none. Rows longer than it are refused
-                           (llama_acts_new), since the window is not implemented and is a no-op below it */
+                           (llama_acts_new), since the window is not supported and changes nothing below it */
 } llama_config;
 
 /* Reads an HF config.json text (LlamaConfig / MistralConfig keys): hidden_size, num_hidden_layers,

@@ -1,6 +1,7 @@
 #include "text/template.h"
 
 #include "base/hash.h"
+#include "base/sbuf.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,21 +14,6 @@ void template_result_free(template_result *r) {
     ivec_free(&r->labels);
 }
 
-typedef struct sbuf {
-    char *s;
-    size_t n, cap;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        while (b->n + n + 1 > b->cap) b->cap = b->cap ? b->cap * 2 : 256;
-        b->s = asvr_realloc(b->s, b->cap, "a prompt string");
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-}
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
 
 /* ---- templates -------------------------------------------------------------------------------- */
 
