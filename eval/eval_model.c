@@ -8,11 +8,13 @@
 #include "base/fsutil.h"
 #include "base/log.h"
 #include "io/safetensors.h"
+#include "nn/ops_extra.h"
 
 void eval_model_opts_default(eval_model_opts *o) {
     memset(o, 0, sizeof *o);
     o->vision_prefix = "vision_model.";
     o->template_name = "vicuna_v1";
+    o->device = "cpu";
 }
 
 void eval_model_opts_table(eval_model_opts *o, asvr_opt *out) {
@@ -27,6 +29,7 @@ void eval_model_opts_table(eval_model_opts *o, asvr_opt *out) {
         {"policy", ASVR_OPT_STR, &o->policy, "pad|squash",
          "image preprocessing (default: the checkpoint's stage: pt squash, it pad; pad without a checkpoint)"},
         {"template", ASVR_OPT_STR, &o->template_name, "NAME", "prompt template: vicuna_v1 (default) or plain"},
+        {"device", ASVR_OPT_STR, &o->device, "cpu|cuda", "where the model and the KV cache live (default cpu)"},
     };
     memcpy(out, t, sizeof t);
 }
@@ -69,7 +72,7 @@ static int load_exported(param_set *ps, const safetensors *st, asvr_error *err) 
         if (!t) return asvr_err_set(err, "tensor '%s' (for %s) is missing", key, p->name);
         if (t->numel != tensor_numel(p->w)) return asvr_err_set(err, "tensor '%s' has %lld elements, %s needs %lld", key,
                                                                 (long long)t->numel, p->name, (long long)tensor_numel(p->w));
-        if (st_tensor_to_f32(t, p->w->data, err) < 0) return -1;
+        if (param_tensor_load(p->w, t, err) < 0) return -1;
     }
     return 0;
 }
@@ -81,6 +84,9 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
     if (!o->checkpoint && (!o->model || !o->config)) asvr_cli_usage_error(cli, "--model and --config go together");
     if (!o->vision) asvr_cli_usage_error(cli, "--vision is required (the input tower is not part of a checkpoint)");
     if (!o->tokenizer) asvr_cli_usage_error(cli, "--tokenizer is required");
+    nn_device dev;
+    const char *why;
+    if (nn_device_from_name(o->device, &dev, &why) < 0) asvr_cli_usage_error(cli, "%s", why);
     em->tmpl = template_find(o->template_name);
     if (!em->tmpl) asvr_cli_usage_error(cli, "--template %s: known templates are %s", o->template_name, template_names());
     image_policy policy = IMAGE_POLICY_PAD;
@@ -171,6 +177,7 @@ have_config:;
     mc.input_discrete = 0;
     asvr_model_init(&em->m, &mc);
     param_set_trainable(&em->m.ps, "", 0);
+    param_set_set_device(&em->m.ps, dev);
     param_set_commit(&em->m.ps);
     safetensors *st;
     if (safetensors_open(weights, &st, err) < 0) goto out;

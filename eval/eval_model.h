@@ -19,12 +19,13 @@
 
 typedef struct eval_model_opts {
     const char *checkpoint, *model, *config, *vision, *vision_prefix, *tokenizer, *policy, *template_name;
+    const char *device; /* "cpu" (default) or "cuda": where the model, its activations and the KV cache live */
     int with_head; /* also load the visual head (the code-accuracy check); generation never needs it */
 } eval_model_opts;
 
 /* Defaults (vision prefix "vision_model.", template vicuna_v1); EVAL_MODEL_OPTS lists the options. */
 void eval_model_opts_default(eval_model_opts *o);
-#define EVAL_MODEL_NOPTS 8
+#define EVAL_MODEL_NOPTS 9
 /* Fills out[0..EVAL_MODEL_NOPTS) with the options that set o. */
 void eval_model_opts_table(eval_model_opts *o, asvr_opt *out);
 

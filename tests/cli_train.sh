@@ -96,6 +96,12 @@ printf '[{"id": "x", "image": "exif1.jpg", "conversations": [{"from": "human", "
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it2.pack" --codes "$TMP/it.lmdb" --steps 2 --out "$TMP/bad" 2> "$TMP/bad.err"
 check '[ $? -eq 1 ] && grep -q "without codes" "$TMP/bad.err" && grep -q "exif1.jpg" "$TMP/bad.err" && [ ! -s "$TMP/bad/log.jsonl" ]' "missing codes refused before any step, naming the image"
 "$BIN/asvr-train" train --stage xx 2> /dev/null; check '[ $? -eq 2 ]' "usage error exits 2"
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --device tpu --out "$TMP/dev" 2> /dev/null
+check '[ $? -eq 2 ]' "--device other than cpu|cuda is a usage error"
+if ! nvidia-smi -L > /dev/null 2>&1; then # no GPU here: --device cuda is a usage error naming why
+    "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --device cuda --out "$TMP/dev" 2> "$TMP/dev.err"
+    check '[ $? -eq 2 ] && grep -q "device cuda" "$TMP/dev.err"' "--device cuda without a GPU is a usage error"
+fi
 # Global-batch mode: 48 samples, 16 per step → 3 steps for one epoch, each with about 16 samples.
 "$BIN/asvr-train" train --config "$F/model.json" --image-root "$G/images" --vision "$TOK" --codebooks "$TOK" --rows 3 $Q \
     --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --global-batch 16 --out "$TMP/gb"

@@ -10,6 +10,8 @@
 
 #include "base/fsutil.h"
 #include "io/safetensors.h"
+#include "model/params.h"
+#include "nn/ops_extra.h"
 
 static int rm_rf(const char *path) {
     DIR *d = opendir(path);
@@ -25,6 +27,17 @@ static int rm_rf(const char *path) {
     return rmdir(path);
 }
 
+/* Host copies of tensors that live on a device (NULL entries: on the CPU already, written from their
+ * own memory), freed by host_copies_free. Checkpoints are always the CPU format: f32, host order. */
+static const void *host_data(const tensor *t, void **owned) {
+    *owned = NULL;
+    if (t->device == NN_CPU && t->dtype == NN_F32) return t->data;
+    float *h = asvr_malloc(sizeof(float) * (size_t)tensor_numel(t), "a checkpoint download buffer");
+    op_read_f32(t, h);
+    *owned = h;
+    return h;
+}
+
 int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, const optim *o, json_t *state,
                     asvr_error *err) {
     char name[64], tmpname[64];
@@ -34,27 +47,34 @@ int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, cons
     int rc = -1;
     rm_rf(tmp);
     if (asvr_mkdir_p(tmp, err) < 0) goto out;
+    /* downloads (device runs): one buffer per tensor, kept until the writer is done with it */
+    void **owned = asvr_calloc((size_t)(3 * ps->n + 1), sizeof *owned, "checkpoint download buffers");
+    int n_owned = 0;
     st_writer *w = st_writer_new();
-    for (int i = 0; i < ps->n; i++)
-        st_writer_add(w, ps->v[i]->name, ST_F32, ps->v[i]->w->ndim, ps->v[i]->w->shape, ps->v[i]->w->data);
+    for (int i = 0; i < ps->n; i++) {
+        const void *d = host_data(ps->v[i]->w, &owned[n_owned++]);
+        st_writer_add(w, ps->v[i]->name, ST_F32, ps->v[i]->w->ndim, ps->v[i]->w->shape, d);
+    }
     char *p = asvr_path_join(tmp, "model.safetensors");
     int r = st_writer_write(w, p, err);
     free(p);
     st_writer_free(w);
-    if (r < 0) goto out;
-    if (o) {
+    if (r == 0 && o) {
         w = st_writer_new();
         for (int i = 0; i < ps->n; i++) {
             if (!o->m[i]) continue;
-            st_writer_add(w, o->m[i]->name, ST_F32, o->m[i]->ndim, o->m[i]->shape, o->m[i]->data);
-            st_writer_add(w, o->v[i]->name, ST_F32, o->v[i]->ndim, o->v[i]->shape, o->v[i]->data);
+            const void *dm = host_data(o->m[i], &owned[n_owned++]), *dv = host_data(o->v[i], &owned[n_owned++]);
+            st_writer_add(w, o->m[i]->name, ST_F32, o->m[i]->ndim, o->m[i]->shape, dm);
+            st_writer_add(w, o->v[i]->name, ST_F32, o->v[i]->ndim, o->v[i]->shape, dv);
         }
         p = asvr_path_join(tmp, "optimizer.safetensors");
         r = st_writer_write(w, p, err);
         free(p);
         st_writer_free(w);
-        if (r < 0) goto out;
     }
+    for (int i = 0; i < n_owned; i++) free(owned[i]);
+    free(owned);
+    if (r < 0) goto out;
     char *js = json_dumps(state, JSON_INDENT(2) | JSON_SORT_KEYS);
     p = asvr_path_join(tmp, "state.json");
     r = asvr_atomic_write(p, js, strlen(js), err);
@@ -123,7 +143,7 @@ int checkpoint_load(const char *dir, param_set *ps, optim *o, json_t **state, as
                 if (!t || t->numel != tensor_numel(mv[k]))
                     rc = asvr_err_set(err, "checkpoint '%s': optimizer state '%s' is missing or mis-shaped (was the stage "
                                       "or the set of trainable parameters changed?)", dir, mv[k]->name);
-                else rc = st_tensor_to_f32(t, mv[k]->data, err);
+                else rc = param_tensor_load(mv[k], t, err);
             }
         }
         safetensors_close(st);

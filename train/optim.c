@@ -19,7 +19,7 @@ void optim_init(optim *o, const optim_config *c, param_set *ps) {
     memset(o, 0, sizeof *o);
     o->c = *c;
     o->ps = ps;
-    o->state = nn_arena_new("optimizer state", NN_CPU);
+    o->state = nn_arena_new("optimizer state", ps->device);
     o->m = asvr_calloc((size_t)(ps->n ? ps->n : 1), sizeof(tensor *), "optimizer state");
     o->v = asvr_calloc((size_t)(ps->n ? ps->n : 1), sizeof(tensor *), "optimizer state");
     char name[NN_NAME_MAX + 8];

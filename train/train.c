@@ -17,14 +17,15 @@
 #include "model/asvr.h"
 #include "model/vision_tokenizer.h"
 #include "store/code_store.h"
+#include "nn/ops_extra.h"
 #include "optim.h"
 
 typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *codes_app, *codebooks_app, *image_root, *vision, *vision_prefix,
         *codebooks, *llm, *init,
-        *out, *visual_loss, *input, *log_path, *text_only_visual;
+        *out, *visual_loss, *input, *log_path, *text_only_visual, *device;
     int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after;
-    double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps;
+    double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps, peak_tflops;
 } train_opts;
 
 /* Loads the parameters whose names start with `ours` from st, where they are named
@@ -42,7 +43,7 @@ static int load_subset(param_set *ps, const safetensors *st, const char *ours, c
         if (t->numel != tensor_numel(p->w) || t->ndim != p->w->ndim)
             return asvr_err_set(err, "tensor '%s' has %lld elements in %d dims, %s needs %lld", key, (long long)t->numel,
                                 t->ndim, p->name, (long long)tensor_numel(p->w));
-        if (st_tensor_to_f32(t, p->w->data, err) < 0) return -1;
+        if (param_tensor_load(p->w, t, err) < 0) return -1;
         loaded++;
     }
     return loaded;
@@ -64,7 +65,7 @@ int cmd_train(int argc, char **argv) {
     train_opts o = {.text_only_visual = "none", .stage = "pt", .vision_prefix = "vision_model.", .visual_loss = "semantic", .input = "continuous",
                     .rows = 1, .accum = 0, .global_batch = 0, .epochs = 1, .save_every = 0, .seed = 0, .max_images = 0,
                     .lr = -1, .warmup_ratio = 0.03, .weight_decay = 0, .clip_norm = 0, .beta1 = 0.9, .beta2 = 0.999,
-                    .eps = 1e-8};
+                    .eps = 1e-8, .device = "cpu", .peak_tflops = 989};
     const asvr_opt opts[] = {
         {"stage", ASVR_OPT_STR, &o.stage, "pt|it", "pt trains mm_projector + visual head; it also the LLM (default pt)"},
         {"config", ASVR_OPT_STR, &o.config, "FILE", "model config JSON (llm, vision, visual_head); default: the checkpoint's"},
@@ -99,6 +100,9 @@ int cmd_train(int argc, char **argv) {
         {"seed", ASVR_OPT_INT, &o.seed, "N", "seed of the data order and of random initialisation (default 0)"},
         {"threads", ASVR_OPT_INT, &o.threads, "N", "image decode threads (default: cores)"},
         {"max-images", ASVR_OPT_INT, &o.max_images, "N", "images per micro-batch to plan for (default: from the store)"},
+        {"device", ASVR_OPT_STR, &o.device, "cpu|cuda", "where parameters, optimizer state and activations live (default cpu)"},
+        {"peak-tflops", ASVR_OPT_F64, &o.peak_tflops, "X",
+         "peak TFLOP/s of the GPU for the MFU column (default 989: H100/H200 dense bf16)"},
     };
     const asvr_cli cli = {"asvr-train train", "--packed FILE --codes STORE --out DIR [options]",
                           "Trains ASVR (or the text-only baseline) from a packed store and a code store. Each step\n"
@@ -123,6 +127,10 @@ int cmd_train(int argc, char **argv) {
     if (o.global_batch == 0) o.global_batch = stage_it ? 128 : 256;
     if (o.lr < 0) o.lr = stage_it ? 2e-5 : 1e-3;
     if (o.threads <= 0) o.threads = asvr_num_cores();
+    nn_device dev;
+    const char *why;
+    if (nn_device_from_name(o.device, &dev, &why) < 0) asvr_cli_usage_error(&cli, "%s", why);
+    if (!(o.peak_tflops > 0)) asvr_cli_usage_error(&cli, "--peak-tflops must be > 0");
     asvr_error err;
     if (asvr_mkdir_p(o.out, &err) < 0) ASVR_FATAL("", "%s", err.msg);
 
@@ -159,6 +167,7 @@ int cmd_train(int argc, char **argv) {
     asvr_model_init(&m, &mc);
     param_set_trainable(&m.ps, "", 1);
     if (!stage_it) param_set_trainable(&m.ps, "llm.", 0);
+    param_set_set_device(&m.ps, dev);
     param_set_commit(&m.ps);
     param_set_init_random(&m.ps, (uint64_t)o.seed);
 
@@ -290,6 +299,25 @@ int cmd_train(int argc, char **argv) {
         asvr_model_print(&m, stderr);
         asvr_acts_print_plan(acts, stderr);
     }
+    {
+        size_t pv = nn_arena_bytes(m.ps.values), pg = nn_arena_bytes(m.ps.grads), os = nn_arena_bytes(opt.state),
+               ac = asvr_acts_bytes(acts), fr = (m.frozen ? nn_arena_bytes(m.frozen) : 0) +
+                                             (m.frozen_app ? nn_arena_bytes(m.frozen_app) : 0);
+        LOG_INFO("memory plan on %s: parameters %.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB, codebooks %.1f "
+                 "MiB, activations %.1f MiB (input tower weights apart); total %.2f GiB",
+                 nn_device_name(dev), pv / 1048576.0, pg / 1048576.0, os / 1048576.0, fr / 1048576.0, ac / 1048576.0,
+                 (double)(pv + pg + os + fr + ac) / (1024.0 * 1024.0 * 1024.0));
+    }
+    /* Model FLOPs per token for the MFU column: matmul FLOPs only, 6 per parameter that trains (forward,
+     * input and weight gradients) and 4 per frozen LLM parameter (forward and input gradients), counted
+     * over the LLM (without the embedding lookup), projector and heads as if every parameter saw every
+     * token; attention scores and the frozen tower are left out. An estimate, for comparing runs. */
+    double flops_per_token = 0;
+    for (int i = 0; i < m.ps.n; i++) {
+        const param *p = m.ps.v[i];
+        if (strstr(p->name, "embed_tokens")) continue;
+        flops_per_token += (p->g ? 6.0 : 4.0) * (double)tensor_numel(p->w);
+    }
     if (o.accum > 0)
         LOG_INFO("train: stage %s, %lld rows, %lld micro-batches of %lld rows per step, %lld steps (warmup %lld), lr %g, wd %g, clip %g",
                  o.stage, (long long)rows, (long long)o.accum, (long long)o.rows, (long long)total, (long long)oc.warmup_steps,
@@ -395,12 +423,14 @@ int cmd_train(int argc, char **argv) {
             json_array_append_new(aacc, json_real(L.app_count ? (double)L.app_correct[d] / (double)L.app_count : 0));
         }
         double loss = text + mc.lambda_visual * (vis + app);
+        double mfu = dt > 0 ? flops_per_token * (double)tokens / dt / (o.peak_tflops * 1e12) : 0;
         /* a loss with nothing to score in this step (no supervised token, no image) is logged as null */
         json_t *line = json_pack("{s:I, s:f, s:o, s:o, s:o, s:o, s:f, s:f, s:I, s:I, s:f, s:f}", "step", (json_int_t)step,
                                  "loss", loss, "text_loss", L.text_count ? json_real(text) : json_null(),
                                  "visual_loss", (D && L.vis_count) ? json_real(vis) : json_null(), "visual_loss_depth", vd,
                                  "code_accuracy_depth", acc, "lr", lr, "grad_norm", gn, "tokens", (json_int_t)tokens,
                                  "samples", (json_int_t)samples, "seconds", dt, "tokens_per_s", dt > 0 ? tokens / dt : 0);
+        if (dev != NN_CPU) json_object_set_new(line, "mfu", json_real(mfu));
         if (Da) {
             json_object_set_new(line, "appearance_loss", L.app_count ? json_real(app) : json_null());
             json_object_set_new(line, "appearance_loss_depth", ad);
@@ -419,10 +449,11 @@ int cmd_train(int argc, char **argv) {
             size_t l = strlen(accs);
             snprintf(accs + l, sizeof accs - l, "%s%.2f", d ? " " : "", L.vis_count ? (double)L.vis_correct[d] / (double)L.vis_count : 0);
         }
-        char apps[64] = "";
+        char apps[64] = "", mfus[32] = "";
         if (Da) snprintf(apps, sizeof apps, "  appearance %.4f", app);
-        LOG_INFO("step %lld/%lld  loss %.4f  text %.4f  visual %.4f%s  acc [%s]  lr %.3g  gnorm %.3f  %.0f tok/s",
-                 (long long)step, (long long)total, loss, text, vis, apps, accs, lr, gn, dt > 0 ? tokens / dt : 0);
+        if (dev != NN_CPU) snprintf(mfus, sizeof mfus, "  MFU %.1f%%", 100.0 * mfu);
+        LOG_INFO("step %lld/%lld  loss %.4f  text %.4f  visual %.4f%s  acc [%s]  lr %.3g  gnorm %.3f  %.0f tok/s%s",
+                 (long long)step, (long long)total, loss, text, vis, apps, accs, lr, gn, dt > 0 ? tokens / dt : 0, mfus);
         int stop_now = o.stop_after > 0 && step - first_step >= o.stop_after;
         if ((o.save_every > 0 && step % o.save_every == 0) || step == total || stop_now) {
             int64_t ep, ix;

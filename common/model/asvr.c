@@ -7,6 +7,7 @@
 #include "model/text_loss.h"
 #include "model/weights.h"
 #include "nn/ops.h"
+#include "nn/ops_extra.h"
 
 /* ---- config ------------------------------------------------------------------------------------- */
 
@@ -103,11 +104,11 @@ void asvr_model_init(asvr_model *m, const asvr_config *c) {
 }
 
 int asvr_model_load_tower(asvr_model *m, const safetensors *st, const char *prefix, asvr_error *err) {
-    return siglip_load(&m->c.vision, st, prefix, &m->tower, err);
+    return siglip_load_on(&m->c.vision, st, prefix, m->ps.device, &m->tower, err);
 }
 
-static int load_books(const vhead_config *h, const safetensors *st, const char *name, const char *label, nn_arena **frozen,
-                      tensor **books, int C, asvr_error *err) {
+static int load_books(const vhead_config *h, const safetensors *st, const char *name, const char *label, nn_device dev,
+                      nn_arena **frozen, tensor **books, int C, asvr_error *err) {
     int D = h ? h->depth : 0, K = h ? h->codebook_size : 0;
     if (h) C = h->code_dim;
     const st_tensor *all = safetensors_find(st, name);
@@ -117,10 +118,10 @@ static int load_books(const vhead_config *h, const safetensors *st, const char *
         D = (int)all->shape[0], K = (int)all->shape[1];
     }
     if (!D) return asvr_err_set(err, "the codebooks' depth is unknown without a visual head config");
-    *frozen = nn_arena_new(label, NN_CPU);
+    *frozen = nn_arena_new(label, dev);
     *books = nn_arena_add(*frozen, label, NN_F32, 3, (int64_t[]){D, K, C});
     nn_arena_commit(*frozen);
-    if (all) return st_tensor_to_f32(all, (*books)->data, err);
+    if (all) return param_tensor_load(*books, all, err);
     for (int d = 0; d < D; d++) {
         char key[256];
         snprintf(key, sizeof key, "%s%d.weight", name, d);
@@ -133,7 +134,8 @@ static int load_books(const vhead_config *h, const safetensors *st, const char *
             free(tmp);
             return -1;
         }
-        memcpy((float *)(*books)->data + (size_t)d * K * C, tmp, sizeof(float) * (size_t)K * C);
+        tensor book = tensor_index0(*books, d);
+        op_write_f32(&book, tmp); /* the leading K rows (a padding row K, if any, is dropped) */
         free(tmp);
     }
     return 0;
@@ -141,14 +143,14 @@ static int load_books(const vhead_config *h, const safetensors *st, const char *
 
 int asvr_model_load_codebooks(asvr_model *m, const safetensors *st, const char *name, asvr_error *err) {
     /* the semantic head's config gives D and K even when that head is off (--input discrete) */
-    return load_books(m->c.head.depth > 0 ? &m->c.head : NULL, st, name, "codebooks", &m->frozen, &m->codebooks,
-                      m->c.vision.hidden, err);
+    return load_books(m->c.head.depth > 0 ? &m->c.head : NULL, st, name, "codebooks", m->ps.device, &m->frozen,
+                      &m->codebooks, m->c.vision.hidden, err);
 }
 
 int asvr_model_load_app_codebooks(asvr_model *m, const safetensors *st, const char *name, asvr_error *err) {
     if (!m->c.has_app_head) return asvr_err_set(err, "the model config has no visual_head_appearance");
-    return load_books(&m->c.head_app, st, name, "appearance codebooks", &m->frozen_app, &m->codebooks_app,
-                      m->c.vision.hidden, err);
+    return load_books(&m->c.head_app, st, name, "appearance codebooks", m->ps.device, &m->frozen_app,
+                      &m->codebooks_app, m->c.vision.hidden, err);
 }
 
 void asvr_model_free(asvr_model *m) {
@@ -185,13 +187,16 @@ void asvr_model_print(const asvr_model *m, FILE *f) {
 
 struct asvr_acts {
     int B, T, max_images;
-    nn_arena *arena;
+    nn_arena *arena;     /* on the model's device */
+    nn_arena *host;      /* the inputs built on the host each micro-batch, uploaded into arena's tensors */
+    tensor *h_ids, *h_targets, *h_iflat, *h_isrc, *h_cid, *h_codes;
+    tensor *images;      /* [max_images, 3, S, S] on the device (NULL without the tower) */
     llama_acts *la;
     vhead_acts *va, *va_app;
     siglip_acts *sa;
     tensor *x, *h, *dh, *dx, *logits, *targets, *ids, *pos, *seg;
     tensor *feats, *pre, *hid, *emb, *demb, *dscratch, *tmp_rows;
-    tensor *idx_flat, *idx_src, *codes, *h_img, *dh_img, *rows_d, *code_ids;
+    tensor *idx_flat, *idx_src, *h_img, *dh_img, *rows_d, *code_ids;
 };
 
 asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
@@ -201,7 +206,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     int64_t BT = (int64_t)B * T, d = c->llm.dim, P = c->image_positions, NI = (int64_t)a->max_images * P;
     int64_t C = c->vision.hidden, D = c->has_head ? c->head.depth : 1;
     if (c->has_app_head && c->head_app.depth > D) D = c->head_app.depth;
-    nn_arena *ar = a->arena = nn_arena_new("step activations", NN_CPU);
+    nn_arena *ar = a->arena = nn_arena_new("step activations", m->ps.device);
     a->x = nn_arena_add(ar, "inputs_embeds", NN_F32, 2, (int64_t[]){BT, d});
     a->h = nn_arena_add(ar, "hidden_final", NN_F32, 2, (int64_t[]){BT, d});
     a->dh = nn_arena_add(ar, "d_hidden_final", NN_F32, 2, (int64_t[]){BT, d});
@@ -222,10 +227,21 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->idx_flat = nn_arena_add(ar, "image_flat_index", NN_I32, 1, (int64_t[]){NI});
     a->idx_src = nn_arena_add(ar, "image_source_index", NN_I32, 1, (int64_t[]){NI});
     a->code_ids = nn_arena_add(ar, "code_ids", NN_I32, 1, (int64_t[]){NI});
-    a->codes = nn_arena_add(ar, "codes", NN_I32, 2, (int64_t[]){NI, D});
     a->h_img = nn_arena_add(ar, "h_image", NN_F32, 2, (int64_t[]){NI, d});
     a->dh_img = nn_arena_add(ar, "d_h_image", NN_F32, 2, (int64_t[]){NI, d});
+    if (m->tower) {
+        int64_t S = c->vision.image_size;
+        a->images = nn_arena_add(ar, "images", NN_F32, 4, (int64_t[]){a->max_images, 3, S, S});
+    }
     nn_arena_commit(ar);
+    nn_arena *hs = a->host = nn_arena_new("step inputs (host)", NN_CPU);
+    a->h_ids = nn_arena_add(hs, "ids", NN_I32, 2, (int64_t[]){B, T});
+    a->h_targets = nn_arena_add(hs, "text_targets", NN_I32, 2, (int64_t[]){B, T});
+    a->h_iflat = nn_arena_add(hs, "image_flat_index", NN_I32, 1, (int64_t[]){NI});
+    a->h_isrc = nn_arena_add(hs, "image_source_index", NN_I32, 1, (int64_t[]){NI});
+    a->h_cid = nn_arena_add(hs, "code_ids", NN_I32, 1, (int64_t[]){NI});
+    a->h_codes = nn_arena_add(hs, "codes", NN_I32, 2, (int64_t[]){NI, D});
+    nn_arena_commit(hs);
     a->la = llama_acts_new(m->llm, B, T);
     if (m->head) a->va = vhead_acts_new(m->head, (int)NI);
     if (m->head_app) a->va_app = vhead_acts_new(m->head_app, (int)NI);
@@ -233,7 +249,20 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     return a;
 }
 
-void asvr_acts_print_plan(const asvr_acts *a, FILE *f) { nn_arena_print_plan(a->arena, f); }
+void asvr_acts_print_plan(const asvr_acts *a, FILE *f) {
+    nn_arena_print_plan(a->arena, f);
+    nn_arena_print_plan(a->host, f);
+    fprintf(f, "activations on %s: step %.2f MiB, llama %.2f MiB, visual heads %.2f MiB, input tower %.2f MiB; host inputs %.2f MiB\n",
+            nn_device_name(a->x->device), (double)nn_arena_bytes(a->arena) / 1048576.0,
+            (double)llama_acts_bytes(a->la) / 1048576.0,
+            (double)((a->va ? vhead_acts_bytes(a->va) : 0) + (a->va_app ? vhead_acts_bytes(a->va_app) : 0)) / 1048576.0,
+            (double)(a->sa ? siglip_acts_bytes(a->sa) : 0) / 1048576.0, (double)nn_arena_bytes(a->host) / 1048576.0);
+}
+
+size_t asvr_acts_bytes(const asvr_acts *a) {
+    return nn_arena_bytes(a->arena) + llama_acts_bytes(a->la) + (a->va ? vhead_acts_bytes(a->va) : 0) +
+           (a->va_app ? vhead_acts_bytes(a->va_app) : 0) + (a->sa ? siglip_acts_bytes(a->sa) : 0);
+}
 
 void asvr_acts_free(asvr_acts *a) {
     if (!a) return;
@@ -242,6 +271,7 @@ void asvr_acts_free(asvr_acts *a) {
     if (a->va_app) vhead_acts_free(a->va_app);
     if (a->sa) siglip_acts_free(a->sa);
     nn_arena_free(a->arena);
+    nn_arena_free(a->host);
     free(a);
 }
 
@@ -251,12 +281,18 @@ static tensor head_rows(const tensor *t, int64_t n) {
     return tensor_make(t->name, t->dtype, t->device, 2, (int64_t[]){n, t->shape[1]}, t->data);
 }
 
+/* A 1-d view of the first n entries of an index tensor (n >= 1). */
+static tensor head_vec(const tensor *t, int64_t n) {
+    return tensor_make(t->name, t->dtype, t->device, 1, (int64_t[]){n}, t->data);
+}
+
 /* One visual head over the surviving image positions: gather the LLM states (no shift), forward and
- * loss against the codes, backward, and the state gradient added into dh. */
+ * loss against the codes (built on the host: the head rearranges them there), backward, and the state
+ * gradient added into dh. */
 static void visual_target(asvr_acts *a, const vhead *head, vhead_acts *va, const tensor *books, const uint16_t *codes_src,
                           int D, int64_t nv, const int32_t *isrc, const tensor *t_iflat, double scale, double *sum,
                           int64_t *correct, int64_t *count) {
-    int32_t *cd = a->codes->data;
+    int32_t *cd = a->h_codes->data;
     for (int64_t k = 0; k < nv; k++)
         for (int d = 0; d < D; d++) cd[k * D + d] = codes_src[(int64_t)isrc[k] * D + d];
     tensor h_img = head_rows(a->h_img, nv), dh_img = head_rows(a->dh_img, nv);
@@ -279,22 +315,37 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
           a->B, a->T, a->max_images);
     int64_t BT = (int64_t)b->B * b->T, P = c->image_positions, NI = (int64_t)b->n_images * P;
     int D = c->has_head ? c->head.depth : 0;
-    int32_t *ids = a->ids->data, *tg = a->targets->data;
-    memcpy(a->pos->data, b->pos, sizeof(int32_t) * (size_t)BT);
-    memcpy(a->seg->data, b->seg, sizeof(int32_t) * (size_t)BT);
-    for (int64_t i = 0; i < BT; i++) ids[i] = b->ids[i] >= 0 && b->seg[i] >= 0 ? b->ids[i] : -1;
+    nn_device dev = a->x->device;
+    int64_t V = c->llm.vocab;
+
+    /* the inputs, built on the host (ids checked against the vocabulary there) and uploaded once */
+    int32_t *ids = a->h_ids->data;
+    for (int64_t i = 0; i < BT; i++) {
+        ids[i] = b->ids[i] >= 0 && b->seg[i] >= 0 ? b->ids[i] : -1;
+        CHECK(ids[i] < V, "the packed store was made with another tokenizer", "token id %d at %lld is >= the vocabulary %lld",
+              (int)ids[i], (long long)i, (long long)V);
+    }
     tensor t_labels = tensor_make("labels", NN_I32, NN_CPU, 2, (int64_t[]){b->B, b->T}, (void *)b->labels);
-    text_loss_targets(&t_labels, a->seg, a->targets);
-    (void)tg;
+    tensor t_seg = tensor_make("segments", NN_I32, NN_CPU, 2, (int64_t[]){b->B, b->T}, (void *)b->seg);
+    tensor t_pos = tensor_make("positions", NN_I32, NN_CPU, 2, (int64_t[]){b->B, b->T}, (void *)b->pos);
+    text_loss_targets(&t_labels, &t_seg, a->h_targets);
+    op_transfer(a->ids, a->h_ids);
+    op_transfer(a->targets, a->h_targets);
+    op_transfer(a->pos, &t_pos);
+    op_transfer(a->seg, &t_seg);
 
     /* image positions that survived truncation: where they go in the rows, where they come from */
-    int32_t *iflat = a->idx_flat->data, *isrc = a->idx_src->data;
+    int32_t *iflat = a->h_iflat->data, *isrc = a->h_isrc->data;
     int64_t nv = 0;
     for (int64_t k = 0; k < NI; k++)
         if (b->image_pos[k] >= 0) iflat[nv] = b->image_pos[k], isrc[nv] = (int32_t)k, nv++;
     /* (a batch of text-only samples has no image positions: the index tensors are then unused) */
-    tensor t_iflat = tensor_make("image_flat_index", NN_I32, NN_CPU, 1, (int64_t[]){nv ? nv : 1}, iflat);
-    tensor t_isrc = tensor_make("image_source_index", NN_I32, NN_CPU, 1, (int64_t[]){nv ? nv : 1}, isrc);
+    tensor t_iflat = head_vec(a->idx_flat, nv ? nv : 1), t_isrc = head_vec(a->idx_src, nv ? nv : 1);
+    if (nv > 0) {
+        tensor hf = head_vec(a->h_iflat, nv), hs = head_vec(a->h_isrc, nv);
+        op_transfer(&t_iflat, &hf);
+        op_transfer(&t_isrc, &hs);
+    }
 
     /* image features → projector */
     int64_t NIr = NI ? NI : 1;
@@ -302,22 +353,28 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
            emb = head_rows(a->emb, NIr);
     if (NI > 0) {
         if (c->input_discrete) {
-            int32_t *cid = a->code_ids->data;
-            tensor rows = head_rows(a->rows_d, NI), t_cid = tensor_make("code_ids", NN_I32, NN_CPU, 1, (int64_t[]){NI}, cid);
-            int64_t K = m->codebooks->shape[1], C = m->codebooks->shape[2];
+            int32_t *cid = a->h_cid->data;
+            int64_t Dd = m->codebooks->shape[0], K = m->codebooks->shape[1];
+            tensor rows = head_rows(a->rows_d, NI), t_cid = head_vec(a->code_ids, NI), h_cid = head_vec(a->h_cid, NI);
             op_fill(&feats, 0.0f);
-            for (int d = 0; d < (int)m->codebooks->shape[0]; d++) {
-                for (int64_t k = 0; k < NI; k++) cid[k] = b->codes[k * m->codebooks->shape[0] + d];
-                tensor book = tensor_make("codebook", NN_F32, NN_CPU, 2, (int64_t[]){K, C},
-                                          (float *)m->codebooks->data + (size_t)d * K * C);
+            for (int d = 0; d < (int)Dd; d++) {
+                for (int64_t k = 0; k < NI; k++) {
+                    cid[k] = b->codes[k * Dd + d];
+                    CHECK(cid[k] < K, "the codes must come from the tokenizer of --codebooks",
+                          "code %d of image position %lld is >= the codebook size %lld", (int)cid[k], (long long)k, (long long)K);
+                }
+                op_transfer(&t_cid, &h_cid);
+                tensor book = tensor_index0(m->codebooks, d);
                 op_embedding(&rows, &t_cid, &book);
                 op_add(&feats, &feats, &rows);
             }
         } else {
-            CHECK(m->tower != NULL && b->pixels != NULL, "", "the vision tower or the images are missing");
+            CHECK(m->tower != NULL && b->pixels != NULL && a->images != NULL, "", "the vision tower or the images are missing");
             int64_t S = c->vision.image_size;
-            tensor img = tensor_make("images", NN_F32, NN_CPU, 4, (int64_t[]){b->n_images, 3, S, S}, (void *)b->pixels);
-            tensor out = tensor_make("image_features", NN_F32, NN_CPU, 3, (int64_t[]){b->n_images, P, c->vision.hidden},
+            tensor hp = tensor_make("images", NN_F32, NN_CPU, 4, (int64_t[]){b->n_images, 3, S, S}, (void *)b->pixels);
+            tensor img = tensor_head0(a->images, b->n_images);
+            op_transfer(&img, &hp);
+            tensor out = tensor_make("image_features", NN_F32, dev, 3, (int64_t[]){b->n_images, P, c->vision.hidden},
                                      feats.data);
             siglip_forward(m->tower, a->sa, &img, &out);
         }
@@ -333,8 +390,8 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
         op_embedding(&rows, &t_isrc, &emb);
         op_embedding_backward(&x, &rows, &t_iflat);
     }
-    tensor x3 = tensor_make("inputs_embeds", NN_F32, NN_CPU, 3, (int64_t[]){b->B, b->T, c->llm.dim}, x.data);
-    tensor h3 = tensor_make("hidden_final", NN_F32, NN_CPU, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->h->data);
+    tensor x3 = tensor_make("inputs_embeds", NN_F32, dev, 3, (int64_t[]){b->B, b->T, c->llm.dim}, x.data);
+    tensor h3 = tensor_make("hidden_final", NN_F32, dev, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->h->data);
     llama_forward(m->llm, a->la, &x3, a->pos, a->seg, &h3);
 
     /* text loss: logits, CE (dlogits in place), back through lm_head into dh */
@@ -360,7 +417,7 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
          * one pass over them with the scale multiplied by their number gives the summed gradient. */
         int64_t n0 = b->n_text_only;
         CHECK(P <= a->max_images * P, "", "activations too small for the zero-image rows");
-        int32_t *cd = a->codes->data;
+        int32_t *cd = a->h_codes->data;
         for (int64_t k = 0; k < P; k++)
             for (int d = 0; d < D; d++) cd[k * D + d] = b->zero_codes[k * D + d];
         tensor h0 = head_rows(a->h_img, P), codes = tensor_make("codes", NN_I32, NN_CPU, 2, (int64_t[]){P, D}, cd);
@@ -374,8 +431,8 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
     }
 
     /* back through the LLM; then the token embeddings and the projector */
-    tensor dh3 = tensor_make("d_hidden_final", NN_F32, NN_CPU, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->dh->data);
-    tensor dx3 = tensor_make("d_inputs_embeds", NN_F32, NN_CPU, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->dx->data);
+    tensor dh3 = tensor_make("d_hidden_final", NN_F32, dev, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->dh->data);
+    tensor dx3 = tensor_make("d_inputs_embeds", NN_F32, dev, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->dx->data);
     llama_backward(m->llm, a->la, &dh3, &dx3);
     llama_embed_backward(m->llm, &ids_t, a->dx);
     if (nv > 0 && m->proj.w1->g) {

@@ -15,6 +15,8 @@
  *    num_layers, num_heads, layer_norm_eps, tap_layer, image_mean, image_std},
  *    "visual_head": {embed_dim, n_heads, depth, codebook_size, n_layers, ffn_dim, rms_norm_eps},
  *    "image_positions": 729}
+ * Device: everything (parameters, frozen tower and codebooks, activations) lives on m->ps.device; set it
+ * with param_set_set_device(&m->ps, NN_CUDA) before committing the set. f32 storage everywhere for now.
  * Not for: data loading, optimisation or checkpoints (asvr-train), generation (asvr-eval).
  */
 #ifndef ASVR_MODEL_ASVR_H
@@ -63,7 +65,7 @@ typedef struct asvr_model {
 
 /* Declares the parameters (call param_set_trainable / param_set_commit on m->ps afterwards). */
 void asvr_model_init(asvr_model *m, const asvr_config *c);
-/* Frozen parts: the input tower from st under prefix (HF: "vision_model."), the codebooks from a
+/* Frozen parts, on the parameters' device (load them after param_set_commit): the input tower from st under prefix (HF: "vision_model."), the codebooks from a
  * tensor [D,K,C] or from D tensors "<prefix>{d}.weight" [K or K+1, C]. */
 int asvr_model_load_tower(asvr_model *m, const safetensors *st, const char *prefix, asvr_error *err);
 int asvr_model_load_codebooks(asvr_model *m, const safetensors *st, const char *name_or_prefix, asvr_error *err);
@@ -98,9 +100,13 @@ typedef struct asvr_losses {
     int64_t app_correct[256];
 } asvr_losses;
 
+/* Activations live on the model's device (m->ps.device); the micro-batch's host arrays are turned
+ * into ids / targets / indices / codes on the host and uploaded once per call. */
 typedef struct asvr_acts asvr_acts;
 asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images);
+/* The step arena's plan, the host inputs' plan, and one line of totals per part (LLM, heads, tower). */
 void asvr_acts_print_plan(const asvr_acts *a, FILE *f);
+size_t asvr_acts_bytes(const asvr_acts *a); /* device (or CPU) bytes of all activation arenas */
 void asvr_acts_free(asvr_acts *a);
 
 /* Forward and backward of one micro-batch; gradients accumulate into m->ps. text_scale and the

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "nn/ops.h"
+#include "nn/ops_extra.h"
 
 void gen_result_free(gen_result *r) {
     if (!r) return;
@@ -85,7 +86,8 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
     const int Tx = o->use_cache ? Tp : Tt;    /* positions kept in x */
     const int NI = n_img > 0 ? n_img : 1;
 
-    nn_arena *ar = nn_arena_new("generation", NN_CPU);
+    nn_device dev = m->ps.device;
+    nn_arena *ar = nn_arena_new("generation", dev);
     tensor *ids = nn_arena_add(ar, "prompt_ids", NN_I32, 2, (int64_t[]){B, Tx});
     tensor *x = nn_arena_add(ar, "inputs_embeds", NN_F32, 3, (int64_t[]){B, Tx, d});
     tensor *xs = o->use_cache ? NULL : nn_arena_add(ar, "step_embeds", NN_F32, 3, (int64_t[]){B, Tt, d});
@@ -101,9 +103,17 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
     tensor *x1 = nn_arena_add(ar, "next_embeds", NN_F32, 3, (int64_t[]){B, 1, d});
     tensor *att = o->attention ? nn_arena_add(ar, "attention_last", NN_F32, 4, (int64_t[]){L, B, H, Tp}) : NULL;
     nn_arena_commit(ar);
+    /* host side: the ids and image indices built here, each step's logits and next tokens */
+    nn_arena *hs = nn_arena_new("generation (host)", NN_CPU);
+    tensor *h_ids = nn_arena_add(hs, "prompt_ids", NN_I32, 2, (int64_t[]){B, Tx});
+    tensor *h_iflat = nn_arena_add(hs, "image_flat_index", NN_I32, 1, (int64_t[]){(int64_t)NI * P});
+    tensor *h_logits = nn_arena_add(hs, "logits", NN_F32, 2, (int64_t[]){B, V});
+    tensor *h_tok = nn_arena_add(hs, "next_ids", NN_I32, 2, (int64_t[]){B, 1});
+    tensor *h_att = att ? nn_arena_add(hs, "attention_last", NN_F32, 4, (int64_t[]){L, B, H, Tp}) : NULL;
+    nn_arena_commit(hs);
 
     /* ids with the image positions and the padding marked -1 (llama_embed leaves them alone) */
-    int32_t *idv = ids->data, *fl = iflat->data;
+    int32_t *idv = h_ids->data, *fl = h_iflat->data;
     int ii = 0;
     for (int b = 0; b < B; b++) {
         int32_t *row = idv + (int64_t)b * Tx;
@@ -112,7 +122,8 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
         for (int i = 0; i < p[b].n; i++) {
             if (p[b].ids[i] == IMAGE_TOKEN_INDEX) {
                 for (int j = 0; j < P; j++) fl[ii * P + j] = (int32_t)((int64_t)b * Tx + t + j);
-                memcpy((float *)pix->data + (size_t)ii * 3 * S * S, p[b].pixels, sizeof(float) * 3 * (size_t)S * S);
+                tensor pi = tensor_index0(pix, ii);
+                op_write_f32(&pi, p[b].pixels);
                 ii++;
                 t += P;
             } else {
@@ -120,6 +131,9 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
             }
         }
     }
+
+    op_transfer(ids, h_ids);
+    op_transfer(iflat, h_iflat);
 
     /* inputs_embeds: token embeddings, image embeddings written at their positions (0 + v = v) */
     op_fill(x, 0.0f);
@@ -144,7 +158,7 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
     int *done = asvr_calloc((size_t)B, sizeof *done, "finished rows");
     int32_t *cur = asvr_calloc((size_t)B, sizeof *cur, "row lengths");
     llama_cache *kv = llama_cache_new(m->llm, B, Tt, o->use_cache ? Tp : Tt, att != NULL);
-    int32_t *tv = tok->data;
+    int32_t *tv = h_tok->data;
     for (int s = 0; s < N; s++) {
         if (s == 0 && o->use_cache) {
             llama_prefill(m->llm, kv, x, lens, h, att);
@@ -157,7 +171,7 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
             if (s > 0)
                 for (int b = 0; b < B; b++) {
                     tensor xb = tensor_index0(x, b), dst = tensor_index0(&xb, lens[b] + s - 1);
-                    tensor id1 = tensor_make("next_id", NN_I32, NN_CPU, 1, (int64_t[]){1}, tv + b);
+                    tensor id1 = tensor_index0(tok, b);
                     llama_embed(m->llm, &id1, &dst);
                 }
             tensor xv = view3(xs, B, Tc, d);
@@ -169,7 +183,8 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
             llama_prefill(m->llm, kv, &xv, cur, h, s == 0 ? att : NULL);
         }
         llama_lm_head(m->llm, h, logits);
-        const float *lg = logits->data;
+        op_transfer(h_logits, logits); /* one [B, vocab] download per step; the argmax runs on the host */
+        const float *lg = h_logits->data;
         int all = 1;
         for (int b = 0; b < B; b++) {
             if (o->logits) memcpy(o->logits + ((size_t)b * N + s) * V, lg + (size_t)b * V, sizeof(float) * (size_t)V);
@@ -180,13 +195,15 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
             if (t == o->eos_id || r->n[b] == N) done[b] = 1;
             all &= done[b];
         }
+        op_transfer(tok, h_tok);
         r->steps = s + 1;
         if (all) break;
     }
 
     /* attention maps: the last prompt token over the image positions, mean over heads */
     if (o->attention) {
-        const float *av = att->data;
+        op_transfer(h_att, att);
+        const float *av = h_att->data;
         for (int l = 0; l < L; l++)
             for (int b = 0; b < B; b++) {
                 tensor acc = f32_view("attention_map", o->attention + ((size_t)l * B + b) * P, P);
@@ -203,6 +220,7 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
     free(done);
     free(cur);
     nn_arena_free(ar);
+    nn_arena_free(hs);
     rc = 0;
 out:
     free(lens);

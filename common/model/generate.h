@@ -10,12 +10,14 @@
  * every step recomputes the whole forward over prompt + tokens so far (slow; tests compare both).
  * Optionally it records every step's logits and the last prompt token's attention over the image
  * positions per layer, averaged over heads (the paper's attention maps).
- * The argmax over logits rows is a small helper here (index bookkeeping, no nn op for it).
+ * Device: the model's (m->ps.device): prompts, images and indices are built on the host and uploaded
+ * once, the KV cache and all activations stay on the device, and each step downloads the [B, vocab]
+ * logits for the greedy argmax (gen_argmax, on the host) and uploads the B new token ids.
  * Text level: gen_prompt_ids builds the `vicuna_v1` (or `plain`) generation prompt for one question
  * and tokenizes it like tokenizer_image_token; gen_load_image decodes, pads or squashes, resizes and
  * normalises an image as the model was trained; gen_decode_answer is
  * decode(ids, skip_special_tokens=True).strip().
- * Not for: sampling, beam search, multi-image prompts, or the CUDA backend (CPU ops only so far).
+ * Not for: sampling, beam search, or multi-image prompts.
  */
 #ifndef ASVR_MODEL_GENERATE_H
 #define ASVR_MODEL_GENERATE_H

@@ -1,12 +1,12 @@
 #include "model/llama.h"
 
 #include <jansson.h>
-#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nn/ops.h"
+#include "nn/ops_extra.h"
 
 typedef struct llama_layer {
     param *ln_in, *q, *k, *v, *o, *ln_post, *gate, *up, *down;
@@ -209,7 +209,7 @@ llama_acts *llama_acts_new(const llama *m, int B, int T) {
     a->T = T;
     a->res = asvr_calloc((size_t)nl + 1, sizeof *a->res, "llama residual list");
     a->L = asvr_calloc((size_t)nl, sizeof *a->L, "llama layer activations");
-    nn_arena *ar = a->arena = nn_arena_new("llama activations", NN_CPU);
+    nn_arena *ar = a->arena = nn_arena_new("llama activations", m->embed->w->device);
     a->pos = nn_arena_add(ar, "positions", NN_I32, 2, (int64_t[]){B, T});
     a->seg = nn_arena_add(ar, "segments", NN_I32, 2, (int64_t[]){B, T});
     char nm[NN_NAME_MAX];
@@ -249,6 +249,7 @@ llama_acts *llama_acts_new(const llama *m, int B, int T) {
 }
 
 void llama_acts_print_plan(const llama_acts *a, FILE *f) { nn_arena_print_plan(a->arena, f); }
+size_t llama_acts_bytes(const llama_acts *a) { return nn_arena_bytes(a->arena); }
 
 void llama_acts_free(llama_acts *a) {
     if (!a) return;
@@ -260,45 +261,25 @@ void llama_acts_free(llama_acts *a) {
 
 /* ---- embedding ----------------------------------------------------------------------------- */
 
-/* Calls fn on each maximal run of consecutive (row-major) positions whose ids are >= 0, with views
- * of the ids and of the matching rows of x. Index bookkeeping only. */
-static void for_each_token_run(const llama *m, const tensor *ids, const tensor *x, const char *op,
-                               void (*fn)(const llama *, tensor *ids_run, tensor *x_run)) {
+static void check_embed_io(const llama *m, const tensor *ids, const tensor *x, const char *op) {
     char s1[96], s2[96];
-    CHECK(ids->device == NN_CPU && ids->dtype == NN_I32, "", "%s: ids '%s' must be i32 on the CPU", op, ids->name);
-    CHECK(x->device == NN_CPU && (x->dtype == NN_F32), "", "%s: '%s' must be f32 on the CPU", op, x->name);
+    CHECK(ids->dtype == NN_I32 && ids->device == x->device, "", "%s: ids '%s' must be i32 on %s, where '%s' is", op,
+          ids->name, nn_device_name(x->device), x->name);
     int64_t n = tensor_numel(ids), D = m->cfg.dim;
     CHECK(tensor_rows(x) == n && tensor_cols(x) == D, "", "%s: '%s' %s does not match ids '%s' %s x %lld", op,
           x->name, tensor_shape_str(x, s1, sizeof s1), ids->name, tensor_shape_str(ids, s2, sizeof s2),
           (long long)D);
-    int32_t *id = ids->data;
-    float *xd = x->data;
-    for (int64_t s = 0; s < n;) {
-        if (id[s] < 0) {
-            s++;
-            continue;
-        }
-        int64_t e = s + 1;
-        while (e < n && id[e] >= 0) e++;
-        tensor ir = tensor_make("token ids run", NN_I32, NN_CPU, 1, (int64_t[]){e - s}, id + s);
-        tensor xr = tensor_make(x->name, NN_F32, NN_CPU, 2, (int64_t[]){e - s, D}, xd + s * D);
-        fn(m, &ir, &xr);
-        s = e;
-    }
-}
-
-static void embed_run(const llama *m, tensor *ids, tensor *x) { op_embedding(x, ids, m->embed->w); }
-static void embed_backward_run(const llama *m, tensor *ids, tensor *dx) {
-    op_embedding_backward(m->embed->g, dx, ids);
 }
 
 void llama_embed(const llama *m, const tensor *ids, tensor *x) {
-    for_each_token_run(m, ids, x, "llama_embed", embed_run);
+    check_embed_io(m, ids, x, "llama_embed");
+    op_embedding_skip(x, ids, m->embed->w);
 }
 
 void llama_embed_backward(const llama *m, const tensor *ids, const tensor *dx) {
     if (!m->embed->g) return;
-    for_each_token_run(m, ids, dx, "llama_embed_backward", embed_backward_run);
+    check_embed_io(m, ids, dx, "llama_embed_backward");
+    op_embedding_skip_backward(m->embed->g, dx, ids);
 }
 
 /* ---- forward / backward -------------------------------------------------------------------- */
@@ -431,12 +412,13 @@ struct llama_cache {
     int B, T_max, T_pre, keep;
     int cur_b;    /* rows of the last prefill, 0 before */
     int32_t *len; /* [B] cached positions per row */
+    int32_t *h_pos, *h_seg, *h_idx; /* host copies of pos, seg and gidx / decode lengths, built here and uploaded */
     nn_arena *arena;
     tensor *k, *v;                     /* [L, B, T_max, KVD] */
-    tensor *pos, *seg, *gidx;          /* i32 [B, T_pre], [B, T_pre], [B] */
+    tensor *pos, *seg, *gidx;          /* i32 [B, T_pre], [B, T_pre], [B] (gidx: last prompt rows, then decode lengths) */
     tensor *res, *xn, *q, *kk, *vv, *attn, *branch, *gate, *up; /* [B, T_pre, ...] scratch */
     tensor *att;                       /* [B, H, T_pre, T_pre] (keep) or [T_pre, T_pre] */
-    tensor *scores;                    /* [T_max] one query's scores in a decode step */
+    tensor *scores;                    /* [B, H, T_max] the queries' scores in a decode step */
 };
 
 llama_cache *llama_cache_new(const llama *m, int B, int T_max, int T_prefill, int keep_attention) {
@@ -452,7 +434,10 @@ llama_cache *llama_cache_new(const llama *m, int B, int T_max, int T_prefill, in
     a->m = m;
     a->B = B, a->T_max = T_max, a->T_pre = T_prefill, a->keep = keep_attention != 0;
     a->len = asvr_calloc((size_t)B, sizeof *a->len, "llama cache lengths");
-    nn_arena *ar = a->arena = nn_arena_new("llama kv cache", NN_CPU);
+    a->h_pos = asvr_calloc((size_t)B * (size_t)Tp, sizeof *a->h_pos, "llama cache positions");
+    a->h_seg = asvr_calloc((size_t)B * (size_t)Tp, sizeof *a->h_seg, "llama cache segments");
+    a->h_idx = asvr_calloc((size_t)B, sizeof *a->h_idx, "llama cache indices");
+    nn_arena *ar = a->arena = nn_arena_new("llama kv cache", m->embed->w->device);
     a->k = nn_arena_add(ar, "cache.k", NN_F32, 4, (int64_t[]){c->n_layers, B, T_max, KVD});
     a->v = nn_arena_add(ar, "cache.v", NN_F32, 4, (int64_t[]){c->n_layers, B, T_max, KVD});
     a->pos = nn_arena_add(ar, "positions", NN_I32, 2, (int64_t[]){B, Tp});
@@ -471,7 +456,7 @@ llama_cache *llama_cache_new(const llama *m, int B, int T_max, int T_prefill, in
         a->att = nn_arena_add(ar, "attn_probs", NN_F32, 4, (int64_t[]){B, c->n_heads, Tp, Tp});
     else
         a->att = nn_arena_add(ar, "attn_scratch", NN_F32, 2, (int64_t[]){Tp, Tp});
-    a->scores = nn_arena_add(ar, "decode_scores", NN_F32, 1, (int64_t[]){T_max});
+    a->scores = nn_arena_add(ar, "decode_scores", NN_F32, 3, (int64_t[]){B, c->n_heads, T_max});
     nn_arena_commit(ar);
     return a;
 }
@@ -482,6 +467,9 @@ void llama_cache_free(llama_cache *c) {
     if (!c) return;
     nn_arena_free(c->arena);
     free(c->len);
+    free(c->h_pos);
+    free(c->h_seg);
+    free(c->h_idx);
     free(c);
 }
 
@@ -495,6 +483,13 @@ static tensor view_rows(const tensor *s, int64_t r, int64_t t, int64_t cols) {
     CHECK(r * (t ? t : 1) * cols <= tensor_numel(s), "", "llama cache: view of '%s' too large", s->name);
     if (!t) return tensor_make(s->name, s->dtype, s->device, 2, (int64_t[]){r, cols}, s->data);
     return tensor_make(s->name, s->dtype, s->device, 3, (int64_t[]){r, t, cols}, s->data);
+}
+
+/* The first r*t (or r when t == 0) entries of an i32 bookkeeping tensor, as [r, t] (or [r]). */
+static tensor ivec_view(const tensor *s, int64_t r, int64_t t) {
+    CHECK(r * (t ? t : 1) <= tensor_numel(s), "", "llama cache: view of '%s' too large", s->name);
+    if (!t) return tensor_make(s->name, s->dtype, s->device, 1, (int64_t[]){r}, s->data);
+    return tensor_make(s->name, s->dtype, s->device, 2, (int64_t[]){r, t}, s->data);
 }
 
 /* Row b of layer l's cache, positions [0, n): [n, KVD]. */
@@ -536,7 +531,7 @@ void llama_prefill(const llama *m, llama_cache *a, const tensor *x, const int32_
               tensor_shape_str(att_last, s1, sizeof s1), c->n_layers, (long long)B, (long long)H, (long long)T);
     }
     /* bookkeeping: positions 0..T-1, segment 0 for the prompt and -1 for the padding after it */
-    int32_t *pos = a->pos->data, *seg = a->seg->data, *gi = a->gidx->data;
+    int32_t *pos = a->h_pos, *seg = a->h_seg, *gi = a->h_idx;
     for (int64_t b = 0; b < B; b++) {
         CHECK(lens[b] >= 1 && lens[b] <= T, "", "%s: row %lld has length %d, want 1..%lld", op, (long long)b, lens[b],
               (long long)T);
@@ -544,12 +539,20 @@ void llama_prefill(const llama *m, llama_cache *a, const tensor *x, const int32_
         gi[b] = (int32_t)(b * T + lens[b] - 1);
         a->len[b] = 0;
     }
-    tensor posv = tensor_make("positions", NN_I32, NN_CPU, 2, (int64_t[]){B, T}, pos);
-    tensor segv = tensor_make("segments", NN_I32, NN_CPU, 2, (int64_t[]){B, T}, seg);
+    tensor posv = ivec_view(a->pos, B, T), segv = ivec_view(a->seg, B, T), giv = ivec_view(a->gidx, B, 0);
+    {
+        tensor hp = tensor_make("positions", NN_I32, NN_CPU, 2, (int64_t[]){B, T}, pos);
+        tensor hs = tensor_make("segments", NN_I32, NN_CPU, 2, (int64_t[]){B, T}, seg);
+        tensor hg = tensor_make("last_index", NN_I32, NN_CPU, 1, (int64_t[]){B}, gi);
+        op_transfer(&posv, &hp);
+        op_transfer(&segv, &hs);
+        op_transfer(&giv, &hg);
+    }
     tensor res = view_rows(a->res, B, T, D), xn = view_rows(a->xn, B, T, D), q = view_rows(a->q, B, T, QD);
     tensor k = view_rows(a->kk, B, T, KVD), v = view_rows(a->vv, B, T, KVD), attn = view_rows(a->attn, B, T, QD);
     tensor branch = view_rows(a->branch, B, T, D), gate = view_rows(a->gate, B, T, F), up = view_rows(a->up, B, T, F);
-    tensor att = a->keep ? tensor_make("attn_probs", NN_F32, NN_CPU, 4, (int64_t[]){B, H, T, T}, a->att->data) : *a->att;
+    tensor att = a->keep ? tensor_make("attn_probs", NN_F32, a->att->device, 4, (int64_t[]){B, H, T, T}, a->att->data)
+                         : *a->att;
     float scale = 1.0f / sqrtf((float)hd);
 
     op_copy(&res, x);
@@ -580,49 +583,11 @@ void llama_prefill(const llama *m, llama_cache *a, const tensor *x, const int32_
     }
     /* the last prompt token of each row, then the final norm */
     tensor flat = view_rows(a->res, B * T, 0, D), last = view_rows(a->xn, B, 0, D);
-    tensor giv = tensor_make("last_index", NN_I32, NN_CPU, 1, (int64_t[]){B}, gi);
     op_embedding(&last, &giv, &flat);
     op_rmsnorm(h_last, &last, m->norm->w, c->rms_eps, NULL);
     for (int64_t b = 0; b < B; b++) a->len[b] = lens[b];
     for (int64_t b = B; b < a->B; b++) a->len[b] = 0;
     a->cur_b = (int)B;
-}
-
-/* Model-local attention of one new query per row over its cached keys (no nn op takes a query length
- * different from the key length): out[b, h] = softmax(scale · q[b,h] · K[b, 0..n_b)^T) · V[b, 0..n_b),
- * kv head h / (H / Hkv); max-subtracted exponentials in fp32 summed in double, as op_attention's CPU
- * softmax does. q, out [B,1,H*Dh]; k, v: layer l's cache [B, T_max, Hkv*Dh]. */
-static void kv_attend(tensor *out, const tensor *q, const tensor *k, const tensor *v, const int32_t *n, int n_heads,
-                      int n_kv_heads, float scale, tensor *scores) {
-    int64_t B = q->shape[0], HD = q->shape[2], Dh = HD / n_heads, KVD = Dh * n_kv_heads, Tm = k->shape[1];
-    int group = n_heads / n_kv_heads;
-    float *s = scores->data;
-    for (int64_t b = 0; b < B; b++) {
-        for (int h = 0; h < n_heads; h++) {
-            const float *qh = (const float *)q->data + b * HD + h * Dh;
-            const float *kb = (const float *)k->data + b * Tm * KVD + (h / group) * Dh;
-            const float *vb = (const float *)v->data + b * Tm * KVD + (h / group) * Dh;
-            float *oh = (float *)out->data + b * HD + h * Dh;
-            float mx = -FLT_MAX;
-            for (int64_t j = 0; j < n[b]; j++) {
-                float d = 0.0f;
-                for (int64_t e = 0; e < Dh; e++) d += qh[e] * kb[j * KVD + e];
-                s[j] = scale * d;
-                if (s[j] > mx) mx = s[j];
-            }
-            double sum = 0.0;
-            for (int64_t j = 0; j < n[b]; j++) {
-                s[j] = expf(s[j] - mx);
-                sum += s[j];
-            }
-            float inv = (float)(1.0 / sum);
-            for (int64_t e = 0; e < Dh; e++) oh[e] = 0.0f;
-            for (int64_t j = 0; j < n[b]; j++) {
-                float p = s[j] * inv;
-                for (int64_t e = 0; e < Dh; e++) oh[e] += p * vb[j * KVD + e];
-            }
-        }
-    }
 }
 
 void llama_decode_step(const llama *m, llama_cache *a, const tensor *x, tensor *h) {
@@ -638,14 +603,20 @@ void llama_decode_step(const llama *m, llama_cache *a, const tensor *x, tensor *
           tensor_shape_str(x, s1, sizeof s1), (long long)B, (long long)D);
     CHECK(h->ndim == 2 && h->shape[0] == B && h->shape[1] == D, "", "%s: h '%s' is %s, want [%lld, %lld]", op, h->name,
           tensor_shape_str(h, s1, sizeof s1), (long long)B, (long long)D);
-    int32_t *pos = a->pos->data, *n = a->gidx->data;
+    int32_t *pos = a->h_pos, *n = a->h_idx;
     for (int64_t b = 0; b < B; b++) {
         CHECK(a->len[b] < a->T_max, "plan a larger cache", "%s: row %lld already holds %d of %d positions", op,
               (long long)b, a->len[b], a->T_max);
         pos[b] = a->len[b];
         n[b] = a->len[b] + 1;
     }
-    tensor posv = tensor_make("positions", NN_I32, NN_CPU, 2, (int64_t[]){B, 1}, pos);
+    tensor posv = ivec_view(a->pos, B, 1), lensv = ivec_view(a->gidx, B, 0);
+    {
+        tensor hp = tensor_make("positions", NN_I32, NN_CPU, 2, (int64_t[]){B, 1}, pos);
+        tensor hn = tensor_make("decode_lengths", NN_I32, NN_CPU, 1, (int64_t[]){B}, n);
+        op_transfer(&posv, &hp);
+        op_transfer(&lensv, &hn);
+    }
     tensor res = view_rows(a->res, B, 1, D), xn = view_rows(a->xn, B, 1, D), q = view_rows(a->q, B, 1, QD);
     tensor k = view_rows(a->kk, B, 1, KVD), v = view_rows(a->vv, B, 1, KVD), attn = view_rows(a->attn, B, 1, QD);
     tensor branch = view_rows(a->branch, B, 1, D), gate = view_rows(a->gate, B, 1, F), up = view_rows(a->up, B, 1, F);
@@ -667,7 +638,7 @@ void llama_decode_step(const llama *m, llama_cache *a, const tensor *x, tensor *
             op_copy(&vd, &vb);
         }
         tensor kl = tensor_index0(a->k, i), vl = tensor_index0(a->v, i);
-        kv_attend(&attn, &q, &kl, &vl, n, c->n_heads, c->n_kv_heads, scale, a->scores);
+        op_attention_decode(&attn, &q, &kl, &vl, &lensv, c->n_heads, c->n_kv_heads, scale, a->scores);
         op_matmul(&branch, &attn, W->o->w, NULL, NN_ACT_NONE, NULL);
         op_add(&res, &res, &branch);
         mlp_block(W, c, &res, &xn, &gate, &up, &branch);

@@ -17,7 +17,10 @@
  * Inference (forward only, nothing kept for backward): a KV cache (llama_cache) holds the post-RoPE
  * keys and values of every layer for B rows of up to T_max positions; llama_prefill runs a prompt per
  * row and fills it, llama_decode_step runs one new position per row against the cached prefix.
- * CPU backend only for now (the training ops it composes have no CUDA implementation yet).
+ * Device: activations and the cache live where the parameters do (param_set_set_device); ids,
+ * positions, segments and att_last passed in must be on that device too. The cache's bookkeeping
+ * (positions, segments, lengths) is built on the host and uploaded per call. Written against ops.h /
+ * ops_extra.h only; the CUDA path compiles but has not yet run on a GPU.
  * Not for: sliding-window or beam-search caches, tied embeddings, rope scaling variants, biased projections
  * (attention_bias / mlp_bias), or the loss itself (model/text_loss.h builds the shifted targets).
  */
@@ -78,11 +81,12 @@ void llama_free(llama *m);
  * Exits when T exceeds a configured sliding window. */
 llama_acts *llama_acts_new(const llama *m, int B, int T);
 void llama_acts_print_plan(const llama_acts *a, FILE *f);
+size_t llama_acts_bytes(const llama_acts *a);
 void llama_acts_free(llama_acts *a);
 
 /* Token embeddings: x [B,T,dim] row (b,t) = embed_tokens[ids[b,t]] for ids >= 0; positions with
  * ids < 0 (image placeholders, padding the caller marked) are left untouched for the caller to fill.
- * ids: i32 [B,T] on the CPU (ids >= vocab exit, naming the op). */
+ * ids: i32 [B,T] on x's device (op_embedding_skip; on the CPU ids >= vocab exit, naming the op). */
 void llama_embed(const llama *m, const tensor *ids, tensor *x);
 /* embed_tokens grad += dx rows at the positions with ids >= 0 (nothing when the embedding is frozen). */
 void llama_embed_backward(const llama *m, const tensor *ids, const tensor *dx);
@@ -130,9 +134,8 @@ void llama_prefill(const llama *m, llama_cache *c, const tensor *x, const int32_
 /* One new position per row of the last prefill: x [B',dim] (or [B',1,dim]) with the same B'; row b
  * runs at position llama_cache_len(c, b) with RoPE there, attends over its cached prefix and itself,
  * and is appended. h [B',dim] = final-norm states. Exits when a row would pass T_max.
- * The attention of one query over the cache is a model-local helper (no nn op takes a query length
- * different from the key length yet); it computes scale·q·k, a max-subtracted softmax in fp32 and
- * the weighted sum of V, as op_attention does. */
+ * The attention of one query over the cache is op_attention_decode (nn/ops_extra.h): scale·q·k, a
+ * max-subtracted softmax in fp32 and the weighted sum of V, as op_attention does. */
 void llama_decode_step(const llama *m, llama_cache *c, const tensor *x, tensor *h);
 
 #ifdef __cplusplus

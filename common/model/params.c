@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/ops.h"
+#include "nn/ops_extra.h"
+
 void param_set_init(param_set *ps, const char *label) {
     memset(ps, 0, sizeof *ps);
     snprintf(ps->label, sizeof ps->label, "%s", label);
@@ -42,12 +45,17 @@ void param_set_trainable(param_set *ps, const char *prefix, int trainable) {
         if (strncmp(ps->v[i]->name, prefix, n) == 0) ps->v[i]->trainable = trainable;
 }
 
+void param_set_set_device(param_set *ps, nn_device dev) {
+    CHECK(!ps->committed, "", "parameter set '%s': device changed after commit", ps->label);
+    ps->device = dev;
+}
+
 void param_set_commit(param_set *ps) {
     char label[96];
     snprintf(label, sizeof label, "%s values", ps->label);
-    ps->values = nn_arena_new(label, NN_CPU);
+    ps->values = nn_arena_new(label, ps->device);
     snprintf(label, sizeof label, "%s grads", ps->label);
-    ps->grads = nn_arena_new(label, NN_CPU);
+    ps->grads = nn_arena_new(label, ps->device);
     tensor **shapes = asvr_malloc(sizeof(tensor *) * (size_t)(ps->n ? ps->n : 1), "parameter shapes");
     for (int i = 0; i < ps->n; i++) {
         param *p = ps->v[i];
@@ -84,9 +92,20 @@ int param_set_load(param_set *ps, const safetensors *st, const char *prefix, asv
             return asvr_err_set(err, "tensor '%s' in '%s' has %d dims / %lld elements, expected %s", key,
                                 s->file ? s->file : "?", s->ndim, (long long)s->numel, want);
         }
-        if (st_tensor_to_f32(s, p->w->data, err) < 0) return asvr_err_prefix(err, "tensor '%s'", key);
+        if (param_tensor_load(p->w, s, err) < 0) return asvr_err_prefix(err, "tensor '%s'", key);
     }
     return 0;
+}
+
+int param_tensor_load(tensor *t, const st_tensor *s, asvr_error *err) {
+    CHECK(s->numel == tensor_numel(t), "", "param_tensor_load: '%s' has %lld elements, tensor '%s' %lld",
+          s->name ? s->name : "?", (long long)s->numel, t->name, (long long)tensor_numel(t));
+    if (t->device == NN_CPU && t->dtype == NN_F32) return st_tensor_to_f32(s, t->data, err);
+    float *tmp = asvr_malloc(sizeof(float) * (size_t)(s->numel ? s->numel : 1), "a host staging buffer");
+    int rc = st_tensor_to_f32(s, tmp, err);
+    if (rc == 0) op_write_f32(t, tmp);
+    free(tmp);
+    return rc;
 }
 
 /* splitmix64 → uniform → Box-Muller, all in double: the same numbers on every machine. */
@@ -100,8 +119,9 @@ static uint64_t sm64(uint64_t *s) {
 void param_set_init_random(param_set *ps, uint64_t seed) {
     for (int i = 0; i < ps->n; i++) {
         param *p = ps->v[i];
-        float *w = p->w->data;
         int64_t n = tensor_numel(p->w);
+        int on_host = p->w->device == NN_CPU;
+        float *w = on_host ? p->w->data : asvr_malloc(sizeof(float) * (size_t)n, "a host staging buffer");
         uint64_t s = seed ^ (0x51ED270B27A1F1C3ULL * (uint64_t)(i + 1));
         for (int64_t k = 0; k < n; k++) {
             if (p->init == PARAM_INIT_ZERO) w[k] = 0.0f;
@@ -112,12 +132,16 @@ void param_set_init_random(param_set *ps, uint64_t seed) {
                 w[k] = (float)(p->init_std * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
             }
         }
+        if (!on_host) {
+            op_write_f32(p->w, w);
+            free(w);
+        }
     }
 }
 
 void param_set_zero_grads(param_set *ps) {
     for (int i = 0; i < ps->n; i++)
-        if (ps->v[i]->g) memset(ps->v[i]->g->data, 0, tensor_nbytes(ps->v[i]->g));
+        if (ps->v[i]->g) op_fill(ps->v[i]->g, 0.0f);
 }
 
 int64_t param_set_count(const param_set *ps, int trainable_only) {
@@ -128,8 +152,8 @@ int64_t param_set_count(const param_set *ps, int trainable_only) {
 }
 
 void param_set_print(const param_set *ps, FILE *f) {
-    fprintf(f, "parameters '%s': %d tensors, %lld scalars, %lld trainable (%.1f MiB values, %.1f MiB grads)\n",
-            ps->label, ps->n, (long long)param_set_count(ps, 0), (long long)param_set_count(ps, 1),
+    fprintf(f, "parameters '%s' on %s: %d tensors, %lld scalars, %lld trainable (%.1f MiB values, %.1f MiB grads)\n",
+            ps->label, nn_device_name(ps->device), ps->n, (long long)param_set_count(ps, 0), (long long)param_set_count(ps, 1),
             ps->values ? (double)nn_arena_bytes(ps->values) / 1048576.0 : 0.0,
             ps->grads ? (double)nn_arena_bytes(ps->grads) / 1048576.0 : 0.0);
 }

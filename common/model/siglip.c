@@ -49,6 +49,11 @@ int siglip_config_check(const siglip_config *c, asvr_error *err) {
 
 int siglip_load(const siglip_config *cfg, const safetensors *st, const char *prefix, siglip **out,
                 asvr_error *err) {
+    return siglip_load_on(cfg, st, prefix, NN_CPU, out, err);
+}
+
+int siglip_load_on(const siglip_config *cfg, const safetensors *st, const char *prefix, nn_device dev, siglip **out,
+                   asvr_error *err) {
     *out = NULL;
     if (siglip_config_check(cfg, err) < 0) return -1;
     int64_t C = cfg->hidden, I = cfg->intermediate, p = cfg->patch_size, N = siglip_num_patches(cfg);
@@ -56,7 +61,7 @@ int siglip_load(const siglip_config *cfg, const safetensors *st, const char *pre
     m->cfg = *cfg;
     m->layer = asvr_calloc((size_t)cfg->tap, sizeof *m->layer, "siglip layers");
     weights_loader wl;
-    weights_loader_init(&wl, "siglip weights", st, prefix);
+    weights_loader_init_on(&wl, "siglip weights", st, prefix, dev);
     m->patch_w = weights_want(&wl, 4, (int64_t[]){C, 3, p, p}, "embeddings.patch_embedding.weight");
     m->patch_b = weights_want(&wl, 1, (int64_t[]){C}, "embeddings.patch_embedding.bias");
     m->pos = weights_want(&wl, 2, (int64_t[]){N, C}, "embeddings.position_embedding.weight");
@@ -109,7 +114,7 @@ siglip_acts *siglip_acts_new(const siglip *m, int max_batch) {
     siglip_acts *a = asvr_calloc(1, sizeof *a, "siglip activations");
     a->m = m;
     a->max_batch = max_batch;
-    a->arena = nn_arena_new("siglip activations", NN_CPU);
+    a->arena = nn_arena_new("siglip activations", m->patch_w->device);
     a->cols = nn_arena_add(a->arena, "patch_cols", NN_F32, 2, (int64_t[]){B * N, 3 * p * p});
     a->h = nn_arena_add(a->arena, "residual", NN_F32, 3, (int64_t[]){B, N, C});
     a->x = nn_arena_add(a->arena, "ln_out", NN_F32, 3, (int64_t[]){B, N, C});
@@ -125,6 +130,7 @@ siglip_acts *siglip_acts_new(const siglip *m, int max_batch) {
 }
 
 void siglip_acts_print_plan(const siglip_acts *a, FILE *f) { nn_arena_print_plan(a->arena, f); }
+size_t siglip_acts_bytes(const siglip_acts *a) { return nn_arena_bytes(a->arena); }
 
 void siglip_acts_free(siglip_acts *a) {
     if (!a) return;

@@ -50,6 +50,10 @@ typedef struct siglip siglip;
  * naming the missing or mis-shaped tensor (and its file) when the file does not fit cfg. */
 int siglip_load(const siglip_config *cfg, const safetensors *st, const char *prefix, siglip **out,
                 asvr_error *err);
+/* Same, with the weights on dev (f32 storage); the activations of siglip_acts_new follow them, and
+ * siglip_forward's images and output must then be on dev too. */
+int siglip_load_on(const siglip_config *cfg, const safetensors *st, const char *prefix, nn_device dev, siglip **out,
+                   asvr_error *err);
 const siglip_config *siglip_cfg(const siglip *m);
 void siglip_print_plan(const siglip *m, FILE *f); /* weights arena plan */
 void siglip_free(siglip *m);
@@ -58,6 +62,7 @@ void siglip_free(siglip *m);
 typedef struct siglip_acts siglip_acts;
 siglip_acts *siglip_acts_new(const siglip *m, int max_batch);
 void siglip_acts_print_plan(const siglip_acts *a, FILE *f);
+size_t siglip_acts_bytes(const siglip_acts *a);
 void siglip_acts_free(siglip_acts *a);
 
 /* images [B,3,S,S] f32 with B <= max_batch; out [B,N,C] f32 (every element written). */

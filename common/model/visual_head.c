@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/ops_extra.h"
+
 typedef struct vhead_layer {
     param *norm1, *norm2, *in_w, *in_b, *out_w, *out_b, *ffn_w1, *ffn_w2;
 } vhead_layer;
@@ -33,8 +35,11 @@ struct vhead_acts {
     const vhead *hd;
     int max_positions;
     int n;                       /* positions of the last forward; 0 before the first */
-    nn_arena *arena;
+    nn_arena *arena;             /* on the parameters' device */
     tensor *codes_dm, *perm_tm, *perm_dm; /* i32 [D*P] */
+    nn_arena *host;              /* host copies of the index tensors, built here and uploaded */
+    tensor *h_codes_dm, *h_perm_tm, *h_perm_dm, *h_top1; /* i32 [D*P] */
+    tensor *top1;                /* i32 [D*P] argmax of the logits rows */
     tensor *h_img;               /* copy of the input [P, d_in] */
     tensor *in_pre, *in_h;       /* head_in_proj hidden [P, E] */
     tensor *emb, *cum;           /* code rows [P, C]; cumulative sums [(D-1)*P, C] */
@@ -152,7 +157,7 @@ vhead_acts *vhead_acts_new(const vhead *h, int max_positions) {
     vhead_acts *a = asvr_calloc(1, sizeof *a, "visual head activations");
     a->hd = h;
     a->max_positions = max_positions;
-    nn_arena *ar = a->arena = nn_arena_new("visual head activations", NN_CPU);
+    nn_arena *ar = a->arena = nn_arena_new("visual head activations", h->head_in.w1->w->device);
     a->codes_dm = nn_arena_add(ar, "codes_depth_major", NN_I32, 1, (int64_t[]){DP});
     a->perm_tm = nn_arena_add(ar, "perm_to_token_major", NN_I32, 1, (int64_t[]){DP});
     a->perm_dm = nn_arena_add(ar, "perm_to_depth_major", NN_I32, 1, (int64_t[]){DP});
@@ -201,11 +206,21 @@ vhead_acts *vhead_acts_new(const vhead *h, int max_positions) {
     a->dg = add2(ar, "grad.ffn_hidden", NN_F32, P, F);
     a->dh_in = add2(ar, "grad.head_in_proj_hidden", NN_F32, P, E);
     a->att_scratch = add2(ar, "grad.attention_scratch", NN_F32, D, D);
+    a->top1 = nn_arena_add(ar, "top1", NN_I32, 1, (int64_t[]){DP});
     nn_arena_commit(ar);
+    nn_arena *hs = a->host = nn_arena_new("visual head indices (host)", NN_CPU);
+    a->h_codes_dm = nn_arena_add(hs, "codes_depth_major", NN_I32, 1, (int64_t[]){DP});
+    a->h_perm_tm = nn_arena_add(hs, "perm_to_token_major", NN_I32, 1, (int64_t[]){DP});
+    a->h_perm_dm = nn_arena_add(hs, "perm_to_depth_major", NN_I32, 1, (int64_t[]){DP});
+    a->h_top1 = nn_arena_add(hs, "top1", NN_I32, 1, (int64_t[]){DP});
+    nn_arena_commit(hs);
     return a;
 }
 
-void vhead_acts_print_plan(const vhead_acts *a, FILE *f) { nn_arena_print_plan(a->arena, f); }
+void vhead_acts_print_plan(const vhead_acts *a, FILE *f) {
+    nn_arena_print_plan(a->arena, f);
+    nn_arena_print_plan(a->host, f);
+}
 size_t vhead_acts_bytes(const vhead_acts *a) { return nn_arena_bytes(a->arena); }
 
 void vhead_acts_fill(vhead_acts *a, float value) {
@@ -218,6 +233,7 @@ void vhead_acts_fill(vhead_acts *a, float value) {
 void vhead_acts_free(vhead_acts *a) {
     if (!a) return;
     nn_arena_free(a->arena);
+    nn_arena_free(a->host);
     free(a->xs);
     free(a->la);
     free(a);
@@ -244,19 +260,15 @@ static tensor *opt(tensor *t, tensor *buf) {
     return buf;
 }
 
-/* top-1 hits of logits [N, K] against targets [N] (lowest index wins a tie, as torch.argmax).
- * No nn op computes an argmax yet; this is the one loop the head keeps, for the accuracy metric. */
-static int64_t top1_hits(const tensor *logits, const tensor *targets) {
-    int64_t N = tensor_rows(logits), K = tensor_cols(logits), hits = 0;
-    const float *L = logits->data;
-    const int32_t *t = targets->data;
-    for (int64_t n = 0; n < N; n++) {
-        const float *row = L + n * K;
-        int64_t best = 0;
-        for (int64_t j = 1; j < K; j++)
-            if (row[j] > row[best]) best = j;
-        hits += best == t[n];
-    }
+/* top-1 hits of logits [N, K] against the host targets [N] (op_argmax_rows: the first maximal index, as
+ * torch.argmax), through the host copy of the argmax. */
+static int64_t top1_hits(vhead_acts *a, const tensor *logits, const int32_t *targets) {
+    int64_t N = tensor_rows(logits), hits = 0;
+    tensor idx = rows_view(a->top1, 0, 1, N), hidx = rows_view(a->h_top1, 0, 1, N);
+    op_argmax_rows(&idx, logits);
+    op_transfer(&hidx, &idx);
+    const int32_t *best = hidx.data;
+    for (int64_t n = 0; n < N; n++) hits += best[n] == targets[n];
     return hits;
 }
 
@@ -285,7 +297,7 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
     int64_t DN = D * N;
 
     /* index bookkeeping: codes depth-major, and the two row permutations between the layouts */
-    int32_t *cd = a->codes_dm->data, *ptm = a->perm_tm->data, *pdm = a->perm_dm->data;
+    int32_t *cd = a->h_codes_dm->data, *ptm = a->h_perm_tm->data, *pdm = a->h_perm_dm->data;
     for (int64_t n = 0; n < N; n++)
         for (int64_t d = 0; d < D; d++) {
             int64_t v = codes->dtype == NN_I32 ? ((const int32_t *)codes->data)[n * D + d]
@@ -298,6 +310,13 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
             pdm[d * N + n] = (int32_t)(n * D + d);
         }
     tensor perm_tm = rows_view(a->perm_tm, 0, 1, DN), perm_dm = rows_view(a->perm_dm, 0, 1, DN);
+    {
+        tensor hc = rows_view(a->h_codes_dm, 0, 1, DN), dc = rows_view(a->codes_dm, 0, 1, DN);
+        tensor ht = rows_view(a->h_perm_tm, 0, 1, DN), hd2 = rows_view(a->h_perm_dm, 0, 1, DN);
+        op_transfer(&dc, &hc);
+        op_transfer(&perm_tm, &ht);
+        op_transfer(&perm_dm, &hd2);
+    }
 
     /* depth token 0: head_in_proj(h_img) */
     tensor himg = rows_view(a->h_img, 0, N, c->d_in);
@@ -372,7 +391,7 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
         tensor yd = rows_view(a->y, d * N, N, E), lg = rows_view(a->logits, d * N, N, K),
                dl = rows_view(a->dlogits, d * N, N, K), tg = rows_view(a->codes_dm, d, 1, N);
         op_matmul(&lg, &yd, hd->head_w[d]->w, hd->head_b[d]->w, NN_ACT_NONE, NULL);
-        if (correct) correct[d] = top1_hits(&lg, &tg);
+        if (correct) correct[d] = top1_hits(a, &lg, (const int32_t *)a->h_codes_dm->data + d * N);
         int64_t count = 0;
         op_cross_entropy(&dl, &loss_sum[d], &count, &lg, &tg, scale);
         CHECK(count == N, "", "%s: %lld of %lld positions scored", fn, (long long)count, (long long)N);

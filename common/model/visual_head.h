@@ -21,7 +21,9 @@
  * Activations are planned in one arena for up to max_positions positions; they are stored
  * depth-major ([D, N, E]: each depth's rows contiguous, for the per-depth FFNs and heads) and
  * permuted to token-major ([N, D, E]) around the attention with row gathers.
- * The CPU backend runs all of it; the top-1 count is a host loop over the logits (no argmax op yet).
+ * Activations live on the parameters' device; the index bookkeeping (codes depth-major, the two
+ * permutations) is built on the host and uploaded per call, and the top-1 count compares the
+ * downloaded op_argmax_rows of each depth's logits with the host codes.
  * Not for: sampling codes at inference (no KV cache, no top-k), the appearance tokenizer's head, or
  * computing the codes themselves (model/rvq.h does that).
  */

@@ -4,7 +4,9 @@
  * that every one exists with exactly that shape (naming the first missing or mis-shaped key and its
  * file), makes the single allocation, and converts each tensor to fp32 (st_tensor_to_f32).
  * Tensors in the file that nobody asked for are ignored (later layers, heads, other towers).
- * Not for: writing checkpoints, sharding decisions, or device upload (a backend step after this).
+ * The arena may live on a device (weights_loader_init_on): each tensor is then converted into a host
+ * f32 staging buffer and uploaded (f32 storage for now; a bf16 arena is a dtype switch here later).
+ * Not for: writing checkpoints or sharding decisions.
  */
 #ifndef ASVR_MODEL_WEIGHTS_H
 #define ASVR_MODEL_WEIGHTS_H
@@ -31,6 +33,9 @@ typedef struct weights_loader {
 
 void weights_loader_init(weights_loader *wl, const char *arena_label, const safetensors *st,
                          const char *prefix);
+/* Same, with the arena on dev (NN_CPU is weights_loader_init). */
+void weights_loader_init_on(weights_loader *wl, const char *arena_label, const safetensors *st,
+                            const char *prefix, nn_device dev);
 /* Declares prefix + printf(fmt, ...) with the given shape; returns the (not yet filled) tensor. */
 tensor *weights_want(weights_loader *wl, int ndim, const int64_t *shape, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
