@@ -11,6 +11,13 @@ void weights_loader_init(weights_loader *wl, const char *arena_label, const safe
     wl->st = st;
     snprintf(wl->prefix, sizeof wl->prefix, "%s", prefix ? prefix : "");
     wl->arena = nn_arena_new(arena_label, NN_CPU);
+    wl->device = NN_CPU;
+    wl->dtype = NN_F32;
+}
+
+void weights_loader_target(weights_loader *wl, nn_device dev, nn_dtype dtype) {
+    wl->device = dev;
+    wl->dtype = dtype;
 }
 
 static tensor *want_v(weights_loader *wl, int ndim, const int64_t *shape, int pad_rows,
@@ -95,6 +102,7 @@ int weights_load(weights_loader *wl, asvr_error *err) {
                 rc = asvr_err_prefix(err, "converting '%s' to f32", e->key);
         }
     }
+    if (rc == 0) nn_arena_move(wl->arena, wl->device, wl->dtype);
     free(wl->want);
     wl->want = NULL;
     wl->n = wl->cap = 0;
