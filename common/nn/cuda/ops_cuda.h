@@ -37,6 +37,10 @@ void nn_cuda_sync(void);
 void cuda_vq_step_fused(tensor *residual, const tensor *codebook, const tensor *cnorm, tensor *codes,
                         int depth);
 
+/* Benchmarks (bench_cuda.cu): the measured throughput of an n x n x n bf16 cuBLAS GEMM (fp32
+ * accumulation), in TFLOP/s over `iters` calls after two warm-up calls. */
+double nn_cuda_gemm_peak_tflops(int n, int iters);
+
 #ifdef __cplusplus
 }
 #endif
