@@ -164,16 +164,45 @@ static void encode_cli(void) {
 }
 #endif
 
+/* Refusals that need no GPU: bf16 on the CPU, the fused kernel on the CPU, cuda without a device or
+ * without a CUDA build. */
+static void refusals(int have_device) {
+    const char *tok = ASVR_GOLDEN "/tokenize/tiny_tokenizer.safetensors";
+    vtok_load_opts o;
+    vision_tokenizer *vt = NULL;
+    asvr_error err;
+    vtok_load_opts_default(&o);
+    o.dtype = NN_BF16;
+    T_EQ_INT(vision_tokenizer_load_ex(tok, &o, &vt, &err), -1);
+    T_STR_CONTAINS(err.msg, "not supported");
+    vtok_load_opts_default(&o);
+    o.fused_vq = 1;
+    T_EQ_INT(vision_tokenizer_load_ex(tok, &o, &vt, &err), -1);
+    T_STR_CONTAINS(err.msg, "cuda only");
+    if (!have_device) {
+        vtok_load_opts_default(&o);
+        o.device = NN_CUDA;
+        T_EQ_INT(vision_tokenizer_load_ex(tok, &o, &vt, &err), -1);
+        T_CHECK(strstr(err.msg, "no CUDA device") || strstr(err.msg, "no CUDA backend"), "cuda refused: %s", err.msg);
+    }
+    vtok_load_opts_default(&o);
+    T_EQ_INT(vision_tokenizer_load_ex(tok, &o, &vt, &err), 0);
+    if (vt) T_CHECK(strcmp(vision_tokenizer_backend(vt), "cpu-f32") == 0, "cpu backend name");
+    vision_tokenizer_free(vt);
+}
+
 int main(void) {
 #ifdef ASVR_HAVE_CUDA
+    refusals(nn_cuda_available());
     if (!nn_cuda_available()) {
-        printf("skipped: no CUDA device\n");
+        printf("skipped: no CUDA device (the CPU-side refusals were checked)\n");
         return t_done();
     }
     compare(ASVR_GOLDEN "/tokenize/tiny_tokenizer.safetensors");
     compare(ASVR_GOLDEN "/tokenize_appearance/tiny_appearance.safetensors");
     encode_cli();
 #else
+    refusals(0);
     printf("skipped: no CUDA device (built without the CUDA backend)\n");
 #endif
     return t_done();
