@@ -72,6 +72,21 @@ done
 "$BIN" verify "$TMP/a.lmdb" > "$TMP/v.out" 2> /dev/null
 check '[ $? -eq 1 ] && grep -q "checksum mismatch" "$TMP/v.out" && grep -q "^photo0.jpg" "$TMP/v.out" && [ "$(wc -l < "$TMP/v.out")" = 14 ]' "verify names every corrupt record"
 "$BIN" stats --json "$TMP/clean.lmdb" > "$TMP/s.json"; check 'grep -q "\"records\": 3000" "$TMP/s.json"' "stats counts records"
+check 'grep -q "\"backend\": \"cpu-f32\"" "$TMP/s.json"' "stats shows the recorded backend"
+
+# Backends: the stats JSON names the stages and the backend; --device cuda without a usable GPU (or
+# without a CUDA build) is a usage error saying why; --dtype bf16 needs cuda.
+"${ENC[@]}" --policy pad --out "$TMP/st.lmdb" --stats "$TMP/st.json"
+check 'grep -q "\"stages\"" "$TMP/st.json" && grep -q "\"input_wait_s\"" "$TMP/st.json" && grep -q "\"write_wait_s\"" "$TMP/st.json" && grep -q "\"bottleneck\"" "$TMP/st.json" && grep -q "\"backend\": \"cpu-f32\"" "$TMP/st.json"' "stats has stage times and the backend"
+"${ENC[@]}" --policy pad --out "$TMP/gpu.lmdb" --device cuda 2> "$TMP/cuda.err"
+rc=$?
+if [ $rc -eq 2 ]; then
+  check 'grep -q "no CUDA device is visible\|no CUDA backend" "$TMP/cuda.err"' "--device cuda without a GPU: usage error naming why"
+else
+  check '[ $rc -eq 0 ]' "--device cuda with a GPU: runs"
+fi
+"${ENC[@]}" --policy pad --out "$TMP/bf.lmdb" --dtype bf16 2> "$TMP/bf.err"
+check '[ $? -eq 2 ] && grep -q "needs --device cuda" "$TMP/bf.err"' "--dtype bf16 on the CPU refused"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -1,5 +1,7 @@
 /* test_code_store.c — the LMDB code store: round trips (raw and zstd), finish/rename, resume,
- * refusing a different tokenizer, map growth from a tiny map, corruption detected by the checksum. */
+ * refusing a different tokenizer, map growth from a tiny map, corruption detected by the checksum;
+ * the recorded compute backend: another one refused, a forced append marks the store "mixed", and a
+ * meta record from before the backend was recorded reads as cpu-f32. */
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -23,6 +25,7 @@ static code_store_meta make_meta(const char *fp, int compress) {
     snprintf(m.tokenizer_fingerprint, sizeof m.tokenizer_fingerprint, "%s", fp);
     snprintf(m.tokenizer, sizeof m.tokenizer, "test-tokenizer");
     snprintf(m.policy, sizeof m.policy, "pad");
+    snprintf(m.backend, sizeof m.backend, "cpu-f32");
     m.image_size = 384, m.positions = P, m.depth = D, m.codebook_size = K, m.compression = compress;
     return m;
 }
@@ -131,11 +134,60 @@ static void run(const char *dir, int compress) {
     }
 }
 
+static void backend_checks(const char *dir) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/backend.lmdb", dir);
+    code_store_meta cpu = make_meta("0123456789abcdef", 0), gpu = cpu;
+    snprintf(gpu.backend, sizeof gpu.backend, "cuda-bf16");
+    static uint16_t codes[P * D];
+    const char *k1[] = {"a.jpg"}, *k2[] = {"b.jpg"};
+    const uint16_t *cp[] = {codes};
+    code_store *cs;
+    asvr_error err;
+    T_EQ_INT(code_store_open_writer(path, &cpu, 64 * 1024, &cs, &err), 0);
+    T_EQ_INT(code_store_put_batch(cs, 1, k1, cp, &err), 0);
+    T_EQ_INT(code_store_finish(cs, &err), 0);
+    /* another backend: refused, for the finished store and for a partial one */
+    T_EQ_INT(code_store_open_writer(path, &gpu, 0, &cs, &err), -1);
+    T_STR_CONTAINS(err.msg, "compute backend");
+    T_STR_CONTAINS(err.msg, "cuda-bf16");
+    /* forced: opened, and the store says "mixed" from then on */
+    T_EQ_INT(code_store_open_writer_ex(path, &gpu, 0, 1, &cs, &err), 0);
+    T_EQ_INT(code_store_put_batch(cs, 1, k2, cp, &err), 0);
+    T_CHECK(strcmp(code_store_get_meta(cs)->backend, "mixed") == 0, "forced append marks the store mixed");
+    T_EQ_INT(code_store_finish(cs, &err), 0);
+    code_store *rd;
+    T_EQ_INT(code_store_open(path, &rd, &err), 0);
+    if (rd) {
+        T_CHECK(strcmp(code_store_get_meta(rd)->backend, "mixed") == 0, "mixed persisted: %s",
+                code_store_get_meta(rd)->backend);
+        T_EQ_INT(code_store_count(rd), 2);
+        code_store_close(rd);
+    }
+    T_EQ_INT(code_store_open_writer(path, &cpu, 0, &cs, &err), -1); /* mixed is not cpu-f32 either */
+    T_STR_CONTAINS(err.msg, "mixed");
+    /* a meta record without "backend" (written before it existed) */
+    const char *old_meta = "{\"codebook_size\":16384,\"compression\":\"none\",\"depth\":8,\"dtype\":\"u16le\","
+                           "\"format_version\":1,\"image_size\":384,\"policy\":\"pad\",\"positions\":729,"
+                           "\"tokenizer\":\"t\",\"tokenizer_fingerprint\":\"0123456789abcdef\"}";
+    code_store_meta m;
+    T_EQ_INT(code_store_meta_from_json(old_meta, strlen(old_meta), &m, &err), 0);
+    T_CHECK(strcmp(m.backend, "cpu-f32") == 0, "an older store reads as cpu-f32: '%s'", m.backend);
+    gpu.format_version = CODE_STORE_FORMAT_VERSION;
+    char *js = code_store_meta_to_json(&gpu);
+    T_STR_CONTAINS(js, "\"backend\":\"cuda-bf16\"");
+    T_EQ_INT(code_store_meta_from_json(js, strlen(js), &m, &err), 0);
+    T_CHECK(strcmp(m.backend, "cuda-bf16") == 0, "backend round trip");
+    free(js);
+    unlink(path);
+}
+
 int main(void) {
     char dir[] = "/tmp/asvr_test_store_XXXXXX";
     T_CHECK(mkdtemp(dir) != NULL, "mkdtemp");
     run(dir, 0);
     run(dir, 1);
+    backend_checks(dir);
     /* Record encoding: a code >= K is caught, a truncated record too. */
     code_store_meta m = make_meta("0123456789abcdef", 0);
     m.positions = 2, m.depth = 2, m.codebook_size = 10;

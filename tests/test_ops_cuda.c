@@ -1,7 +1,9 @@
 /* test_ops_cuda.c — every CUDA op against the CPU op on the same seeded random inputs:
  * ||cuda - cpu|| / ||cpu|| < 1e-5 with f32 storage (GEMMs may use TF32-free fp32 compute) and < 1e-2
- * with bf16 storage; codes of the VQ step equal (f32). Without a CUDA build or a visible device the
- * test reports that it was skipped and passes.
+ * with bf16 storage; codes of the VQ step equal (f32), and of the fused VQ kernel too. The
+ * convolutional-block ops (GroupNorm, SiLU, conv2d same) write into NaN-filled outputs, so an element
+ * left unwritten fails. Without a CUDA build or a visible device the test reports that it was skipped
+ * and passes.
  */
 #include <math.h>
 #include <stdint.h>
@@ -20,7 +22,7 @@ static float frand(void) {
     return 2.0f * ((float)((rng >> 40) + 0.5) / (float)(1 << 24)) - 1.0f;
 }
 
-#define MAXT 64
+#define MAXT 128
 static void *owned[MAXT];
 static int n_owned;
 
@@ -112,6 +114,75 @@ static void run(nn_dtype dt) {
         T_CHECK(e < tol, "%s patch embed %.3g", dn, e);
         nn_cuda_free(di.data), nn_cuda_free(dw.data), nn_cuda_free(db.data), nn_cuda_free(dc.data);
     }
+    { /* convolutional-block ops: GroupNorm (also in place), SiLU, same-padding conv 3x3 and 1x1 on a
+       * non-square grid; device outputs start as NaN so an unwritten element fails the comparison */
+        int B = 2, H = 5, W = 7, P = H * W, C = 64, G = 8, Cout = 24;
+        tensor x = host("x", 3, B, P, C, 0, 2), w = host("w", 1, C, 0, 0, 0, 1), b = host("b", 1, C, 0, 0, 0, 1);
+        tensor y = host("y", 3, B, P, C, 0, 1);
+        tensor dx = dev(&x, dt), dw = dev(&w, dt), db = dev(&b, dt), dy = dev(&y, dt);
+        for (int64_t i = 0; i < tensor_numel(&x); i++) ((float *)x.data)[i] += 0.5f; /* a non-zero mean */
+        nn_cuda_free(dx.data);
+        dx = dev(&x, dt);
+        op_fill(&dy, NAN);
+        op_groupnorm(&y, &x, &w, &b, G, 1e-6f), op_groupnorm(&dy, &dx, &dw, &db, G, 1e-6f);
+        double e = cmp(&dy, &y);
+        T_CHECK(e < tol, "%s groupnorm %.3g", dn, e);
+        tensor xi = host("xi", 3, B, P, C, 0, 3);
+        tensor dxi = dev(&xi, dt);
+        op_groupnorm(&xi, &xi, &w, &b, G, 1e-5f), op_groupnorm(&dxi, &dxi, &dw, &db, G, 1e-5f);
+        e = cmp(&dxi, &xi);
+        T_CHECK(e < tol, "%s groupnorm in place %.3g", dn, e);
+        dy = dev(&y, dt);
+        op_fill(&dy, NAN);
+        op_silu(&y, &x), op_silu(&dy, &dx);
+        e = cmp(&dy, &y);
+        T_CHECK(e < tol, "%s silu %.3g", dn, e);
+        for (int k = 1; k <= 3; k += 2) {
+            tensor cw = host("cw", 4, Cout, C, k, k, 0.2f), cb = host("cb", 1, Cout, 0, 0, 0, 0.5f);
+            tensor cy = host("cy", 3, B, P, Cout, 0, 1), cols = host("cols", 1, (int64_t)P * C * k * k, 0, 0, 0, 1);
+            tensor dcw = dev(&cw, dt), dcb = dev(&cb, dt), dcy = dev(&cy, dt), dcols = dev(&cols, dt);
+            op_fill(&dcy, NAN);
+            op_conv2d_same(&cy, &x, &cw, &cb, H, W, &cols), op_conv2d_same(&dcy, &dx, &dcw, &dcb, H, W, &dcols);
+            e = cmp(&dcy, &cy);
+            T_CHECK(e < tol, "%s conv2d_same k=%d %.3g", dn, k, e);
+            nn_cuda_free(dcw.data), nn_cuda_free(dcb.data), nn_cuda_free(dcols.data);
+        }
+        nn_cuda_free(dx.data), nn_cuda_free(dw.data), nn_cuda_free(db.data);
+    }
+    { /* fused VQ step against the CPU step: codes equal (f32) or nearly (bf16), residuals close; a
+       * row count that is not a multiple of the kernel's row tile */
+        int N = 37, C = 40, K = 700, D = 3;
+        tensor x = host("x", 2, N, C, 0, 0, 1), cb = host("cb", 2, K, C, 0, 0, 1), cn = host("cn", 1, K, 0, 0, 0, 1);
+        tensor dist = host("dist", 2, N, K, 0, 0, 1);
+        int32_t hc[37 * 3], dc_host[37 * 3];
+        tensor codes = tensor_make("codes", NN_I32, NN_CPU, 2, (int64_t[]){N, D}, hc);
+        tensor dx = dev(&x, dt), dcb = dev(&cb, dt), dcn = dev(&cn, NN_F32);
+        tensor dcodes = tensor_make("codes", NN_I32, NN_CUDA, 2, (int64_t[]){N, D}, nn_cuda_malloc(sizeof hc, "codes"));
+        tensor back = tensor_make("codes", NN_F32, NN_CPU, 2, (int64_t[]){N, D}, dc_host);
+        tensor dcodes_f = dcodes;
+        dcodes_f.dtype = NN_F32; /* raw 4-byte copies */
+        for (int i = 0; i < N * D; i++) dc_host[i] = -1;
+        tensor sentinel = tensor_make("codes", NN_F32, NN_CPU, 2, (int64_t[]){N, D}, dc_host);
+        nn_cuda_upload(&dcodes_f, &sentinel);
+        op_row_sqnorm(&cn, &cb), op_row_sqnorm(&dcn, &dcb);
+        for (int d = 0; d < D; d++) {
+            op_vq_step(&x, &cb, &cn, &codes, d, &dist);
+            cuda_vq_step_fused(&dx, &dcb, &dcn, &dcodes, d);
+        }
+        nn_cuda_download(&back, &dcodes_f);
+        int bad = 0, unset = 0;
+        for (int i = 0; i < N * D; i++) bad += hc[i] != dc_host[i], unset += dc_host[i] < 0;
+        T_EQ_INT(unset, 0);
+        if (dt == NN_F32) {
+            T_EQ_INT(bad, 0);
+            double e = cmp(&dx, &x);
+            T_CHECK(e < 1e-5, "fused vq residual %.3g", e);
+        } else {
+            T_CHECK(bad <= N * D / 10, "bf16 fused vq: %d of %d codes differ from the f32 CPU codes", bad, N * D);
+            nn_cuda_free(dx.data);
+        }
+        nn_cuda_free(dcb.data), nn_cuda_free(dcn.data), nn_cuda_free(dcodes.data);
+    }
     if (dt == NN_F32) { /* VQ step: codes equal, residuals close; rows in two chunks */
         int N = 70, C = 32, K = 300, D = 2;
         tensor x = host("x", 2, N, C, 0, 0, 1), cb = host("cb", 2, K, C, 0, 0, 1), cn = host("cn", 1, K, 0, 0, 0, 1);
@@ -143,7 +214,7 @@ static void run(nn_dtype dt) {
 int main(void) {
 #ifdef ASVR_HAVE_CUDA
     if (!nn_cuda_available()) {
-        printf("skipped: no CUDA device visible\n");
+        printf("skipped: no CUDA device\n");
         return t_done();
     }
     run(NN_F32);

@@ -4,7 +4,12 @@
  * the compute thread (batches of --batch images through the tokenizer) → the writer thread (one
  * LMDB transaction per batch). Keys already in the store are skipped, so a killed run resumes;
  * the store is built as "<out>.partial" and renamed when every image is done. A bad or missing
- * image is logged, listed in --rejects and counted; --max-errors N fails the run after N. */
+ * image is logged, listed in --rejects and counted; --max-errors N fails the run after N.
+ * --device cuda runs the tokenizer on the GPU (weights in bf16 by default, --dtype f32 for parity):
+ * batches are assembled in pinned host memory, uploaded, encoded, and the codes copied back. The
+ * store records the backend (cpu-f32, cuda-bf16, cuda-f32) and refuses to mix them without --force.
+ * Time per stage (decode/preprocess, waits, upload, model, download, write) goes to the last log
+ * line and to --stats, with the stage that bounded the run. */
 #include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,6 +29,30 @@
 #include "io/json_stream.h"
 #include "model/vision_tokenizer.h"
 #include "store/code_store.h"
+#ifdef ASVR_HAVE_CUDA
+#include "nn/cuda/ops_cuda.h"
+#endif
+
+/* Host buffers that the GPU copies from or to are page-locked on CUDA (faster, asynchronous-capable
+ * copies); plain heap memory otherwise. */
+static void *host_alloc(size_t bytes, int pinned, const char *what) {
+#ifdef ASVR_HAVE_CUDA
+    if (pinned) return nn_cuda_host_alloc(bytes, what);
+#endif
+    (void)pinned;
+    return asvr_malloc(bytes, what);
+}
+
+static void host_free(void *p, int pinned) {
+#ifdef ASVR_HAVE_CUDA
+    if (pinned) {
+        nn_cuda_host_free(p);
+        return;
+    }
+#endif
+    (void)pinned;
+    free(p);
+}
 
 /* ---- pipeline ----------------------------------------------------------------------------------- */
 
@@ -109,9 +138,9 @@ static void *writer_thread(void *arg) {
 
 int cmd_encode(int argc, char **argv) {
     const char *json = NULL, *list = NULL, *root = "", *tok_path = NULL, *out = NULL, *policy_s = NULL,
-               *pad_s = NULL, *rejects = NULL, *stats = NULL, *device = "cpu";
+               *pad_s = NULL, *rejects = NULL, *stats = NULL, *device = "cpu", *dtype_s = NULL, *vq_s = "gemm";
     int64_t batch_size = 8, threads = 0, max_errors = -1, map_mib = 1024, max_pixels = (int64_t)IMAGE_DEFAULT_MAX_PIXELS;
-    int compress = 0, accept = 0, exif = 0;
+    int compress = 0, accept = 0, exif = 0, force = 0;
     const asvr_opt opts[] = {
         {"json", ASVR_OPT_STR, &json, "FILE", "LLaVA JSON (.json/.json.zst): every \"image\" of it, deduplicated"},
         {"list", ASVR_OPT_STR, &list, "FILE", "or a list file: one image path per line ('#' comments)"},
@@ -122,7 +151,10 @@ int cmd_encode(int argc, char **argv) {
         {"pad", ASVR_OPT_STR, &pad_s, "R,G,B", "pad colour (default: the tokenizer's, 127,127,127 for SigLIP)"},
         {"batch", ASVR_OPT_INT, &batch_size, "N", "images per forward pass and per LMDB transaction (default 8)"},
         {"threads", ASVR_OPT_INT, &threads, "N", "decode threads (default: the number of cores)"},
-        {"device", ASVR_OPT_STR, &device, "cpu", "compute backend (cpu; the CUDA pipeline is not wired yet)"},
+        {"device", ASVR_OPT_STR, &device, "cpu|cuda", "compute backend (default cpu); cuda needs a CUDA build and a GPU"},
+        {"dtype", ASVR_OPT_STR, &dtype_s, "bf16|f32", "cuda: weights and activations in bf16 (default, as the reference) or f32"},
+        {"vq-kernel", ASVR_OPT_STR, &vq_s, "gemm|fused", "cuda: RVQ distances as GEMM + argmin (default) or one fused kernel"},
+        {"force", ASVR_OPT_FLAG, &force, NULL, "append to a store computed by another backend (it is then marked 'mixed')"},
         {"compress", ASVR_OPT_FLAG, &compress, NULL, "zstd-compress each record (see README for the measured ratio)"},
         {"max-errors", ASVR_OPT_INT, &max_errors, "N", "fail after more than N bad or missing images (default: never)"},
         {"rejects", ASVR_OPT_STR, &rejects, "FILE", "write each rejected image as a JSON line {key, reason}"},
@@ -147,7 +179,25 @@ int cmd_encode(int argc, char **argv) {
     image_policy policy;
     if (image_policy_parse(policy_s, &policy) < 0) asvr_cli_usage_error(&cli, "--policy must be pad or squash");
     if (batch_size < 1 || batch_size > 1024) asvr_cli_usage_error(&cli, "--batch must be in 1..1024");
-    if (strcmp(device, "cpu") != 0) asvr_cli_usage_error(&cli, "--device %s is not available in this build; use cpu", device);
+    int use_cuda = strcmp(device, "cuda") == 0;
+    if (!use_cuda && strcmp(device, "cpu") != 0) asvr_cli_usage_error(&cli, "--device must be cpu or cuda, not '%s'", device);
+    if (!dtype_s) dtype_s = use_cuda ? "bf16" : "f32";
+    if (strcmp(dtype_s, "bf16") != 0 && strcmp(dtype_s, "f32") != 0)
+        asvr_cli_usage_error(&cli, "--dtype must be bf16 or f32, not '%s'", dtype_s);
+    if (!use_cuda && strcmp(dtype_s, "f32") != 0)
+        asvr_cli_usage_error(&cli, "--dtype %s needs --device cuda; the CPU backend computes in f32", dtype_s);
+    if (strcmp(vq_s, "gemm") != 0 && strcmp(vq_s, "fused") != 0)
+        asvr_cli_usage_error(&cli, "--vq-kernel must be gemm or fused, not '%s'", vq_s);
+    if (!use_cuda && strcmp(vq_s, "gemm") != 0) asvr_cli_usage_error(&cli, "--vq-kernel fused needs --device cuda");
+#ifndef ASVR_HAVE_CUDA
+    if (use_cuda)
+        asvr_cli_usage_error(&cli, "--device cuda: this build has no CUDA backend (nvcc was not found when it was "
+                                   "configured); rebuild with nvcc on PATH or -DASVR_CUDA=ON, or use --device cpu");
+#else
+    if (use_cuda && !nn_cuda_available())
+        asvr_cli_usage_error(&cli, "--device cuda: no CUDA device is visible (check nvidia-smi and "
+                                   "CUDA_VISIBLE_DEVICES), or use --device cpu");
+#endif
     if (threads <= 0) threads = asvr_num_cores();
     uint8_t pad[3];
     if (pad_s && image_list_parse_rgb(pad_s, pad) < 0) asvr_cli_usage_error(&cli, "--pad expects R,G,B with values 0..255");
@@ -162,8 +212,13 @@ int cmd_encode(int argc, char **argv) {
     /* Cheap checks first: the tokenizer's fingerprint and an up-to-date store need no model. */
     code_store_meta meta = {0};
     if (vision_tokenizer_fingerprint_file(tok_path, meta.tokenizer_fingerprint, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    vtok_load_opts lo;
+    vtok_load_opts_default(&lo);
+    lo.device = use_cuda ? NN_CUDA : NN_CPU;
+    lo.dtype = strcmp(dtype_s, "bf16") == 0 ? NN_BF16 : NN_F32;
+    lo.fused_vq = strcmp(vq_s, "fused") == 0;
     vision_tokenizer *vt;
-    if (vision_tokenizer_load(tok_path, &vt, &err) < 0) ASVR_FATAL("check the tokenizer file", "%s", err.msg);
+    if (vision_tokenizer_load_ex(tok_path, &lo, &vt, &err) < 0) ASVR_FATAL("check the tokenizer file", "%s", err.msg);
     const vtok_config *vc = vision_tokenizer_config(vt);
     const char *base = strrchr(tok_path, '/');
     snprintf(meta.tokenizer, sizeof meta.tokenizer, "%s", base ? base + 1 : tok_path);
@@ -173,14 +228,17 @@ int cmd_encode(int argc, char **argv) {
     meta.depth = vc->depth;
     meta.codebook_size = vc->codebook_size;
     meta.compression = compress;
+    snprintf(meta.backend, sizeof meta.backend, "%s", vision_tokenizer_backend(vt));
     if (!pad_s) memcpy(pad, vc->pad, 3);
 
     if (asvr_path_exists(out)) {
         code_store *fin;
         if (code_store_open(out, &fin, &err) == 0) {
             char why[512];
-            if (code_store_meta_diff(code_store_get_meta(fin), &meta, why, sizeof why))
-                ASVR_FATAL("write to a new store (one store per tokenizer and policy)", "'%s' was made differently, refusing to mix: %s", out, why);
+            code_store_meta want = meta;
+            if (force) memcpy(want.backend, code_store_get_meta(fin)->backend, sizeof want.backend);
+            if (code_store_meta_diff(code_store_get_meta(fin), &want, why, sizeof why))
+                ASVR_FATAL("write to a new store (one store per tokenizer, policy and backend)", "'%s' was made differently, refusing to mix: %s", out, why);
             size_t missing = 0;
             for (size_t i = 0; i < keys.n && !missing; i++) missing += !code_store_has(fin, keys.keys[i]);
             code_store_close(fin);
@@ -193,14 +251,18 @@ int cmd_encode(int argc, char **argv) {
         }
     }
     code_store *cs;
-    if (code_store_open_writer(out, &meta, (size_t)map_mib << 20, &cs, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    if (code_store_open_writer_ex(out, &meta, (size_t)map_mib << 20, force, &cs, &err) < 0)
+        ASVR_FATAL("write to a new store, or pass --force to append codes from another backend", "%s", err.msg);
+    if (strcmp(code_store_get_meta(cs)->backend, meta.backend) != 0)
+        LOG_WARN("--force: appending %s codes to '%s', which now records backend '%s'", meta.backend, out,
+                 code_store_get_meta(cs)->backend);
     char **todo = asvr_malloc(sizeof(char *) * (keys.n ? keys.n : 1), "the work list");
     size_t n_todo = 0;
     for (size_t i = 0; i < keys.n; i++)
         if (!code_store_has(cs, keys.keys[i])) todo[n_todo++] = keys.keys[i];
-    LOG_INFO("%zu already in '%s.partial', %zu to encode; policy %s, %dx%d, batch %lld, %lld decode threads, device %s",
+    LOG_INFO("%zu already in '%s.partial', %zu to encode; policy %s, %dx%d, batch %lld, %lld decode threads, backend %s%s",
              keys.n - n_todo, out, n_todo, meta.policy, meta.image_size, meta.image_size, (long long)batch_size,
-             (long long)threads, device);
+             (long long)threads, meta.backend, lo.fused_vq ? " (fused VQ kernel)" : "");
     if (asvr_log_get_level() >= ASVR_LOG_INFO) vision_tokenizer_print(vt, stderr);
 
     pipeline p = {0};
@@ -230,11 +292,11 @@ int cmd_encode(int argc, char **argv) {
     p.free_batches = asvr_queue_new(3);
     p.to_write = asvr_queue_new(3);
     for (int i = 0; i < 3; i++) {
-        batches[i].codes = asvr_malloc(sizeof(uint16_t) * per * (size_t)B, "a batch of codes");
+        batches[i].codes = host_alloc(sizeof(uint16_t) * per * (size_t)B, use_cuda, "a batch of codes");
         asvr_queue_push(p.free_batches, &batches[i]);
     }
     vtok_work *work = vtok_work_new(vt, B);
-    float *batch_px = asvr_malloc(sizeof(float) * img_floats * (size_t)B, "a batch of images");
+    float *batch_px = host_alloc(sizeof(float) * img_floats * (size_t)B, use_cuda, "a batch of images");
     LOG_INFO("memory: image slots %.1f MiB, batch %.1f MiB", (double)(sizeof(float) * img_floats * (size_t)n_slots) / 1048576.0,
              (double)(sizeof(float) * img_floats * (size_t)B) / 1048576.0);
 
@@ -246,7 +308,7 @@ int cmd_encode(int argc, char **argv) {
 
     json_t *rej = json_array();
     size_t done = 0, n_err = 0, n_ok = 0;
-    double compute_s = 0, wait_s = 0;
+    double compute_s = 0, wait_s = 0, write_wait_s = 0, assemble_s = 0;
     int over = 0;
     batch *cur = NULL;
     while (done < n_todo && !p.write_failed) {
@@ -268,10 +330,14 @@ int cmd_encode(int argc, char **argv) {
             }
         } else {
             if (!cur) {
-                cur = asvr_queue_pop(p.free_batches);
+                double tb = asvr_now();
+                cur = asvr_queue_pop(p.free_batches); /* blocks while the writer is behind */
+                write_wait_s += asvr_now() - tb;
                 cur->n = 0;
             }
+            double ta = asvr_now();
             memcpy(batch_px + img_floats * (size_t)cur->n, it->pixels, sizeof(float) * img_floats);
+            assemble_s += asvr_now() - ta;
             asvr_queue_push(p.free_slots, it->pixels);
             cur->keys[cur->n++] = todo[it->key];
             free(it);
@@ -330,10 +396,20 @@ int cmd_encode(int argc, char **argv) {
         failed = 1;
     }
     double elapsed = asvr_now() - t_start, decode_s = (double)atomic_load(&p.decode_ns) * 1e-9;
-    LOG_INFO("encoded %zu images, %zu rejected, store has %lld; %.1f s, %.1f img/s | compute %.1f s, decode %.1f s "
-             "(over %lld threads), write %.1f s, compute waited %.1f s for input",
-             n_ok, n_err, (long long)total, elapsed, elapsed > 0 ? (double)n_ok / elapsed : 0, compute_s, decode_s,
-             (long long)threads, p.write_s, wait_s);
+    vtok_times vt_t = vtok_work_times(work);
+    /* The compute thread drives the pipeline: its time splits into waiting for decoded images,
+     * encoding (upload + model + download) and waiting for the writer to free a batch; the largest
+     * of the three names the stage that bounded the run. */
+    const char *bottleneck = "encode";
+    if (wait_s > compute_s && wait_s >= write_wait_s) bottleneck = "decode/preprocess";
+    else if (write_wait_s > compute_s && write_wait_s > wait_s) bottleneck = "write";
+    LOG_INFO("encoded %zu images, %zu rejected, store has %lld; %.1f s, %.1f img/s, backend %s | stages: "
+             "decode+preprocess %.1f s over %lld threads (encoder waited %.1f s for input), encode %.1f s "
+             "(upload %.2f, model %.2f, download %.2f), write %.1f s (encoder waited %.1f s for the writer); "
+             "bottleneck: %s",
+             n_ok, n_err, (long long)total, elapsed, elapsed > 0 ? (double)n_ok / elapsed : 0, meta.backend, decode_s,
+             (long long)threads, wait_s, compute_s, vt_t.upload_s, vt_t.compute_s, vt_t.download_s, p.write_s,
+             write_wait_s, bottleneck);
     if (stats) {
         json_t *s = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:b}",
                               "store", out, "tokenizer", tok_path, "policy", meta.policy, "images", (json_int_t)keys.n,
@@ -342,17 +418,31 @@ int cmd_encode(int argc, char **argv) {
                               "images_per_s", elapsed > 0 ? (double)n_ok / elapsed : 0.0, "compute_s", compute_s,
                               "decode_s", decode_s, "write_s", p.write_s, "compute_wait_s", wait_s,
                               "decode_threads", (json_int_t)threads, "finished", !failed);
+        json_object_set_new(s, "device", json_string(device));
+        json_object_set_new(s, "dtype", json_string(dtype_s));
+        json_object_set_new(s, "backend", json_string(meta.backend));
+        json_object_set_new(s, "vq_kernel", json_string(vq_s));
+        json_object_set_new(s, "batch", json_integer((json_int_t)B));
+        /* seconds per stage; decode_preprocess_s is summed over the decode threads */
+        json_t *st = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "decode_preprocess_s", decode_s,
+                               "decode_preprocess_per_thread_s", threads > 0 ? decode_s / (double)threads : 0.0,
+                               "input_wait_s", wait_s, "batch_assembly_s", assemble_s, "encode_s", compute_s,
+                               "upload_s", vt_t.upload_s, "model_s", vt_t.compute_s, "download_s", vt_t.download_s,
+                               "write_s", p.write_s);
+        json_object_set_new(st, "write_wait_s", json_real(write_wait_s));
+        json_object_set_new(s, "stages", st);
+        json_object_set_new(s, "bottleneck", json_string(bottleneck));
         asvr_stats_write(stats, s);
         json_decref(s);
     }
     json_decref(rej);
-    for (int i = 0; i < 3; i++) free(batches[i].codes);
+    for (int i = 0; i < 3; i++) host_free(batches[i].codes, use_cuda);
     asvr_queue_free(p.ready);
     asvr_queue_free(p.free_slots);
     asvr_queue_free(p.to_write);
     asvr_queue_free(p.free_batches);
     free(slot_mem);
-    free(batch_px);
+    host_free(batch_px, use_cuda);
     free(tids);
     free(todo);
     vtok_work_free(work);

@@ -22,6 +22,11 @@ struct proj_block_acts {
 
 int proj_block_load(const safetensors *st, const char *prefix, int in, int out, int groups, float eps,
                     proj_block **res, asvr_error *err) {
+    return proj_block_load_ex(st, prefix, in, out, groups, eps, NN_CPU, NN_F32, res, err);
+}
+
+int proj_block_load_ex(const safetensors *st, const char *prefix, int in, int out, int groups, float eps,
+                       nn_device dev, nn_dtype dtype, proj_block **res, asvr_error *err) {
     *res = NULL;
     if (in <= 0 || out <= 0 || groups <= 0 || in % groups || out % groups)
         return asvr_err_set(err, "projection block %d -> %d channels: both must be positive multiples of %d "
@@ -36,6 +41,7 @@ int proj_block_load(const safetensors *st, const char *prefix, int in, int out, 
     m->in = in, m->out = out, m->groups = groups, m->eps = eps;
     weights_loader wl;
     weights_loader_init(&wl, "projection block weights", st, prefix);
+    weights_loader_target(&wl, dev, dtype);
     m->n1_w = weights_want(&wl, 1, (int64_t[]){I}, "norm1.weight");
     m->n1_b = weights_want(&wl, 1, (int64_t[]){I}, "norm1.bias");
     m->c1_w = weights_want(&wl, 4, (int64_t[]){O, I, 1, 1}, "conv1.weight");
@@ -54,10 +60,11 @@ int proj_block_load(const safetensors *st, const char *prefix, int in, int out, 
         proj_block_free(m);
         return asvr_err_prefix(err, "loading the projection block (%d -> %d channels)", in, out);
     }
-    m->c1_mat = tensor_make("conv1.weight as [out, in]", NN_F32, m->c1_w->device, 2, (int64_t[]){O, I}, m->c1_w->data);
+    m->c1_mat = tensor_make("conv1.weight as [out, in]", m->c1_w->dtype, m->c1_w->device, 2, (int64_t[]){O, I},
+                            m->c1_w->data);
     if (m->sc_w)
-        m->sc_mat = tensor_make("nin_shortcut.weight as [out, in]", NN_F32, m->sc_w->device, 2, (int64_t[]){O, I},
-                                m->sc_w->data);
+        m->sc_mat = tensor_make("nin_shortcut.weight as [out, in]", m->sc_w->dtype, m->sc_w->device, 2,
+                                (int64_t[]){O, I}, m->sc_w->data);
     *res = m;
     return 0;
 }
@@ -78,11 +85,12 @@ proj_block_acts *proj_block_acts_new(const proj_block *m, int max_batch, int H, 
     int64_t B = max_batch, P = (int64_t)H * W, I = m->in, O = m->out;
     proj_block_acts *a = asvr_calloc(1, sizeof *a, "projection block activations");
     a->m = m, a->max_batch = max_batch, a->H = H, a->W = W;
-    a->arena = nn_arena_new("projection block activations", NN_CPU);
-    a->xn = nn_arena_add(a->arena, "norm1_out", NN_F32, 3, (int64_t[]){B, P, I});
-    a->h = nn_arena_add(a->arena, "conv1_out", NN_F32, 3, (int64_t[]){B, P, O});
-    a->cols = nn_arena_add(a->arena, "conv2_cols", NN_F32, 2, (int64_t[]){P, O * 9});
-    if (m->sc_w) a->sc = nn_arena_add(a->arena, "shortcut_out", NN_F32, 3, (int64_t[]){B, P, O});
+    nn_dtype dt = m->c1_w->dtype; /* activations (and the im2col scratch) in the weights' dtype */
+    a->arena = nn_arena_new("projection block activations", m->c1_w->device);
+    a->xn = nn_arena_add(a->arena, "norm1_out", dt, 3, (int64_t[]){B, P, I});
+    a->h = nn_arena_add(a->arena, "conv1_out", dt, 3, (int64_t[]){B, P, O});
+    a->cols = nn_arena_add(a->arena, "conv2_cols", dt, 2, (int64_t[]){P, O * 9});
+    if (m->sc_w) a->sc = nn_arena_add(a->arena, "shortcut_out", dt, 3, (int64_t[]){B, P, O});
     nn_arena_commit(a->arena);
     return a;
 }

@@ -13,6 +13,8 @@ typedef struct siglip_layer {
 
 struct siglip {
     siglip_config cfg;
+    nn_device dev;
+    nn_dtype dtype;
     nn_arena *weights;
     tensor *patch_w, *patch_b, *pos;
     siglip_layer *layer; /* tap entries */
@@ -49,19 +51,22 @@ int siglip_config_check(const siglip_config *c, asvr_error *err) {
 
 int siglip_load(const siglip_config *cfg, const safetensors *st, const char *prefix, siglip **out,
                 asvr_error *err) {
-    return siglip_load_on(cfg, st, prefix, NN_CPU, out, err);
+    return siglip_load_ex(cfg, st, prefix, NN_CPU, NN_F32, out, err);
 }
 
-int siglip_load_on(const siglip_config *cfg, const safetensors *st, const char *prefix, nn_device dev, siglip **out,
-                   asvr_error *err) {
+int siglip_load_ex(const siglip_config *cfg, const safetensors *st, const char *prefix, nn_device dev,
+                   nn_dtype dtype, siglip **out, asvr_error *err) {
     *out = NULL;
     if (siglip_config_check(cfg, err) < 0) return -1;
     int64_t C = cfg->hidden, I = cfg->intermediate, p = cfg->patch_size, N = siglip_num_patches(cfg);
     siglip *m = asvr_calloc(1, sizeof *m, "siglip model");
     m->cfg = *cfg;
+    m->dev = dev;
+    m->dtype = dtype;
     m->layer = asvr_calloc((size_t)cfg->tap, sizeof *m->layer, "siglip layers");
     weights_loader wl;
-    weights_loader_init_on(&wl, "siglip weights", st, prefix, dev);
+    weights_loader_init(&wl, "siglip weights", st, prefix);
+    weights_loader_target(&wl, dev, dtype);
     m->patch_w = weights_want(&wl, 4, (int64_t[]){C, 3, p, p}, "embeddings.patch_embedding.weight");
     m->patch_b = weights_want(&wl, 1, (int64_t[]){C}, "embeddings.patch_embedding.bias");
     m->pos = weights_want(&wl, 2, (int64_t[]){N, C}, "embeddings.position_embedding.weight");
@@ -97,6 +102,8 @@ int siglip_load_on(const siglip_config *cfg, const safetensors *st, const char *
 }
 
 const siglip_config *siglip_cfg(const siglip *m) { return &m->cfg; }
+nn_device siglip_device(const siglip *m) { return m->dev; }
+nn_dtype siglip_dtype(const siglip *m) { return m->dtype; }
 void siglip_print_plan(const siglip *m, FILE *f) { nn_arena_print_plan(m->weights, f); }
 
 void siglip_free(siglip *m) {
@@ -114,17 +121,18 @@ siglip_acts *siglip_acts_new(const siglip *m, int max_batch) {
     siglip_acts *a = asvr_calloc(1, sizeof *a, "siglip activations");
     a->m = m;
     a->max_batch = max_batch;
-    a->arena = nn_arena_new("siglip activations", m->patch_w->device);
-    a->cols = nn_arena_add(a->arena, "patch_cols", NN_F32, 2, (int64_t[]){B * N, 3 * p * p});
-    a->h = nn_arena_add(a->arena, "residual", NN_F32, 3, (int64_t[]){B, N, C});
-    a->x = nn_arena_add(a->arena, "ln_out", NN_F32, 3, (int64_t[]){B, N, C});
-    a->q = nn_arena_add(a->arena, "q", NN_F32, 3, (int64_t[]){B, N, C});
-    a->k = nn_arena_add(a->arena, "k", NN_F32, 3, (int64_t[]){B, N, C});
-    a->v = nn_arena_add(a->arena, "v", NN_F32, 3, (int64_t[]){B, N, C});
-    a->attn = nn_arena_add(a->arena, "attn_out", NN_F32, 3, (int64_t[]){B, N, C});
+    nn_dtype dt = m->dtype; /* activations in the weights' dtype; the attention scratch stays f32 */
+    a->arena = nn_arena_new("siglip activations", m->dev);
+    a->cols = nn_arena_add(a->arena, "patch_cols", dt, 2, (int64_t[]){B * N, 3 * p * p});
+    a->h = nn_arena_add(a->arena, "residual", dt, 3, (int64_t[]){B, N, C});
+    a->x = nn_arena_add(a->arena, "ln_out", dt, 3, (int64_t[]){B, N, C});
+    a->q = nn_arena_add(a->arena, "q", dt, 3, (int64_t[]){B, N, C});
+    a->k = nn_arena_add(a->arena, "k", dt, 3, (int64_t[]){B, N, C});
+    a->v = nn_arena_add(a->arena, "v", dt, 3, (int64_t[]){B, N, C});
+    a->attn = nn_arena_add(a->arena, "attn_out", dt, 3, (int64_t[]){B, N, C});
     a->att = nn_arena_add(a->arena, "att_scratch", NN_F32, 2, (int64_t[]){N, N});
-    a->mlp = nn_arena_add(a->arena, "mlp_hidden", NN_F32, 3, (int64_t[]){B, N, I});
-    a->tmp = nn_arena_add(a->arena, "branch_out", NN_F32, 3, (int64_t[]){B, N, C});
+    a->mlp = nn_arena_add(a->arena, "mlp_hidden", dt, 3, (int64_t[]){B, N, I});
+    a->tmp = nn_arena_add(a->arena, "branch_out", dt, 3, (int64_t[]){B, N, C});
     nn_arena_commit(a->arena);
     return a;
 }
@@ -176,4 +184,9 @@ void siglip_forward(const siglip *m, siglip_acts *a, const tensor *images, tenso
     CHECK(tensor_same_shape(out, &h), "", "siglip_forward: out '%s' must be [%lld, %lld, %d]", out->name,
           (long long)B, (long long)N, c->hidden);
     op_copy(out, &h);
+}
+
+int siglip_load_on(const siglip_config *cfg, const safetensors *st, const char *prefix, nn_device dev, siglip **out,
+                   asvr_error *err) {
+    return siglip_load_ex(cfg, st, prefix, dev, NN_F32, out, err);
 }

@@ -6,7 +6,10 @@
  * no head; layers after the tap are neither loaded nor run. Weights come from a safetensors file
  * under HF names (prefix + "embeddings.patch_embedding.weight", ...), converted to fp32; every
  * expected tensor is checked for presence and shape before anything is allocated.
- * Input: normalised CHW fp32 images [B,3,S,S]; output [B,(S/p)^2,C] in raster patch order.
+ * siglip_load_ex places the model on a device: CPU f32 (what siglip_load does), CUDA f32 or CUDA
+ * bf16 (weights and activations in bf16, fp32 accumulation); the activations arena follows it.
+ * Input: normalised CHW fp32 images [B,3,S,S] (on the model's device; f32 even for a bf16 model);
+ * output [B,(S/p)^2,C] in raster patch order, in the model's dtype.
  * Not for: the post-LN / MAP head / text tower, image decoding or normalisation (io/ does that),
  * or training the encoder (forward only; it is frozen in ASVR).
  */
@@ -50,11 +53,15 @@ typedef struct siglip siglip;
  * naming the missing or mis-shaped tensor (and its file) when the file does not fit cfg. */
 int siglip_load(const siglip_config *cfg, const safetensors *st, const char *prefix, siglip **out,
                 asvr_error *err);
-/* Same, with the weights on dev (f32 storage); the activations of siglip_acts_new follow them, and
- * siglip_forward's images and output must then be on dev too. */
+/* The same on dev with float weights stored as dtype (NN_F32; NN_BF16 on NN_CUDA only). */
+int siglip_load_ex(const siglip_config *cfg, const safetensors *st, const char *prefix, nn_device dev,
+                   nn_dtype dtype, siglip **out, asvr_error *err);
+/* siglip_load_ex with f32 storage on dev (the trainer's frozen tower). */
 int siglip_load_on(const siglip_config *cfg, const safetensors *st, const char *prefix, nn_device dev, siglip **out,
                    asvr_error *err);
 const siglip_config *siglip_cfg(const siglip *m);
+nn_device siglip_device(const siglip *m);
+nn_dtype siglip_dtype(const siglip *m); /* the float dtype of weights and activations */
 void siglip_print_plan(const siglip *m, FILE *f); /* weights arena plan */
 void siglip_free(siglip *m);
 
@@ -65,7 +72,8 @@ void siglip_acts_print_plan(const siglip_acts *a, FILE *f);
 size_t siglip_acts_bytes(const siglip_acts *a);
 void siglip_acts_free(siglip_acts *a);
 
-/* images [B,3,S,S] f32 with B <= max_batch; out [B,N,C] f32 (every element written). */
+/* images [B,3,S,S] f32 with B <= max_batch; out [B,N,C] in the model's dtype, on its device (every
+ * element written). */
 void siglip_forward(const siglip *m, siglip_acts *a, const tensor *images, tensor *out);
 
 #ifdef __cplusplus

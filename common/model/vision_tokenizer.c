@@ -5,7 +5,11 @@
 #include <string.h>
 
 #include "base/hash.h"
+#include "base/progress.h" /* asvr_now */
 #include "io/safetensors.h"
+#ifdef ASVR_HAVE_CUDA
+#include "nn/cuda/ops_cuda.h"
+#endif
 
 struct vision_tokenizer {
     vtok_config cfg;
@@ -15,6 +19,8 @@ struct vision_tokenizer {
     rvq *q;
     char fingerprint[17];
     char *path;
+    vtok_load_opts opts;
+    char backend[16];
 };
 
 struct vtok_work {
@@ -25,6 +31,11 @@ struct vtok_work {
     rvq_work *rw;
     float *feats; /* [max_batch, N, hidden]: tap output */
     float *qin;   /* [max_batch, N, embed_dim]: projection output (appearance only) */
+    /* CUDA: device buffers for a batch (images f32, features and projection in the model dtype,
+     * codes u16 [max_batch * N, D]) */
+    nn_arena *dev;
+    tensor *d_img, *d_feats, *d_qin, *d_codes;
+    vtok_times times;
 };
 
 static int get_int(json_t *o, const char *k, int *v, asvr_error *err) {
@@ -203,10 +214,38 @@ int vision_tokenizer_fingerprint_file(const char *path, char out[17], asvr_error
     return 0;
 }
 
+void vtok_load_opts_default(vtok_load_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->device = NN_CPU;
+    o->dtype = NN_F32;
+}
+
 int vision_tokenizer_load(const char *path, vision_tokenizer **out, asvr_error *err) {
+    return vision_tokenizer_load_ex(path, NULL, out, err);
+}
+
+int vision_tokenizer_load_ex(const char *path, const vtok_load_opts *o, vision_tokenizer **out, asvr_error *err) {
     *out = NULL;
+    vtok_load_opts opts;
+    if (o) opts = *o;
+    else vtok_load_opts_default(&opts);
+    if (opts.dtype != NN_F32 && !(opts.dtype == NN_BF16 && opts.device == NN_CUDA))
+        return asvr_err_set(err, "tokenizer '%s': weights in %s on %s are not supported (cpu f32, cuda f32 or bf16)",
+                            path, nn_dtype_name(opts.dtype), nn_device_name(opts.device));
+    if (opts.fused_vq && opts.device != NN_CUDA)
+        return asvr_err_set(err, "tokenizer '%s': the fused VQ kernel runs on cuda only", path);
+#ifndef ASVR_HAVE_CUDA
+    if (opts.device == NN_CUDA)
+        return asvr_err_set(err, "tokenizer '%s': this build has no CUDA backend (rebuild with nvcc on PATH)", path);
+#else
+    if (opts.device == NN_CUDA && !nn_cuda_available())
+        return asvr_err_set(err, "tokenizer '%s': no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)",
+                            path);
+#endif
     vision_tokenizer *vt = asvr_calloc(1, sizeof *vt, "a vision tokenizer");
     vt->path = asvr_strdup(path);
+    vt->opts = opts;
+    snprintf(vt->backend, sizeof vt->backend, "%s-%s", nn_device_name(opts.device), nn_dtype_name(opts.dtype));
     const char *cfg;
     if (open_config(path, &vt->st, &cfg, err) < 0) goto fail;
     if (vtok_config_parse(cfg, &vt->cfg, err) < 0) {
@@ -214,11 +253,13 @@ int vision_tokenizer_load(const char *path, vision_tokenizer **out, asvr_error *
         goto fail;
     }
     const vtok_config *c = &vt->cfg;
-    if (siglip_load(&c->enc, vt->st, c->encoder_prefix, &vt->enc, err) < 0 ||
+    nn_device dev = opts.device;
+    nn_dtype dt = opts.dtype;
+    if (siglip_load_ex(&c->enc, vt->st, c->encoder_prefix, dev, dt, &vt->enc, err) < 0 ||
         (c->kind_id == VTOK_APPEARANCE &&
-         proj_block_load(vt->st, c->prequant_prefix, c->enc.hidden, c->embed_dim, c->norm_groups, c->norm_eps,
-                         &vt->proj, err) < 0) ||
-        rvq_load(vt->st, c->codebook_prefix, c->depth, c->codebook_size, c->embed_dim, &vt->q, err) < 0) {
+         proj_block_load_ex(vt->st, c->prequant_prefix, c->enc.hidden, c->embed_dim, c->norm_groups, c->norm_eps, dev,
+                            dt, &vt->proj, err) < 0) ||
+        rvq_load_ex(vt->st, c->codebook_prefix, c->depth, c->codebook_size, c->embed_dim, dev, dt, &vt->q, err) < 0) {
         asvr_err_prefix(err, "tokenizer '%s'", path);
         goto fail;
     }
@@ -241,6 +282,8 @@ void vision_tokenizer_free(vision_tokenizer *vt) {
 }
 
 const vtok_config *vision_tokenizer_config(const vision_tokenizer *vt) { return &vt->cfg; }
+const char *vision_tokenizer_backend(const vision_tokenizer *vt) { return vt->backend; }
+nn_device vision_tokenizer_device(const vision_tokenizer *vt) { return vt->opts.device; }
 const char *vision_tokenizer_fingerprint(const vision_tokenizer *vt) { return vt->fingerprint; }
 int vision_tokenizer_positions(const vision_tokenizer *vt) { return siglip_num_patches(&vt->cfg.enc); }
 int vision_tokenizer_code_dim(const vision_tokenizer *vt) { return vt->cfg.embed_dim; }
@@ -256,6 +299,7 @@ void vision_tokenizer_print(const vision_tokenizer *vt, FILE *f) {
         fprintf(f, "  projection block '%s': GroupNorm(%d, eps %g) SiLU conv1x1 %d -> %d, GroupNorm SiLU conv3x3, "
                    "shortcut %s\n", c->prequant_prefix, c->norm_groups, (double)c->norm_eps, c->enc.hidden,
                 c->embed_dim, c->enc.hidden != c->embed_dim ? "nin_shortcut (1x1)" : "identity");
+    fprintf(f, "  backend %s%s\n", vt->backend, vt->opts.fused_vq ? ", fused VQ kernel" : "");
     siglip_print_plan(vt->enc, f);
     if (vt->proj) proj_block_print_plan(vt->proj, f);
     rvq_print_plan(vt->q, f);
@@ -268,12 +312,23 @@ vtok_work *vtok_work_new(const vision_tokenizer *vt, int max_batch) {
     w->acts = siglip_acts_new(vt->enc, max_batch);
     int64_t rows = (int64_t)max_batch * vision_tokenizer_positions(vt);
     w->rw = rvq_work_new(vt->q, rows);
-    w->feats = asvr_malloc(sizeof(float) * (size_t)rows * (size_t)vt->cfg.enc.hidden, "tap-layer features");
-    if (vt->proj) {
-        int g = vt->cfg.enc.image_size / vt->cfg.enc.patch_size;
-        w->pacts = proj_block_acts_new(vt->proj, max_batch, g, g);
-        w->qin = asvr_malloc(sizeof(float) * (size_t)rows * (size_t)vt->cfg.embed_dim, "projection block output");
+    if (vt->opts.fused_vq) rvq_work_set_fused(w->rw, 1);
+    int g = vt->cfg.enc.image_size / vt->cfg.enc.patch_size;
+    if (vt->proj) w->pacts = proj_block_acts_new(vt->proj, max_batch, g, g);
+    if (vt->opts.device == NN_CPU) {
+        w->feats = asvr_malloc(sizeof(float) * (size_t)rows * (size_t)vt->cfg.enc.hidden, "tap-layer features");
+        if (vt->proj)
+            w->qin = asvr_malloc(sizeof(float) * (size_t)rows * (size_t)vt->cfg.embed_dim, "projection block output");
+        return w;
     }
+    const vtok_config *c = &vt->cfg;
+    int64_t B = max_batch, S = c->enc.image_size, N = vision_tokenizer_positions(vt);
+    w->dev = nn_arena_new("tokenizer batch buffers", vt->opts.device);
+    w->d_img = nn_arena_add(w->dev, "images", NN_F32, 4, (int64_t[]){B, 3, S, S});
+    w->d_feats = nn_arena_add(w->dev, "features", vt->opts.dtype, 3, (int64_t[]){B, N, c->enc.hidden});
+    if (vt->proj) w->d_qin = nn_arena_add(w->dev, "projected features", vt->opts.dtype, 3, (int64_t[]){B, N, c->embed_dim});
+    w->d_codes = nn_arena_add(w->dev, "codes", NN_U16, 2, (int64_t[]){B * N, c->depth});
+    nn_arena_commit(w->dev);
     return w;
 }
 
@@ -282,6 +337,7 @@ void vtok_work_free(vtok_work *w) {
     siglip_acts_free(w->acts);
     proj_block_acts_free(w->pacts);
     rvq_work_free(w->rw);
+    nn_arena_free(w->dev);
     free(w->feats);
     free(w->qin);
     free(w);
@@ -290,19 +346,24 @@ void vtok_work_free(vtok_work *w) {
 void vtok_work_print_plan(const vtok_work *w, FILE *f) {
     siglip_acts_print_plan(w->acts, f);
     if (w->pacts) proj_block_acts_print_plan(w->pacts, f);
+    if (w->dev) nn_arena_print_plan(w->dev, f);
 }
+
+vtok_times vtok_work_times(const vtok_work *w) { return w->times; }
+
+static void check_batch(const vtok_work *w, int B) {
+    CHECK(B >= 1 && B <= w->max_batch, "", "vision tokenizer batch %d outside 1..%d", B, w->max_batch);
+}
+
+/* ---- CPU ---------------------------------------------------------------------------------------- */
 
 static void run_features(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *feats) {
     const vtok_config *c = &vt->cfg;
-    CHECK(B >= 1 && B <= w->max_batch, "", "vision tokenizer batch %d outside 1..%d", B, w->max_batch);
+    check_batch(w, B);
     int64_t S = c->enc.image_size, N = vision_tokenizer_positions(vt), C = c->enc.hidden;
     tensor img = tensor_make("images", NN_F32, NN_CPU, 4, (int64_t[]){B, 3, S, S}, (void *)images);
     tensor out = tensor_make("features", NN_F32, NN_CPU, 3, (int64_t[]){B, N, C}, feats);
     siglip_forward(vt->enc, w->acts, &img, &out);
-}
-
-void vision_tokenizer_features(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *feats) {
-    run_features(vt, w, B, images, feats);
 }
 
 /* The RVQ input: the tap features themselves (semantic, into w->feats) or the projection of them
@@ -321,14 +382,82 @@ static float *run_quant_input(const vision_tokenizer *vt, vtok_work *w, int B, c
     return dst;
 }
 
+/* ---- CUDA: host images in, host results out ------------------------------------------------------ */
+#ifdef ASVR_HAVE_CUDA
+static void dev_upload(const vision_tokenizer *vt, vtok_work *w, int B, const float *images) {
+    check_batch(w, B);
+    int64_t S = vt->cfg.enc.image_size;
+    double t0 = asvr_now();
+    nn_cuda_memcpy_h2d(w->d_img->data, images, sizeof(float) * (size_t)B * 3 * (size_t)(S * S));
+    w->times.upload_s += asvr_now() - t0;
+}
+
+/* Runs the model on the uploaded batch; returns the device view of what the RVQ quantises
+ * (features = the tap output, always computed into w->d_feats). */
+static tensor dev_forward(const vision_tokenizer *vt, vtok_work *w, int B, int to_quant_input) {
+    tensor img = tensor_head0(w->d_img, B), f = tensor_head0(w->d_feats, B);
+    siglip_forward(vt->enc, w->acts, &img, &f);
+    if (!vt->proj || !to_quant_input) return f;
+    tensor q = tensor_head0(w->d_qin, B);
+    proj_block_forward(vt->proj, w->pacts, &f, &q);
+    return q;
+}
+
+static void dev_download_f32(const tensor *d, float *host) {
+    tensor h = tensor_make("host copy", NN_F32, NN_CPU, d->ndim, d->shape, host);
+    nn_cuda_download(&h, d);
+}
+#endif
+
+void vision_tokenizer_features(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *feats) {
+#ifdef ASVR_HAVE_CUDA
+    if (vt->opts.device == NN_CUDA) {
+        dev_upload(vt, w, B, images);
+        tensor f = dev_forward(vt, w, B, 0);
+        dev_download_f32(&f, feats);
+        return;
+    }
+#endif
+    run_features(vt, w, B, images, feats);
+}
+
 void vision_tokenizer_quant_input(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *out) {
+#ifdef ASVR_HAVE_CUDA
+    if (vt->opts.device == NN_CUDA) {
+        dev_upload(vt, w, B, images);
+        tensor q = dev_forward(vt, w, B, 1);
+        dev_download_f32(&q, out);
+        return;
+    }
+#endif
     run_quant_input(vt, w, B, images, out);
 }
 
 void vision_tokenizer_encode(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, uint16_t *codes) {
+    int64_t N = vision_tokenizer_positions(vt), C = vt->cfg.embed_dim, D = vt->cfg.depth;
+#ifdef ASVR_HAVE_CUDA
+    if (vt->opts.device == NN_CUDA) {
+        dev_upload(vt, w, B, images);
+        double t0 = asvr_now();
+        tensor q = dev_forward(vt, w, B, 1);
+        tensor cd = tensor_head0(w->d_codes, B * N);
+        rvq_encode(vt->q, w->rw, &q, &cd);
+        nn_cuda_sync();
+        double t1 = asvr_now();
+        nn_cuda_memcpy_d2h(codes, cd.data, sizeof(uint16_t) * (size_t)(B * N * D));
+        w->times.compute_s += t1 - t0;
+        w->times.download_s += asvr_now() - t1;
+        w->times.batches++;
+        w->times.images += B;
+        return;
+    }
+#endif
+    double t0 = asvr_now();
     float *q = run_quant_input(vt, w, B, images, NULL);
-    int64_t N = vision_tokenizer_positions(vt), C = vt->cfg.embed_dim;
     tensor x = tensor_make("features", NN_F32, NN_CPU, 3, (int64_t[]){B, N, C}, q);
-    tensor cd = tensor_make("codes", NN_U16, NN_CPU, 3, (int64_t[]){B, N, vt->cfg.depth}, codes);
+    tensor cd = tensor_make("codes", NN_U16, NN_CPU, 3, (int64_t[]){B, N, D}, codes);
     rvq_encode(vt->q, w->rw, &x, &cd);
+    w->times.compute_s += asvr_now() - t0;
+    w->times.batches++;
+    w->times.images += B;
 }

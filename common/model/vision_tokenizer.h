@@ -21,6 +21,12 @@
  *     Extra config keys: "embed_dim" (required), "prequant_prefix" (default "prequant_visual."),
  *     "norm_groups" (default 32), "norm_eps" (default 1e-6).
  * Codes are [B, N, D] in raster order for both.
+ * Backends: vision_tokenizer_load runs on the CPU in f32. vision_tokenizer_load_ex can place the whole
+ * model on a CUDA device, weights in bf16 (the reference's precision, fp32 accumulation) or f32 (for
+ * parity tests); the work buffers then live on the device too, and encode / features / quant_input
+ * still take host images and return host results (upload and download inside; pinned host buffers
+ * make the copies faster). vision_tokenizer_backend() names the combination ("cpu-f32",
+ * "cuda-bf16", "cuda-f32"): bf16 codes can differ from f32 ones, so code stores record it.
  * Not for: image decoding (io/image.h), decoding codes back to pixels, or training.
  */
 #ifndef ASVR_MODEL_VISION_TOKENIZER_H
@@ -59,11 +65,23 @@ typedef struct vtok_config {
 
 typedef struct vision_tokenizer vision_tokenizer;
 
+/* Where and how a tokenizer runs. */
+typedef struct vtok_load_opts {
+    nn_device device; /* NN_CPU (default) or NN_CUDA */
+    nn_dtype dtype;   /* float storage: NN_F32 (default); NN_BF16 on NN_CUDA only */
+    int fused_vq;     /* CUDA: the fused distance + argmin kernel instead of GEMM + pick (default 0) */
+} vtok_load_opts;
+void vtok_load_opts_default(vtok_load_opts *o); /* CPU, f32, GEMM path */
+
 /* Parses the config JSON (err names the bad field). */
 int vtok_config_parse(const char *json, vtok_config *cfg, asvr_error *err);
 /* Loads and checks the file; prints nothing. */
 int vision_tokenizer_load(const char *path, vision_tokenizer **out, asvr_error *err);
+/* The same on the device and dtype of o (NULL: the defaults). */
+int vision_tokenizer_load_ex(const char *path, const vtok_load_opts *o, vision_tokenizer **out, asvr_error *err);
 void vision_tokenizer_free(vision_tokenizer *vt);
+const char *vision_tokenizer_backend(const vision_tokenizer *vt); /* "cpu-f32", "cuda-bf16", "cuda-f32" */
+nn_device vision_tokenizer_device(const vision_tokenizer *vt);
 const vtok_config *vision_tokenizer_config(const vision_tokenizer *vt);
 const char *vision_tokenizer_fingerprint(const vision_tokenizer *vt); /* 16 hex digits */
 int vision_tokenizer_positions(const vision_tokenizer *vt);           /* (S/p)^2 */
@@ -77,6 +95,14 @@ typedef struct vtok_work vtok_work;
 vtok_work *vtok_work_new(const vision_tokenizer *vt, int max_batch);
 void vtok_work_free(vtok_work *w);
 void vtok_work_print_plan(const vtok_work *w, FILE *f);
+/* Seconds spent by the encode calls of this workspace so far, by part: host -> device copies of the
+ * images, the model (on CUDA timed to a device synchronisation), device -> host copies of the codes
+ * (0 on the CPU, where everything is compute). */
+typedef struct vtok_times {
+    double upload_s, compute_s, download_s;
+    int64_t batches, images;
+} vtok_times;
+vtok_times vtok_work_times(const vtok_work *w);
 /* images: B normalised CHW images (B*3*S*S floats); codes: B*N*D uint16. */
 void vision_tokenizer_encode(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, uint16_t *codes);
 /* Tap-layer features for B images into feats (B*N*hidden floats) — for parity checks. */

@@ -5,19 +5,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/params.h"
-
 void weights_loader_init(weights_loader *wl, const char *arena_label, const safetensors *st,
                          const char *prefix) {
-    weights_loader_init_on(wl, arena_label, st, prefix, NN_CPU);
-}
-
-void weights_loader_init_on(weights_loader *wl, const char *arena_label, const safetensors *st,
-                            const char *prefix, nn_device dev) {
     memset(wl, 0, sizeof *wl);
     wl->st = st;
     snprintf(wl->prefix, sizeof wl->prefix, "%s", prefix ? prefix : "");
-    wl->arena = nn_arena_new(arena_label, dev);
+    wl->arena = nn_arena_new(arena_label, NN_CPU);
+    wl->device = NN_CPU;
+    wl->dtype = NN_F32;
+}
+
+void weights_loader_target(weights_loader *wl, nn_device dev, nn_dtype dtype) {
+    wl->device = dev;
+    wl->dtype = dtype;
 }
 
 static tensor *want_v(weights_loader *wl, int ndim, const int64_t *shape, int pad_rows,
@@ -98,12 +98,19 @@ int weights_load(weights_loader *wl, asvr_error *err) {
             view.shape[0] = e->t->shape[0];
             view.numel = tensor_numel(e->t);
             view.nbytes = (size_t)view.numel * st_dtype_size(view.dtype);
-            if (param_tensor_load(e->t, &view, err) < 0)
+            if (st_tensor_to_f32(&view, (float *)e->t->data, err) < 0) /* CPU f32 here; moved below */
                 rc = asvr_err_prefix(err, "converting '%s' to f32", e->key);
         }
     }
+    if (rc == 0) nn_arena_move(wl->arena, wl->device, wl->dtype);
     free(wl->want);
     wl->want = NULL;
     wl->n = wl->cap = 0;
     return rc;
+}
+
+void weights_loader_init_on(weights_loader *wl, const char *arena_label, const safetensors *st,
+                            const char *prefix, nn_device dev) {
+    weights_loader_init(wl, arena_label, st, prefix);
+    weights_loader_target(wl, dev, NN_F32);
 }

@@ -1,11 +1,11 @@
-/* weights.h — loading a model's parameters from safetensors into one planned fp32 arena.
+/* weights.h — loading a model's parameters from safetensors into one planned arena.
  *
  * A model declares each tensor it expects (name after a prefix, shape); weights_load then checks
  * that every one exists with exactly that shape (naming the first missing or mis-shaped key and its
- * file), makes the single allocation, and converts each tensor to fp32 (st_tensor_to_f32).
+ * file), makes the single allocation, and converts each tensor to fp32 (st_tensor_to_f32). With a
+ * target set (weights_loader_target), the arena then moves to that device and dtype (CUDA bf16 or
+ * f32, via nn_arena_move); the tensor pointers stay valid.
  * Tensors in the file that nobody asked for are ignored (later layers, heads, other towers).
- * The arena may live on a device (weights_loader_init_on): each tensor is then converted into a host
- * f32 staging buffer and uploaded (f32 storage for now; a bf16 arena is a dtype switch here later).
  * Not for: writing checkpoints or sharding decisions.
  */
 #ifndef ASVR_MODEL_WEIGHTS_H
@@ -29,11 +29,15 @@ typedef struct weights_loader {
     nn_arena *arena;              /* handed to the model; it owns it after weights_load */
     weights_want_entry *want;
     int n, cap;
+    nn_device device;             /* where the weights end up (default NN_CPU) */
+    nn_dtype dtype;               /* their float dtype there (default NN_F32) */
 } weights_loader;
 
 void weights_loader_init(weights_loader *wl, const char *arena_label, const safetensors *st,
                          const char *prefix);
-/* Same, with the arena on dev (NN_CPU is weights_loader_init). */
+/* Where weights_load puts the weights: CPU f32 (the default), CUDA f32 or CUDA bf16. */
+void weights_loader_target(weights_loader *wl, nn_device dev, nn_dtype dtype);
+/* weights_loader_init then weights_loader_target(dev, NN_F32): the trainer's f32 towers. */
 void weights_loader_init_on(weights_loader *wl, const char *arena_label, const safetensors *st,
                             const char *prefix, nn_device dev);
 /* Declares prefix + printf(fmt, ...) with the given shape; returns the (not yet filled) tensor. */

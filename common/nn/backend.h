@@ -55,13 +55,18 @@ void cpu_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float
                float eps, float weight_decay, int64_t step);
 void cpu_grad_sqnorm(double *acc, const tensor *g);
 void cpu_scale(tensor *t, float s);
-/* Convolutional-block ops: CPU only so far. */
+/* Convolutional-block ops (CUDA versions below). */
 void cpu_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, int groups, float eps);
 void cpu_silu(tensor *y, const tensor *x);
 void cpu_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b, int H, int W,
                      tensor *cols);
 #ifdef ASVR_HAVE_CUDA
 NN_BACKEND_DECLARE(cuda)
+/* Convolutional-block ops on CUDA (nn/cuda/ops_conv_cuda.cu). */
+void cuda_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, int groups, float eps);
+void cuda_silu(tensor *y, const tensor *x);
+void cuda_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b, int H, int W,
+                      tensor *cols);
 #endif
 
 #ifdef __cplusplus

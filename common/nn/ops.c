@@ -546,13 +546,12 @@ void op_scale(tensor *t, float s) {
     cpu_scale(t, s);
 }
 
-/* ---- convolutional blocks (CPU only so far) ---------------------------------------------------- */
+/* ---- convolutional blocks (CPU and CUDA) ------------------------------------------------------- */
 
 void op_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, int groups, float eps) {
     const char *op = "op_groupnorm";
     const tensor *ts[] = {y, x, w, b};
     nn_device dev = same_device(op, 4, ts);
-    cpu_only(op, dev);
     for (int i = 0; i < 4; i++) need_float(op, ts[i]);
     char s1[96], s2[96];
     need(x->ndim == 3, op, "x '%s' must be [B, H*W, C], is %s", x->name, shp(x, s1));
@@ -564,18 +563,17 @@ void op_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, 
     need_numel(op, w, C);
     need_numel(op, b, C);
     need(eps > 0.0f, op, "eps %g must be > 0", (double)eps);
-    cpu_groupnorm(y, x, w, b, groups, eps);
+    DISPATCH(dev, groupnorm, y, x, w, b, groups, eps);
 }
 
 void op_silu(tensor *y, const tensor *x) {
     const char *op = "op_silu";
     const tensor *ts[] = {y, x};
     nn_device dev = same_device(op, 2, ts);
-    cpu_only(op, dev);
     need_float(op, y);
     need_float(op, x);
     need_numel(op, y, tensor_numel(x));
-    cpu_silu(y, x);
+    DISPATCH(dev, silu, y, x);
 }
 
 void op_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b, int H, int W,
@@ -583,7 +581,6 @@ void op_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b
     const char *op = "op_conv2d_same";
     const tensor *ts[] = {y, x, w, b, cols};
     nn_device dev = same_device(op, 5, ts);
-    cpu_only(op, dev);
     for (int i = 0; i < 5; i++) need_float(op, ts[i]);
     char s1[96], s2[96];
     need(H > 0 && W > 0, op, "grid %d x %d", H, W);
@@ -602,5 +599,5 @@ void op_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b
          (long long)H * W * Cin * k * k);
     need(y->data != x->data && cols->data != x->data && cols->data != y->data, op,
          "y '%s', x and cols must not alias", y->name);
-    cpu_conv2d_same(y, x, w, b, H, W, cols);
+    DISPATCH(dev, conv2d_same, y, x, w, b, H, W, cols);
 }

@@ -11,10 +11,10 @@
  * always accumulate (+=), so micro-batches add up in one buffer; clear them with op_fill(g, 0)
  * before the first micro-batch. Gradients of activations are written, or added where the op takes
  * an `accumulate` flag (a residual stream fed by two branches).
- * The ops after op_fill (backward, RoPE, SwiGLU, packed attention, embedding, cross-entropy,
- * optimizer, and the convolutional-block ops GroupNorm / SiLU / same-padding conv) have only a CPU
- * implementation so far; called on CUDA tensors they exit saying so (op_attention_seg without
- * segments runs op_attention's CUDA code).
+ * The training ops after op_fill (backward, RoPE, SwiGLU, packed attention, embedding,
+ * cross-entropy, optimizer) have only a CPU implementation so far; called on CUDA tensors they exit
+ * saying so (op_attention_seg without segments runs op_attention's CUDA code). The
+ * convolutional-block ops (GroupNorm, SiLU, same-padding conv) run on both backends.
  * Not for: numeric loops in model code (compose these ops instead), strided views, or autograd.
  */
 #ifndef ASVR_NN_OPS_H
@@ -83,7 +83,7 @@ void op_vq_step(tensor *residual, const tensor *codebook, const tensor *cnorm, t
 /* Fills a tensor with one f32 value (f32 tensors) — for sentinels in tests and clearing buffers. */
 void op_fill(tensor *t, float value);
 
-/* ---- convolutional blocks over a feature grid (forward only, CPU only so far) -------------------
+/* ---- convolutional blocks over a feature grid (forward only; CPU and CUDA) ----------------------
  * Layout: channels-last, x [B, H*W, C] with grid position p = h*W + w (row-major), which is what a
  * ViT produces and the NCHW tensor x.reshape(B,H,W,C).permute(0,3,1,2) of PyTorch holds. */
 
@@ -99,8 +99,8 @@ void op_silu(tensor *y, const tensor *x);
 /* Conv2d(Cin -> Cout, k x k, stride 1, padding k/2 with zeros, with bias) on the channels-last grid:
  *   x [B, H*W, Cin], w [Cout, Cin, k, k] (torch layout; k odd), b [Cout] (may be NULL),
  *   y [B, H*W, Cout]: y[b,p,o] = b[o] + sum_{c,i,j} w[o,c,i,j] x[b, (h+i-k/2)*W + (w+j-k/2), c]
- *   (terms outside the grid are 0). Done as im2col + sgemm one image at a time:
- *   cols: f32 scratch with at least H*W*Cin*k*k elements. y must not alias x. */
+ *   (terms outside the grid are 0). Done as im2col + GEMM one image at a time:
+ *   cols: scratch with at least H*W*Cin*k*k elements (f32; on CUDA in w's dtype). y must not alias x. */
 void op_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b, int H, int W,
                     tensor *cols);
 

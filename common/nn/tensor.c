@@ -152,6 +152,49 @@ void nn_arena_commit(nn_arena *a) {
     a->committed = 1;
 }
 
+void nn_arena_move(nn_arena *a, nn_device dev, nn_dtype float_dtype) {
+    CHECK(a->committed && a->device == NN_CPU, "", "arena '%s': only a committed CPU arena can be moved", a->label);
+    CHECK(float_dtype == NN_F32 || (float_dtype == NN_BF16 && dev == NN_CUDA), "",
+          "arena '%s': floats can move as f32, or as bf16 onto cuda (not %s on %s)", a->label,
+          nn_dtype_name(float_dtype), nn_device_name(dev));
+    if (dev == NN_CPU) return;
+#ifdef ASVR_HAVE_CUDA
+    size_t *off = asvr_malloc(sizeof *off * (size_t)(a->n ? a->n : 1), "arena plan");
+    size_t total = 0;
+    for (int i = 0; i < a->n; i++) {
+        tensor moved = *a->items[i];
+        if (moved.dtype == NN_F32) moved.dtype = float_dtype;
+        off[i] = total;
+        total += (tensor_nbytes(&moved) + NN_ALIGN - 1) / NN_ALIGN * NN_ALIGN;
+    }
+    void *base = nn_cuda_malloc(total ? total : NN_ALIGN, a->label);
+    for (int i = 0; i < a->n; i++) {
+        tensor *t = a->items[i];
+        tensor moved = *t;
+        moved.device = NN_CUDA;
+        moved.data = (char *)base + off[i];
+        if (t->dtype == NN_F32) {
+            moved.dtype = float_dtype;
+            nn_cuda_upload(&moved, t);
+        } else {
+            nn_cuda_memcpy_h2d(moved.data, t->data, tensor_nbytes(t));
+        }
+        *t = moved;
+    }
+    free(a->base);
+    a->base = base;
+    a->total = total;
+    if (a->n) memcpy(a->offsets, off, sizeof *off * (size_t)a->n);
+    a->device = NN_CUDA;
+    free(off);
+#else
+    ASVR_FATAL("rebuild with nvcc on PATH (or -DASVR_CUDA=ON) to use the GPU",
+               "arena '%s' cannot move to cuda: this build has no CUDA backend", a->label);
+#endif
+}
+
+nn_device nn_arena_device(const nn_arena *a) { return a->device; }
+
 size_t nn_arena_bytes(const nn_arena *a) { return a->total; }
 int nn_arena_count(const nn_arena *a) { return a->n; }
 tensor *nn_arena_at(nn_arena *a, int i) { return (i >= 0 && i < a->n) ? a->items[i] : NULL; }

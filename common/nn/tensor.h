@@ -69,6 +69,12 @@ size_t nn_arena_bytes(const nn_arena *a);  /* planned total, valid before commit
 int nn_arena_count(const nn_arena *a);
 tensor *nn_arena_at(nn_arena *a, int i);
 tensor *nn_arena_find(nn_arena *a, const char *name); /* NULL when absent */
+/* Moves a committed CPU arena to `dev`, storing its f32 tensors as float_dtype (NN_F32, or NN_BF16 on
+ * CUDA; other dtypes are copied as they are): one new allocation with the plan recomputed, every
+ * tensor converted and copied, the old memory freed. The tensor pointers stay valid; their dtype,
+ * device and data change in place. Moving to CPU f32 does nothing. Used to load weights onto a GPU. */
+void nn_arena_move(nn_arena *a, nn_device dev, nn_dtype float_dtype);
+nn_device nn_arena_device(const nn_arena *a);
 /* One line per tensor: name, dtype, shape, bytes, then the total. */
 void nn_arena_print_plan(const nn_arena *a, FILE *f);
 void nn_arena_free(nn_arena *a);

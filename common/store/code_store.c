@@ -115,12 +115,12 @@ int code_record_decode(const void *recv, size_t size, const code_store_meta *met
 /* ---- meta ------------------------------------------------------------------------------------- */
 
 char *code_store_meta_to_json(const code_store_meta *m) {
-    json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s}", "format_version",
+    json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s:s}", "format_version",
                           m->format_version, "tokenizer_fingerprint", m->tokenizer_fingerprint,
                           "tokenizer", m->tokenizer, "policy", m->policy, "image_size", m->image_size,
                           "positions", m->positions, "depth", m->depth, "codebook_size",
                           m->codebook_size, "dtype", "u16le", "compression",
-                          m->compression ? "zstd" : "none");
+                          m->compression ? "zstd" : "none", "backend", m->backend);
     CHECK(o != NULL, "", "building the code store meta JSON");
     char *s = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(o);
@@ -132,13 +132,13 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
     json_error_t je;
     json_t *o = json_loadb(text, n, 0, &je);
     if (!o) return asvr_err_set(err, "meta record is not JSON: %s", je.text);
-    const char *fp = NULL, *tok = NULL, *pol = NULL, *dtype = NULL, *comp = NULL;
+    const char *fp = NULL, *tok = NULL, *pol = NULL, *dtype = NULL, *comp = NULL, *backend = NULL;
     memset(m, 0, sizeof *m);
-    if (json_unpack_ex(o, &je, JSON_STRICT, "{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s}",
+    if (json_unpack_ex(o, &je, JSON_STRICT, "{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s?s}",
                        "format_version", &m->format_version, "tokenizer_fingerprint", &fp, "tokenizer",
                        &tok, "policy", &pol, "image_size", &m->image_size, "positions", &m->positions,
                        "depth", &m->depth, "codebook_size", &m->codebook_size, "dtype", &dtype,
-                       "compression", &comp) != 0) {
+                       "compression", &comp, "backend", &backend) != 0) {
         asvr_err_set(err, "meta record: %s", je.text);
         json_decref(o);
         return -1;
@@ -146,6 +146,8 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
     snprintf(m->tokenizer_fingerprint, sizeof m->tokenizer_fingerprint, "%s", fp);
     snprintf(m->tokenizer, sizeof m->tokenizer, "%s", tok);
     snprintf(m->policy, sizeof m->policy, "%s", pol);
+    /* Stores from before the backend was recorded were all computed on the CPU in f32. */
+    snprintf(m->backend, sizeof m->backend, "%s", backend ? backend : "cpu-f32");
     m->compression = strcmp(comp, "zstd") == 0;
     int rc = 0;
     if (m->format_version != CODE_STORE_FORMAT_VERSION)
@@ -173,6 +175,7 @@ int code_store_meta_diff(const code_store_meta *a, const code_store_meta *b, cha
     DIFF_I(depth, "depth");
     DIFF_I(codebook_size, "codebook size");
     DIFF_I(compression, "compression");
+    DIFF_S(backend, "compute backend (bf16 and f32 codes can differ; --force appends anyway and marks the store 'mixed')");
 #undef DIFF_S
 #undef DIFF_I
     if (n) why[0] = 0;
@@ -295,8 +298,20 @@ int code_store_open(const char *path, code_store **out, asvr_error *err) {
     return 0;
 }
 
+/* meta_diff, but with allow_mix a backend difference alone does not count. */
+static int diff_mix(const code_store_meta *store, const code_store_meta *run, int allow_mix, char *why, size_t n) {
+    code_store_meta r = *run;
+    if (allow_mix) snprintf(r.backend, sizeof r.backend, "%s", store->backend);
+    return code_store_meta_diff(store, &r, why, n);
+}
+
 int code_store_open_writer(const char *path, const code_store_meta *meta, size_t initial_map_bytes,
                            code_store **out, asvr_error *err) {
+    return code_store_open_writer_ex(path, meta, initial_map_bytes, 0, out, err);
+}
+
+int code_store_open_writer_ex(const char *path, const code_store_meta *meta, size_t initial_map_bytes,
+                              int allow_mix, code_store **out, asvr_error *err) {
     *out = NULL;
     char *pp = partial_path(path);
     if (asvr_path_exists(path) && !asvr_path_exists(pp)) {
@@ -307,7 +322,7 @@ int code_store_open_writer(const char *path, const code_store_meta *meta, size_t
             return -1;
         }
         char why[512];
-        if (code_store_meta_diff(&fin->meta, meta, why, sizeof why)) {
+        if (diff_mix(&fin->meta, meta, allow_mix, why, sizeof why)) {
             code_store_close(fin);
             free(pp);
             return asvr_err_set(err, "'%s' was made differently, refusing to mix: %s. Write to a new store", path, why);
@@ -323,7 +338,7 @@ int code_store_open_writer(const char *path, const code_store_meta *meta, size_t
     cs->path = asvr_strdup(path);
     cs->open_path = pp;
     cs->writable = 1;
-    int found = 0;
+    int found = 0, rewrite = 0;
     if (env_open(cs, pp, 1, initial_map_bytes ? initial_map_bytes : ((size_t)1 << 30), err) < 0 ||
         read_meta(cs, pp, &found, err) < 0) {
         code_store_close(cs);
@@ -331,9 +346,13 @@ int code_store_open_writer(const char *path, const code_store_meta *meta, size_t
     }
     if (found) {
         char why[512];
-        if (code_store_meta_diff(&cs->meta, meta, why, sizeof why)) {
+        if (diff_mix(&cs->meta, meta, allow_mix, why, sizeof why)) {
             code_store_close(cs);
             return asvr_err_set(err, "'%s.partial' was started differently, refusing to mix: %s. Delete it or write to a new store", path, why);
+        }
+        if (strcmp(cs->meta.backend, meta->backend) != 0) { /* allowed: the store is mixed from now on */
+            snprintf(cs->meta.backend, sizeof cs->meta.backend, "mixed");
+            rewrite = 1;
         }
     } else {
         cs->meta = *meta;
@@ -343,7 +362,7 @@ int code_store_open_writer(const char *path, const code_store_meta *meta, size_t
         code_store_close(cs);
         return -1;
     }
-    if (!found) {
+    if (!found || rewrite) {
         char *js = code_store_meta_to_json(&cs->meta);
         MDB_txn *txn;
         int rc = mdb_txn_begin(cs->env, NULL, 0, &txn);

@@ -2,7 +2,10 @@
  *
  * One file (LMDB with MDB_NOSUBDIR) with two named databases:
  *   "meta":  key "meta" → JSON {format_version, tokenizer_fingerprint, tokenizer, policy, image_size,
- *            positions, depth, codebook_size, dtype, compression}
+ *            positions, depth, codebook_size, dtype, compression, backend}
+ *            backend: what computed the codes ("cpu-f32", "cuda-bf16", "cuda-f32", or "mixed" after a
+ *            forced append from another one); stores written before it existed lack the key and read
+ *            as "cpu-f32" (the only backend there was).
  *   "codes": key = image path as written in the input → record:
  *            u32 magic 'ACR1' | u16 positions | u8 depth | u8 flags (bit 0: zstd) | u32 stored bytes |
  *            stored bytes (positions × depth uint16 little-endian, raw or zstd) | u64 xxh64 of all before
@@ -36,6 +39,7 @@ typedef struct code_store_meta {
     int depth;                      /* D */
     int codebook_size;              /* K */
     int compression;                /* 0 raw, 1 zstd */
+    char backend[16];               /* "cpu-f32", "cuda-bf16", "cuda-f32", "mixed" */
 } code_store_meta;
 
 typedef struct code_store code_store;
@@ -47,6 +51,10 @@ int code_store_open(const char *path, code_store **out, asvr_error *err);
  * policy, ...). A finished <path> is renamed back to .partial first so new keys can be added. */
 int code_store_open_writer(const char *path, const code_store_meta *meta, size_t initial_map_bytes,
                            code_store **out, asvr_error *err);
+/* The same; with allow_backend_mix, a store whose meta differs only in the backend is opened anyway
+ * and its meta record says backend "mixed" from then on (asvr-tokenize encode --force). */
+int code_store_open_writer_ex(const char *path, const code_store_meta *meta, size_t initial_map_bytes,
+                              int allow_backend_mix, code_store **out, asvr_error *err);
 /* Writer: syncs, closes, and renames "<path>.partial" to <path> (then removes the lock file).
  * cs is freed whatever the outcome. */
 int code_store_finish(code_store *cs, asvr_error *err);

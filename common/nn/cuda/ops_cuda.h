@@ -1,5 +1,6 @@
 /* ops_cuda.h — host-callable pieces of the CUDA backend that C code needs without CUDA headers:
- * device memory for arenas, host<->device copies, and whether a device is usable.
+ * device memory for arenas, pinned host memory for staging, host<->device copies, synchronisation,
+ * whether a device is usable, and the fused VQ step the tokenizer can select.
  * The op implementations themselves are declared in nn/backend.h (cuda_*).
  * Not for: kernels or cuBLAS handles (those stay inside the .cu files of nn/cuda/).
  */
@@ -21,6 +22,24 @@ void nn_cuda_free(void *p);
  * same numel. Synchronous. */
 void nn_cuda_upload(tensor *dst, const tensor *src);
 void nn_cuda_download(tensor *dst, const tensor *src);
+/* Page-locked host memory (cudaHostAlloc) for batches that are copied to or from the device;
+ * exits naming `what` on failure. Free with nn_cuda_host_free (NULL is ignored). */
+void *nn_cuda_host_alloc(size_t bytes, const char *what);
+void nn_cuda_host_free(void *p);
+/* Raw synchronous copies of `bytes` bytes (any dtype), and a wait for all queued device work. */
+void nn_cuda_memcpy_h2d(void *dst, const void *src, size_t bytes);
+void nn_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes);
+void nn_cuda_sync(void);
+/* op_vq_step without the [rows, K] distance matrix (ops_conv_cuda.cu): one kernel computes each row's
+ * nearest codebook row (same formula and tie rule, fp32 math, no tensor cores) and subtracts it.
+ * All tensors on cuda; residual and codebook in one float dtype, cnorm f32, codes u16/i32 [N, D].
+ * Checks its own arguments. */
+void cuda_vq_step_fused(tensor *residual, const tensor *codebook, const tensor *cnorm, tensor *codes,
+                        int depth);
+
+/* Benchmarks (bench_cuda.cu): the measured throughput of an n x n x n bf16 cuBLAS GEMM (fp32
+ * accumulation), in TFLOP/s over `iters` calls after two warm-up calls. */
+double nn_cuda_gemm_peak_tflops(int n, int iters);
 
 #ifdef __cplusplus
 }
