@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# gpu_check.sh — every GPU check of asvr in one run, on the GPU machine, from the kit that
+# tools/gpu_kit.sh built (gpu-kit/ carried next to the checkout). Prints a short table and writes the
+# whole log and the benchmark JSON under $OUT (or gpu-out/).
+#   1. CUDA vs CPU: every op (test_ops_cuda, test_ops_cuda_train, test_ops_extra), the tokenizer
+#      (test_tokenize_cuda), the trainer (test_train_cuda: 20 steps, gradients, determinism, resume)
+#      and generation (test_generate_cuda).
+#   2. The real-size tokenizer (random SO400M weights): bf16 vs f32 code agreement per depth on the
+#      golden photos (check_tokenize_real_cuda; depth 1 must agree on >= 99%).
+#   3. Benchmarks against PyTorch in the same run: the tokenizer (tools/bench_tokenize_gpu.py) and the
+#      training step (tools/bench_train_gpu.py), with MFU against a measured bf16 GEMM peak.
+# Each item has its own time limit (seconds; GPU_CHECK_LIMIT scales them) so one hang cannot eat the
+# machine's time; GPU_CHECK_ONLY="name ..." runs a subset.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out=${OUT:-$root/gpu-out}
+mkdir -p "$out"
+log=$out/gpu_check.log
+: > "$log"
+scale=${GPU_CHECK_LIMIT:-1}
+only=${GPU_CHECK_ONLY:-}
+
+[ -f gpu-kit/kit.tar.xz ] || { echo "gpu_check: no gpu-kit/kit.tar.xz; run tools/gpu_kit.sh first and carry gpu-kit" >&2; exit 2; }
+src=$(cat gpu-kit/SOURCE_DIR)
+if [ "$src" != "$root" ] && [ ! -e "$src" ]; then
+    mkdir -p "$(dirname "$src")" && ln -s "$root" "$src"   # the tests read fixtures from the build's source path
+fi
+mkdir -p build-gpu && tar -xJf gpu-kit/kit.tar.xz -C build-gpu
+bin=$root/build-gpu
+card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi")
+echo "card: $card; kit commit $(cat gpu-kit/COMMIT)" | tee -a "$log"
+
+rows=()
+run() { # run NAME LIMIT CMD...
+    local name=$1 limit=$2
+    shift 2
+    if [ -n "$only" ] && [[ " $only " != *" $name "* ]]; then return; fi
+    local t0 t1 rc
+    t0=$(date +%s.%N)
+    echo "=== $name: $*" >> "$log"
+    (cd "$bin/tests" && timeout "$(awk -v a="$limit" -v s="$scale" 'BEGIN{print int(a*s)}')" "$@") >> "$log" 2>&1
+    rc=$?
+    t1=$(date +%s.%N)
+    local verdict=pass
+    [ $rc -ne 0 ] && verdict="FAIL (exit $rc)"
+    [ $rc -eq 124 ] && verdict="TIMEOUT"
+    rows+=("| $name | $verdict | $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s |")
+    echo "=== $name: $verdict" >> "$log"
+    echo "$name: $verdict"
+}
+
+run test_ops_cuda 120 ./test_ops_cuda
+run test_ops_cuda_train 180 ./test_ops_cuda_train
+run test_ops_extra 60 ./test_ops_extra
+run test_tokenize_cuda 120 ./test_tokenize_cuda
+run test_generate_cuda 120 ./test_generate_cuda
+run test_train_cuda 240 ./test_train_cuda
+
+tok=/tmp/asvr_so400m_random.safetensors
+if [ ! -f "$tok" ]; then
+    python3 "$root/tools/convert_tokenizer.py" random --preset so400m --seed 0 --dtype bfloat16 --out "$tok" >> "$log" 2>&1 ||
+        echo "gpu_check: could not write the random SO400M tokenizer (see the log)" | tee -a "$log"
+fi
+run check_tokenize_real 180 ./check_tokenize_real_cuda "$tok"
+run bench_tokenize 300 python3 "$root/tools/bench_tokenize_gpu.py" --ours ./bench_tokenize_cuda --tokenizer "$tok" \
+    --json "$out/bench_tokenize.json"
+run bench_train 420 python3 "$root/tools/bench_train_gpu.py" --steps 6 --warmup 2 \
+    --ours "./bench_train_cuda $tok --steps 3 --warmup 1" --json "$out/bench_train.json"
+
+{
+    echo
+    echo "card: $card"
+    echo "| check | result | time |"
+    echo "| --- | --- | --- |"
+    printf '%s\n' "${rows[@]}"
+    echo
+    echo "benchmark tables:"
+    grep -E '^\|' "$log" | grep -v -- '---' | grep -iv '^| check' || true
+    grep -E 'ratio|agreement|depth' "$log" | tail -20 || true
+} | tee "$out/summary.md"
