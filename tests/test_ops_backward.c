@@ -705,6 +705,10 @@ static void misuse_cuda(void) { /* a CUDA tensor: refused before its data is tou
     tensor x = mk("x", NN_F32, NN_CUDA, 1, 2, 4), pos = mk("pos", NN_I32, NN_CUDA, 1, 2, 0);
     op_rope(&x, &x, &pos, 1, 10000.0f);
 }
+static void misuse_mixed(void) { /* CUDA data with CPU positions: refused before either is touched */
+    tensor x = mk("x", NN_F32, NN_CUDA, 1, 2, 4), pos = mk("pos", NN_I32, NN_CPU, 1, 2, 0);
+    op_rope(&x, &x, &pos, 1, 10000.0f);
+}
 static void misuse_id(void) {
     tensor y = mk("y", NN_F32, NN_CPU, 2, 4, 0), tab = mk("table", NN_F32, NN_CPU, 3, 4, 0),
            ids = mk("ids", NN_I32, NN_CPU, 1, 2, 0);
@@ -739,11 +743,12 @@ static void misuse_pos(void) {
 }
 
 static void test_misuse(void) {
-#ifdef ASVR_HAVE_CUDA
-    expect_fatal("cuda tensor", misuse_cuda, "op_rope has no CUDA implementation yet");
-#else
+#ifndef ASVR_HAVE_CUDA
     expect_fatal("cuda tensor", misuse_cuda, "this build has no CUDA backend");
+#else
+    (void)misuse_cuda; /* runs on the device in this build: tests/test_ops_cuda_train.c */
 #endif
+    expect_fatal("cuda and cpu tensors", misuse_mixed, "tensor 'pos' is on cpu but 'x' is on cuda");
     expect_fatal("id out of range", misuse_id, "outside [0, 3)");
     expect_fatal("target -1", misuse_target, "not the ignore index");
     expect_fatal("activation without pre", misuse_pre, "needs the saved pre-activation");

@@ -11,10 +11,11 @@
  * always accumulate (+=), so micro-batches add up in one buffer; clear them with op_fill(g, 0)
  * before the first micro-batch. Gradients of activations are written, or added where the op takes
  * an `accumulate` flag (a residual stream fed by two branches).
- * The ops after op_fill (backward, RoPE, SwiGLU, packed attention, embedding, cross-entropy,
- * optimizer, and the convolutional-block ops GroupNorm / SiLU / same-padding conv) have only a CPU
- * implementation so far; called on CUDA tensors they exit saying so (op_attention_seg without
- * segments runs op_attention's CUDA code).
+ * The training ops (backward, RoPE, SwiGLU, packed attention, embedding, cross-entropy, optimizer)
+ * run on both backends; on CUDA, values only the device holds (ids, targets, positions) are checked
+ * by the kernels and reported by the next op that synchronises (embedding, cross-entropy). The
+ * convolutional-block ops (GroupNorm / SiLU / same-padding conv) have only a CPU implementation so
+ * far; called on CUDA tensors they exit saying so.
  * Not for: numeric loops in model code (compose these ops instead), strided views, or autograd.
  */
 #ifndef ASVR_NN_OPS_H
