@@ -4,6 +4,8 @@
  * < 2e-2 with bf16 storage. In the bf16 pass the random inputs are rounded to bf16 values first, so
  * both backends see the same numbers and the error measured is the kernels' own. Written outputs are
  * pre-filled with NaN; accumulated ones with random values, and their increments are compared.
+ * The flash attention ops are compared with the CPU flash ops (checked against op_attention_seg and
+ * finite differences in test_ops_backward).
  * Also: ids, targets and positions that only the device holds are reported (a child process runs
  * the bad call and must exit 1 naming the value). Without a CUDA build or a visible device the test
  * reports that it was skipped and passes.
@@ -244,6 +246,21 @@ static void t_attention(const char *what, int B, int T, int H_, int Hkv, int Dh,
     CMP(L("%s: dq (scratch of %d heads)", what, heads_per_scratch), gdq, dq, NULL, TOL_RED);
     CMP(L("%s: dk", what), gdk, dk, NULL, TOL_RED);
     CMP(L("%s: dv", what), gdv, dv, NULL, TOL_RED);
+    /* flash form: CUDA against the CPU flash op (which test_ops_backward checks against the above) */
+    tensor lse = Hfill("lse", &(tensor){.ndim = 3, .shape = {B, H_, T}}, NAN), glse = D(&lse, NN_F32);
+    tensor fo = Hfill("fo", &q, NAN), gfo = Dd(&fo);
+    op_flash_attention(&fo, &lse, &q, &k, &v, H_, Hkv, scale, causal, seg ? &sg : NULL);
+    op_flash_attention(&gfo, &glse, &gq, &gk, &gv, H_, Hkv, scale, causal, seg ? &gsg : NULL);
+    CMP(L("%s: flash out", what), gfo, fo, NULL, TOL);
+    CMP(L("%s: flash lse", what), glse, lse, NULL, 1e-5);
+    tensor fdq = Hfill("fdq", &q, NAN), fdk = Hfill("fdk", &k, NAN), fdv = Hfill("fdv", &v, NAN);
+    tensor gfdq = Dd(&fdq), gfdk = Dd(&fdk), gfdv = Dd(&fdv);
+    op_flash_attention_backward(&fdq, &fdk, &fdv, &dout, &q, &k, &v, &fo, &lse, H_, Hkv, scale, causal, seg ? &sg : NULL);
+    op_flash_attention_backward(&gfdq, &gfdk, &gfdv, &gdo, &gq, &gk, &gv, &gfo, &glse, H_, Hkv, scale, causal,
+                                seg ? &gsg : NULL);
+    CMP(L("%s: flash dq", what), gfdq, fdq, NULL, TOL_RED);
+    CMP(L("%s: flash dk", what), gfdk, fdk, NULL, TOL_RED);
+    CMP(L("%s: flash dv", what), gfdv, fdv, NULL, TOL_RED);
     release();
 }
 

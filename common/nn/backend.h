@@ -47,6 +47,12 @@ void cpu_attention_seg(tensor *out, const tensor *q, const tensor *k, const tens
 void cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
                             const tensor *q, const tensor *k, const tensor *v, const tensor *att,
                             int n_heads, int n_kv_heads, float scale, tensor *scratch);
+void cpu_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
+                         int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg);
+void cpu_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                                  const tensor *q, const tensor *k, const tensor *v,
+                                  const tensor *out, const tensor *lse, int n_heads, int n_kv_heads,
+                                  float scale, int causal, const tensor *seg);
 void cpu_embedding(tensor *y, const tensor *ids, const tensor *table);
 void cpu_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids);
 void cpu_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const tensor *logits,
@@ -70,6 +76,12 @@ void cuda_attention_seg(tensor *out, const tensor *q, const tensor *k, const ten
 void cuda_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
                              const tensor *q, const tensor *k, const tensor *v, const tensor *att,
                              int n_heads, int n_kv_heads, float scale, tensor *scratch);
+void cuda_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
+                          int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg);
+void cuda_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                                    const tensor *q, const tensor *k, const tensor *v,
+                                    const tensor *out, const tensor *lse, int n_heads, int n_kv_heads,
+                                    float scale, int causal, const tensor *seg);
 void cuda_embedding(tensor *y, const tensor *ids, const tensor *table);
 void cuda_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids);
 void cuda_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const tensor *logits,

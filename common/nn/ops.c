@@ -154,11 +154,10 @@ void op_rmsnorm(tensor *y, const tensor *x, const tensor *w, float eps, tensor *
 }
 
 /* Shapes of the attention tensors (shared by op_attention, op_attention_seg and the backward). */
-static void attention_check(const char *op, const tensor *out, const tensor *q, const tensor *k,
-                            const tensor *v, int n_heads, int n_kv_heads, const tensor *att) {
+static void attention_shapes(const char *op, const tensor *out, const tensor *q, const tensor *k,
+                             const tensor *v, int n_heads, int n_kv_heads) {
     const tensor *fl[] = {out, q, k, v};
     for (int i = 0; i < 4; i++) need_float(op, fl[i]);
-    need_f32(op, att);
     char s1[96], s2[96];
     need(q->ndim == 3, op, "q '%s' must be [B, T, H*Dh], is %s", q->name, shp(q, s1));
     need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, op,
@@ -171,13 +170,19 @@ static void attention_check(const char *op, const tensor *out, const tensor *q, 
          "k '%s' %s, want [%lld, %lld, %lld]", k->name, shp(k, s1), (long long)B, (long long)T,
          (long long)KVD);
     need(tensor_same_shape(v, k), op, "v '%s' %s != k %s", v->name, shp(v, s1), shp(k, s2));
+    need(out->data != q->data && out->data != k->data && out->data != v->data, op,
+         "out '%s' aliases an input", out->name);
+}
+
+static void attention_check(const char *op, const tensor *out, const tensor *q, const tensor *k,
+                            const tensor *v, int n_heads, int n_kv_heads, const tensor *att) {
+    attention_shapes(op, out, q, k, v, n_heads, n_kv_heads);
+    need_f32(op, att);
     need(att != NULL, op, "att (probabilities or scratch) is required");
-    int64_t full = B * n_heads * T * T;
+    int64_t B = q->shape[0], T = q->shape[1], full = B * n_heads * T * T;
     need(tensor_numel(att) == full || tensor_numel(att) >= T * T, op,
          "att '%s' has %lld elements; want %lld (kept) or at least %lld (scratch)", att->name,
          (long long)tensor_numel(att), (long long)full, (long long)(T * T));
-    need(out->data != q->data && out->data != k->data && out->data != v->data, op,
-         "out '%s' aliases an input", out->name);
 }
 
 void op_attention(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
@@ -441,6 +446,58 @@ void op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dou
             need(outs[i]->data != ins[j]->data, op, "'%s' aliases input '%s'", outs[i]->name,
                  ins[j]->name);
     DISPATCH(dev, attention_backward, dq, dk, dv, dout, q, k, v, att, n_heads, n_kv_heads, scale, scratch);
+}
+
+/* Shapes shared by the flash forward and backward: lse [B, H, T] f32, seg [B, T] i32 or NULL. */
+static void flash_check(const char *op, const tensor *out, const tensor *lse, const tensor *q,
+                        const tensor *k, const tensor *v, int n_heads, int n_kv_heads,
+                        const tensor *seg) {
+    attention_shapes(op, out, q, k, v, n_heads, n_kv_heads);
+    char s1[96];
+    int64_t B = q->shape[0], T = q->shape[1];
+    need(lse != NULL, op, "lse is required");
+    need_f32(op, lse);
+    need(tensor_numel(lse) == B * n_heads * T, op, "lse '%s' %s, want [%lld, %d, %lld]", lse->name,
+         shp(lse, s1), (long long)B, n_heads, (long long)T);
+    need_i32(op, seg);
+    if (seg)
+        need(tensor_numel(seg) == B * T, op, "segments '%s' %s, want [%lld, %lld]", seg->name,
+             shp(seg, s1), (long long)B, (long long)T);
+}
+
+void op_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
+                        int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg) {
+    const char *op = "op_flash_attention";
+    const tensor *ts[] = {out, lse, q, k, v, seg};
+    nn_device dev = same_device(op, 6, ts);
+    flash_check(op, out, lse, q, k, v, n_heads, n_kv_heads, seg);
+    need(lse->data != out->data, op, "lse '%s' aliases out", lse->name);
+    DISPATCH(dev, flash_attention, out, lse, q, k, v, n_heads, n_kv_heads, scale, causal, seg);
+}
+
+void op_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                                 const tensor *q, const tensor *k, const tensor *v, const tensor *out,
+                                 const tensor *lse, int n_heads, int n_kv_heads, float scale,
+                                 int causal, const tensor *seg) {
+    const char *op = "op_flash_attention_backward";
+    const tensor *ts[] = {dq, dk, dv, dout, q, k, v, out, lse, seg};
+    nn_device dev = same_device(op, 10, ts);
+    need(dq && dk && dv && dout && out, op, "dq, dk, dv, dout and out are required");
+    for (int i = 0; i < 4; i++) need_float(op, ts[i]);
+    char s1[96], s2[96];
+    flash_check(op, out, lse, q, k, v, n_heads, n_kv_heads, seg);
+    need(tensor_same_shape(dout, q), op, "dout '%s' %s != q %s", dout->name, shp(dout, s1), shp(q, s2));
+    need(tensor_same_shape(dq, q), op, "dq '%s' %s != q %s", dq->name, shp(dq, s1), shp(q, s2));
+    need(tensor_same_shape(dk, k), op, "dk '%s' %s != k %s", dk->name, shp(dk, s1), shp(k, s2));
+    need(tensor_same_shape(dv, v), op, "dv '%s' %s != v %s", dv->name, shp(dv, s1), shp(v, s2));
+    const tensor *outs[] = {dq, dk, dv};
+    const tensor *ins[] = {dout, q, k, v, out, lse};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 6; j++)
+            need(outs[i]->data != ins[j]->data, op, "'%s' aliases input '%s'", outs[i]->name,
+                 ins[j]->name);
+    DISPATCH(dev, flash_attention_backward, dq, dk, dv, dout, q, k, v, out, lse, n_heads, n_kv_heads,
+             scale, causal, seg);
 }
 
 /* Ids on the host are checked here; on a device the kernel checks them (ops_train_cuda.cu). */

@@ -1,7 +1,8 @@
 // ops_cuda.cu — the CUDA backend of the ops in ops.h: f32 or bf16 storage per tensor, fp32 math.
 // GEMMs: cuBLAS GemmEx (fp32 compute); the rest: plain kernels, one thread per element or one block
 // per row. Attention is a straightforward kernel (one block per query row, scores in shared memory,
-// T <= 12288); a fused flash-style kernel is future work. Arguments were validated by ops.c.
+// T <= 12288). The training ops are in ops_train_cuda.cu, the helpers both files share in
+// cuda_common.cuh. Arguments were validated by ops.c.
 #include "nn/backend.h"
 #include "nn/cuda/cuda_common.cuh"
 #include "nn/cuda/ops_cuda.h"

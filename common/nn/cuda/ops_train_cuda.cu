@@ -10,9 +10,11 @@
 // by the kernels: a bad one is recorded in a device error record (first one wins) and the op is
 // reported with its index and value by the next op that synchronises with the host (embedding and
 // cross-entropy check right after their kernels; RoPE, called per layer, does not stop to check).
-// Attention keeps the probabilities in att [B,H,T,T] (f32) for backward, the contract of the CPU op;
-// the backward works through `scratch` (f32, T*T per head; a larger scratch processes more heads
-// per launch).
+// op_attention_seg keeps the probabilities in att [B,H,T,T] (f32) for backward, the contract of the
+// CPU op; its backward works through `scratch` (f32, T*T per head; a larger scratch processes more
+// heads per launch). op_flash_attention keeps only lse [B,H,T] and its backward recomputes the
+// probabilities: one block per query row with that row's scores in shared memory (T + 2 Dh floats),
+// scalar fp32 math, no tensor cores — the memory of a flash kernel, not yet its speed.
 #include <limits.h>
 #include <math.h>
 #include <string.h>
@@ -291,7 +293,7 @@ static void shmem_limit(const void *kernel, size_t bytes, const char *what, long
 // -inf, so their probability is exactly 0), softmax in fp32, then out = P · V.
 __global__ void kt_attention_seg(void *out, int obf, const void *q, int qbf, const void *k, int kbf, const void *v,
                                  int vbf, const int32_t *seg, int64_t T, int H, int group, int64_t Dh, float scale,
-                                 int causal, float *att) {
+                                 int causal, float *att, float *lse) {
     extern __shared__ float sm[];
     float *s = sm, *qs = sm + T;
     int64_t i = blockIdx.x, b = blockIdx.z;
@@ -322,7 +324,8 @@ __global__ void kt_attention_seg(void *out, int obf, const void *q, int qbf, con
         s[j] = e;
         sum += e;
     }
-    float inv = 1.0f / block_sum(sum);
+    float tot = block_sum(sum), inv = 1.0f / tot;
+    if (lse && threadIdx.x == 0) lse[(b * H + h) * T + i] = (float)((double)mx + log((double)tot));
     for (int64_t j = threadIdx.x; j < T; j += NT) {
         s[j] *= inv;
         if (att) att[((b * H + h) * T + i) * T + j] = s[j];
@@ -345,7 +348,7 @@ extern "C" void cuda_attention_seg(tensor *out, const tensor *q, const tensor *k
     dim3 grid((unsigned)T, (unsigned)n_heads, (unsigned)B);
     kt_attention_seg<<<grid, NT, shmem>>>(out->data, isbf(out), q->data, isbf(q), k->data, isbf(k), v->data, isbf(v),
                                           seg ? (const int32_t *)seg->data : NULL, T, n_heads, n_heads / n_kv_heads,
-                                          Dh, scale, causal, keep ? (float *)att->data : NULL);
+                                          Dh, scale, causal, keep ? (float *)att->data : NULL, (float *)NULL);
     LAUNCH_CHECK();
 }
 
@@ -445,6 +448,146 @@ extern "C" void cuda_attention_backward(tensor *dq, tensor *dk, tensor *dv, cons
             isbf(dout), (const float *)att->data, T, n_heads, n_kv_heads, Dh, scale, bh0, nh);
         LAUNCH_CHECK();
     }
+}
+
+// ---- flash-style attention (no T x T buffer) ----------------------------------------------------
+// Forward: kt_attention_seg without att, writing lse. Backward: a row pass (dQ, and
+// delta_i = dO_i · O_i into the workspace) and a column pass (dK, dV), both recomputing
+// P_ij = exp(scale q_i·k_j - lse_i) on the visible pairs; every output element is written by one
+// thread of one block (deterministic, no clearing, no atomics).
+extern "C" void cuda_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
+                                     int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg) {
+    int64_t B = q->shape[0], T = q->shape[1], Dh = q->shape[2] / n_heads;
+    size_t shmem = (size_t)(T + Dh) * sizeof(float);
+    shmem_limit((const void *)kt_attention_seg, shmem, "cuda flash attention", (long long)T);
+    dim3 grid((unsigned)T, (unsigned)n_heads, (unsigned)B);
+    kt_attention_seg<<<grid, NT, shmem>>>(out->data, isbf(out), q->data, isbf(q), k->data, isbf(k), v->data, isbf(v),
+                                          seg ? (const int32_t *)seg->data : NULL, T, n_heads, n_heads / n_kv_heads,
+                                          Dh, scale, causal, (float *)NULL, (float *)lse->data);
+    LAUNCH_CHECK();
+}
+
+// One block per (query i, head h, batch b).
+__global__ void kt_flash_bwd_rows(void *dq, int dqbf, float *delta, const void *dout, int dobf, const void *out,
+                                  int outbf, const void *q, int qbf, const void *k, int kbf, const void *v, int vbf,
+                                  const float *lse, const int32_t *seg, int64_t T, int H, int group, int64_t Dh,
+                                  float scale, int causal) {
+    extern __shared__ float sm[];
+    float *s = sm, *qs = sm + T, *dos = qs + Dh;
+    int64_t i = blockIdx.x, b = blockIdx.z;
+    int h = blockIdx.y, g = h / group;
+    int64_t HD = (int64_t)H * Dh, KVD = (int64_t)(H / group) * Dh;
+    int64_t qoff = (b * T + i) * HD + (int64_t)h * Dh, row = (b * H + h) * T + i;
+    float dd = 0.0f;
+    for (int64_t t = threadIdx.x; t < Dh; t += NT) {
+        qs[t] = ldv(q, qbf, qoff + t);
+        dos[t] = ldv(dout, dobf, qoff + t);
+        dd += dos[t] * ldv(out, outbf, qoff + t);
+    }
+    dd = block_sum(dd); // also the barrier after the loads into shared memory
+    if (threadIdx.x == 0) delta[row] = dd;
+    const float l = lse[row];
+    const int32_t *sb = seg ? seg + b * T : NULL;
+    int32_t si = sb ? sb[i] : 0;
+    int64_t n = causal ? i + 1 : T;
+    for (int64_t j = threadIdx.x; j < T; j += NT) {
+        float d = 0.0f;
+        if (j < n && (!sb || sb[j] == si)) {
+            int64_t koff = (b * T + j) * KVD + (int64_t)g * Dh;
+            float a = 0.0f, dp = 0.0f;
+            for (int64_t t = 0; t < Dh; t++) {
+                a += qs[t] * ldv(k, kbf, koff + t);
+                dp += dos[t] * ldv(v, vbf, koff + t);
+            }
+            float p = expf(scale * a - l);
+            d = p * (dp - dd);
+        }
+        s[j] = d;
+    }
+    __syncthreads();
+    for (int64_t t = threadIdx.x; t < Dh; t += NT) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < n; j++)
+            if (s[j] != 0.0f) acc += s[j] * ldv(k, kbf, (b * T + j) * KVD + (int64_t)g * Dh + t);
+        stv(dq, dqbf, qoff + t, scale * acc);
+    }
+}
+
+// One block per (key j, kv head g, batch b), over the query heads of g in order.
+__global__ void kt_flash_bwd_cols(void *dk, int dkbf, void *dv, int dvbf, const float *delta, const void *dout,
+                                  int dobf, const void *q, int qbf, const void *k, int kbf, const void *v, int vbf,
+                                  const float *lse, const int32_t *seg, int64_t T, int H, int Hkv, int64_t Dh,
+                                  float scale, int causal) {
+    extern __shared__ float sm[];
+    float *ps = sm, *dss = sm + T, *ks = dss + T, *vs = ks + Dh, *ak = vs + Dh, *av = ak + Dh;
+    int64_t j = blockIdx.x, b = blockIdx.z;
+    int g = blockIdx.y, group = H / Hkv;
+    int64_t HD = (int64_t)H * Dh, KVD = (int64_t)Hkv * Dh;
+    int64_t koff = (b * T + j) * KVD + (int64_t)g * Dh;
+    for (int64_t t = threadIdx.x; t < Dh; t += NT) {
+        ks[t] = ldv(k, kbf, koff + t);
+        vs[t] = ldv(v, vbf, koff + t);
+        ak[t] = 0.0f;
+        av[t] = 0.0f;
+    }
+    __syncthreads();
+    const int32_t *sb = seg ? seg + b * T : NULL;
+    int32_t sj = sb ? sb[j] : 0;
+    int64_t i0 = causal ? j : 0;
+    for (int h = g * group; h < (g + 1) * group; h++) {
+        int64_t bh = b * H + h;
+        for (int64_t i = threadIdx.x; i < T; i += NT) {
+            float p = 0.0f, d = 0.0f;
+            if (i >= i0 && (!sb || sb[i] == sj)) {
+                int64_t qo = (b * T + i) * HD + (int64_t)h * Dh;
+                float a = 0.0f, dp = 0.0f;
+                for (int64_t t = 0; t < Dh; t++) {
+                    a += ldv(q, qbf, qo + t) * ks[t];
+                    dp += ldv(dout, dobf, qo + t) * vs[t];
+                }
+                p = expf(scale * a - lse[bh * T + i]);
+                d = p * (dp - delta[bh * T + i]);
+            }
+            ps[i] = p;
+            dss[i] = d;
+        }
+        __syncthreads();
+        for (int64_t t = threadIdx.x; t < Dh; t += NT) {
+            float sk = ak[t], sv = av[t];
+            for (int64_t i = i0; i < T; i++) {
+                if (ps[i] == 0.0f) continue;
+                int64_t qo = (b * T + i) * HD + (int64_t)h * Dh + t;
+                sk += dss[i] * ldv(q, qbf, qo);
+                sv += ps[i] * ldv(dout, dobf, qo);
+            }
+            ak[t] = sk, av[t] = sv;
+        }
+        __syncthreads(); // before the next head overwrites ps, dss
+    }
+    for (int64_t t = threadIdx.x; t < Dh; t += NT) {
+        stv(dk, dkbf, koff + t, scale * ak[t]);
+        stv(dv, dvbf, koff + t, av[t]);
+    }
+}
+
+extern "C" void cuda_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout, const tensor *q,
+                                              const tensor *k, const tensor *v, const tensor *out, const tensor *lse,
+                                              int n_heads, int n_kv_heads, float scale, int causal,
+                                              const tensor *seg) {
+    int64_t B = q->shape[0], T = q->shape[1], Dh = q->shape[2] / n_heads;
+    float *delta = (float *)workspace((size_t)(B * n_heads * T) * sizeof(float));
+    const int32_t *sg = seg ? (const int32_t *)seg->data : NULL;
+    size_t sh_rows = (size_t)(T + 2 * Dh) * sizeof(float), sh_cols = (size_t)(2 * T + 4 * Dh) * sizeof(float);
+    shmem_limit((const void *)kt_flash_bwd_rows, sh_rows, "cuda flash attention backward", (long long)T);
+    shmem_limit((const void *)kt_flash_bwd_cols, sh_cols, "cuda flash attention backward", (long long)T);
+    kt_flash_bwd_rows<<<dim3((unsigned)T, (unsigned)n_heads, (unsigned)B), NT, sh_rows>>>(
+        dq->data, isbf(dq), delta, dout->data, isbf(dout), out->data, isbf(out), q->data, isbf(q), k->data, isbf(k),
+        v->data, isbf(v), (const float *)lse->data, sg, T, n_heads, n_heads / n_kv_heads, Dh, scale, causal);
+    LAUNCH_CHECK();
+    kt_flash_bwd_cols<<<dim3((unsigned)T, (unsigned)n_kv_heads, (unsigned)B), NT, sh_cols>>>(
+        dk->data, isbf(dk), dv->data, isbf(dv), delta, dout->data, isbf(dout), q->data, isbf(q), k->data, isbf(k),
+        v->data, isbf(v), (const float *)lse->data, sg, T, n_heads, n_kv_heads, Dh, scale, causal);
+    LAUNCH_CHECK();
 }
 
 // ---- embedding -----------------------------------------------------------------------------------
