@@ -400,6 +400,9 @@ static void test_attention_backward(const char *label, int B, int Tn, int H, int
            *o = T("o", 3, B, Tn, HD, 0), *att = T("att", 4, B, H, Tn, Tn), *dout = T("dout", 3, B, Tn, HD, 0),
            *dq = T("dq", 3, B, Tn, HD, 0), *dk = T("dk", 3, B, Tn, KVD, 0), *dv = T("dv", 3, B, Tn, KVD, 0),
            *scr = T("scratch", 2, Tn, Tn, 0, 0), *sg = seg ? TI("seg", 2, B, Tn) : NULL;
+    tensor *lse = T("lse", 3, B, H, Tn, 0), *fo = T("flash o", 3, B, Tn, HD, 0),
+           *fdq = T("flash dq", 3, B, Tn, HD, 0), *fdk = T("flash dk", 3, B, Tn, KVD, 0),
+           *fdv = T("flash dv", 3, B, Tn, KVD, 0);
     nn_arena_commit(ar);
     if (seg) memcpy(I(sg), seg, sizeof(int32_t) * B * Tn);
     randn(q, 1.5f), randn(k, 1.5f), randn(v, 1.0f), randn(dout, 1.0f);
@@ -422,6 +425,29 @@ static void test_attention_backward(const char *label, int B, int Tn, int H, int
     T_GRAD("attention dq", P(dq), NULL, gq, nq, GRAD_TOL);
     T_GRAD("attention dk", P(dk), NULL, gk, nk, GRAD_TOL);
     T_GRAD("attention dv", P(dv), NULL, gv, nk, GRAD_TOL);
+    /* The flash form (no T x T buffer) gives the same forward and gradients. */
+    op_fill(fo, NAN), op_fill(lse, NAN);
+    op_flash_attention(fo, lse, q, k, v, H, Hkv, scale, causal, sg);
+    T_GRAD("flash attention forward", P(fo), NULL, c.o, nq, FWD_TOL);
+    double lerr = 0.0; /* exp(scale q_i·k_j - lse_i) = P_ij */
+    for (int bh = 0; bh < B * H; bh++)
+        for (int i = 0; i < Tn; i++)
+            for (int j = 0; j < Tn; j++) {
+                double pij = c.p[((int64_t)bh * Tn + i) * Tn + j];
+                if (pij <= 0.0) continue;
+                int b = bh / H, h = bh % H;
+                double sc = 0.0;
+                for (int t = 0; t < Dh; t++)
+                    sc += c.q[(b * Tn + i) * HD + h * Dh + t] * c.k[(b * Tn + j) * KVD + (h / (H / Hkv)) * Dh + t];
+                double e = fabs(exp(scale * sc - P(lse)[bh * Tn + i]) - pij);
+                lerr = e > lerr ? e : lerr;
+            }
+    T_CHECK(lerr < 1e-5, "flash lse: max |exp(s - lse) - P| = %.3g", lerr);
+    op_fill(fdq, NAN), op_fill(fdk, NAN), op_fill(fdv, NAN);
+    op_flash_attention_backward(fdq, fdk, fdv, dout, q, k, v, fo, lse, H, Hkv, scale, causal, sg);
+    T_GRAD("flash attention dq", P(fdq), NULL, gq, nq, GRAD_TOL);
+    T_GRAD("flash attention dk", P(fdk), NULL, gk, nk, GRAD_TOL);
+    T_GRAD("flash attention dv", P(fdv), NULL, gv, nk, GRAD_TOL);
     if (keep >= 0) {
         int nz = 0, in = 0;
         for (int t = 0; t < B * Tn; t++) {
@@ -705,6 +731,10 @@ static void misuse_cuda(void) { /* a CUDA tensor: refused before its data is tou
     tensor x = mk("x", NN_F32, NN_CUDA, 1, 2, 4), pos = mk("pos", NN_I32, NN_CUDA, 1, 2, 0);
     op_rope(&x, &x, &pos, 1, 10000.0f);
 }
+static void misuse_mixed(void) { /* CUDA data with CPU positions: refused before either is touched */
+    tensor x = mk("x", NN_F32, NN_CUDA, 1, 2, 4), pos = mk("pos", NN_I32, NN_CPU, 1, 2, 0);
+    op_rope(&x, &x, &pos, 1, 10000.0f);
+}
 static void misuse_id(void) {
     tensor y = mk("y", NN_F32, NN_CPU, 2, 4, 0), tab = mk("table", NN_F32, NN_CPU, 3, 4, 0),
            ids = mk("ids", NN_I32, NN_CPU, 1, 2, 0);
@@ -739,11 +769,12 @@ static void misuse_pos(void) {
 }
 
 static void test_misuse(void) {
-#ifdef ASVR_HAVE_CUDA
-    expect_fatal("cuda tensor", misuse_cuda, "op_rope has no CUDA implementation yet");
-#else
+#ifndef ASVR_HAVE_CUDA
     expect_fatal("cuda tensor", misuse_cuda, "this build has no CUDA backend");
+#else
+    (void)misuse_cuda; /* runs on the device in this build: tests/test_ops_cuda_train.c */
 #endif
+    expect_fatal("cuda and cpu tensors", misuse_mixed, "tensor 'pos' is on cpu but 'x' is on cuda");
     expect_fatal("id out of range", misuse_id, "outside [0, 3)");
     expect_fatal("target -1", misuse_target, "not the ignore index");
     expect_fatal("activation without pre", misuse_pre, "needs the saved pre-activation");

@@ -32,7 +32,7 @@ extern "C" {
 
 NN_BACKEND_DECLARE(cpu)
 
-/* The training ops: CPU only so far (ops.c refuses CUDA tensors for them). */
+/* The training ops (CUDA twins below; cpu_rope / cuda_rope do both directions: inverse = backward). */
 void cpu_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const tensor *x,
                          const tensor *w, nn_act act, const tensor *pre, int accumulate_dx);
 void cpu_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act, int accumulate);
@@ -47,6 +47,12 @@ void cpu_attention_seg(tensor *out, const tensor *q, const tensor *k, const tens
 void cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
                             const tensor *q, const tensor *k, const tensor *v, const tensor *att,
                             int n_heads, int n_kv_heads, float scale, tensor *scratch);
+void cpu_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
+                         int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg);
+void cpu_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                                  const tensor *q, const tensor *k, const tensor *v,
+                                  const tensor *out, const tensor *lse, int n_heads, int n_kv_heads,
+                                  float scale, int causal, const tensor *seg);
 void cpu_embedding(tensor *y, const tensor *ids, const tensor *table);
 void cpu_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids);
 void cpu_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const tensor *logits,
@@ -55,6 +61,36 @@ void cpu_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float
                float eps, float weight_decay, int64_t step);
 void cpu_grad_sqnorm(double *acc, const tensor *g);
 void cpu_scale(tensor *t, float s);
+#ifdef ASVR_HAVE_CUDA
+void cuda_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const tensor *x,
+                          const tensor *w, nn_act act, const tensor *pre, int accumulate_dx);
+void cuda_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act, int accumulate);
+void cuda_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor *x,
+                           const tensor *w, const tensor *rstd, int accumulate_dx);
+void cuda_rope(tensor *y, const tensor *x, const tensor *pos, int n_heads, float theta, int inverse);
+void cuda_swiglu(tensor *y, const tensor *gate, const tensor *up);
+void cuda_swiglu_backward(tensor *dgate, tensor *dup, const tensor *dy, const tensor *gate,
+                          const tensor *up);
+void cuda_attention_seg(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
+                        int n_kv_heads, float scale, int causal, const tensor *seg, tensor *att);
+void cuda_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                             const tensor *q, const tensor *k, const tensor *v, const tensor *att,
+                             int n_heads, int n_kv_heads, float scale, tensor *scratch);
+void cuda_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
+                          int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg);
+void cuda_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                                    const tensor *q, const tensor *k, const tensor *v,
+                                    const tensor *out, const tensor *lse, int n_heads, int n_kv_heads,
+                                    float scale, int causal, const tensor *seg);
+void cuda_embedding(tensor *y, const tensor *ids, const tensor *table);
+void cuda_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids);
+void cuda_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const tensor *logits,
+                        const tensor *targets, float scale);
+void cuda_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float beta1, float beta2,
+                float eps, float weight_decay, int64_t step);
+void cuda_grad_sqnorm(double *acc, const tensor *g);
+void cuda_scale(tensor *t, float s);
+#endif
 /* Convolutional-block ops (CUDA versions below). */
 void cpu_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, int groups, float eps);
 void cpu_silu(tensor *y, const tensor *x);

@@ -154,11 +154,10 @@ void op_rmsnorm(tensor *y, const tensor *x, const tensor *w, float eps, tensor *
 }
 
 /* Shapes of the attention tensors (shared by op_attention, op_attention_seg and the backward). */
-static void attention_check(const char *op, const tensor *out, const tensor *q, const tensor *k,
-                            const tensor *v, int n_heads, int n_kv_heads, const tensor *att) {
+static void attention_shapes(const char *op, const tensor *out, const tensor *q, const tensor *k,
+                             const tensor *v, int n_heads, int n_kv_heads) {
     const tensor *fl[] = {out, q, k, v};
     for (int i = 0; i < 4; i++) need_float(op, fl[i]);
-    need_f32(op, att);
     char s1[96], s2[96];
     need(q->ndim == 3, op, "q '%s' must be [B, T, H*Dh], is %s", q->name, shp(q, s1));
     need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, op,
@@ -171,13 +170,19 @@ static void attention_check(const char *op, const tensor *out, const tensor *q, 
          "k '%s' %s, want [%lld, %lld, %lld]", k->name, shp(k, s1), (long long)B, (long long)T,
          (long long)KVD);
     need(tensor_same_shape(v, k), op, "v '%s' %s != k %s", v->name, shp(v, s1), shp(k, s2));
+    need(out->data != q->data && out->data != k->data && out->data != v->data, op,
+         "out '%s' aliases an input", out->name);
+}
+
+static void attention_check(const char *op, const tensor *out, const tensor *q, const tensor *k,
+                            const tensor *v, int n_heads, int n_kv_heads, const tensor *att) {
+    attention_shapes(op, out, q, k, v, n_heads, n_kv_heads);
+    need_f32(op, att);
     need(att != NULL, op, "att (probabilities or scratch) is required");
-    int64_t full = B * n_heads * T * T;
+    int64_t B = q->shape[0], T = q->shape[1], full = B * n_heads * T * T;
     need(tensor_numel(att) == full || tensor_numel(att) >= T * T, op,
          "att '%s' has %lld elements; want %lld (kept) or at least %lld (scratch)", att->name,
          (long long)tensor_numel(att), (long long)full, (long long)(T * T));
-    need(out->data != q->data && out->data != k->data && out->data != v->data, op,
-         "out '%s' aliases an input", out->name);
 }
 
 void op_attention(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
@@ -258,13 +263,6 @@ void op_fill(tensor *t, float value) {
 
 /* ---- training ops ----------------------------------------------------------------------------- */
 
-/* The training ops have no CUDA implementation yet: refuse CUDA tensors by name. */
-static void cpu_only(const char *op, nn_device dev) {
-    if (dev != NN_CPU)
-        ASVR_FATAL("run it on CPU tensors, or add its CUDA implementation to nn/cuda/",
-                   "%s has no CUDA implementation yet", op);
-}
-
 static void need_i32(const char *op, const tensor *t) {
     if (t) need(t->dtype == NN_I32, op, "tensor '%s' is %s; want i32", t->name, nn_dtype_name(t->dtype));
 }
@@ -279,7 +277,6 @@ void op_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const te
     const char *op = "op_matmul_backward";
     const tensor *ts[] = {dx, dw, db, dy, x, w, pre};
     nn_device dev = same_device(op, 7, ts);
-    cpu_only(op, dev);
     for (int i = 0; i < 7; i++) need_float(op, ts[i]);
     need_act(op, act);
     char s1[96], s2[96];
@@ -300,20 +297,19 @@ void op_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const te
     }
     if (dx) need(dx->data != dy->data && dx->data != x->data && dx->data != w->data, op,
                  "dx '%s' aliases dy, x or w", dx->name);
-    cpu_matmul_backward(dx, dw, db, dy, x, w, act, pre, accumulate_dx);
+    DISPATCH(dev, matmul_backward, dx, dw, db, dy, x, w, act, pre, accumulate_dx);
 }
 
 void op_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act, int accumulate) {
     const char *op = "op_gelu_backward";
     const tensor *ts[] = {dx, dy, x};
     nn_device dev = same_device(op, 3, ts);
-    cpu_only(op, dev);
     for (int i = 0; i < 3; i++) need_float(op, ts[i]);
     need(act == NN_ACT_GELU_TANH || act == NN_ACT_GELU_ERF, op, "activation %d is not a GELU", (int)act);
     need_numel(op, dy, tensor_numel(x));
     need_numel(op, dx, tensor_numel(x));
     need(!accumulate || dx->data != dy->data, op, "dx '%s' aliases dy while accumulating", dx->name);
-    cpu_gelu_backward(dx, dy, x, act, accumulate);
+    DISPATCH(dev, gelu_backward, dx, dy, x, act, accumulate);
 }
 
 void op_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor *x, const tensor *w,
@@ -321,7 +317,6 @@ void op_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor 
     const char *op = "op_rmsnorm_backward";
     const tensor *ts[] = {dx, dw, dy, x, w, rstd};
     nn_device dev = same_device(op, 6, ts);
-    cpu_only(op, dev);
     for (int i = 0; i < 5; i++) need_float(op, ts[i]);
     need_f32(op, rstd);
     need(dx != NULL && rstd != NULL, op, "dx and rstd are required");
@@ -333,14 +328,13 @@ void op_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor 
     need_numel(op, rstd, R);
     need(dx->data != x->data, op, "dx '%s' aliases x", dx->name);
     need(!accumulate_dx || dx->data != dy->data, op, "dx '%s' aliases dy while accumulating", dx->name);
-    cpu_rmsnorm_backward(dx, dw, dy, x, w, rstd, accumulate_dx);
+    DISPATCH(dev, rmsnorm_backward, dx, dw, dy, x, w, rstd, accumulate_dx);
 }
 
-static void check_rope(const char *op, const tensor *y, const tensor *x, const tensor *pos,
-                       int n_heads, float theta) {
+static nn_device check_rope(const char *op, const tensor *y, const tensor *x, const tensor *pos,
+                             int n_heads, float theta) {
     const tensor *ts[] = {y, x, pos};
     nn_device dev = same_device(op, 3, ts);
-    cpu_only(op, dev);
     need_float(op, y);
     need_float(op, x);
     need_i32(op, pos);
@@ -354,30 +348,31 @@ static void check_rope(const char *op, const tensor *y, const tensor *x, const t
     need(tensor_numel(pos) == x->shape[0] * x->shape[1], op, "positions '%s' %s, want [%lld, %lld]",
          pos->name, shp(pos, s1), (long long)x->shape[0], (long long)x->shape[1]);
     need(theta > 0.0f, op, "theta %g must be > 0", (double)theta);
+    if (dev != NN_CPU) return dev; /* device positions: the kernel records a negative one */
     const int32_t *p = (const int32_t *)pos->data;
     for (int64_t i = 0; i < tensor_numel(pos); i++)
         need(p[i] >= 0, op, "position %lld is %d; positions are >= 0", (long long)i, (int)p[i]);
+    return dev;
 }
 
 void op_rope(tensor *y, const tensor *x, const tensor *pos, int n_heads, float theta) {
-    check_rope("op_rope", y, x, pos, n_heads, theta);
-    cpu_rope(y, x, pos, n_heads, theta, 0);
+    nn_device dev = check_rope("op_rope", y, x, pos, n_heads, theta);
+    DISPATCH(dev, rope, y, x, pos, n_heads, theta, 0);
 }
 
 void op_rope_backward(tensor *dx, const tensor *dy, const tensor *pos, int n_heads, float theta) {
-    check_rope("op_rope_backward", dx, dy, pos, n_heads, theta);
-    cpu_rope(dx, dy, pos, n_heads, theta, 1);
+    nn_device dev = check_rope("op_rope_backward", dx, dy, pos, n_heads, theta);
+    DISPATCH(dev, rope, dx, dy, pos, n_heads, theta, 1);
 }
 
 void op_swiglu(tensor *y, const tensor *gate, const tensor *up) {
     const char *op = "op_swiglu";
     const tensor *ts[] = {y, gate, up};
     nn_device dev = same_device(op, 3, ts);
-    cpu_only(op, dev);
     for (int i = 0; i < 3; i++) need_float(op, ts[i]);
     need_numel(op, gate, tensor_numel(y));
     need_numel(op, up, tensor_numel(y));
-    cpu_swiglu(y, gate, up);
+    DISPATCH(dev, swiglu, y, gate, up);
 }
 
 void op_swiglu_backward(tensor *dgate, tensor *dup, const tensor *dy, const tensor *gate,
@@ -385,7 +380,6 @@ void op_swiglu_backward(tensor *dgate, tensor *dup, const tensor *dy, const tens
     const char *op = "op_swiglu_backward";
     const tensor *ts[] = {dgate, dup, dy, gate, up};
     nn_device dev = same_device(op, 5, ts);
-    cpu_only(op, dev);
     for (int i = 0; i < 5; i++) need_float(op, ts[i]);
     int64_t n = tensor_numel(dy);
     need_numel(op, dgate, n);
@@ -397,7 +391,7 @@ void op_swiglu_backward(tensor *dgate, tensor *dup, const tensor *dy, const tens
         const tensor *o = i ? dup : dgate;
         need(o->data != gate->data && o->data != up->data, op, "'%s' aliases gate or up", o->name);
     }
-    cpu_swiglu_backward(dgate, dup, dy, gate, up);
+    DISPATCH(dev, swiglu_backward, dgate, dup, dy, gate, up);
 }
 
 void op_attention_seg(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
@@ -409,14 +403,13 @@ void op_attention_seg(tensor *out, const tensor *q, const tensor *k, const tenso
     }
     const tensor *ts[] = {out, q, k, v, att, seg};
     nn_device dev = same_device(op, 6, ts);
-    cpu_only(op, dev);
     need_i32(op, seg);
     char s1[96];
     need(q->ndim == 3, op, "q '%s' must be [B, T, H*Dh], is %s", q->name, shp(q, s1));
     need(tensor_numel(seg) == q->shape[0] * q->shape[1], op, "segments '%s' %s, want [%lld, %lld]",
          seg->name, shp(seg, s1), (long long)q->shape[0], (long long)q->shape[1]);
     attention_check(op, out, q, k, v, n_heads, n_kv_heads, att);
-    cpu_attention_seg(out, q, k, v, n_heads, n_kv_heads, scale, causal, seg, att);
+    DISPATCH(dev, attention_seg, out, q, k, v, n_heads, n_kv_heads, scale, causal, seg, att);
 }
 
 void op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout, const tensor *q,
@@ -425,7 +418,6 @@ void op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dou
     const char *op = "op_attention_backward";
     const tensor *ts[] = {dq, dk, dv, dout, q, k, v, att, scratch};
     nn_device dev = same_device(op, 9, ts);
-    cpu_only(op, dev);
     for (int i = 0; i < 9; i++) need_float(op, ts[i]);
     need(dq && dk && dv && att && scratch, op, "dq, dk, dv, att and scratch are required");
     char s1[96], s2[96];
@@ -437,6 +429,7 @@ void op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dou
     need(tensor_same_shape(dq, q), op, "dq '%s' %s != q %s", dq->name, shp(dq, s1), shp(q, s2));
     need(tensor_same_shape(dk, k), op, "dk '%s' %s != k %s", dk->name, shp(dk, s1), shp(k, s2));
     need(tensor_same_shape(dv, v), op, "dv '%s' %s != v %s", dv->name, shp(dv, s1), shp(v, s2));
+    need_f32(op, scratch);
     need(tensor_numel(scratch) >= T * T, op, "scratch '%s' needs at least %lld elements",
          scratch->name, (long long)(T * T));
     const tensor *outs[] = {dq, dk, dv, scratch};
@@ -445,10 +438,64 @@ void op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dou
         for (int j = 0; j < 5; j++)
             need(outs[i]->data != ins[j]->data, op, "'%s' aliases input '%s'", outs[i]->name,
                  ins[j]->name);
-    cpu_attention_backward(dq, dk, dv, dout, q, k, v, att, n_heads, n_kv_heads, scale, scratch);
+    DISPATCH(dev, attention_backward, dq, dk, dv, dout, q, k, v, att, n_heads, n_kv_heads, scale, scratch);
 }
 
+/* Shapes shared by the flash forward and backward: lse [B, H, T] f32, seg [B, T] i32 or NULL. */
+static void flash_check(const char *op, const tensor *out, const tensor *lse, const tensor *q,
+                        const tensor *k, const tensor *v, int n_heads, int n_kv_heads,
+                        const tensor *seg) {
+    attention_shapes(op, out, q, k, v, n_heads, n_kv_heads);
+    char s1[96];
+    int64_t B = q->shape[0], T = q->shape[1];
+    need(lse != NULL, op, "lse is required");
+    need_f32(op, lse);
+    need(tensor_numel(lse) == B * n_heads * T, op, "lse '%s' %s, want [%lld, %d, %lld]", lse->name,
+         shp(lse, s1), (long long)B, n_heads, (long long)T);
+    need_i32(op, seg);
+    if (seg)
+        need(tensor_numel(seg) == B * T, op, "segments '%s' %s, want [%lld, %lld]", seg->name,
+             shp(seg, s1), (long long)B, (long long)T);
+}
+
+void op_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
+                        int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg) {
+    const char *op = "op_flash_attention";
+    const tensor *ts[] = {out, lse, q, k, v, seg};
+    nn_device dev = same_device(op, 6, ts);
+    flash_check(op, out, lse, q, k, v, n_heads, n_kv_heads, seg);
+    need(lse->data != out->data, op, "lse '%s' aliases out", lse->name);
+    DISPATCH(dev, flash_attention, out, lse, q, k, v, n_heads, n_kv_heads, scale, causal, seg);
+}
+
+void op_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                                 const tensor *q, const tensor *k, const tensor *v, const tensor *out,
+                                 const tensor *lse, int n_heads, int n_kv_heads, float scale,
+                                 int causal, const tensor *seg) {
+    const char *op = "op_flash_attention_backward";
+    const tensor *ts[] = {dq, dk, dv, dout, q, k, v, out, lse, seg};
+    nn_device dev = same_device(op, 10, ts);
+    need(dq && dk && dv && dout && out, op, "dq, dk, dv, dout and out are required");
+    for (int i = 0; i < 4; i++) need_float(op, ts[i]);
+    char s1[96], s2[96];
+    flash_check(op, out, lse, q, k, v, n_heads, n_kv_heads, seg);
+    need(tensor_same_shape(dout, q), op, "dout '%s' %s != q %s", dout->name, shp(dout, s1), shp(q, s2));
+    need(tensor_same_shape(dq, q), op, "dq '%s' %s != q %s", dq->name, shp(dq, s1), shp(q, s2));
+    need(tensor_same_shape(dk, k), op, "dk '%s' %s != k %s", dk->name, shp(dk, s1), shp(k, s2));
+    need(tensor_same_shape(dv, v), op, "dv '%s' %s != v %s", dv->name, shp(dv, s1), shp(v, s2));
+    const tensor *outs[] = {dq, dk, dv};
+    const tensor *ins[] = {dout, q, k, v, out, lse};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 6; j++)
+            need(outs[i]->data != ins[j]->data, op, "'%s' aliases input '%s'", outs[i]->name,
+                 ins[j]->name);
+    DISPATCH(dev, flash_attention_backward, dq, dk, dv, dout, q, k, v, out, lse, n_heads, n_kv_heads,
+             scale, causal, seg);
+}
+
+/* Ids on the host are checked here; on a device the kernel checks them (ops_train_cuda.cu). */
 static void check_ids(const char *op, const tensor *ids, int64_t V) {
+    if (ids->device != NN_CPU) return;
     const int32_t *p = (const int32_t *)ids->data;
     for (int64_t i = 0; i < tensor_numel(ids); i++)
         need(p[i] >= 0 && p[i] < V, op, "id %d at %lld of '%s' is outside [0, %lld)", (int)p[i],
@@ -459,7 +506,6 @@ void op_embedding(tensor *y, const tensor *ids, const tensor *table) {
     const char *op = "op_embedding";
     const tensor *ts[] = {y, ids, table};
     nn_device dev = same_device(op, 3, ts);
-    cpu_only(op, dev);
     need_float(op, y);
     need_float(op, table);
     need_i32(op, ids);
@@ -469,14 +515,13 @@ void op_embedding(tensor *y, const tensor *ids, const tensor *table) {
          "y '%s' %s, want [%lld, %lld]", y->name, shp(y, s1), (long long)tensor_numel(ids),
          (long long)table->shape[1]);
     check_ids(op, ids, table->shape[0]);
-    cpu_embedding(y, ids, table);
+    DISPATCH(dev, embedding, y, ids, table);
 }
 
 void op_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids) {
     const char *op = "op_embedding_backward";
     const tensor *ts[] = {dtable, dy, ids};
     nn_device dev = same_device(op, 3, ts);
-    cpu_only(op, dev);
     need_float(op, dtable);
     need_float(op, dy);
     need_i32(op, ids);
@@ -486,7 +531,7 @@ void op_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids) 
          "dy '%s' %s, want [%lld, %lld]", dy->name, shp(dy, s1), (long long)tensor_numel(ids),
          (long long)dtable->shape[1]);
     check_ids(op, ids, dtable->shape[0]);
-    cpu_embedding_backward(dtable, dy, ids);
+    DISPATCH(dev, embedding_backward, dtable, dy, ids);
 }
 
 void op_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const tensor *logits,
@@ -494,7 +539,6 @@ void op_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const t
     const char *op = "op_cross_entropy";
     const tensor *ts[] = {dlogits, logits, targets};
     nn_device dev = same_device(op, 3, ts);
-    cpu_only(op, dev);
     need_float(op, dlogits);
     need_float(op, logits);
     need_i32(op, targets);
@@ -506,11 +550,11 @@ void op_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const t
     if (dlogits) need(tensor_rows(dlogits) == M && tensor_cols(dlogits) == V, op,
                       "dlogits '%s' %s != logits %s", dlogits->name, shp(dlogits, s1), shp(logits, s2));
     const int32_t *t = (const int32_t *)targets->data;
-    for (int64_t i = 0; i < M; i++)
+    for (int64_t i = 0; dev == NN_CPU && i < M; i++) /* device targets: checked by the kernel */
         need(t[i] == NN_IGNORE_INDEX || (t[i] >= 0 && t[i] < V), op,
              "target %d of row %lld is outside [0, %lld) and not the ignore index %d", (int)t[i],
              (long long)i, (long long)V, NN_IGNORE_INDEX);
-    cpu_cross_entropy(dlogits, loss_sum, count, logits, targets, scale);
+    DISPATCH(dev, cross_entropy, dlogits, loss_sum, count, logits, targets, scale);
 }
 
 void op_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float beta1, float beta2,
@@ -518,7 +562,6 @@ void op_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float 
     const char *op = "op_adamw";
     const tensor *ts[] = {p, g, m, v};
     nn_device dev = same_device(op, 4, ts);
-    cpu_only(op, dev);
     for (int i = 0; i < 4; i++) need_f32(op, ts[i]);
     for (int i = 1; i < 4; i++) need_numel(op, ts[i], tensor_numel(p));
     need(step >= 1, op, "step %lld; the first update is step 1", (long long)step);
@@ -526,24 +569,22 @@ void op_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float 
          "betas (%g, %g) must lie in [0, 1)", (double)beta1, (double)beta2);
     need(eps > 0.0f && lr >= 0.0f && weight_decay >= 0.0f, op, "lr %g, eps %g, weight decay %g",
          (double)lr, (double)eps, (double)weight_decay);
-    cpu_adamw(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step);
+    DISPATCH(dev, adamw, p, g, m, v, lr, beta1, beta2, eps, weight_decay, step);
 }
 
 void op_grad_sqnorm(double *acc, const tensor *g) {
     const tensor *ts[] = {g};
     nn_device dev = same_device("op_grad_sqnorm", 1, ts);
-    cpu_only("op_grad_sqnorm", dev);
     need_float("op_grad_sqnorm", g);
     need(acc != NULL, "op_grad_sqnorm", "acc is required");
-    cpu_grad_sqnorm(acc, g);
+    DISPATCH(dev, grad_sqnorm, acc, g);
 }
 
 void op_scale(tensor *t, float s) {
     const tensor *ts[] = {t};
     nn_device dev = same_device("op_scale", 1, ts);
-    cpu_only("op_scale", dev);
     need_float("op_scale", t);
-    cpu_scale(t, s);
+    DISPATCH(dev, scale, t, s);
 }
 
 /* ---- convolutional blocks (CPU and CUDA) ------------------------------------------------------- */

@@ -11,10 +11,9 @@
  * always accumulate (+=), so micro-batches add up in one buffer; clear them with op_fill(g, 0)
  * before the first micro-batch. Gradients of activations are written, or added where the op takes
  * an `accumulate` flag (a residual stream fed by two branches).
- * The training ops after op_fill (backward, RoPE, SwiGLU, packed attention, embedding,
- * cross-entropy, optimizer) have only a CPU implementation so far; called on CUDA tensors they exit
- * saying so (op_attention_seg without segments runs op_attention's CUDA code). The
- * convolutional-block ops (GroupNorm, SiLU, same-padding conv) run on both backends.
+ * Every op runs on both backends. On CUDA, values only the device holds (ids, targets, positions)
+ * are checked by the kernels and reported by the next op that synchronises (embedding,
+ * cross-entropy).
  * Not for: numeric loops in model code (compose these ops instead), strided views, or autograd.
  */
 #ifndef ASVR_NN_OPS_H
@@ -162,6 +161,20 @@ void op_attention_seg(tensor *out, const tensor *q, const tensor *k, const tenso
 void op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout, const tensor *q,
                            const tensor *k, const tensor *v, const tensor *att, int n_heads,
                            int n_kv_heads, float scale, tensor *scratch);
+
+/* Attention that never stores the T x T probabilities: the mask and result of op_attention_seg
+ * (seg may be NULL), plus lse [B,H,T] f32, the log-sum-exp of each query's scaled visible scores,
+ * which is all the backward needs to recompute the probabilities P_ij = exp(scale q_i·k_j - lse_i).
+ * Memory O(B·H·T) instead of O(B·H·T²); each step of the backward costs one more score product. */
+void op_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
+                        int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg);
+/* Backward of op_flash_attention from its out and lse (same q, k, v, scale, causal, seg):
+ *   dS = P ⊙ (dO V^T - rowsum(dO ⊙ O)),  dQ = scale dS K,  dK = scale dS^T Q,  dV = P^T dO,
+ * summed over the query heads that share a kv head. dq, dk, dv are written. */
+void op_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                                 const tensor *q, const tensor *k, const tensor *v, const tensor *out,
+                                 const tensor *lse, int n_heads, int n_kv_heads, float scale,
+                                 int causal, const tensor *seg);
 
 /* y [N,C] = table[ids[n]] for ids [N] i32 (any shape with N elements), table [V,C]; an id outside
  * [0, V) is a programming error (exits). */

@@ -381,6 +381,89 @@ void cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *do
         }
 }
 
+/* Flash-style attention on the CPU: one query row at a time, its scores in a T-float buffer, never
+ * the T x T matrix. The reference for the CUDA kernels; checked against op_attention_seg. */
+static float flash_score(const float *qi, const float *kj, int64_t Dh, float scale) {
+    float acc = 0.0f;
+    for (int64_t t = 0; t < Dh; t++) acc += qi[t] * kj[t];
+    return scale * acc;
+}
+
+void cpu_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
+                         int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg) {
+    int64_t B = q->shape[0], T = q->shape[1], HD = q->shape[2];
+    int64_t Dh = HD / n_heads, KVD = Dh * n_kv_heads;
+    int group = n_heads / n_kv_heads;
+    float *s = asvr_malloc((size_t)T * sizeof(float), "flash attention row");
+    for (int64_t b = 0; b < B; b++) {
+        const int32_t *sb = seg ? (const int32_t *)seg->data + b * T : NULL;
+        for (int h = 0; h < n_heads; h++)
+            for (int64_t i = 0; i < T; i++) {
+                const float *qi = F(q) + (b * T + i) * HD + h * Dh;
+                const float *kb = F(k) + b * T * KVD + (h / group) * Dh, *vb = F(v) + b * T * KVD + (h / group) * Dh;
+                float mx = -FLT_MAX;
+                for (int64_t j = 0; j < T; j++)
+                    if (visible(i, j, causal, sb)) {
+                        s[j] = flash_score(qi, kb + j * KVD, Dh, scale);
+                        mx = s[j] > mx ? s[j] : mx;
+                    }
+                double sum = 0.0;
+                for (int64_t j = 0; j < T; j++) {
+                    s[j] = visible(i, j, causal, sb) ? expf(s[j] - mx) : 0.0f;
+                    sum += s[j];
+                }
+                float inv = (float)(1.0 / sum);
+                float *oi = F(out) + (b * T + i) * HD + h * Dh;
+                for (int64_t t = 0; t < Dh; t++) oi[t] = 0.0f;
+                for (int64_t j = 0; j < T; j++) {
+                    if (s[j] == 0.0f) continue;
+                    float p = s[j] * inv;
+                    for (int64_t t = 0; t < Dh; t++) oi[t] += p * vb[j * KVD + t];
+                }
+                F(lse)[(b * n_heads + h) * T + i] = (float)((double)mx + log(sum));
+            }
+    }
+    free(s);
+}
+
+void cpu_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                                  const tensor *q, const tensor *k, const tensor *v,
+                                  const tensor *out, const tensor *lse, int n_heads, int n_kv_heads,
+                                  float scale, int causal, const tensor *seg) {
+    int64_t B = q->shape[0], T = q->shape[1], HD = q->shape[2];
+    int64_t Dh = HD / n_heads, KVD = Dh * n_kv_heads;
+    int group = n_heads / n_kv_heads;
+    memset(dk->data, 0, tensor_nbytes(dk));
+    memset(dv->data, 0, tensor_nbytes(dv));
+    for (int64_t b = 0; b < B; b++) {
+        const int32_t *sb = seg ? (const int32_t *)seg->data + b * T : NULL;
+        for (int h = 0; h < n_heads; h++)
+            for (int64_t i = 0; i < T; i++) {
+                int64_t qo = (b * T + i) * HD + h * Dh, kvo = b * T * KVD + (h / group) * Dh;
+                const float *qi = F(q) + qo, *doi = F(dout) + qo, *oi = F(out) + qo;
+                float l = F(lse)[(b * n_heads + h) * T + i];
+                double di = 0.0; /* rowsum(dO ⊙ O) = sum_j P_ij dP_ij */
+                for (int64_t t = 0; t < Dh; t++) di += (double)doi[t] * oi[t];
+                float *dqi = F(dq) + qo;
+                for (int64_t t = 0; t < Dh; t++) dqi[t] = 0.0f;
+                for (int64_t j = 0; j < T; j++) {
+                    if (!visible(i, j, causal, sb)) continue;
+                    const float *kj = F(k) + kvo + j * KVD, *vj = F(v) + kvo + j * KVD;
+                    float p = expf(flash_score(qi, kj, Dh, scale) - l);
+                    float dp = flash_score(doi, vj, Dh, 1.0f);
+                    float d = p * (dp - (float)di);
+                    float *dkj = F(dk) + kvo + j * KVD, *dvj = F(dv) + kvo + j * KVD;
+                    for (int64_t t = 0; t < Dh; t++) {
+                        dqi[t] += d * kj[t];
+                        dkj[t] += scale * d * qi[t];
+                        dvj[t] += p * doi[t];
+                    }
+                }
+                for (int64_t t = 0; t < Dh; t++) dqi[t] *= scale;
+            }
+    }
+}
+
 void cpu_embedding(tensor *y, const tensor *ids, const tensor *table) {
     int64_t N = tensor_numel(ids), C = table->shape[1];
     const int32_t *id = (const int32_t *)ids->data;

@@ -1,71 +1,16 @@
 // ops_cuda.cu — the CUDA backend of the ops in ops.h: f32 or bf16 storage per tensor, fp32 math.
 // GEMMs: cuBLAS GemmEx (fp32 compute); the rest: plain kernels, one thread per element or one block
 // per row. Attention is a straightforward kernel (one block per query row, scores in shared memory,
-// T <= 12288); a fused flash-style kernel is future work. Arguments were validated by ops.c.
-#include <cuda_bf16.h>
-#include <float.h>
-#include <stdint.h>
-
+// T <= 12288). The training ops are in ops_train_cuda.cu, the helpers both files share in
+// cuda_common.cuh. Arguments were validated by ops.c.
 #include "nn/backend.h"
-#include "nn/cuda/cuda_check.h"
+#include "nn/cuda/cuda_common.cuh"
 #include "nn/cuda/ops_cuda.h"
 
-#define NT 256
-
-static cublasHandle_t blas(void) {
+cublasHandle_t nn_cuda_blas(void) {
     static cublasHandle_t h = NULL;
     if (!h) CHECK_CUBLAS(cublasCreate(&h));
     return h;
-}
-
-static int isbf(const tensor *t) { return t && t->dtype == NN_BF16; }
-static cudaDataType_t cuty(const tensor *t) { return isbf(t) ? CUDA_R_16BF : CUDA_R_32F; }
-static unsigned blocks(int64_t n) { return (unsigned)((n + NT - 1) / NT); }
-
-__device__ __forceinline__ float ldv(const void *p, int bf, int64_t i) {
-    return bf ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
-}
-__device__ __forceinline__ void stv(void *p, int bf, int64_t i, float v) {
-    if (bf) ((__nv_bfloat16 *)p)[i] = __float2bfloat16(v);
-    else ((float *)p)[i] = v;
-}
-__device__ __forceinline__ float act_f(float x, int act) {
-    if (act == NN_ACT_GELU_TANH) {
-        float inner = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-        return 0.5f * x * (1.0f + tanhf(inner));
-    }
-    if (act == NN_ACT_GELU_ERF) return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    return x;
-}
-
-// Block-wide sum / max for blockDim.x == NT.
-__device__ float block_sum(float v) {
-    __shared__ float sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    v = threadIdx.x < (NT / 32) ? sh[threadIdx.x] : 0.0f;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (threadIdx.x == 0) sh[0] = v;
-    __syncthreads();
-    return sh[0];
-}
-__device__ float block_max(float v) {
-    __shared__ float sh[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    v = threadIdx.x < (NT / 32) ? sh[threadIdx.x] : -FLT_MAX;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (threadIdx.x == 0) sh[0] = v;
-    __syncthreads();
-    return sh[0];
 }
 
 // ---- memory ------------------------------------------------------------------------------------
@@ -136,7 +81,7 @@ __global__ void k_bias_act(void *y, int ybf, const void *b, int bbf, void *pre, 
 // Row-major y[M,N] = x[M,K] · w[N,K]^T  ==  column-major y^T = (w^T)^T x^T.
 static void gemm_xwt(void *y, cudaDataType_t ty, const void *x, const void *w, cudaDataType_t tin, int64_t M,
                      int64_t N, int64_t K, float alpha, float beta) {
-    CHECK_CUBLAS(cublasGemmEx(blas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w, tin, (int)K,
+    CHECK_CUBLAS(cublasGemmEx(nn_cuda_blas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w, tin, (int)K,
                               x, tin, (int)K, &beta, y, ty, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
