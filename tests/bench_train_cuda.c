@@ -3,12 +3,14 @@
  * benchmark configuration, with the time split into phases.
  *
  *   bench_train_cuda TOKENIZER [--config MODEL.json] [--device cuda|cpu] [--rows 4] [--seq 2048]
- *                    [--steps 10] [--warmup 3] [--seed 0]
+ *                    [--steps 10] [--warmup 3] [--seed 0] [--attention auto|kept|flash]
  *
  * TOKENIZER: a vision-tokenizer file whose tower and codebooks match the config (for the benchmark:
  * `tools/convert_tokenizer.py random --preset so400m`, random weights). Without --config the model is
  * the benchmark's: LLaMA d 4096, 8 layers, 32 heads, FFN 11008, vocab 32000; SigLIP-SO400M to layer
  * 26; visual head E 2048, 16 heads, D 8, K 16384, 3 layers, FFN 4096; all trainable but the tower.
+ * Attention: flash (log-sum-exps kept, probabilities recomputed) on cuda, kept probabilities on cpu,
+ * unless --attention says otherwise.
  * Data: `rows` rows of `seq` positions, one sample per row: the image's positions first, then random
  * text, every text position supervised; random codes and pixels (seeded).
  * Prints a human summary on stderr and one JSON line on stdout: tokens_per_s, s_per_step, the phases
@@ -66,7 +68,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *tok_path = argv[1], *config_path = NULL, *device = "cuda";
-    int rows = 4, T = 2048, steps = 10, warmup = 3;
+    int rows = 4, T = 2048, steps = 10, warmup = 3, flash = -1;
     uint64_t seed = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -78,6 +80,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--warmup")) warmup = atoi(v);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--attention")) flash = !strcmp(v, "flash") ? 1 : !strcmp(v, "kept") ? 0 : -1;
         else ASVR_FATAL("see the usage line", "unknown option %s", a);
         i++;
     }
@@ -112,6 +115,7 @@ int main(int argc, char **argv) {
     if (asvr_config_from_json(config_text, &mc, &err) < 0) ASVR_FATAL("check the config", "%s", err.msg);
     free(config_text);
     CHECK(mc.has_head, "add a visual_head", "the benchmark config has no visual head");
+    mc.flash_attention = flash < 0 ? dev == NN_CUDA : flash;
     const int P = mc.image_positions, D = mc.head.depth, K = mc.head.codebook_size, S = mc.vision.image_size;
     CHECK(T > P + 1, "raise --seq", "a row of %d positions cannot hold the %d image positions and text", T, P);
 
@@ -198,10 +202,10 @@ int main(int argc, char **argv) {
     double tps = (double)BT / sec;
     fprintf(stderr, "%s: %d x %d tokens per step, %.3f s/step, %.0f tokens/s; planned memory %.2f GiB\n", device, rows,
             T, sec, tps, (double)planned / (1 << 30));
-    printf("{\"bench\": \"asvr-train-step\", \"device\": \"%s\", \"rows\": %d, \"seq\": %d, \"steps\": %d, "
+    printf("{\"bench\": \"asvr-train-step\", \"device\": \"%s\", \"attention\": \"%s\", \"rows\": %d, \"seq\": %d, \"steps\": %d, "
            "\"s_per_step\": %.6f, \"tokens_per_s\": %.3f, \"peak_bytes\": %zu, \"phases\": {\"forward_backward\": "
            "%.6f, \"optimizer\": %.6f}, \"losses\": [",
-           device, rows, T, steps, sec, tps, planned, t_fb / steps, t_opt / steps);
+           device, mc.flash_attention ? "flash" : "kept", rows, T, steps, sec, tps, planned, t_fb / steps, t_opt / steps);
     for (int s = 0; s < total; s++) printf("%s[%.6f, %.6f]", s ? ", " : "", lt[s], lv[s]);
     printf("]}\n");
 

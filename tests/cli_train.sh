@@ -96,6 +96,15 @@ printf '[{"id": "x", "image": "exif1.jpg", "conversations": [{"from": "human", "
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it2.pack" --codes "$TMP/it.lmdb" --steps 2 --out "$TMP/bad" 2> "$TMP/bad.err"
 check '[ $? -eq 1 ] && grep -q "without codes" "$TMP/bad.err" && grep -q "exif1.jpg" "$TMP/bad.err" && [ ! -s "$TMP/bad/log.jsonl" ]' "missing codes refused before any step, naming the image"
 "$BIN/asvr-train" train --stage xx 2> /dev/null; check '[ $? -eq 2 ]' "usage error exits 2"
+# Flash attention (only log-sum-exps kept, probabilities recomputed) trains like the kept-probabilities path.
+for a in kept flash; do
+    "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 3 --attention $a --out "$TMP/att_$a"
+done
+same_losses() { paste <(grep -o '"text_loss":[-0-9.e]*' "$1" | cut -d: -f2) <(grep -o '"text_loss":[-0-9.e]*' "$2" | cut -d: -f2) |
+    awk 'BEGIN{ok=0} {n++; d=$1-$2; if (d<0) d=-d; if (d > 1e-4*($1<0?-$1:$1)) bad=1} END{exit !(n==3 && !bad)}'; }
+check 'same_losses "$TMP/att_kept/log.jsonl" "$TMP/att_flash/log.jsonl"' "--attention flash gives the losses of --attention kept"
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --attention foo --out "$TMP/att_x" 2> /dev/null
+check '[ $? -eq 2 ]' "--attention other than auto|kept|flash is a usage error"
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --device tpu --out "$TMP/dev" 2> /dev/null
 check '[ $? -eq 2 ]' "--device other than cpu|cuda is a usage error"
 if ! nvidia-smi -L > /dev/null 2>&1; then # no GPU here: --device cuda is a usage error naming why

@@ -140,6 +140,8 @@ typedef struct run {
  * an extra trainable parameter outside the model whose gradient must stay untouched), copies the
  * values from src (or loads them from the fixture when src is NULL), plans activations for
  * planned_b >= B rows. */
+static int use_flash; /* plan the activations with flash attention (llama_acts_new_ex) */
+
 static void run_init(run *r, const fixture *fx, const param_set *src, const char **frozen, int n_frozen,
                      int planned_b) {
     memset(r, 0, sizeof *r);
@@ -170,7 +172,7 @@ static void run_init(run *r, const fixture *fx, const param_set *src, const char
     }
     param *probe = param_find(&r->ps, "probe.weight");
     op_fill(probe->g, 7.0f);
-    r->a = llama_acts_new(r->m, planned_b, T);
+    r->a = llama_acts_new_ex(r->m, planned_b, T, use_flash);
 
     int64_t D = fx->cfg.dim, V = fx->cfg.vocab;
     r->io = nn_arena_new("test io", NN_CPU);
@@ -590,6 +592,18 @@ int main(void) {
     }
 
     run_free(&full);
+
+    /* the same golden step with flash attention: only the log-sum-exp kept, probabilities recomputed */
+    use_flash = 1;
+    run fl;
+    run_init(&fl, &fx, NULL, NULL, 0, B);
+    run_step(&fl, &fx);
+    printf("flash attention:\n");
+    test_forward(&fl, &fx);
+    test_grads(&fl, &fx);
+    run_free(&fl);
+    use_flash = 0;
+
     free(fx.image_embeds);
     free(fx.hidden_final);
     free(fx.text_logits);

@@ -23,7 +23,7 @@
 typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *codes_app, *codebooks_app, *image_root, *vision, *vision_prefix,
         *codebooks, *llm, *init,
-        *out, *visual_loss, *input, *log_path, *text_only_visual, *device;
+        *out, *visual_loss, *input, *log_path, *text_only_visual, *device, *attention;
     int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps, peak_tflops;
 } train_opts;
@@ -65,7 +65,7 @@ int cmd_train(int argc, char **argv) {
     train_opts o = {.text_only_visual = "none", .stage = "pt", .vision_prefix = "vision_model.", .visual_loss = "semantic", .input = "continuous",
                     .rows = 1, .accum = 0, .global_batch = 0, .epochs = 1, .save_every = 0, .seed = 0, .max_images = 0,
                     .lr = -1, .warmup_ratio = 0.03, .weight_decay = 0, .clip_norm = 0, .beta1 = 0.9, .beta2 = 0.999,
-                    .eps = 1e-8, .device = "cpu", .peak_tflops = 989};
+                    .eps = 1e-8, .device = "cpu", .attention = "auto", .peak_tflops = 989};
     const asvr_opt opts[] = {
         {"stage", ASVR_OPT_STR, &o.stage, "pt|it", "pt trains mm_projector + visual head; it also the LLM (default pt)"},
         {"config", ASVR_OPT_STR, &o.config, "FILE", "model config JSON (llm, vision, visual_head); default: the checkpoint's"},
@@ -101,6 +101,9 @@ int cmd_train(int argc, char **argv) {
         {"threads", ASVR_OPT_INT, &o.threads, "N", "image decode threads (default: cores)"},
         {"max-images", ASVR_OPT_INT, &o.max_images, "N", "images per micro-batch to plan for (default: from the store)"},
         {"device", ASVR_OPT_STR, &o.device, "cpu|cuda", "where parameters, optimizer state and activations live (default cpu)"},
+        {"attention", ASVR_OPT_STR, &o.attention, "auto|kept|flash",
+         "LLM attention: kept stores the [rows, heads, T, T] probabilities for the backward, flash only their "
+         "log-sum-exp and recomputes them (auto: flash on cuda, kept on cpu)"},
         {"peak-tflops", ASVR_OPT_F64, &o.peak_tflops, "X",
          "peak TFLOP/s of the GPU for the MFU column (default 989: H100/H200 dense bf16)"},
     };
@@ -131,6 +134,10 @@ int cmd_train(int argc, char **argv) {
     const char *why;
     if (nn_device_from_name(o.device, &dev, &why) < 0) asvr_cli_usage_error(&cli, "%s", why);
     if (!(o.peak_tflops > 0)) asvr_cli_usage_error(&cli, "--peak-tflops must be > 0");
+    int flash;
+    if (!strcmp(o.attention, "auto")) flash = dev == NN_CUDA;
+    else if (!strcmp(o.attention, "flash") || !strcmp(o.attention, "kept")) flash = !strcmp(o.attention, "flash");
+    else asvr_cli_usage_error(&cli, "--attention must be auto, kept or flash");
     asvr_error err;
     if (asvr_mkdir_p(o.out, &err) < 0) ASVR_FATAL("", "%s", err.msg);
 
@@ -162,6 +169,7 @@ int cmd_train(int argc, char **argv) {
     mc.has_head = want_sem;
     mc.has_app_head = want_app;
     mc.input_discrete = discrete;
+    mc.flash_attention = flash;
 
     asvr_model m;
     asvr_model_init(&m, &mc);

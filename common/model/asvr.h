@@ -46,6 +46,8 @@ typedef struct asvr_config {
     vhead_config head_app; /* appearance visual head ("visual_head_appearance"), for the App. and Dual rows */
     int has_app_head;
     int input_discrete;  /* 1: the projector reads Σ_d codebook_d[code] instead of the SigLIP tower */
+    int flash_attention; /* 1: the LLM's attention keeps only log-sum-exps (llama_acts_new_ex); set by the
+                            caller (a run-time choice, not part of the config JSON) */
     float lambda_visual;
 } asvr_config;
 

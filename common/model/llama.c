@@ -21,11 +21,13 @@ struct llama {
 /* What one layer keeps for its backward. */
 typedef struct llama_layer_acts {
     tensor *rstd_in, *xn_in, *q, *k, *v, *att, *attn, *hmid, *rstd_post, *xn_post, *gate, *up, *act;
+    tensor *lse; /* flash: [B, H, T] log-sum-exp per query instead of att */
 } llama_layer_acts;
 
 struct llama_acts {
     const llama *m;
     int B, T;
+    int flash; /* 1: op_flash_attention (keeps lse [B,H,T]); 0: op_attention_seg (keeps [B,H,T,T]) */
     int cur_b; /* rows of the last forward, 0 before the first */
     nn_arena *arena;
     tensor *pos, *seg;
@@ -195,7 +197,9 @@ static tensor *add3(nn_arena *ar, const char *name, int64_t a, int64_t b, int64_
     return nn_arena_add(ar, name, NN_F32, 3, (int64_t[]){a, b, c});
 }
 
-llama_acts *llama_acts_new(const llama *m, int B, int T) {
+llama_acts *llama_acts_new(const llama *m, int B, int T) { return llama_acts_new_ex(m, B, T, 0); }
+
+llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash) {
     CHECK(B >= 1 && T >= 1, "", "llama activations for %d rows of %d positions", B, T);
     const llama_config *c = &m->cfg;
     CHECK(c->sliding_window == 0 || T <= c->sliding_window, "use rows no longer than the window",
@@ -207,6 +211,7 @@ llama_acts *llama_acts_new(const llama *m, int B, int T) {
     a->m = m;
     a->B = B;
     a->T = T;
+    a->flash = flash != 0;
     a->res = asvr_calloc((size_t)nl + 1, sizeof *a->res, "llama residual list");
     a->L = asvr_calloc((size_t)nl, sizeof *a->L, "llama layer activations");
     nn_arena *ar = a->arena = nn_arena_new("llama activations", m->embed->w->device);
@@ -222,7 +227,8 @@ llama_acts *llama_acts_new(const llama *m, int B, int T) {
         L->q = add3(ar, NM("q_rope"), B, T, QD);
         L->k = add3(ar, NM("k_rope"), B, T, KVD);
         L->v = add3(ar, NM("v"), B, T, KVD);
-        L->att = nn_arena_add(ar, NM("attn_probs"), NN_F32, 4, (int64_t[]){B, c->n_heads, T, T});
+        if (a->flash) L->lse = nn_arena_add(ar, NM("attn_lse"), NN_F32, 3, (int64_t[]){B, c->n_heads, T});
+        else L->att = nn_arena_add(ar, NM("attn_probs"), NN_F32, 4, (int64_t[]){B, c->n_heads, T, T});
         L->attn = add3(ar, NM("attn_out"), B, T, QD);
         L->hmid = add3(ar, NM("residual_mid"), B, T, D);
         L->rstd_post = nn_arena_add(ar, NM("rstd_post"), NN_F32, 2, (int64_t[]){B, T});
@@ -243,7 +249,7 @@ llama_acts *llama_acts_new(const llama *m, int B, int T) {
     a->dv = add3(ar, "grad.v", B, T, KVD);
     a->dgate = add3(ar, "grad.mlp_gate", B, T, F);
     a->dup = add3(ar, "grad.mlp_up", B, T, F);
-    a->att_scratch = nn_arena_add(ar, "grad.attn_scratch", NN_F32, 2, (int64_t[]){T, T});
+    if (!a->flash) a->att_scratch = nn_arena_add(ar, "grad.attn_scratch", NN_F32, 2, (int64_t[]){T, T});
     nn_arena_commit(ar);
     return a;
 }
@@ -317,7 +323,7 @@ void llama_forward(const llama *m, llama_acts *a, const tensor *x, const tensor 
         tensor res = tensor_head0(a->res[i], B), next = tensor_head0(a->res[i + 1], B);
         tensor rstd_in = tensor_head0(S->rstd_in, B), xn_in = tensor_head0(S->xn_in, B);
         tensor q = tensor_head0(S->q, B), k = tensor_head0(S->k, B), v = tensor_head0(S->v, B);
-        tensor att = tensor_head0(S->att, B), attn = tensor_head0(S->attn, B), hmid = tensor_head0(S->hmid, B);
+        tensor attn = tensor_head0(S->attn, B), hmid = tensor_head0(S->hmid, B);
         tensor rstd_post = tensor_head0(S->rstd_post, B), xn_post = tensor_head0(S->xn_post, B);
         tensor gate = tensor_head0(S->gate, B), up = tensor_head0(S->up, B), act = tensor_head0(S->act, B);
 
@@ -327,7 +333,13 @@ void llama_forward(const llama *m, llama_acts *a, const tensor *x, const tensor 
         op_matmul(&v, &xn_in, W->v->w, NULL, NN_ACT_NONE, NULL);
         op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
         op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
-        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
+        if (a->flash) {
+            tensor lse = tensor_head0(S->lse, B);
+            op_flash_attention(&attn, &lse, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv);
+        } else {
+            tensor att = tensor_head0(S->att, B);
+            op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
+        }
         op_matmul(&branch, &attn, W->o->w, NULL, NN_ACT_NONE, NULL);
         op_add(&hmid, &res, &branch);
 
@@ -354,7 +366,7 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
     if (dx) check_io(a, op, dx, B, "dx");
     int64_t hd = llama_head_dim(c);
     float scale = 1.0f / sqrtf((float)hd);
-    tensor posv = tensor_head0(a->pos, B);
+    tensor posv = tensor_head0(a->pos, B), segv = tensor_head0(a->seg, B);
     tensor dres = tensor_head0(a->dres, B), dxn = tensor_head0(a->dxn, B), dattn = tensor_head0(a->dattn, B);
     tensor dq = tensor_head0(a->dq, B), dk = tensor_head0(a->dk, B), dv = tensor_head0(a->dv, B);
     tensor dgate = tensor_head0(a->dgate, B), dup = tensor_head0(a->dup, B);
@@ -367,7 +379,7 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
         tensor res = tensor_head0(a->res[i], B);
         tensor rstd_in = tensor_head0(S->rstd_in, B), xn_in = tensor_head0(S->xn_in, B);
         tensor q = tensor_head0(S->q, B), k = tensor_head0(S->k, B), v = tensor_head0(S->v, B);
-        tensor att = tensor_head0(S->att, B), attn = tensor_head0(S->attn, B), hmid = tensor_head0(S->hmid, B);
+        tensor attn = tensor_head0(S->attn, B), hmid = tensor_head0(S->hmid, B);
         tensor rstd_post = tensor_head0(S->rstd_post, B), xn_post = tensor_head0(S->xn_post, B);
         tensor gate = tensor_head0(S->gate, B), up = tensor_head0(S->up, B), act = tensor_head0(S->act, B);
 
@@ -380,8 +392,15 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
 
         /* attention branch: dres is now d/d(residual after attention) */
         op_matmul_backward(&dattn, g_of(W->o), NULL, &dres, &attn, W->o->w, NN_ACT_NONE, NULL, 0);
-        op_attention_backward(&dq, &dk, &dv, &dattn, &q, &k, &v, &att, c->n_heads, c->n_kv_heads, scale,
-                              a->att_scratch);
+        if (a->flash) {
+            tensor lse = tensor_head0(S->lse, B);
+            op_flash_attention_backward(&dq, &dk, &dv, &dattn, &q, &k, &v, &attn, &lse, c->n_heads, c->n_kv_heads,
+                                        scale, 1, &segv);
+        } else {
+            tensor att = tensor_head0(S->att, B);
+            op_attention_backward(&dq, &dk, &dv, &dattn, &q, &k, &v, &att, c->n_heads, c->n_kv_heads, scale,
+                                  a->att_scratch);
+        }
         op_rope_backward(&dq, &dq, &posv, c->n_heads, c->rope_theta);
         op_rope_backward(&dk, &dk, &posv, c->n_kv_heads, c->rope_theta);
         op_matmul_backward(&dxn, g_of(W->q), NULL, &dq, &xn_in, W->q->w, NN_ACT_NONE, NULL, 0);

@@ -12,8 +12,9 @@
  * so loading, freezing, saving and the optimiser work on the set. A frozen parameter (g == NULL)
  * gets no gradient, but input gradients still flow through it.
  * Activations for B rows of T positions live in one arena planned by llama_acts_new; the forward
- * keeps everything the backward reads, including the full attention probabilities [B,H,T,T] per
- * layer (fine at test and CPU sizes; at 7B training scale that needs a recomputing fused backward).
+ * keeps everything the backward reads: by default the full attention probabilities [B,H,T,T] per
+ * layer (fine at test and CPU sizes), or with llama_acts_new_ex(..., flash = 1) only their
+ * log-sum-exp, the backward recomputing them (what training at 7B scale needs).
  * Inference (forward only, nothing kept for backward): a KV cache (llama_cache) holds the post-RoPE
  * keys and values of every layer for B rows of up to T_max positions; llama_prefill runs a prompt per
  * row and fills it, llama_decode_step runs one new position per row against the cached prefix.
@@ -80,6 +81,10 @@ void llama_free(llama *m);
 /* Activations for up to B rows of exactly T positions, in one arena (after ps is committed).
  * Exits when T exceeds a configured sliding window. */
 llama_acts *llama_acts_new(const llama *m, int B, int T);
+/* Same; flash = 1 runs the attention as op_flash_attention, which keeps only the log-sum-exp
+ * [B, H, T] per layer and recomputes the probabilities in the backward (memory O(B·H·T) instead of
+ * the [B, H, T, T] probabilities per layer: 16 GiB in f32 at 8 layers, B 4, H 32, T 2048). */
+llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash);
 void llama_acts_print_plan(const llama_acts *a, FILE *f);
 size_t llama_acts_bytes(const llama_acts *a);
 void llama_acts_free(llama_acts *a);
