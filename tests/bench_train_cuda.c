@@ -4,6 +4,7 @@
  *
  *   bench_train_cuda TOKENIZER [--config MODEL.json] [--device cuda|cpu] [--rows 4] [--seq 2048]
  *                    [--steps 10] [--warmup 3] [--seed 0] [--attention auto|kept|flash]
+ *                    [--recompute N]
  *
  * TOKENIZER: a vision-tokenizer file whose tower and codebooks match the config (for the benchmark:
  * `tools/convert_tokenizer.py random --preset so400m`, random weights). Without --config the model is
@@ -68,7 +69,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *tok_path = argv[1], *config_path = NULL, *device = "cuda";
-    int rows = 4, T = 2048, steps = 10, warmup = 3, flash = -1;
+    int rows = 4, T = 2048, steps = 10, warmup = 3, flash = -1, recompute = 0;
     uint64_t seed = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -80,6 +81,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--warmup")) warmup = atoi(v);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--recompute")) recompute = atoi(v);
         else if (!strcmp(a, "--attention")) flash = !strcmp(v, "flash") ? 1 : !strcmp(v, "kept") ? 0 : -1;
         else ASVR_FATAL("see the usage line", "unknown option %s", a);
         i++;
@@ -116,6 +118,8 @@ int main(int argc, char **argv) {
     free(config_text);
     CHECK(mc.has_head, "add a visual_head", "the benchmark config has no visual head");
     mc.flash_attention = flash < 0 ? dev == NN_CUDA : flash;
+    CHECK(recompute >= 0 && recompute <= mc.llm.n_layers, "", "--recompute %d of %d layers", recompute, mc.llm.n_layers);
+    mc.recompute_layers = recompute;
     const int P = mc.image_positions, D = mc.head.depth, K = mc.head.codebook_size, S = mc.vision.image_size;
     CHECK(T > P + 1, "raise --seq", "a row of %d positions cannot hold the %d image positions and text", T, P);
 

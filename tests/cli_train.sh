@@ -103,6 +103,10 @@ done
 same_losses() { paste <(grep -o '"text_loss":[-0-9.e]*' "$1" | cut -d: -f2) <(grep -o '"text_loss":[-0-9.e]*' "$2" | cut -d: -f2) |
     awk 'BEGIN{ok=0} {n++; d=$1-$2; if (d<0) d=-d; if (d > 1e-4*($1<0?-$1:$1)) bad=1} END{exit !(n==3 && !bad)}'; }
 check 'same_losses "$TMP/att_kept/log.jsonl" "$TMP/att_flash/log.jsonl"' "--attention flash gives the losses of --attention kept"
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 3 --attention kept --recompute 2 --out "$TMP/att_rc"
+check 'same_losses "$TMP/att_kept/log.jsonl" "$TMP/att_rc/log.jsonl"' "--recompute 2 gives the same losses"
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --recompute 99 --out "$TMP/att_x" 2> /dev/null
+check '[ $? -eq 2 ]' "--recompute beyond the layers is a usage error"
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --attention foo --out "$TMP/att_x" 2> /dev/null
 check '[ $? -eq 2 ]' "--attention other than auto|kept|flash is a usage error"
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --device tpu --out "$TMP/dev" 2> /dev/null

@@ -140,7 +140,8 @@ typedef struct run {
  * an extra trainable parameter outside the model whose gradient must stay untouched), copies the
  * values from src (or loads them from the fixture when src is NULL), plans activations for
  * planned_b >= B rows. */
-static int use_flash; /* plan the activations with flash attention (llama_acts_new_ex) */
+static int use_flash;     /* plan the activations with flash attention (llama_acts_new_ex) */
+static int use_recompute; /* and this many recomputed layers */
 
 static void run_init(run *r, const fixture *fx, const param_set *src, const char **frozen, int n_frozen,
                      int planned_b) {
@@ -172,7 +173,7 @@ static void run_init(run *r, const fixture *fx, const param_set *src, const char
     }
     param *probe = param_find(&r->ps, "probe.weight");
     op_fill(probe->g, 7.0f);
-    r->a = llama_acts_new_ex(r->m, planned_b, T, use_flash);
+    r->a = llama_acts_new_ex(r->m, planned_b, T, use_flash, use_recompute);
 
     int64_t D = fx->cfg.dim, V = fx->cfg.vocab;
     r->io = nn_arena_new("test io", NN_CPU);
@@ -603,6 +604,39 @@ int main(void) {
     test_grads(&fl, &fx);
     run_free(&fl);
     use_flash = 0;
+
+    /* activation recomputation (one layer, then all, with each attention): the same ops on the same
+     * inputs, so the gradients equal those of the plain run (and the goldens) */
+    for (int mode = 0; mode < 3; mode++) {
+        use_recompute = mode == 0 ? 1 : fx.cfg.n_layers;
+        use_flash = mode == 2;
+        run rc;
+        run_init(&rc, &fx, NULL, NULL, 0, B);
+        run_step(&rc, &fx);
+        printf("recompute %d of %d layers, %s attention:\n", use_recompute, fx.cfg.n_layers, use_flash ? "flash" : "kept");
+        test_forward(&rc, &fx);
+        test_grads(&rc, &fx);
+        int keep = use_recompute;
+        use_recompute = 0;
+        run plain;
+        run_init(&plain, &fx, NULL, NULL, 0, B);
+        run_step(&plain, &fx);
+        use_recompute = keep;
+        size_t same = 0, total = 0;
+        for (int i = 0; i < rc.ps.n; i++) {
+            const param *p = rc.ps.v[i], *q = param_find(&plain.ps, p->name);
+            if (!p->g || strncmp(p->name, "llm.", 4) != 0) continue;
+            total++;
+            same += memcmp(p->g->data, q->g->data, tensor_nbytes(p->g)) == 0;
+        }
+        T_CHECK(same == total && total > 0, "recomputed gradients equal the plain run's bit for bit (%zu of %zu)", same, total);
+        size_t br = llama_acts_bytes(rc.a), bp = llama_acts_bytes(plain.a);
+        T_CHECK(use_recompute == 1 ? br == bp : br < bp, "recomputing %d layers plans %zu bytes vs %zu", use_recompute, br, bp);
+        printf("  activations %zu bytes vs %zu without recomputation\n", br, bp);
+        run_free(&plain);
+        run_free(&rc);
+    }
+    use_flash = use_recompute = 0;
 
     free(fx.image_embeds);
     free(fx.hidden_final);

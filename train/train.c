@@ -24,7 +24,7 @@ typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *codes_app, *codebooks_app, *image_root, *vision, *vision_prefix,
         *codebooks, *llm, *init,
         *out, *visual_loss, *input, *log_path, *text_only_visual, *device, *attention;
-    int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after;
+    int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after, recompute;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps, peak_tflops;
 } train_opts;
 
@@ -104,6 +104,8 @@ int cmd_train(int argc, char **argv) {
         {"attention", ASVR_OPT_STR, &o.attention, "auto|kept|flash",
          "LLM attention: kept stores the [rows, heads, T, T] probabilities for the backward, flash only their "
          "log-sum-exp and recomputes them (auto: flash on cuda, kept on cpu)"},
+        {"recompute", ASVR_OPT_INT, &o.recompute, "N",
+         "recompute the activations of the first N LLM layers in the backward instead of keeping them (default 0)"},
         {"peak-tflops", ASVR_OPT_F64, &o.peak_tflops, "X",
          "peak TFLOP/s of the GPU for the MFU column (default 989: H100/H200 dense bf16)"},
     };
@@ -170,6 +172,9 @@ int cmd_train(int argc, char **argv) {
     mc.has_app_head = want_app;
     mc.input_discrete = discrete;
     mc.flash_attention = flash;
+    if (o.recompute < 0 || o.recompute > mc.llm.n_layers)
+        asvr_cli_usage_error(&cli, "--recompute %lld: give 0 .. %d (the LLM's layers)", (long long)o.recompute, mc.llm.n_layers);
+    mc.recompute_layers = (int)o.recompute;
 
     asvr_model m;
     asvr_model_init(&m, &mc);

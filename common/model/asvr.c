@@ -171,7 +171,8 @@ void asvr_model_print(const asvr_model *m, FILE *f) {
             c->llm.dim, c->llm.n_layers, c->llm.n_heads, c->llm.n_kv_heads, c->llm.ffn_dim, c->llm.vocab,
             c->vision.image_size, c->vision.patch_size, c->vision.hidden, c->vision.tap, c->image_positions,
             c->input_discrete ? " (discrete input)" : "");
-    fprintf(f, "%s attention | ", c->flash_attention ? "flash" : "kept-probabilities");
+    fprintf(f, "%s attention, %d of %d layers recomputed | ", c->flash_attention ? "flash" : "kept-probabilities",
+            c->recompute_layers, c->llm.n_layers);
     if (c->has_app_head)
         fprintf(f, "appearance head E%d, D %d, K %d, code dim %d | ", c->head_app.embed, c->head_app.depth,
                 c->head_app.codebook_size, c->head_app.code_dim);
@@ -243,7 +244,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->h_cid = nn_arena_add(hs, "code_ids", NN_I32, 1, (int64_t[]){NI});
     a->h_codes = nn_arena_add(hs, "codes", NN_I32, 2, (int64_t[]){NI, D});
     nn_arena_commit(hs);
-    a->la = llama_acts_new_ex(m->llm, B, T, m->c.flash_attention);
+    a->la = llama_acts_new_ex(m->llm, B, T, m->c.flash_attention, m->c.recompute_layers);
     if (m->head) a->va = vhead_acts_new(m->head, (int)NI);
     if (m->head_app) a->va_app = vhead_acts_new(m->head_app, (int)NI);
     if (m->tower) a->sa = siglip_acts_new(m->tower, a->max_images);

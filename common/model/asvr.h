@@ -48,6 +48,7 @@ typedef struct asvr_config {
     int input_discrete;  /* 1: the projector reads Σ_d codebook_d[code] instead of the SigLIP tower */
     int flash_attention; /* 1: the LLM's attention keeps only log-sum-exps (llama_acts_new_ex); set by the
                             caller (a run-time choice, not part of the config JSON) */
+    int recompute_layers; /* LLM layers whose activations are recomputed in the backward (likewise) */
     float lambda_visual;
 } asvr_config;
 

@@ -28,6 +28,8 @@ struct llama_acts {
     const llama *m;
     int B, T;
     int flash; /* 1: op_flash_attention (keeps lse [B,H,T]); 0: op_attention_seg (keeps [B,H,T,T]) */
+    int recompute; /* layers 0..recompute-1 share one set of activations, rebuilt in the backward */
+    int shared_holds; /* the recomputed layer whose activations the shared set holds now (-1: none) */
     int cur_b; /* rows of the last forward, 0 before the first */
     nn_arena *arena;
     tensor *pos, *seg;
@@ -197,10 +199,12 @@ static tensor *add3(nn_arena *ar, const char *name, int64_t a, int64_t b, int64_
     return nn_arena_add(ar, name, NN_F32, 3, (int64_t[]){a, b, c});
 }
 
-llama_acts *llama_acts_new(const llama *m, int B, int T) { return llama_acts_new_ex(m, B, T, 0); }
+llama_acts *llama_acts_new(const llama *m, int B, int T) { return llama_acts_new_ex(m, B, T, 0, 0); }
 
-llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash) {
+llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recompute) {
     CHECK(B >= 1 && T >= 1, "", "llama activations for %d rows of %d positions", B, T);
+    CHECK(recompute >= 0 && recompute <= m->cfg.n_layers, "give 0 .. the number of layers",
+          "llama: %d recomputed layers of %d", recompute, m->cfg.n_layers);
     const llama_config *c = &m->cfg;
     CHECK(c->sliding_window == 0 || T <= c->sliding_window, "use rows no longer than the window",
           "llama: rows of %d positions exceed the sliding attention window %d, which this build does not support", T,
@@ -212,16 +216,24 @@ llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash) {
     a->B = B;
     a->T = T;
     a->flash = flash != 0;
+    a->recompute = recompute;
+    a->shared_holds = -1;
     a->res = asvr_calloc((size_t)nl + 1, sizeof *a->res, "llama residual list");
     a->L = asvr_calloc((size_t)nl, sizeof *a->L, "llama layer activations");
     nn_arena *ar = a->arena = nn_arena_new("llama activations", m->embed->w->device);
     a->pos = nn_arena_add(ar, "positions", NN_I32, 2, (int64_t[]){B, T});
     a->seg = nn_arena_add(ar, "segments", NN_I32, 2, (int64_t[]){B, T});
-    char nm[NN_NAME_MAX];
+    char nm[NN_NAME_MAX], layer_name[32];
     for (int i = 0; i < nl; i++) {
         llama_layer_acts *L = &a->L[i];
-#define NM(s) (snprintf(nm, sizeof nm, "layer%d.%s", i, s), nm)
+        snprintf(layer_name, sizeof layer_name, "layer%d", i);
+#define NM(s) (snprintf(nm, sizeof nm, "%s.%s", layer_name, s), nm)
         a->res[i] = add3(ar, NM("residual_in"), B, T, D);
+        if (i > 0 && i < recompute) { /* the recomputed layers share layer 0's set */
+            *L = a->L[0];
+            continue;
+        }
+        if (i == 0 && recompute > 0) snprintf(layer_name, sizeof layer_name, "recomputed_layers");
         L->rstd_in = nn_arena_add(ar, NM("rstd_in"), NN_F32, 2, (int64_t[]){B, T});
         L->xn_in = add3(ar, NM("norm_in"), B, T, D);
         L->q = add3(ar, NM("q_rope"), B, T, QD);
@@ -297,6 +309,49 @@ static void check_io(const llama_acts *a, const char *op, const tensor *t, int64
           (long long)B, a->T, a->m->cfg.dim);
 }
 
+/* Layer i's forward over the first B rows: reads res[i], writes its kept activations and (write_next)
+ * res[i + 1]. The backward calls it again, without write_next, for a recomputed layer. */
+static void layer_forward(const llama *m, llama_acts *a, int i, int64_t B, float scale, int write_next) {
+    const llama_config *c = &m->cfg;
+    tensor posv = tensor_head0(a->pos, B), segv = tensor_head0(a->seg, B);
+    tensor branch = tensor_head0(a->branch, B);
+    const llama_layer *W = &m->layer[i];
+    llama_layer_acts *S = &a->L[i];
+    if (i < a->recompute) a->shared_holds = i;
+    tensor res = tensor_head0(a->res[i], B), next = tensor_head0(a->res[i + 1], B);
+    tensor rstd_in = tensor_head0(S->rstd_in, B), xn_in = tensor_head0(S->xn_in, B);
+    tensor q = tensor_head0(S->q, B), k = tensor_head0(S->k, B), v = tensor_head0(S->v, B);
+    tensor attn = tensor_head0(S->attn, B), hmid = tensor_head0(S->hmid, B);
+    tensor rstd_post = tensor_head0(S->rstd_post, B), xn_post = tensor_head0(S->xn_post, B);
+    tensor gate = tensor_head0(S->gate, B), up = tensor_head0(S->up, B), act = tensor_head0(S->act, B);
+
+    op_rmsnorm(&xn_in, &res, W->ln_in->w, c->rms_eps, &rstd_in);
+    op_matmul(&q, &xn_in, W->q->w, NULL, NN_ACT_NONE, NULL);
+    op_matmul(&k, &xn_in, W->k->w, NULL, NN_ACT_NONE, NULL);
+    op_matmul(&v, &xn_in, W->v->w, NULL, NN_ACT_NONE, NULL);
+    op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
+    op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
+    if (a->flash) {
+        tensor lse = tensor_head0(S->lse, B);
+        op_flash_attention(&attn, &lse, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv);
+    } else {
+        tensor att = tensor_head0(S->att, B);
+        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
+    }
+    op_matmul(&branch, &attn, W->o->w, NULL, NN_ACT_NONE, NULL);
+    op_add(&hmid, &res, &branch);
+
+    op_rmsnorm(&xn_post, &hmid, W->ln_post->w, c->rms_eps, &rstd_post);
+    op_matmul(&gate, &xn_post, W->gate->w, NULL, NN_ACT_NONE, NULL);
+    op_matmul(&up, &xn_post, W->up->w, NULL, NN_ACT_NONE, NULL);
+    op_swiglu(&act, &gate, &up);
+    if (write_next) { /* the backward of a recomputed layer needs nothing past the MLP activation */
+        op_matmul(&branch, &act, W->down->w, NULL, NN_ACT_NONE, NULL);
+        op_add(&next, &hmid, &branch);
+    }
+}
+
+
 void llama_forward(const llama *m, llama_acts *a, const tensor *x, const tensor *pos, const tensor *seg,
                    tensor *h_final) {
     const char *op = "llama_forward";
@@ -314,42 +369,9 @@ void llama_forward(const llama *m, llama_acts *a, const tensor *x, const tensor 
 
     int64_t hd = llama_head_dim(c);
     float scale = 1.0f / sqrtf((float)hd);
-    tensor branch = tensor_head0(a->branch, B);
     tensor res0 = tensor_head0(a->res[0], B);
     op_copy(&res0, x);
-    for (int i = 0; i < c->n_layers; i++) {
-        const llama_layer *W = &m->layer[i];
-        llama_layer_acts *S = &a->L[i];
-        tensor res = tensor_head0(a->res[i], B), next = tensor_head0(a->res[i + 1], B);
-        tensor rstd_in = tensor_head0(S->rstd_in, B), xn_in = tensor_head0(S->xn_in, B);
-        tensor q = tensor_head0(S->q, B), k = tensor_head0(S->k, B), v = tensor_head0(S->v, B);
-        tensor attn = tensor_head0(S->attn, B), hmid = tensor_head0(S->hmid, B);
-        tensor rstd_post = tensor_head0(S->rstd_post, B), xn_post = tensor_head0(S->xn_post, B);
-        tensor gate = tensor_head0(S->gate, B), up = tensor_head0(S->up, B), act = tensor_head0(S->act, B);
-
-        op_rmsnorm(&xn_in, &res, W->ln_in->w, c->rms_eps, &rstd_in);
-        op_matmul(&q, &xn_in, W->q->w, NULL, NN_ACT_NONE, NULL);
-        op_matmul(&k, &xn_in, W->k->w, NULL, NN_ACT_NONE, NULL);
-        op_matmul(&v, &xn_in, W->v->w, NULL, NN_ACT_NONE, NULL);
-        op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
-        op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
-        if (a->flash) {
-            tensor lse = tensor_head0(S->lse, B);
-            op_flash_attention(&attn, &lse, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv);
-        } else {
-            tensor att = tensor_head0(S->att, B);
-            op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
-        }
-        op_matmul(&branch, &attn, W->o->w, NULL, NN_ACT_NONE, NULL);
-        op_add(&hmid, &res, &branch);
-
-        op_rmsnorm(&xn_post, &hmid, W->ln_post->w, c->rms_eps, &rstd_post);
-        op_matmul(&gate, &xn_post, W->gate->w, NULL, NN_ACT_NONE, NULL);
-        op_matmul(&up, &xn_post, W->up->w, NULL, NN_ACT_NONE, NULL);
-        op_swiglu(&act, &gate, &up);
-        op_matmul(&branch, &act, W->down->w, NULL, NN_ACT_NONE, NULL);
-        op_add(&next, &hmid, &branch);
-    }
+    for (int i = 0; i < c->n_layers; i++) layer_forward(m, a, i, B, scale, 1);
     tensor last = tensor_head0(a->res[c->n_layers], B), rstd_f = tensor_head0(a->rstd_final, B);
     op_rmsnorm(h_final, &last, m->norm->w, c->rms_eps, &rstd_f);
 }
@@ -376,6 +398,7 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
     for (int i = c->n_layers - 1; i >= 0; i--) {
         const llama_layer *W = &m->layer[i];
         llama_layer_acts *S = &a->L[i];
+        if (i < a->recompute && a->shared_holds != i) layer_forward(m, a, i, B, scale, 0);
         tensor res = tensor_head0(a->res[i], B);
         tensor rstd_in = tensor_head0(S->rstd_in, B), xn_in = tensor_head0(S->xn_in, B);
         tensor q = tensor_head0(S->q, B), k = tensor_head0(S->k, B), v = tensor_head0(S->v, B);

@@ -81,10 +81,15 @@ void llama_free(llama *m);
 /* Activations for up to B rows of exactly T positions, in one arena (after ps is committed).
  * Exits when T exceeds a configured sliding window. */
 llama_acts *llama_acts_new(const llama *m, int B, int T);
-/* Same; flash = 1 runs the attention as op_flash_attention, which keeps only the log-sum-exp
- * [B, H, T] per layer and recomputes the probabilities in the backward (memory O(B·H·T) instead of
- * the [B, H, T, T] probabilities per layer: 16 GiB in f32 at 8 layers, B 4, H 32, T 2048). */
-llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash);
+/* Same, with two memory options:
+ *  flash = 1 runs the attention as op_flash_attention, which keeps only the log-sum-exp [B, H, T] per
+ *    layer and recomputes the probabilities in the backward (memory O(B·H·T) instead of the
+ *    [B, H, T, T] probabilities per layer: 16 GiB in f32 at 8 layers, B 4, H 32, T 2048);
+ *  recompute = R (0 .. n_layers): layers 0..R-1 keep only their input residual; their other
+ *    activations live in one shared set, rebuilt by running the layer's forward again in the backward
+ *    (the same ops on the same inputs, so the gradients are unchanged) — about one layer's forward
+ *    more work per recomputed layer for (R - 1) layers' activations less. */
+llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recompute);
 void llama_acts_print_plan(const llama_acts *a, FILE *f);
 size_t llama_acts_bytes(const llama_acts *a);
 void llama_acts_free(llama_acts *a);
