@@ -96,6 +96,17 @@ printf '[{"id": "x", "image": "exif1.jpg", "conversations": [{"from": "human", "
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it2.pack" --codes "$TMP/it.lmdb" --steps 2 --out "$TMP/bad" 2> "$TMP/bad.err"
 check '[ $? -eq 1 ] && grep -q "without codes" "$TMP/bad.err" && grep -q "exif1.jpg" "$TMP/bad.err" && [ ! -s "$TMP/bad/log.jsonl" ]' "missing codes refused before any step, naming the image"
 "$BIN/asvr-train" train --stage xx 2> /dev/null; check '[ $? -eq 2 ]' "usage error exits 2"
+# asvr-train plan declares what train declares: the same parameter, gradient, optimizer and activation
+# bytes as the run's own memory plan, without allocating.
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --attention kept --log-level info --out "$TMP/plan_run" 2> "$TMP/plan_run.err"
+shape=$(grep -o "for [0-9]* rows x [0-9]* positions, [0-9]* images" "$TMP/plan_run.err" | head -1)
+read -r _ p_rows _ _ p_seq _ p_img _ <<< "$shape"
+"$BIN/asvr-train" plan --config "$F/model.json" --stage it --rows "$p_rows" --seq "${p_seq%,}" --max-images "$p_img" --attention kept --verbose > "$TMP/plan.txt"
+plan_mib() { awk -v k="$1" '$0 ~ "^  "k" " {print $(NF-1)}' "$TMP/plan.txt"; }
+run_mib() { grep -o "$1 [0-9.]* MiB" "$TMP/plan_run.err" | head -1 | awk '{print $(NF-1)}'; }
+acts_line() { grep -o "llama [0-9.]* MiB, visual heads [0-9.]* MiB" "$1" | head -1; } # the step arena and tower differ: no tower is loaded
+check '[ -n "$shape" ] && [ -n "$(run_mib parameters)" ] && [ "$(plan_mib parameters)" = "$(run_mib parameters)" ] && [ "$(plan_mib gradients)" = "$(run_mib gradients)" ] && [ "$(plan_mib "optimizer state")" = "$(run_mib "optimizer state")" ] && [ -n "$(acts_line "$TMP/plan.txt")" ] && [ "$(acts_line "$TMP/plan.txt")" = "$(acts_line "$TMP/plan_run.err")" ]' "plan matches the run's memory plan"
+"$BIN/asvr-train" plan --config "$F/model.json" --gpu-gib 0.000001 > /dev/null; check '[ $? -eq 1 ]' "plan --gpu-gib exits 1 when it does not fit"
 # Flash attention (only log-sum-exps kept, probabilities recomputed) trains like the kept-probabilities path.
 for a in kept flash; do
     "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 3 --attention $a --out "$TMP/att_$a"

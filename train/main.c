@@ -5,6 +5,7 @@
 static const asvr_command COMMANDS[] = {
     {"train", cmd_train, "train (or resume) a run from a packed store and a code store"},
     {"export", cmd_export, "write a checkpoint as an HF/LLaVA-style model folder (model.safetensors + config.json)"},
+    {"plan", cmd_plan, "print the memory plan of a training run without allocating it (does the 7B recipe fit?)"},
     {"plot", cmd_plot, "draw the loss curves of a run's log.jsonl into a PNG"},
 };
 

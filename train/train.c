@@ -316,9 +316,9 @@ int cmd_train(int argc, char **argv) {
         size_t pv = nn_arena_bytes(m.ps.values), pg = nn_arena_bytes(m.ps.grads), os = nn_arena_bytes(opt.state),
                ac = asvr_acts_bytes(acts), fr = (m.frozen ? nn_arena_bytes(m.frozen) : 0) +
                                              (m.frozen_app ? nn_arena_bytes(m.frozen_app) : 0);
-        LOG_INFO("memory plan on %s: parameters %.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB, codebooks %.1f "
-                 "MiB, activations %.1f MiB (input tower weights apart); total %.2f GiB",
-                 nn_device_name(dev), pv / 1048576.0, pg / 1048576.0, os / 1048576.0, fr / 1048576.0, ac / 1048576.0,
+        LOG_INFO("memory plan on %s for %lld rows x %d positions, %d images: parameters %.1f MiB, gradients %.1f MiB, "
+                 "optimizer state %.1f MiB, codebooks %.1f MiB, activations %.1f MiB (input tower weights apart); total %.2f GiB",
+                 nn_device_name(dev), (long long)o.rows, T, max_images, pv / 1048576.0, pg / 1048576.0, os / 1048576.0, fr / 1048576.0, ac / 1048576.0,
                  (double)(pv + pg + os + fr + ac) / (1024.0 * 1024.0 * 1024.0));
     }
     /* Model FLOPs per token for the MFU column: matmul FLOPs only, 6 per parameter that trains (forward,

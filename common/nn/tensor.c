@@ -134,9 +134,16 @@ tensor *nn_arena_add(nn_arena *a, const char *name, nn_dtype dtype, int ndim, co
     return t;
 }
 
+static int plan_only;
+void nn_arena_set_plan_only(int on) { plan_only = on != 0; }
+
 void nn_arena_commit(nn_arena *a) {
     CHECK(!a->committed, "", "arena '%s' committed twice", a->label);
     size_t bytes = a->total ? a->total : NN_ALIGN;
+    if (plan_only) {
+        a->committed = 1; /* data stays NULL */
+        return;
+    }
     if (a->device == NN_CPU) {
         a->base = aligned_alloc(NN_ALIGN, bytes);
         if (!a->base)

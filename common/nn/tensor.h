@@ -77,6 +77,10 @@ void nn_arena_move(nn_arena *a, nn_device dev, nn_dtype float_dtype);
 nn_device nn_arena_device(const nn_arena *a);
 /* One line per tensor: name, dtype, shape, bytes, then the total. */
 void nn_arena_print_plan(const nn_arena *a, FILE *f);
+/* Plan-only mode (process-wide, off by default): nn_arena_commit then allocates nothing and leaves
+ * every tensor's data NULL, so a model's memory plan can be built and printed for sizes this machine
+ * could not hold (asvr-train plan). Nothing may read or write such tensors. */
+void nn_arena_set_plan_only(int on);
 void nn_arena_free(nn_arena *a);
 
 #ifdef __cplusplus
