@@ -15,7 +15,9 @@
  * Data: `rows` rows of `seq` positions, one sample per row: the image's positions first, then random
  * text, every text position supervised; random codes and pixels (seeded).
  * Prints a human summary on stderr and one JSON line on stdout: tokens_per_s, s_per_step, the phases
- * (forward_backward, optimizer; seconds per step), peak_bytes (the planned arenas: parameters,
+ * in seconds per step (vision, llm_forward, text_head, visual_head, llm_backward, projector_backward
+ * from asvr_acts' phase clocks, which wait for the device at each boundary; optimizer;
+ * forward_backward, their sum), peak_bytes (the planned arenas: parameters,
  * gradients, optimizer state, activations), the losses of every step. tools/bench_train_gpu.py runs it
  * next to the PyTorch step (`--ours`) and computes both sides' MFU with one FLOP count.
  * --device cpu with a small --config checks the program itself on a machine without a GPU.
@@ -145,6 +147,7 @@ int main(int argc, char **argv) {
     asvr_acts *acts = asvr_acts_new(&m, rows, T, rows);
     asvr_model_print(&m, stderr);
     asvr_acts_print_plan(acts, stderr);
+    asvr_acts_set_timing(acts, 1);
     size_t planned = nn_arena_bytes(m.ps.values) + (m.ps.grads ? nn_arena_bytes(m.ps.grads) : 0) +
                      (opt.state ? nn_arena_bytes(opt.state) : 0) + asvr_acts_bytes(acts);
 
@@ -181,6 +184,7 @@ int main(int argc, char **argv) {
             sync_dev(dev);
             t0 = asvr_now();
             t_fb = t_opt = 0;
+            asvr_acts_set_timing(acts, 1); /* restart the phase clocks */
         }
         asvr_losses L;
         memset(&L, 0, sizeof L);
@@ -206,10 +210,12 @@ int main(int argc, char **argv) {
     double tps = (double)BT / sec;
     fprintf(stderr, "%s: %d x %d tokens per step, %.3f s/step, %.0f tokens/s; planned memory %.2f GiB\n", device, rows,
             T, sec, tps, (double)planned / (1 << 30));
-    printf("{\"bench\": \"asvr-train-step\", \"device\": \"%s\", \"attention\": \"%s\", \"rows\": %d, \"seq\": %d, \"steps\": %d, "
-           "\"s_per_step\": %.6f, \"tokens_per_s\": %.3f, \"peak_bytes\": %zu, \"phases\": {\"forward_backward\": "
-           "%.6f, \"optimizer\": %.6f}, \"losses\": [",
-           device, mc.flash_attention ? "flash" : "kept", rows, T, steps, sec, tps, planned, t_fb / steps, t_opt / steps);
+    const double *ph = asvr_acts_phase_seconds(acts);
+    printf("{\"bench\": \"asvr-train-step\", \"device\": \"%s\", \"attention\": \"%s\", \"recompute\": %d, \"rows\": %d, "
+           "\"seq\": %d, \"steps\": %d, \"s_per_step\": %.6f, \"tokens_per_s\": %.3f, \"peak_bytes\": %zu, \"phases\": {",
+           device, mc.flash_attention ? "flash" : "kept", recompute, rows, T, steps, sec, tps, planned);
+    for (int p = 0; p < ASVR_NPHASES; p++) printf("\"%s\": %.6f, ", asvr_phase_name((asvr_phase)p), ph[p] / steps);
+    printf("\"optimizer\": %.6f, \"forward_backward\": %.6f}, \"losses\": [", t_opt / steps, t_fb / steps);
     for (int s = 0; s < total; s++) printf("%s[%.6f, %.6f]", s ? ", " : "", lt[s], lv[s]);
     printf("]}\n");
 

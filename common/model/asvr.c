@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/progress.h" /* asvr_now */
 #include "model/text_loss.h"
 #include "model/weights.h"
 #include "nn/ops.h"
@@ -199,7 +200,31 @@ struct asvr_acts {
     tensor *x, *h, *dh, *dx, *logits, *targets, *ids, *pos, *seg;
     tensor *feats, *pre, *hid, *emb, *demb, *dscratch, *tmp_rows;
     tensor *idx_flat, *idx_src, *h_img, *dh_img, *rows_d, *code_ids;
+    int timing;
+    double phase_s[ASVR_NPHASES], mark;
 };
+
+const char *asvr_phase_name(asvr_phase p) {
+    static const char *names[ASVR_NPHASES] = {"vision", "llm_forward", "text_head", "visual_head", "llm_backward",
+                                              "projector_backward"};
+    return p >= 0 && p < ASVR_NPHASES ? names[p] : "?";
+}
+
+void asvr_acts_set_timing(asvr_acts *a, int on) {
+    a->timing = on != 0;
+    memset(a->phase_s, 0, sizeof a->phase_s);
+}
+
+const double *asvr_acts_phase_seconds(const asvr_acts *a) { return a->phase_s; }
+
+/* Ends phase p (waiting for the device) and starts the next one. */
+static void phase_end(asvr_acts *a, nn_device dev, asvr_phase p) {
+    if (!a->timing) return;
+    nn_device_sync(dev);
+    double now = asvr_now();
+    a->phase_s[p] += now - a->mark;
+    a->mark = now;
+}
 
 asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     const asvr_config *c = &m->c;
@@ -350,6 +375,10 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
     }
 
     /* image features → projector */
+    if (a->timing) {
+        nn_device_sync(dev);
+        a->mark = asvr_now();
+    }
     int64_t NIr = NI ? NI : 1;
     tensor feats = head_rows(a->feats, NIr), pre = head_rows(a->pre, NIr), hid = head_rows(a->hid, NIr),
            emb = head_rows(a->emb, NIr);
@@ -382,6 +411,7 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
         }
         mlp2_forward(&m->proj, &feats, &pre, &hid, &emb);
     }
+    phase_end(a, dev, ASVR_PHASE_VISION);
 
     /* inputs_embeds: token embeddings, image embeddings spliced in (0 + v, exactly v) */
     tensor x = *a->x, ids_t = *a->ids;
@@ -395,6 +425,7 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
     tensor x3 = tensor_make("inputs_embeds", NN_F32, dev, 3, (int64_t[]){b->B, b->T, c->llm.dim}, x.data);
     tensor h3 = tensor_make("hidden_final", NN_F32, dev, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->h->data);
     llama_forward(m->llm, a->la, &x3, a->pos, a->seg, &h3);
+    phase_end(a, dev, ASVR_PHASE_LLM_FORWARD);
 
     /* text loss: logits, CE (dlogits in place), back through lm_head into dh */
     double ts = 0;
@@ -404,6 +435,7 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
     llama_lm_head_backward(m->llm, a->logits, a->h, a->dh, 0);
     l->text_sum += ts;
     l->text_count += tc;
+    phase_end(a, dev, ASVR_PHASE_TEXT_HEAD);
 
     /* visual losses at the image positions (no shift) */
     if (m->head && nv > 0)
@@ -432,11 +464,14 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
         l->vis_count += n0 * P;
     }
 
+    phase_end(a, dev, ASVR_PHASE_VISUAL_HEAD);
+
     /* back through the LLM; then the token embeddings and the projector */
     tensor dh3 = tensor_make("d_hidden_final", NN_F32, dev, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->dh->data);
     tensor dx3 = tensor_make("d_inputs_embeds", NN_F32, dev, 3, (int64_t[]){b->B, b->T, c->llm.dim}, a->dx->data);
     llama_backward(m->llm, a->la, &dh3, &dx3);
     llama_embed_backward(m->llm, &ids_t, a->dx);
+    phase_end(a, dev, ASVR_PHASE_LLM_BACKWARD);
     if (nv > 0 && m->proj.w1->g) {
         tensor demb = head_rows(a->demb, NIr), rows = head_rows(a->tmp_rows, nv), ds = head_rows(a->dscratch, NIr);
         op_fill(&demb, 0.0f);
@@ -444,4 +479,5 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
         op_embedding_backward(&demb, &rows, &t_isrc);
         mlp2_backward(&m->proj, &demb, &feats, &pre, &hid, &ds, NULL, 0);
     }
+    phase_end(a, dev, ASVR_PHASE_PROJ_BACKWARD);
 }

@@ -112,6 +112,22 @@ void asvr_acts_print_plan(const asvr_acts *a, FILE *f);
 size_t asvr_acts_bytes(const asvr_acts *a); /* device (or CPU) bytes of all activation arenas */
 void asvr_acts_free(asvr_acts *a);
 
+/* Time per phase of asvr_forward_backward, accumulated over calls while timing is on (off by default:
+ * each phase boundary waits for the device, which costs a little overlap). */
+typedef enum {
+    ASVR_PHASE_VISION,        /* input tower (or the discrete codebook sum) and the projector forward */
+    ASVR_PHASE_LLM_FORWARD,   /* embeddings and the LLaMA forward */
+    ASVR_PHASE_TEXT_HEAD,     /* lm_head, text cross-entropy and their backward */
+    ASVR_PHASE_VISUAL_HEAD,   /* the visual head(s) forward, losses and backward */
+    ASVR_PHASE_LLM_BACKWARD,  /* the LLaMA backward and the embedding gradients */
+    ASVR_PHASE_PROJ_BACKWARD, /* the projector backward */
+    ASVR_NPHASES
+} asvr_phase;
+const char *asvr_phase_name(asvr_phase p);
+void asvr_acts_set_timing(asvr_acts *a, int on);
+/* Seconds spent in each phase since timing was switched on (ASVR_NPHASES values). */
+const double *asvr_acts_phase_seconds(const asvr_acts *a);
+
 /* Forward and backward of one micro-batch; gradients accumulate into m->ps. text_scale and the
  * visual scales fold the global means in (1 / scored text targets of the whole step, and
  * λ / (D · image positions of the whole step) per head). Losses are added to *l. */

@@ -100,6 +100,14 @@ int nn_device_from_name(const char *name, nn_device *dev, const char **why) {
 #endif
 }
 
+void nn_device_sync(nn_device dev) {
+#ifdef ASVR_HAVE_CUDA
+    if (dev == NN_CUDA) nn_cuda_sync();
+#else
+    (void)dev;
+#endif
+}
+
 void op_read_f32(const tensor *t, float *host) {
     tensor h = tensor_make(t->name, NN_F32, NN_CPU, t->ndim, t->shape, host);
     op_transfer(&h, t);

@@ -29,6 +29,8 @@ void op_transfer(tensor *dst, const tensor *src);
 /* "cpu" or "cuda" -> *dev, when this build and machine can run it; -1 with *why set (a sentence for
  * a usage error: no CUDA backend in this build, or no visible device) otherwise. */
 int nn_device_from_name(const char *name, nn_device *dev, const char **why);
+/* Waits until all work queued on dev has finished (nothing to wait for on the CPU): for timing. */
+void nn_device_sync(nn_device dev);
 
 /* Conveniences over op_transfer for f32 host buffers of numel(t) floats: t (f32 or bf16, any device)
  * read into host, or written from host. */
