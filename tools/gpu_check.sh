@@ -8,7 +8,8 @@
 #   2. The real-size tokenizer (random SO400M weights): bf16 vs f32 code agreement per depth on the
 #      golden photos (check_tokenize_real_cuda; depth 1 must agree on >= 99%).
 #   3. Benchmarks against PyTorch in the same run: the tokenizer (tools/bench_tokenize_gpu.py) and the
-#      training step (tools/bench_train_gpu.py), with MFU against a measured bf16 GEMM peak.
+#      training step (tools/bench_train_gpu.py), with MFU against a measured bf16 GEMM peak; and
+#      asvr-tokenize encode --device cuda end to end (decoding, GPU, LMDB; raw and zstd store sizes).
 # Each item has its own time limit (seconds; GPU_CHECK_LIMIT scales them) so one hang cannot eat the
 # machine's time; GPU_CHECK_ONLY="name ..." runs a subset.
 set -uo pipefail
@@ -63,11 +64,29 @@ run test_train_cuda 240 ./test_train_cuda
 
 want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 tok=/tmp/asvr_so400m_random.safetensors
-if [ ! -f "$tok" ] && { want check_tokenize_real || want bench_tokenize || want bench_train; }; then
+if [ ! -f "$tok" ] && { want check_tokenize_real || want bench_tokenize || want bench_train || want e2e_tokenize; }; then
     python3 "$root/tools/convert_tokenizer.py" random --preset so400m --seed 0 --dtype bfloat16 --out "$tok" >> "$log" 2>&1 ||
         echo "gpu_check: could not write the random SO400M tokenizer (see the log)" | tee -a "$log"
 fi
 run check_tokenize_real 180 ./check_tokenize_real_cuda "$tok"
+# End to end: real JPEG/PNG decoding, preprocessing threads, the GPU, LMDB writes (1,024 copies of the
+# golden photos; random weights, so the codes are not meaningful, the throughput and stage times are).
+if want e2e_tokenize; then
+    e2e=/tmp/asvr_e2e
+    rm -rf "$e2e" && mkdir -p "$e2e/img"
+    imgs=("$root"/tests/golden/images/*.jpg "$root"/tests/golden/images/*.png)
+    for i in $(seq 0 1023); do
+        f=${imgs[$((i % ${#imgs[@]}))]}
+        cp "$f" "$e2e/img/$i.${f##*.}"
+        echo "$i.${f##*.}" >> "$e2e/list.txt"
+    done
+fi
+run e2e_tokenize 300 "$bin/bin/asvr-tokenize" encode --list /tmp/asvr_e2e/list.txt --image-root /tmp/asvr_e2e/img \
+    --tokenizer "$tok" --policy pad --device cuda --batch 64 --out /tmp/asvr_e2e/codes.lmdb --stats "$out/e2e_tokenize.json"
+run e2e_tokenize_zstd 300 "$bin/bin/asvr-tokenize" encode --list /tmp/asvr_e2e/list.txt --image-root /tmp/asvr_e2e/img \
+    --tokenizer "$tok" --policy pad --device cuda --batch 64 --compress --out /tmp/asvr_e2e/codes_zstd.lmdb
+[ -d /tmp/asvr_e2e/codes.lmdb ] && [ -d /tmp/asvr_e2e/codes_zstd.lmdb ] &&
+    echo "e2e store sizes: raw $(du -sk /tmp/asvr_e2e/codes.lmdb | cut -f1) KiB, zstd $(du -sk /tmp/asvr_e2e/codes_zstd.lmdb | cut -f1) KiB" | tee -a "$log"
 run bench_tokenize 300 python3 "$root/tools/bench_tokenize_gpu.py" --ours ./bench_tokenize_cuda --tokenizer "$tok" \
     --json "$out/bench_tokenize.json"
 run bench_train 420 python3 "$root/tools/bench_train_gpu.py" --steps 6 --warmup 2 \
@@ -82,5 +101,5 @@ run bench_train 420 python3 "$root/tools/bench_train_gpu.py" --steps 6 --warmup 
     echo
     echo "benchmark tables:"
     grep -E '^\|' "$log" | grep -v -- '---' | grep -iv '^| check' || true
-    grep -E 'ratio|agreement|depth' "$log" | tail -20 || true
+    grep -E 'ratio|agreement|depth|store sizes|images/s|bottleneck' "$log" | tail -30 || true
 } | tee "$out/summary.md"
