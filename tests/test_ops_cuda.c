@@ -101,7 +101,15 @@ static void run(nn_dtype dt) {
         op_attention(&o, &q, &k, &v, H, Hkv, 0.25f, causal, &att);
         op_attention(&dO, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &da);
         double e1 = cmp(&dO, &o), e2 = cmp(&da, &att);
-        T_CHECK(e1 < tol && e2 < tol, "%s attention causal=%d out %.3g probs %.3g", dn, causal, e1, e2);
+        T_CHECK(e1 < tol && e2 < tol, "%s attention causal=%d out %.3g probs %.3g (batched GEMMs)", dn, causal, e1, e2);
+        /* with only a T x T scratch: the one-block-per-row kernel */
+        tensor sc = host("scratch", 2, T, T, 0, 0, 1), dsc = dev(&sc, NN_F32);
+        tensor dO2 = dev(&o, dt);
+        op_fill(&dO2, NAN);
+        op_attention(&dO2, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &dsc);
+        double e3 = cmp(&dO2, &o);
+        nn_cuda_free(dsc.data);
+        T_CHECK(e3 < tol, "%s attention causal=%d out %.3g (row kernel, scratch only)", dn, causal, e3);
         nn_cuda_free(dq.data), nn_cuda_free(dk.data), nn_cuda_free(dv.data);
     }
     { /* patch embedding on a size that is not a multiple of the patch */

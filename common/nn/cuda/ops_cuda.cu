@@ -1,7 +1,8 @@
 // ops_cuda.cu — the CUDA backend of the ops in ops.h: f32 or bf16 storage per tensor, fp32 math.
 // GEMMs: cuBLAS GemmEx (fp32 compute); the rest: plain kernels, one thread per element or one block
-// per row. Attention is a straightforward kernel (one block per query row, scores in shared memory,
-// T <= 12288). The training ops are in ops_train_cuda.cu, the helpers both files share in
+// per row. Attention: with the probabilities kept ([B,H,T,T]) two batched cuBLAS GEMMs around a row
+// softmax (tensor cores); with only a T x T scratch, a straightforward kernel (one block per query
+// row, scores in shared memory, T <= 12288). The training ops are in ops_train_cuda.cu, the helpers both files share in
 // cuda_common.cuh. Arguments were validated by ops.c.
 #include "nn/backend.h"
 #include "nn/cuda/cuda_common.cuh"
@@ -228,18 +229,101 @@ __global__ void k_attention(void *out, int obf, const void *q, int qbf, const vo
     }
 }
 
+// Attention on the tensor cores, used when the caller keeps the probabilities att [B,H,T,T] (f32):
+//   S = scale · Q_h K_g^T for every (image, head) in one batched GEMM into att (fp32 out),
+//   a row softmax in place (causal mask; a bf16 copy of P when V is bf16, for the second GEMM),
+//   O_h = P_h V_g in a second batched GEMM straight into out's [B,T,H*Dh] layout.
+// The pointer arrays of the batched GEMMs are built by a small kernel (GQA: head h reads kv head
+// h / group). Memory: att plus, for bf16 V, a grow-only B·H·T² bf16 buffer.
+__global__ void k_attn_ptrs(const void **qp, const void **kp, const void **vp, void **sp, const void **pp, void **op,
+                            const char *q, const char *k, const char *v, char *s, const char *pb, char *o, int64_t T,
+                            int H, int group, int64_t Dh, size_t qes, size_t kves, size_t pes, int64_t BH) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= BH) return;
+    int64_t b = i / H, h = i % H, g = h / group, Hkv = H / group;
+    qp[i] = q + (size_t)((b * T * H + h) * Dh) * qes;
+    kp[i] = k + (size_t)((b * T * Hkv + g) * Dh) * kves;
+    vp[i] = v + (size_t)((b * T * Hkv + g) * Dh) * kves;
+    sp[i] = s + (size_t)(i * T * T) * sizeof(float);
+    pp[i] = pb + (size_t)(i * T * T) * pes;
+    op[i] = o + (size_t)((b * T * H + h) * Dh) * qes;
+}
+
+// One block per row of S (b, h, i): mask, max, exp, sum; P in place (f32) and optionally as bf16.
+__global__ void k_attn_softmax(float *s, __nv_bfloat16 *pb, int64_t T, int causal) {
+    int64_t r = blockIdx.x, i = r % T;
+    float *row = s + r * T;
+    int64_t n = causal ? i + 1 : T;
+    float mx = -FLT_MAX;
+    for (int64_t j = threadIdx.x; j < n; j += NT) mx = fmaxf(mx, row[j]);
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int64_t j = threadIdx.x; j < n; j += NT) sum += __expf(row[j] - mx);
+    float inv = 1.0f / block_sum(sum);
+    for (int64_t j = threadIdx.x; j < T; j += NT) {
+        float p = j < n ? __expf(row[j] - mx) * inv : 0.0f;
+        row[j] = p;
+        if (pb) pb[r * T + j] = __float2bfloat16(p);
+    }
+}
+
+static void *attn_buffer(size_t bytes) { // grow-only, for the bf16 probabilities and pointer arrays
+    static void *p = NULL;
+    static size_t cap = 0;
+    if (bytes > cap) {
+        if (p) nn_cuda_free(p);
+        cap = bytes + bytes / 4;
+        p = nn_cuda_malloc(cap, "attention workspace");
+    }
+    return p;
+}
+
+static void attention_gemm(tensor *out, const tensor *q, const tensor *k, const tensor *v, int H, int Hkv, float scale,
+                           int causal, float *att) {
+    int64_t B = q->shape[0], T = q->shape[1], Dh = q->shape[2] / H, BH = B * H;
+    CHECK(isbf(q) == isbf(k) && isbf(k) == isbf(v) && isbf(q) == isbf(out), "",
+          "cuda attention: q, k, v and out must share a dtype (q '%s' is %s)", q->name, nn_dtype_name(q->dtype));
+    int bf = isbf(v);
+    size_t es = bf ? 2 : 4, pes = bf ? 2 : 4;
+    size_t ptr_bytes = (size_t)BH * 6 * sizeof(void *), pbytes = bf ? (size_t)BH * T * T * 2 : 0;
+    char *ws = (char *)attn_buffer(ptr_bytes + 256 + pbytes);
+    const void **qp = (const void **)ws, **kp = qp + BH, **vp = kp + BH, **pp = vp + BH;
+    void **sp = (void **)(pp + BH), **op = sp + BH;
+    __nv_bfloat16 *pb = bf ? (__nv_bfloat16 *)(ws + ((ptr_bytes + 255) / 256) * 256) : NULL;
+    k_attn_ptrs<<<blocks(BH), NT>>>(qp, kp, vp, sp, pp, op, (const char *)q->data, (const char *)k->data,
+                                    (const char *)v->data, (char *)att, bf ? (const char *)pb : (const char *)att,
+                                    (char *)out->data, T, H, H / Hkv, Dh, es, es, pes, BH);
+    CHECK_CUDA(cudaGetLastError());
+    cudaDataType_t ty = bf ? CUDA_R_16BF : CUDA_R_32F;
+    int ldq = (int)(H * Dh), ldkv = (int)(Hkv * Dh);
+    float zero = 0.0f, one = 1.0f;
+    // S^T (column-major) = K Q^T: row-major S[i, j] = q_i · k_j
+    CHECK_CUBLAS(cublasGemmBatchedEx(nn_cuda_blas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)T, (int)T, (int)Dh, &scale, kp, ty,
+                                     ldkv, qp, ty, ldq, &zero, sp, CUDA_R_32F, (int)T, (int)BH, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+    k_attn_softmax<<<(unsigned)(BH * T), NT>>>(att, pb, T, causal);
+    CHECK_CUDA(cudaGetLastError());
+    // O^T (column-major, ld H*Dh) = V^T P^T: row-major O = P V
+    CHECK_CUBLAS(cublasGemmBatchedEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)Dh, (int)T, (int)T, &one, vp, ty,
+                                     ldkv, pp, ty, (int)T, &zero, op, ty, ldq, (int)BH, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+}
+
 extern "C" void cuda_attention(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
                                int n_kv_heads, float scale, int causal, tensor *att) {
     int64_t B = q->shape[0], T = q->shape[1], Dh = q->shape[2] / n_heads;
-    CHECK(T <= 12288, "split the sequence", "cuda attention: T = %lld exceeds the kernel's 12288", (long long)T);
     int keep = tensor_numel(att) == B * n_heads * T * T;
+    if (keep && att->dtype == NN_F32) { // the probabilities are kept anyway: use the tensor cores
+        attention_gemm(out, q, k, v, n_heads, n_kv_heads, scale, causal, (float *)att->data);
+        return;
+    }
+    CHECK(T <= 12288, "split the sequence", "cuda attention: T = %lld exceeds the kernel's 12288", (long long)T);
     size_t shmem = (size_t)T * sizeof(float);
     if (shmem > 48 * 1024)
         CHECK_CUDA(cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shmem));
     dim3 grid((unsigned)T, (unsigned)n_heads, (unsigned)B);
     k_attention<<<grid, NT, shmem>>>(out->data, isbf(out), q->data, isbf(q), k->data, isbf(k), v->data, isbf(v), T,
-                                     n_heads, n_heads / n_kv_heads, Dh, scale, causal,
-                                     keep ? (float *)att->data : NULL);
+                                     n_heads, n_heads / n_kv_heads, Dh, scale, causal, NULL);
     CHECK_CUDA(cudaGetLastError());
 }
 
