@@ -1,25 +1,33 @@
 #!/bin/bash
-# run.sh [TEST...] — runs CUDA tests on a machine without a GPU: every common/nn/cuda/*.cu is compiled
+# run.sh [TEST...] — runs CUDA tests on a machine without a GPU (a TEST may carry arguments:
+# 'bench_train_cuda TOKENIZER --config C --steps 1'): every common/nn/cuda/*.cu is compiled
 # against the CPU stand-in (include/cuda_emu.h, after prep.py) and linked with the C objects of the
 # configured CUDA build in build/ (the library, and as tests/CMakeLists.txt says, asvr_train_core for
 # test_train*, asvr_eval_core for test_(metrics|bench|generate)); the tests' own objects come from that
 # build, so they carry its definitions (ASVR_GOLDEN, ASVR_BIN_DIR, ASVR_SHARED_DATA, ...). An emulated
-# asvr-tokenize is linked into build/cuda_emu/bin and ASVR_TEST_BIN_DIR points the tests at it (the
-# tests that exec a CLI with --device cuda honour it). Output in build/cuda_emu/.
+# asvr-tokenize (and asvr-train, asvr-eval, for runs by hand) is linked into build/cuda_emu/bin and
+# ASVR_TEST_BIN_DIR points the tests at it (test_tokenize_cuda execs encode --device cuda with it).
+# Output in build/cuda_emu/.
 # Default tests: test_ops_cuda test_ops_extra test_tokenize_cuda test_generate_cuda test_train_cuda
-# (about 3 minutes on 2 cores); test_ops_cuda_train takes ~8 more minutes. CUDA_EMU_NO_BUILD=1 skips
-# the `cmake --build` of the needed targets. Needs g++ >= 12 and a build configured with nvcc.
+# (about 70 s once the stand-in's objects exist; test_train_cuda is most of it), test_ops_cuda_train
+# takes 6 s more. CUDA_EMU_BUILD=DIR uses another build folder than build/; CUDA_EMU_NO_BUILD=1 skips
+# the `cmake --build` of the needed targets. Needs x86-64, g++ with C++20, a build configured with
+# nvcc. The stand-in's own selftest (selftest.cu: it must catch what it claims to) runs first.
+# ctest runs a fast subset (tests/cli_cuda_emu.sh).
 # What passing shows: the kernels' and the device-side model code's logic — indexing, barriers, shared
 # memory use, launch configuration limits, no host access to device memory (device memory is
 # PROT_NONE outside device work), no host pointers handed to kernels or cuBLAS, no reliance on zeroed
 # device or shared memory. What it cannot show: speed, that nvcc accepts the code for sm_90 (the real
 # build does that), device-only numerics (ulp-level math, fast-math intrinsics, cuBLAS's summation
-# order), memory-model races a sequential block order hides (blocks run one at a time), block sizes
-# above 256, static shared-memory limits, asynchronous streams (all work here is synchronous).
+# order, tensor cores), races between blocks or within a warp (blocks run one at a time, a block's
+# threads in turn between barriers: forward in even blocks, backward in odd ones), 2-D/3-D blocks,
+# static shared-memory limits, asynchronous streams and events (all work here is synchronous).
+# Tests also checked by hand this way: bench_train_cuda with examples/demo/model.json (--device cuda
+# losses equal the cpu run's to 1e-6), bench_tokenize_cuda on the tiny tokenizer (gemm/fused, bf16/f32).
 set -euo pipefail
 R=$(cd "$(dirname "$0")/../.." && pwd)
 E="$R/tools/cuda_emu"
-B="$R/build"
+B=${CUDA_EMU_BUILD:-$R/build}
 O="$B/cuda_emu"
 mkdir -p "$O/bin"
 [ -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ] ||
@@ -27,7 +35,7 @@ mkdir -p "$O/bin"
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(test_ops_cuda test_ops_extra test_tokenize_cuda test_generate_cuda test_train_cuda)
 if [ -z "${CUDA_EMU_NO_BUILD:-}" ]; then
-  cmake --build "$B" -j"$(nproc)" --target asvr-tokenize "${tests[@]}" >"$O/build.log" 2>&1 ||
+  cmake --build "$B" -j"$(nproc)" --target asvr-tokenize "${tests[@]%% *}" >"$O/build.log" 2>&1 ||
     { tail -30 "$O/build.log" >&2; exit 2; }
 fi
 
@@ -52,17 +60,24 @@ mapfile -t TOK < <(find "$B/tokenize/CMakeFiles/asvr-tokenize.dir" -name '*.c.o'
 LIBS=(-lopenblas -lturbojpeg -llmdb -lzstd -lpng16 -ljansson -lxxhash -lwebp -lz -lm -lpthread)
 
 g++ -rdynamic -o "$O/bin/asvr-tokenize" "${TOK[@]}" "${objs[@]}" "${COBJ[@]}" "${LIBS[@]}"
+for cli in train eval; do # the other CLIs with --device cuda, for runs by hand
+  main="$B/$cli/CMakeFiles/asvr-$cli.dir/main.c.o"
+  core=(); [ $cli = train ] && core=("${TRAIN[@]}") || core=("${EVAL[@]}")
+  [ -f "$main" ] && g++ -rdynamic -o "$O/bin/asvr-$cli" "$main" "${core[@]}" "${objs[@]}" "${COBJ[@]}" "${LIBS[@]}"
+done
 export ASVR_TEST_BIN_DIR="$O"
 
 rc=0
-for t in "${tests[@]}"; do
+for spec in "${tests[@]}"; do
+  read -r t args <<<"$spec"
   extra=()
-  [[ $t == test_train* ]] && extra+=("${TRAIN[@]}")
+  [[ $t == test_train* || $t == bench_train* ]] && extra+=("${TRAIN[@]}")
   [[ $t =~ ^test_(metrics|bench|generate) ]] && extra+=("${EVAL[@]}")
   g++ -rdynamic -o "$O/$t" "$B/tests/CMakeFiles/$t.dir/$t.c.o" "${extra[@]}" "${objs[@]}" "${COBJ[@]}" "${LIBS[@]}"
   echo "== $t (emulated device)"
   start=$(date +%s)
-  (cd "$B/tests" && "$O/$t") || { echo "== $t FAILED"; rc=1; }
+  # shellcheck disable=SC2086 # args: the words after the program's name in a TEST argument
+  (cd "$B/tests" && "$O/$t" $args) || { echo "== $t FAILED"; rc=1; }
   echo "== $t: $(( $(date +%s) - start )) s"
 done
 exit $rc

@@ -31,7 +31,6 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <type_traits>
-#include <ucontext.h>
 #include <unistd.h>
 #include <vector>
 
@@ -194,17 +193,28 @@ struct shared_reg {
 };
 inline std::map<const void *, int> &max_dyn_shared() { static auto *m = new std::map<const void *, int>; return *m; }
 
-// ---- a block: its threads are fibers (ucontext) on the calling thread, switched at __syncthreads and
-// warp shuffles. They run up to their next barrier one after another, in thread order in even blocks
+// ---- a block: its threads are fibers on the calling thread, switched at __syncthreads and warp
+// shuffles. They run up to their next barrier one after another, in thread order in even blocks
 // and in reverse order in odd ones, so a missing barrier shows as garbage read in one of the two.
 enum { F_RUN, F_BLOCK, F_WARP, F_DONE };
 constexpr size_t STACK = 256 << 10;
+#if defined(__x86_64__)
+// The switch: saves the callee-saved registers on the current stack, stores its pointer in *save,
+// continues on `to` (ucontext's swapcontext would also make a signal-mask system call per switch).
+__attribute__((naked, noipa)) static void emu_swap(void **save, void *to) {
+    __asm__ volatile("pushq %rbp\n pushq %rbx\n pushq %r12\n pushq %r13\n pushq %r14\n pushq %r15\n"
+                     "movq %rsp, (%rdi)\n movq %rsi, %rsp\n"
+                     "popq %r15\n popq %r14\n popq %r13\n popq %r12\n popq %rbx\n popq %rbp\n ret\n");
+}
+#else
+#error "tools/cuda_emu: the fiber switch is written for x86-64 only"
+#endif
 struct block_ctx {
     int nt = 0, t = 0;
     int state[1024];
     const char *site[1024]; // where each thread waits at __syncthreads ("file:line")
     int sync_or_calls[1024];
-    ucontext_t ctx[1024], sched;
+    void *sp[1024], *sched_sp;
     double wslot[1024];
     int orflag[2];
     std::function<void()> *body;
@@ -212,30 +222,28 @@ struct block_ctx {
 inline block_ctx *cur;
 inline char *stacks;
 inline std::vector<char> dyn;
-inline void fiber_entry() {
+[[noreturn]] inline void fiber_entry() {
     block_ctx *c = cur;
     (*c->body)();
     c->state[c->t] = F_DONE;
-    swapcontext(&c->ctx[c->t], &c->sched);
+    emu_swap(&c->sp[c->t], c->sched_sp);
+    abort(); // never resumed
 }
 inline void yield(int st, const char *site = "") {
     block_ctx *c = cur;
     c->state[c->t] = st;
     c->site[c->t] = site;
-    swapcontext(&c->ctx[c->t], &c->sched);
+    emu_swap(&c->sp[c->t], c->sched_sp);
 }
 inline void run_block(block_ctx &c, int nt, bool reverse) {
     if (!stacks) stacks = (char *)mmap(nullptr, 1024 * STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    static ucontext_t tmpl;
-    static bool have_tmpl = false;
-    if (!have_tmpl) getcontext(&tmpl), have_tmpl = true;
     c.nt = nt;
-    for (int t = 0; t < nt; t++) {
-        c.ctx[t] = tmpl;
-        c.ctx[t].uc_stack.ss_sp = stacks + (size_t)t * STACK;
-        c.ctx[t].uc_stack.ss_size = STACK;
-        c.ctx[t].uc_link = nullptr;
-        makecontext(&c.ctx[t], fiber_entry, 0);
+    for (int t = 0; t < nt; t++) { // a fresh stack: six zero registers, then "return" into fiber_entry
+        void **top = (void **)(stacks + (size_t)(t + 1) * STACK);
+        top[-1] = nullptr;
+        top[-2] = (void *)&fiber_entry;
+        for (int r = 3; r <= 8; r++) top[-r] = nullptr;
+        c.sp[t] = &top[-8];
         c.state[t] = F_RUN, c.sync_or_calls[t] = 0;
     }
     c.orflag[0] = c.orflag[1] = 0;
@@ -246,7 +254,7 @@ inline void run_block(block_ctx &c, int nt, bool reverse) {
             if (c.state[t] != F_RUN) continue;
             c.t = t;
             threadIdx = dim3((unsigned)t);
-            swapcontext(&c.sched, &c.ctx[t]);
+            emu_swap(&c.sched_sp, c.sp[t]);
         }
         int alive = 0, at_block = 0;
         bool released = false;
