@@ -125,6 +125,8 @@ static void encode_cli(void) {
     char dir[] = "/tmp/asvr_test_tok_cuda_XXXXXX";
     T_CHECK(mkdtemp(dir) != NULL, "mkdtemp");
     const char *dev[2] = {"--device cpu", "--device cuda --dtype f32"};
+    /* ASVR_TEST_BIN_DIR: another build's bin/ (tools/cuda_emu/run.sh points it at the emulated CLI) */
+    const char *bin = getenv("ASVR_TEST_BIN_DIR") ? getenv("ASVR_TEST_BIN_DIR") : ASVR_BIN_DIR;
     char store[2][600];
     for (int i = 0; i < 2; i++) {
         char cmd[4096];
@@ -133,7 +135,7 @@ static void encode_cli(void) {
                  "%s/bin/asvr-tokenize encode --list %s/tokenize/images.txt --image-root %s/images "
                  "--tokenizer %s/tokenize/tiny_tokenizer.safetensors --policy pad --out %s --batch 4 "
                  "--log-level error --stats %s/s%d.json %s",
-                 ASVR_BIN_DIR, ASVR_GOLDEN, ASVR_GOLDEN, ASVR_GOLDEN, store[i], dir, i, dev[i]);
+                 bin, ASVR_GOLDEN, ASVR_GOLDEN, ASVR_GOLDEN, store[i], dir, i, dev[i]);
         T_EQ_INT(run(cmd), 0);
     }
     code_store *a = NULL, *g = NULL;

@@ -153,6 +153,7 @@ void nn_arena_commit(nn_arena *a) {
     } else {
 #ifdef ASVR_HAVE_CUDA
         a->base = nn_cuda_malloc(bytes, a->label);
+        nn_cuda_zero(a->base, bytes); /* as on the CPU: state such as AdamW moments starts at zero */
 #endif
     }
     for (int i = 0; i < a->n; i++) a->items[i]->data = (char *)a->base + a->offsets[i];

@@ -63,7 +63,8 @@ nn_arena *nn_arena_new(const char *label, nn_device dev);
 /* Declares a tensor; the returned pointer is stable for the arena's life, its data is set by
  * nn_arena_commit. Adding after commit is a programming error (exits). */
 tensor *nn_arena_add(nn_arena *a, const char *name, nn_dtype dtype, int ndim, const int64_t *shape);
-/* Makes the single allocation (each tensor aligned to 256 bytes) and points every tensor into it. */
+/* Makes the single allocation (each tensor aligned to 256 bytes), zeroes it (on every device), and
+ * points every tensor into it. */
 void nn_arena_commit(nn_arena *a);
 size_t nn_arena_bytes(const nn_arena *a);  /* planned total, valid before commit too */
 int nn_arena_count(const nn_arena *a);

@@ -1,32 +1,85 @@
 #!/bin/bash
-# run.sh [TEST...] — builds the CUDA backend's .cu files against the CPU stand-in (cuda_emu.h) and runs
-# the CUDA op tests with it, for a machine without a GPU. Needs a configured CUDA build in build/
-# (its C objects are reused: `cmake -S . -B build && cmake --build build --target asvr`) and g++ >= 12.
-# Default tests: test_ops_cuda_train test_ops_cuda. Output in build/cuda_emu/. Slow (minutes): every
-# block runs its threads for real. Passing here checks the kernels' logic, not that they run on a GPU.
+# run.sh [TEST...] — runs CUDA tests on a machine without a GPU (a TEST may carry arguments:
+# 'bench_train_cuda TOKENIZER --config C --steps 1'): every common/nn/cuda/*.cu is compiled
+# against the CPU stand-in (include/cuda_emu.h, after prep.py) and linked with the C objects of the
+# configured CUDA build in build/ (the library, and as tests/CMakeLists.txt says, asvr_train_core for
+# test_train*, asvr_eval_core for test_(metrics|bench|generate)); the tests' own objects come from that
+# build, so they carry its definitions (ASVR_GOLDEN, ASVR_BIN_DIR, ASVR_SHARED_DATA, ...). An emulated
+# asvr-tokenize (and asvr-train, asvr-eval, for runs by hand) is linked into build/cuda_emu/bin and
+# ASVR_TEST_BIN_DIR points the tests at it (test_tokenize_cuda execs encode --device cuda with it).
+# Output in build/cuda_emu/.
+# Default tests: test_ops_cuda test_ops_extra test_tokenize_cuda test_generate_cuda test_train_cuda
+# (about 70 s once the stand-in's objects exist; test_train_cuda is most of it), test_ops_cuda_train
+# takes 6 s more. CUDA_EMU_BUILD=DIR uses another build folder than build/; CUDA_EMU_NO_BUILD=1 skips
+# the `cmake --build` of the needed targets. Needs x86-64, g++ with C++20, a build configured with
+# nvcc. The stand-in's own selftest (selftest.cu: it must catch what it claims to) runs first.
+# ctest runs a fast subset (tests/cli_cuda_emu.sh).
+# What passing shows: the kernels' and the device-side model code's logic — indexing, barriers, shared
+# memory use, launch configuration limits, no host access to device memory (device memory is
+# PROT_NONE outside device work), no host pointers handed to kernels or cuBLAS, no reliance on zeroed
+# device or shared memory. What it cannot show: speed, that nvcc accepts the code for sm_90 (the real
+# build does that), device-only numerics (ulp-level math, fast-math intrinsics, cuBLAS's summation
+# order, tensor cores), races between blocks or within a warp (blocks run one at a time, a block's
+# threads in turn between barriers: forward in even blocks, backward in odd ones), 2-D/3-D blocks,
+# static shared-memory limits, asynchronous streams and events (all work here is synchronous).
+# Tests also checked by hand this way: bench_train_cuda with examples/demo/model.json (--device cuda
+# losses equal the cpu run's to 1e-6), bench_tokenize_cuda on the tiny tokenizer (gemm/fused, bf16/f32),
+# the emulated asvr-train --device cuda (4 steps of tests/cli_train.sh's stage it: losses equal the
+# cpu run's) and asvr-eval ask --device cuda (the same answer as on the cpu).
 set -euo pipefail
 R=$(cd "$(dirname "$0")/../.." && pwd)
 E="$R/tools/cuda_emu"
-O="$R/build/cuda_emu"
-mkdir -p "$O"
+B=${CUDA_EMU_BUILD:-$R/build}
+O="$B/cuda_emu"
+mkdir -p "$O/bin"
+[ -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ] ||
+  { echo "run.sh: configure a CUDA build in build/ first (cmake -S . -B build, with nvcc on PATH)" >&2; exit 2; }
+tests=("$@")
+[ ${#tests[@]} -gt 0 ] || tests=(test_ops_cuda test_ops_extra test_tokenize_cuda test_generate_cuda test_train_cuda)
+if [ -z "${CUDA_EMU_NO_BUILD:-}" ]; then
+  cmake --build "$B" -j"$(nproc)" --target asvr-tokenize "${tests[@]%% *}" >"$O/build.log" 2>&1 ||
+    { tail -30 "$O/build.log" >&2; exit 2; }
+fi
+
 objs=()
-[ -d "$R/build/CMakeFiles/asvr.dir/common" ] || { echo "run.sh: build the asvr target in build/ first" >&2; exit 2; }
 for f in "$R"/common/nn/cuda/*.cu; do
   n=$(basename "$f" .cu)
   python3 "$E/prep.py" "$f" "$O/$n.cpp"
-  g++ -std=c++20 -O1 -g -ffp-contract=off -w -I"$E/include" -I"$R/common" -DASVR_HAVE_CUDA=1 -D_GNU_SOURCE \
-      -c "$O/$n.cpp" -o "$O/$n.o"
+  if [ ! -f "$O/$n.o" ] || [ "$O/$n.o" -ot "$O/$n.cpp" ] || [ "$O/$n.o" -ot "$E/include/cuda_emu.h" ] ||
+     [ -n "$(find "$R/common/nn/cuda" -newer "$O/$n.o" -name '*.h*' | head -1)" ]; then
+    g++ -std=c++20 -O2 -g -ffp-contract=off -w -I"$E/include" -I"$R/common" -DASVR_HAVE_CUDA=1 -D_GNU_SOURCE \
+        -c "$O/$n.cpp" -o "$O/$n.o"
+  fi
   objs+=("$O/$n.o")
 done
-COBJ=$(find "$R/build/CMakeFiles/asvr.dir/common" -name '*.c.o')
-tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(test_ops_cuda_train test_ops_cuda)
+python3 "$E/prep.py" "$E/selftest.cu" "$O/selftest.cpp"
+g++ -std=c++20 -O2 -g -w -I"$E/include" "$O/selftest.cpp" -o "$O/selftest"
+"$O/selftest" 2>/dev/null || { echo "run.sh: the stand-in's selftest failed" >&2; exit 2; }
+mapfile -t COBJ < <(find "$B/CMakeFiles/asvr.dir/common" -name '*.c.o' | sort)
+mapfile -t TRAIN < <(find "$B/train/CMakeFiles/asvr_train_core.dir" -name '*.c.o' | sort)
+mapfile -t EVAL < <(find "$B/eval/CMakeFiles/asvr_eval_core.dir" -name '*.c.o' | sort)
+mapfile -t TOK < <(find "$B/tokenize/CMakeFiles/asvr-tokenize.dir" -name '*.c.o' | sort)
+LIBS=(-lopenblas -lturbojpeg -llmdb -lzstd -lpng16 -ljansson -lxxhash -lwebp -lz -lm -lpthread)
+
+g++ -rdynamic -o "$O/bin/asvr-tokenize" "${TOK[@]}" "${objs[@]}" "${COBJ[@]}" "${LIBS[@]}"
+for cli in train eval; do # the other CLIs with --device cuda, for runs by hand
+  main="$B/$cli/CMakeFiles/asvr-$cli.dir/main.c.o"
+  core=(); [ $cli = train ] && core=("${TRAIN[@]}") || core=("${EVAL[@]}")
+  [ -f "$main" ] && g++ -rdynamic -o "$O/bin/asvr-$cli" "$main" "${core[@]}" "${objs[@]}" "${COBJ[@]}" "${LIBS[@]}"
+done
+export ASVR_TEST_BIN_DIR="$O"
+
 rc=0
-for t in "${tests[@]}"; do
-  gcc -std=gnu11 -O1 -g -DASVR_HAVE_CUDA=1 -D_GNU_SOURCE -I"$R/common" -I"$R/tests" -c "$R/tests/$t.c" -o "$O/$t.o"
-  g++ -o "$O/$t" "$O/$t.o" "${objs[@]}" $COBJ -lopenblas -lturbojpeg -llmdb -lzstd -lpng16 \
-      -ljansson -lxxhash -lwebp -lz -lm -lpthread
+for spec in "${tests[@]}"; do
+  read -r t args <<<"$spec"
+  extra=()
+  [[ $t == test_train* || $t == bench_train* ]] && extra+=("${TRAIN[@]}")
+  [[ $t =~ ^test_(metrics|bench|generate) ]] && extra+=("${EVAL[@]}")
+  g++ -rdynamic -o "$O/$t" "$B/tests/CMakeFiles/$t.dir/$t.c.o" "${extra[@]}" "${objs[@]}" "${COBJ[@]}" "${LIBS[@]}"
   echo "== $t (emulated device)"
-  "$O/$t" || rc=1
+  start=$(date +%s)
+  # shellcheck disable=SC2086 # args: the words after the program's name in a TEST argument
+  (cd "$B/tests" && "$O/$t" $args) || { echo "== $t FAILED"; rc=1; }
+  echo "== $t: $(( $(date +%s) - start )) s"
 done
 exit $rc

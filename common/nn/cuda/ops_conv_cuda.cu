@@ -253,4 +253,6 @@ extern "C" void nn_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes) {
     CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+extern "C" void nn_cuda_zero(void *dst, size_t bytes) { CHECK_CUDA(cudaMemset(dst, 0, bytes)); }
+
 extern "C" void nn_cuda_sync(void) { CHECK_CUDA(cudaDeviceSynchronize()); }

@@ -26,9 +26,11 @@ void nn_cuda_download(tensor *dst, const tensor *src);
  * exits naming `what` on failure. Free with nn_cuda_host_free (NULL is ignored). */
 void *nn_cuda_host_alloc(size_t bytes, const char *what);
 void nn_cuda_host_free(void *p);
-/* Raw synchronous copies of `bytes` bytes (any dtype), and a wait for all queued device work. */
+/* Raw synchronous copies of `bytes` bytes (any dtype), zeroing of device memory, and a wait for all
+ * queued device work. */
 void nn_cuda_memcpy_h2d(void *dst, const void *src, size_t bytes);
 void nn_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes);
+void nn_cuda_zero(void *dst, size_t bytes);
 void nn_cuda_sync(void);
 /* op_vq_step without the [rows, K] distance matrix (ops_conv_cuda.cu): one kernel computes each row's
  * nearest codebook row (same formula and tie rule, fp32 math, no tensor cores) and subtracts it.
