@@ -323,7 +323,7 @@ extern "C" void cuda_attention(tensor *out, const tensor *q, const tensor *k, co
         CHECK_CUDA(cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shmem));
     dim3 grid((unsigned)T, (unsigned)n_heads, (unsigned)B);
     k_attention<<<grid, NT, shmem>>>(out->data, isbf(out), q->data, isbf(q), k->data, isbf(k), v->data, isbf(v), T,
-                                     n_heads, n_heads / n_kv_heads, Dh, scale, causal, NULL);
+                                     n_heads, n_heads / n_kv_heads, Dh, scale, causal, (float *)NULL);
     CHECK_CUDA(cudaGetLastError());
 }
 

@@ -515,6 +515,32 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation
     }
     return CUBLAS_STATUS_SUCCESS;
 }
+// Pointer-array batched GEMM: the arrays themselves must be in device memory, as cuBLAS requires.
+inline cublasStatus_t cublasGemmBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                          int k, const void *alpha, const void *const Aarray[], cudaDataType_t at,
+                                          int lda, const void *const Barray[], cudaDataType_t bt, int ldb,
+                                          const void *beta, void *const Carray[], cudaDataType_t ct, int ldc, int batch,
+                                          cublasComputeType_t ctype, cublasGemmAlgo_t algo) {
+    if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (batch == 0) return CUBLAS_STATUS_SUCCESS;
+    std::vector<const void *> A((size_t)batch), B((size_t)batch);
+    std::vector<void *> C((size_t)batch);
+    {
+        emu::device_scope ds;
+        size_t bytes = (size_t)batch * sizeof(void *);
+        if (!emu::is_dev(Aarray, bytes) || !emu::is_dev(Barray, bytes) || !emu::is_dev(Carray, bytes)) {
+            fprintf(stderr, "cuda_emu: cublasGemmBatchedEx pointer arrays must be in device memory\n");
+            return CUBLAS_STATUS_INVALID_VALUE;
+        }
+        memcpy(A.data(), Aarray, bytes), memcpy(B.data(), Barray, bytes), memcpy(C.data(), Carray, bytes);
+    }
+    for (int q = 0; q < batch; q++) {
+        cublasStatus_t st = cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, alpha, A[q], at, lda, 0, B[q], bt, ldb, 0,
+                                                       beta, C[q], ct, ldc, 0, 1, ctype, algo);
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
 inline cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                                    const void *alpha, const void *A, cudaDataType_t at, int lda, const void *B,
                                    cudaDataType_t bt, int ldb, const void *beta, void *C, cudaDataType_t ct, int ldc,
