@@ -12,6 +12,10 @@
 extern "C" {
 #endif
 
+/* The device of an op's tensors (ops.c, ops_extra.c): every non-NULL tensor has data and they all live
+ * on one device the build supports; otherwise exits naming the op and the tensors. */
+nn_device nn_ops_same_device(const char *op, int n, const tensor *const *ts);
+
 #define NN_BACKEND_DECLARE(pfx)                                                                    \
     void pfx##_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_act act,    \
                       tensor *pre);                                                                \

@@ -23,7 +23,7 @@ static void need(int cond, const char *op, const char *fmt, ...) {
 static const char *shp(const tensor *t, char *buf) { return tensor_shape_str(t, buf, 96); }
 
 /* Every non-NULL tensor on one device, float tensors in a dtype the device accepts, data set. */
-static nn_device same_device(const char *op, int n, const tensor *const *ts) {
+nn_device nn_ops_same_device(const char *op, int n, const tensor *const *ts) {
     const tensor *first = NULL;
     for (int i = 0; i < n; i++) {
         const tensor *t = ts[i];
@@ -74,7 +74,7 @@ static void need_numel(const char *op, const tensor *t, int64_t n) {
 void op_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_act act, tensor *pre) {
     const char *op = "op_matmul";
     const tensor *ts[] = {y, x, w, b, pre};
-    nn_device dev = same_device(op, 5, ts);
+    nn_device dev = nn_ops_same_device(op, 5, ts);
     for (int i = 0; i < 5; i++) need_float(op, ts[i]);
     char s1[96], s2[96], s3[96];
     need(w->ndim == 2, op, "weight '%s' must be 2-d [out, in], is %s", w->name, shp(w, s1));
@@ -93,7 +93,7 @@ void op_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_
 void op_gelu(tensor *y, const tensor *x, nn_act act) {
     const char *op = "op_gelu";
     const tensor *ts[] = {y, x};
-    nn_device dev = same_device(op, 2, ts);
+    nn_device dev = nn_ops_same_device(op, 2, ts);
     need_float(op, y);
     need_float(op, x);
     need(act == NN_ACT_GELU_TANH || act == NN_ACT_GELU_ERF, op, "activation %d is not a GELU", (int)act);
@@ -104,7 +104,7 @@ void op_gelu(tensor *y, const tensor *x, nn_act act) {
 void op_add(tensor *y, const tensor *a, const tensor *b) {
     const char *op = "op_add";
     const tensor *ts[] = {y, a, b};
-    nn_device dev = same_device(op, 3, ts);
+    nn_device dev = nn_ops_same_device(op, 3, ts);
     for (int i = 0; i < 3; i++) need_float(op, ts[i]);
     need_numel(op, a, tensor_numel(y));
     need_numel(op, b, tensor_numel(y));
@@ -114,7 +114,7 @@ void op_add(tensor *y, const tensor *a, const tensor *b) {
 void op_copy(tensor *y, const tensor *x) {
     const char *op = "op_copy";
     const tensor *ts[] = {y, x};
-    nn_device dev = same_device(op, 2, ts);
+    nn_device dev = nn_ops_same_device(op, 2, ts);
     need(y->dtype == x->dtype, op, "'%s' is %s, '%s' is %s", y->name, nn_dtype_name(y->dtype), x->name,
          nn_dtype_name(x->dtype));
     need_numel(op, y, tensor_numel(x));
@@ -125,7 +125,7 @@ void op_layernorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, 
                   tensor *mean, tensor *rstd) {
     const char *op = "op_layernorm";
     const tensor *ts[] = {y, x, w, b, mean, rstd};
-    nn_device dev = same_device(op, 6, ts);
+    nn_device dev = nn_ops_same_device(op, 6, ts);
     for (int i = 0; i < 4; i++) need_float(op, ts[i]);
     need_f32(op, mean);
     need_f32(op, rstd);
@@ -142,7 +142,7 @@ void op_layernorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, 
 void op_rmsnorm(tensor *y, const tensor *x, const tensor *w, float eps, tensor *rstd) {
     const char *op = "op_rmsnorm";
     const tensor *ts[] = {y, x, w, rstd};
-    nn_device dev = same_device(op, 4, ts);
+    nn_device dev = nn_ops_same_device(op, 4, ts);
     for (int i = 0; i < 3; i++) need_float(op, ts[i]);
     need_f32(op, rstd);
     int64_t C = tensor_cols(x), R = tensor_rows(x);
@@ -188,7 +188,7 @@ static void attention_check(const char *op, const tensor *out, const tensor *q, 
 void op_attention(tensor *out, const tensor *q, const tensor *k, const tensor *v, int n_heads,
                   int n_kv_heads, float scale, int causal, tensor *att) {
     const tensor *ts[] = {out, q, k, v, att};
-    nn_device dev = same_device("op_attention", 5, ts);
+    nn_device dev = nn_ops_same_device("op_attention", 5, ts);
     attention_check("op_attention", out, q, k, v, n_heads, n_kv_heads, att);
     DISPATCH(dev, attention, out, q, k, v, n_heads, n_kv_heads, scale, causal, att);
 }
@@ -197,7 +197,7 @@ void op_patch_embed(tensor *y, const tensor *img, const tensor *w, const tensor 
                     tensor *cols) {
     const char *op = "op_patch_embed";
     const tensor *ts[] = {y, img, w, b, cols};
-    nn_device dev = same_device(op, 5, ts);
+    nn_device dev = nn_ops_same_device(op, 5, ts);
     for (int i = 0; i < 5; i++) need_float(op, ts[i]);
     char s1[96];
     need(img->ndim == 4, op, "img '%s' must be [B, Cin, H, W], is %s", img->name, shp(img, s1));
@@ -220,7 +220,7 @@ void op_patch_embed(tensor *y, const tensor *img, const tensor *w, const tensor 
 void op_row_sqnorm(tensor *n, const tensor *c) {
     const char *op = "op_row_sqnorm";
     const tensor *ts[] = {n, c};
-    nn_device dev = same_device(op, 2, ts);
+    nn_device dev = nn_ops_same_device(op, 2, ts);
     need_float(op, c);
     need_f32(op, n);
     need_numel(op, n, tensor_rows(c));
@@ -231,7 +231,7 @@ void op_vq_step(tensor *residual, const tensor *codebook, const tensor *cnorm, t
                 int depth, tensor *dist) {
     const char *op = "op_vq_step";
     const tensor *ts[] = {residual, codebook, cnorm, codes, dist};
-    nn_device dev = same_device(op, 5, ts);
+    nn_device dev = nn_ops_same_device(op, 5, ts);
     need_float(op, residual);
     need_float(op, codebook);
     need_f32(op, cnorm);
@@ -256,7 +256,7 @@ void op_vq_step(tensor *residual, const tensor *codebook, const tensor *cnorm, t
 
 void op_fill(tensor *t, float value) {
     const tensor *ts[] = {t};
-    nn_device dev = same_device("op_fill", 1, ts);
+    nn_device dev = nn_ops_same_device("op_fill", 1, ts);
     need_float("op_fill", t);
     DISPATCH(dev, fill, t, value);
 }
@@ -276,7 +276,7 @@ void op_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const te
                         const tensor *w, nn_act act, const tensor *pre, int accumulate_dx) {
     const char *op = "op_matmul_backward";
     const tensor *ts[] = {dx, dw, db, dy, x, w, pre};
-    nn_device dev = same_device(op, 7, ts);
+    nn_device dev = nn_ops_same_device(op, 7, ts);
     for (int i = 0; i < 7; i++) need_float(op, ts[i]);
     need_act(op, act);
     char s1[96], s2[96];
@@ -303,7 +303,7 @@ void op_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const te
 void op_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act, int accumulate) {
     const char *op = "op_gelu_backward";
     const tensor *ts[] = {dx, dy, x};
-    nn_device dev = same_device(op, 3, ts);
+    nn_device dev = nn_ops_same_device(op, 3, ts);
     for (int i = 0; i < 3; i++) need_float(op, ts[i]);
     need(act == NN_ACT_GELU_TANH || act == NN_ACT_GELU_ERF, op, "activation %d is not a GELU", (int)act);
     need_numel(op, dy, tensor_numel(x));
@@ -316,7 +316,7 @@ void op_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor 
                          const tensor *rstd, int accumulate_dx) {
     const char *op = "op_rmsnorm_backward";
     const tensor *ts[] = {dx, dw, dy, x, w, rstd};
-    nn_device dev = same_device(op, 6, ts);
+    nn_device dev = nn_ops_same_device(op, 6, ts);
     for (int i = 0; i < 5; i++) need_float(op, ts[i]);
     need_f32(op, rstd);
     need(dx != NULL && rstd != NULL, op, "dx and rstd are required");
@@ -334,7 +334,7 @@ void op_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor 
 static nn_device check_rope(const char *op, const tensor *y, const tensor *x, const tensor *pos,
                              int n_heads, float theta) {
     const tensor *ts[] = {y, x, pos};
-    nn_device dev = same_device(op, 3, ts);
+    nn_device dev = nn_ops_same_device(op, 3, ts);
     need_float(op, y);
     need_float(op, x);
     need_i32(op, pos);
@@ -368,7 +368,7 @@ void op_rope_backward(tensor *dx, const tensor *dy, const tensor *pos, int n_hea
 void op_swiglu(tensor *y, const tensor *gate, const tensor *up) {
     const char *op = "op_swiglu";
     const tensor *ts[] = {y, gate, up};
-    nn_device dev = same_device(op, 3, ts);
+    nn_device dev = nn_ops_same_device(op, 3, ts);
     for (int i = 0; i < 3; i++) need_float(op, ts[i]);
     need_numel(op, gate, tensor_numel(y));
     need_numel(op, up, tensor_numel(y));
@@ -379,7 +379,7 @@ void op_swiglu_backward(tensor *dgate, tensor *dup, const tensor *dy, const tens
                         const tensor *up) {
     const char *op = "op_swiglu_backward";
     const tensor *ts[] = {dgate, dup, dy, gate, up};
-    nn_device dev = same_device(op, 5, ts);
+    nn_device dev = nn_ops_same_device(op, 5, ts);
     for (int i = 0; i < 5; i++) need_float(op, ts[i]);
     int64_t n = tensor_numel(dy);
     need_numel(op, dgate, n);
@@ -402,7 +402,7 @@ void op_attention_seg(tensor *out, const tensor *q, const tensor *k, const tenso
         return;
     }
     const tensor *ts[] = {out, q, k, v, att, seg};
-    nn_device dev = same_device(op, 6, ts);
+    nn_device dev = nn_ops_same_device(op, 6, ts);
     need_i32(op, seg);
     char s1[96];
     need(q->ndim == 3, op, "q '%s' must be [B, T, H*Dh], is %s", q->name, shp(q, s1));
@@ -417,7 +417,7 @@ void op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dou
                            int n_kv_heads, float scale, tensor *scratch) {
     const char *op = "op_attention_backward";
     const tensor *ts[] = {dq, dk, dv, dout, q, k, v, att, scratch};
-    nn_device dev = same_device(op, 9, ts);
+    nn_device dev = nn_ops_same_device(op, 9, ts);
     for (int i = 0; i < 9; i++) need_float(op, ts[i]);
     need(dq && dk && dv && att && scratch, op, "dq, dk, dv, att and scratch are required");
     char s1[96], s2[96];
@@ -462,7 +462,7 @@ void op_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor 
                         int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg) {
     const char *op = "op_flash_attention";
     const tensor *ts[] = {out, lse, q, k, v, seg};
-    nn_device dev = same_device(op, 6, ts);
+    nn_device dev = nn_ops_same_device(op, 6, ts);
     flash_check(op, out, lse, q, k, v, n_heads, n_kv_heads, seg);
     need(lse->data != out->data, op, "lse '%s' aliases out", lse->name);
     DISPATCH(dev, flash_attention, out, lse, q, k, v, n_heads, n_kv_heads, scale, causal, seg);
@@ -474,7 +474,7 @@ void op_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tenso
                                  int causal, const tensor *seg) {
     const char *op = "op_flash_attention_backward";
     const tensor *ts[] = {dq, dk, dv, dout, q, k, v, out, lse, seg};
-    nn_device dev = same_device(op, 10, ts);
+    nn_device dev = nn_ops_same_device(op, 10, ts);
     need(dq && dk && dv && dout && out, op, "dq, dk, dv, dout and out are required");
     for (int i = 0; i < 4; i++) need_float(op, ts[i]);
     char s1[96], s2[96];
@@ -505,7 +505,7 @@ static void check_ids(const char *op, const tensor *ids, int64_t V) {
 void op_embedding(tensor *y, const tensor *ids, const tensor *table) {
     const char *op = "op_embedding";
     const tensor *ts[] = {y, ids, table};
-    nn_device dev = same_device(op, 3, ts);
+    nn_device dev = nn_ops_same_device(op, 3, ts);
     need_float(op, y);
     need_float(op, table);
     need_i32(op, ids);
@@ -521,7 +521,7 @@ void op_embedding(tensor *y, const tensor *ids, const tensor *table) {
 void op_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids) {
     const char *op = "op_embedding_backward";
     const tensor *ts[] = {dtable, dy, ids};
-    nn_device dev = same_device(op, 3, ts);
+    nn_device dev = nn_ops_same_device(op, 3, ts);
     need_float(op, dtable);
     need_float(op, dy);
     need_i32(op, ids);
@@ -538,7 +538,7 @@ void op_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const t
                       const tensor *targets, float scale) {
     const char *op = "op_cross_entropy";
     const tensor *ts[] = {dlogits, logits, targets};
-    nn_device dev = same_device(op, 3, ts);
+    nn_device dev = nn_ops_same_device(op, 3, ts);
     need_float(op, dlogits);
     need_float(op, logits);
     need_i32(op, targets);
@@ -561,7 +561,7 @@ void op_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float 
               float eps, float weight_decay, int64_t step) {
     const char *op = "op_adamw";
     const tensor *ts[] = {p, g, m, v};
-    nn_device dev = same_device(op, 4, ts);
+    nn_device dev = nn_ops_same_device(op, 4, ts);
     for (int i = 0; i < 4; i++) need_f32(op, ts[i]);
     for (int i = 1; i < 4; i++) need_numel(op, ts[i], tensor_numel(p));
     need(step >= 1, op, "step %lld; the first update is step 1", (long long)step);
@@ -574,7 +574,7 @@ void op_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float 
 
 void op_grad_sqnorm(double *acc, const tensor *g) {
     const tensor *ts[] = {g};
-    nn_device dev = same_device("op_grad_sqnorm", 1, ts);
+    nn_device dev = nn_ops_same_device("op_grad_sqnorm", 1, ts);
     need_float("op_grad_sqnorm", g);
     need(acc != NULL, "op_grad_sqnorm", "acc is required");
     DISPATCH(dev, grad_sqnorm, acc, g);
@@ -582,7 +582,7 @@ void op_grad_sqnorm(double *acc, const tensor *g) {
 
 void op_scale(tensor *t, float s) {
     const tensor *ts[] = {t};
-    nn_device dev = same_device("op_scale", 1, ts);
+    nn_device dev = nn_ops_same_device("op_scale", 1, ts);
     need_float("op_scale", t);
     DISPATCH(dev, scale, t, s);
 }
@@ -592,7 +592,7 @@ void op_scale(tensor *t, float s) {
 void op_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, int groups, float eps) {
     const char *op = "op_groupnorm";
     const tensor *ts[] = {y, x, w, b};
-    nn_device dev = same_device(op, 4, ts);
+    nn_device dev = nn_ops_same_device(op, 4, ts);
     for (int i = 0; i < 4; i++) need_float(op, ts[i]);
     char s1[96], s2[96];
     need(x->ndim == 3, op, "x '%s' must be [B, H*W, C], is %s", x->name, shp(x, s1));
@@ -610,7 +610,7 @@ void op_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, 
 void op_silu(tensor *y, const tensor *x) {
     const char *op = "op_silu";
     const tensor *ts[] = {y, x};
-    nn_device dev = same_device(op, 2, ts);
+    nn_device dev = nn_ops_same_device(op, 2, ts);
     need_float(op, y);
     need_float(op, x);
     need_numel(op, y, tensor_numel(x));
@@ -621,7 +621,7 @@ void op_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b
                     tensor *cols) {
     const char *op = "op_conv2d_same";
     const tensor *ts[] = {y, x, w, b, cols};
-    nn_device dev = same_device(op, 5, ts);
+    nn_device dev = nn_ops_same_device(op, 5, ts);
     for (int i = 0; i < 5; i++) need_float(op, ts[i]);
     char s1[96], s2[96];
     need(H > 0 && W > 0, op, "grid %d x %d", H, W);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "nn/backend.h"
 #ifdef ASVR_HAVE_CUDA
 #include "nn/cuda/ops_cuda.h"
 #include "nn/cuda/ops_extra_cuda.h"
@@ -23,24 +24,6 @@ static void need(int cond, const char *op, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     ASVR_FATAL(HINT, "%s: %s", op, msg);
-}
-
-/* All non-NULL tensors on one device with data; returns it. */
-static nn_device one_device(const char *op, int n, const tensor *const *ts) {
-    const tensor *first = NULL;
-    for (int i = 0; i < n; i++) {
-        const tensor *t = ts[i];
-        if (!t) continue;
-        need(t->data != NULL, op, "tensor '%s' has no data (arena not committed?)", t->name);
-        if (!first) first = t;
-        need(t->device == first->device, op, "tensor '%s' is on %s but '%s' is on %s", t->name,
-             nn_device_name(t->device), first->name, nn_device_name(first->device));
-    }
-    need(first != NULL, op, "no tensors");
-#ifndef ASVR_HAVE_CUDA
-    need(first->device == NN_CPU, op, "tensor '%s' is on cuda but this build has no CUDA backend", first->name);
-#endif
-    return first->device;
 }
 
 static void need_dtype(const char *op, const tensor *t, nn_dtype dt) {
@@ -122,7 +105,7 @@ void op_write_f32(tensor *t, const float *host) {
 
 static void check_embed(const char *op, const tensor *rows, const tensor *ids, const tensor *table, const char *tname) {
     const tensor *ts[] = {rows, ids, table};
-    one_device(op, 3, ts);
+    nn_ops_same_device(op, 3, ts);
     need_dtype(op, rows, NN_F32);
     need_dtype(op, table, NN_F32);
     need_dtype(op, ids, NN_I32);
@@ -181,7 +164,7 @@ void op_attention_decode(tensor *out, const tensor *q, const tensor *k, const te
                          int n_heads, int n_kv_heads, float scale, tensor *scores) {
     const char *op = "op_attention_decode";
     const tensor *ts[] = {out, q, k, v, lens, scores};
-    nn_device dev = one_device(op, 6, ts);
+    nn_device dev = nn_ops_same_device(op, 6, ts);
     for (int i = 0; i < 6; i++)
         if (i != 4) need_dtype(op, ts[i], NN_F32);
     need_dtype(op, lens, NN_I32);
@@ -250,7 +233,7 @@ void op_attention_decode(tensor *out, const tensor *q, const tensor *k, const te
 void op_argmax_rows(tensor *idx, const tensor *x) {
     const char *op = "op_argmax_rows";
     const tensor *ts[] = {idx, x};
-    nn_device dev = one_device(op, 2, ts);
+    nn_device dev = nn_ops_same_device(op, 2, ts);
     need_dtype(op, idx, NN_I32);
     need_dtype(op, x, NN_F32);
     int64_t M = tensor_rows(x), N = tensor_cols(x);

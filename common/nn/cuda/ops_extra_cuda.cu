@@ -4,12 +4,8 @@
 #include <float.h>
 #include <stdint.h>
 
-#include "nn/cuda/cuda_check.h"
+#include "nn/cuda/cuda_common.cuh"
 #include "nn/cuda/ops_extra_cuda.h"
-
-#define NTX 256
-
-static unsigned nblocks(int64_t n) { return (unsigned)((n + NTX - 1) / NTX); }
 
 extern "C" void cuda_extra_transfer(tensor *dst, const tensor *src) {
     cudaMemcpyKind kind = src->device == NN_CPU   ? cudaMemcpyHostToDevice
@@ -40,7 +36,7 @@ __global__ void k_embed_skip_bwd(float *dtable, const int32_t *ids, const float 
 extern "C" void cuda_extra_embedding_skip(tensor *y, const tensor *ids, const tensor *table) {
     int64_t n = tensor_numel(ids), C = table->shape[1];
     if (n * C == 0) return;
-    k_embed_skip<<<nblocks(n * C), NTX>>>((float *)y->data, (const int32_t *)ids->data, (const float *)table->data,
+    k_embed_skip<<<blocks(n * C), NT>>>((float *)y->data, (const int32_t *)ids->data, (const float *)table->data,
                                           n, C, table->shape[0]);
     CHECK_CUDA(cudaGetLastError());
 }
@@ -48,40 +44,11 @@ extern "C" void cuda_extra_embedding_skip(tensor *y, const tensor *ids, const te
 extern "C" void cuda_extra_embedding_skip_backward(tensor *dtable, const tensor *dy, const tensor *ids) {
     int64_t n = tensor_numel(ids), C = dtable->shape[1];
     if (n * C == 0) return;
-    k_embed_skip_bwd<<<nblocks(n * C), NTX>>>((float *)dtable->data, (const int32_t *)ids->data,
+    k_embed_skip_bwd<<<blocks(n * C), NT>>>((float *)dtable->data, (const int32_t *)ids->data,
                                               (const float *)dy->data, n, C, dtable->shape[0]);
     CHECK_CUDA(cudaGetLastError());
 }
 
-// ---- block reductions (blockDim.x == NTX) --------------------------------------------------------
-__device__ float bx_sum(float v) {
-    __shared__ float sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    v = threadIdx.x < (NTX / 32) ? sh[threadIdx.x] : 0.0f;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (threadIdx.x == 0) sh[0] = v;
-    __syncthreads();
-    return sh[0];
-}
-__device__ float bx_max(float v) {
-    __shared__ float sh[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    v = threadIdx.x < (NTX / 32) ? sh[threadIdx.x] : -FLT_MAX;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (threadIdx.x == 0) sh[0] = v;
-    __syncthreads();
-    return sh[0];
-}
 
 // ---- one query over the cache: one block per (row, head) ---------------------------------------
 __global__ void k_attn_decode(float *out, const float *q, const float *k, const float *v, const int32_t *lens,
@@ -103,14 +70,14 @@ __global__ void k_attn_decode(float *out, const float *q, const float *k, const 
         s[j] = scale * d;
         mx = fmaxf(mx, s[j]);
     }
-    mx = bx_max(mx);
+    mx = block_max(mx);
     float sum = 0.0f;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
         float p = expf(s[j] - mx);
         s[j] = p;
         sum += p;
     }
-    sum = bx_sum(sum); // also a barrier: every s[j] is written
+    sum = block_sum(sum); // also a barrier: every s[j] is written
     float inv = 1.0f / sum;
     for (int64_t e = threadIdx.x; e < Dh; e += blockDim.x) {
         float acc = 0.0f;
@@ -123,7 +90,7 @@ extern "C" void cuda_extra_attention_decode(tensor *out, const tensor *q, const 
                                             const tensor *lens, int n_heads, int n_kv_heads, float scale,
                                             tensor *scores) {
     int64_t B = k->shape[0], Tm = k->shape[1], KVD = k->shape[2], Dh = KVD / n_kv_heads;
-    k_attn_decode<<<(unsigned)(B * n_heads), NTX>>>((float *)out->data, (const float *)q->data,
+    k_attn_decode<<<(unsigned)(B * n_heads), NT>>>((float *)out->data, (const float *)q->data,
                                                     (const float *)k->data, (const float *)v->data,
                                                     (const int32_t *)lens->data, (float *)scores->data, n_heads,
                                                     n_heads / n_kv_heads, Dh, Tm, KVD, scale);
@@ -139,8 +106,8 @@ __device__ __forceinline__ int better(float a, int64_t ia, float b, int64_t ib) 
 }
 
 __global__ void k_argmax(int32_t *idx, const float *x, int64_t N) {
-    __shared__ float sv[NTX];
-    __shared__ int64_t si[NTX];
+    __shared__ float sv[NT];
+    __shared__ int64_t si[NT];
     const float *row = x + (int64_t)blockIdx.x * N;
     float bv = 0.0f;
     int64_t bi = -1;
@@ -151,7 +118,7 @@ __global__ void k_argmax(int32_t *idx, const float *x, int64_t N) {
     sv[threadIdx.x] = bv;
     si[threadIdx.x] = bi;
     __syncthreads();
-    for (int s = NTX / 2; s > 0; s >>= 1) {
+    for (int s = NT / 2; s > 0; s >>= 1) {
         if ((int)threadIdx.x < s && better(sv[threadIdx.x + s], si[threadIdx.x + s], sv[threadIdx.x], si[threadIdx.x])) {
             sv[threadIdx.x] = sv[threadIdx.x + s];
             si[threadIdx.x] = si[threadIdx.x + s];
@@ -163,6 +130,6 @@ __global__ void k_argmax(int32_t *idx, const float *x, int64_t N) {
 
 extern "C" void cuda_extra_argmax_rows(tensor *idx, const tensor *x) {
     int64_t M = tensor_rows(x), N = tensor_cols(x);
-    k_argmax<<<(unsigned)M, NTX>>>((int32_t *)idx->data, (const float *)x->data, N);
+    k_argmax<<<(unsigned)M, NT>>>((int32_t *)idx->data, (const float *)x->data, N);
     CHECK_CUDA(cudaGetLastError());
 }
