@@ -122,6 +122,7 @@ int main(int argc, char **argv) {
     mc.flash_attention = flash < 0 ? dev == NN_CUDA : flash;
     CHECK(recompute >= 0 && recompute <= mc.llm.n_layers, "", "--recompute %d of %d layers", recompute, mc.llm.n_layers);
     mc.recompute_layers = recompute;
+    mc.tower_bf16 = dev == NN_CUDA; /* the frozen tower in bf16 on the GPU, as the reference runs it */
     const int P = mc.image_positions, D = mc.head.depth, K = mc.head.codebook_size, S = mc.vision.image_size;
     CHECK(T > P + 1, "raise --seq", "a row of %d positions cannot hold the %d image positions and text", T, P);
 

@@ -116,6 +116,8 @@ same_losses() { paste <(grep -o '"text_loss":[-0-9.e]*' "$1" | cut -d: -f2) <(gr
 check 'same_losses "$TMP/att_kept/log.jsonl" "$TMP/att_flash/log.jsonl"' "--attention flash gives the losses of --attention kept"
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 3 --attention kept --recompute 2 --out "$TMP/att_rc"
 check 'same_losses "$TMP/att_kept/log.jsonl" "$TMP/att_rc/log.jsonl"' "--recompute 2 gives the same losses"
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --tower-dtype bf16 --out "$TMP/att_x" 2> "$TMP/td.err"
+check '[ $? -eq 2 ] && grep -q "needs --device cuda" "$TMP/td.err"' "--tower-dtype bf16 on the cpu is a usage error"
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --recompute 99 --out "$TMP/att_x" 2> /dev/null
 check '[ $? -eq 2 ]' "--recompute beyond the layers is a usage error"
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --attention foo --out "$TMP/att_x" 2> /dev/null

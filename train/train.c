@@ -23,7 +23,7 @@
 typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *codes_app, *codebooks_app, *image_root, *vision, *vision_prefix,
         *codebooks, *llm, *init,
-        *out, *visual_loss, *input, *log_path, *text_only_visual, *device, *attention;
+        *out, *visual_loss, *input, *log_path, *text_only_visual, *device, *attention, *tower_dtype;
     int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after, recompute;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps, peak_tflops;
 } train_opts;
@@ -65,7 +65,7 @@ int cmd_train(int argc, char **argv) {
     train_opts o = {.text_only_visual = "none", .stage = "pt", .vision_prefix = "vision_model.", .visual_loss = "semantic", .input = "continuous",
                     .rows = 1, .accum = 0, .global_batch = 0, .epochs = 1, .save_every = 0, .seed = 0, .max_images = 0,
                     .lr = -1, .warmup_ratio = 0.03, .weight_decay = 0, .clip_norm = 0, .beta1 = 0.9, .beta2 = 0.999,
-                    .eps = 1e-8, .device = "cpu", .attention = "auto", .peak_tflops = 989};
+                    .eps = 1e-8, .device = "cpu", .attention = "auto", .tower_dtype = "auto", .peak_tflops = 989};
     const asvr_opt opts[] = {
         {"stage", ASVR_OPT_STR, &o.stage, "pt|it", "pt trains mm_projector + visual head; it also the LLM (default pt)"},
         {"config", ASVR_OPT_STR, &o.config, "FILE", "model config JSON (llm, vision, visual_head); default: the checkpoint's"},
@@ -104,6 +104,8 @@ int cmd_train(int argc, char **argv) {
         {"attention", ASVR_OPT_STR, &o.attention, "auto|kept|flash",
          "LLM attention: kept stores the [rows, heads, T, T] probabilities for the backward, flash only their "
          "log-sum-exp and recomputes them (auto: flash on cuda, kept on cpu)"},
+        {"tower-dtype", ASVR_OPT_STR, &o.tower_dtype, "auto|f32|bf16",
+         "the frozen input tower's storage on cuda (auto: bf16, as the reference runs it; the cpu is always f32)"},
         {"recompute", ASVR_OPT_INT, &o.recompute, "N",
          "recompute the activations of the first N LLM layers in the backward instead of keeping them (default 0)"},
         {"peak-tflops", ASVR_OPT_F64, &o.peak_tflops, "X",
@@ -175,6 +177,11 @@ int cmd_train(int argc, char **argv) {
     if (o.recompute < 0 || o.recompute > mc.llm.n_layers)
         asvr_cli_usage_error(&cli, "--recompute %lld: give 0 .. %d (the LLM's layers)", (long long)o.recompute, mc.llm.n_layers);
     mc.recompute_layers = (int)o.recompute;
+    if (strcmp(o.tower_dtype, "auto") && strcmp(o.tower_dtype, "f32") && strcmp(o.tower_dtype, "bf16"))
+        asvr_cli_usage_error(&cli, "--tower-dtype must be auto, f32 or bf16");
+    if (dev != NN_CUDA && !strcmp(o.tower_dtype, "bf16"))
+        asvr_cli_usage_error(&cli, "--tower-dtype bf16 needs --device cuda (the CPU backend computes in f32)");
+    mc.tower_bf16 = dev == NN_CUDA && strcmp(o.tower_dtype, "f32") != 0;
 
     asvr_model m;
     asvr_model_init(&m, &mc);

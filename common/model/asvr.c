@@ -105,7 +105,8 @@ void asvr_model_init(asvr_model *m, const asvr_config *c) {
 }
 
 int asvr_model_load_tower(asvr_model *m, const safetensors *st, const char *prefix, asvr_error *err) {
-    return siglip_load_on(&m->c.vision, st, prefix, m->ps.device, &m->tower, err);
+    nn_dtype dt = m->ps.device == NN_CUDA && m->c.tower_bf16 ? NN_BF16 : NN_F32;
+    return siglip_load_ex(&m->c.vision, st, prefix, m->ps.device, dt, &m->tower, err);
 }
 
 static int load_books(const vhead_config *h, const safetensors *st, const char *name, const char *label, nn_device dev,
@@ -199,6 +200,7 @@ struct asvr_acts {
     siglip_acts *sa;
     tensor *x, *h, *dh, *dx, *logits, *targets, *ids, *pos, *seg;
     tensor *feats, *pre, *hid, *emb, *demb, *dscratch, *tmp_rows;
+    tensor *feats_lp; /* the tower's output in its own dtype when that is not f32 (bf16 tower), else NULL */
     tensor *idx_flat, *idx_src, *h_img, *dh_img, *rows_d, *code_ids;
     int timing;
     double phase_s[ASVR_NPHASES], mark;
@@ -244,6 +246,8 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->pos = nn_arena_add(ar, "positions", NN_I32, 2, (int64_t[]){B, T});
     a->seg = nn_arena_add(ar, "segments", NN_I32, 2, (int64_t[]){B, T});
     a->feats = nn_arena_add(ar, "image_features", NN_F32, 2, (int64_t[]){NI, C});
+    if (m->tower && siglip_dtype(m->tower) != NN_F32)
+        a->feats_lp = nn_arena_add(ar, "image_features_tower_dtype", siglip_dtype(m->tower), 2, (int64_t[]){NI, C});
     a->pre = nn_arena_add(ar, "projector_pre", NN_F32, 2, (int64_t[]){NI, d});
     a->hid = nn_arena_add(ar, "projector_hidden", NN_F32, 2, (int64_t[]){NI, d});
     a->emb = nn_arena_add(ar, "image_embeds", NN_F32, 2, (int64_t[]){NI, d});
@@ -405,9 +409,14 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
             tensor hp = tensor_make("images", NN_F32, NN_CPU, 4, (int64_t[]){b->n_images, 3, S, S}, (void *)b->pixels);
             tensor img = tensor_head0(a->images, b->n_images);
             op_transfer(&img, &hp);
-            tensor out = tensor_make("image_features", NN_F32, dev, 3, (int64_t[]){b->n_images, P, c->vision.hidden},
-                                     feats.data);
+            tensor *dst = a->feats_lp ? a->feats_lp : a->feats;
+            tensor out = tensor_make("image_features", dst->dtype, dev, 3, (int64_t[]){b->n_images, P, c->vision.hidden},
+                                     dst->data);
             siglip_forward(m->tower, a->sa, &img, &out);
+            if (a->feats_lp) { /* bf16 tower: its features to f32 for the projector */
+                tensor lp = head_rows(a->feats_lp, (int64_t)b->n_images * P), f32 = head_rows(a->feats, (int64_t)b->n_images * P);
+                op_copy(&f32, &lp);
+            }
         }
         mlp2_forward(&m->proj, &feats, &pre, &hid, &emb);
     }

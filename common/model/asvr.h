@@ -49,6 +49,8 @@ typedef struct asvr_config {
     int flash_attention; /* 1: the LLM's attention keeps only log-sum-exps (llama_acts_new_ex); set by the
                             caller (a run-time choice, not part of the config JSON) */
     int recompute_layers; /* LLM layers whose activations are recomputed in the backward (likewise) */
+    int tower_bf16;       /* on CUDA: the frozen input tower's weights and activations in bf16, its
+                             features converted to f32 for the projector (likewise; ignored on the CPU) */
     float lambda_visual;
 } asvr_config;
 

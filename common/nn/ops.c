@@ -115,8 +115,15 @@ void op_copy(tensor *y, const tensor *x) {
     const char *op = "op_copy";
     const tensor *ts[] = {y, x};
     nn_device dev = nn_ops_same_device(op, 2, ts);
-    need(y->dtype == x->dtype, op, "'%s' is %s, '%s' is %s", y->name, nn_dtype_name(y->dtype), x->name,
-         nn_dtype_name(x->dtype));
+    int convert = dev == NN_CUDA && y->dtype != x->dtype;
+    if (convert) { /* f32 <-> bf16 on the device */
+        need_float(op, y);
+        need_float(op, x);
+        need(y->data != x->data, op, "converting '%s' to %s in place", x->name, nn_dtype_name(y->dtype));
+    } else {
+        need(y->dtype == x->dtype, op, "'%s' is %s, '%s' is %s", y->name, nn_dtype_name(y->dtype), x->name,
+             nn_dtype_name(x->dtype));
+    }
     need_numel(op, y, tensor_numel(x));
     DISPATCH(dev, copy, y, x);
 }

@@ -42,7 +42,7 @@ void op_gelu(tensor *y, const tensor *x, nn_act act);
 /* y = a + b elementwise (same shapes); y may alias a or b. */
 void op_add(tensor *y, const tensor *a, const tensor *b);
 
-/* y = x (same numel, dtype and device). */
+/* y = x (same numel and device; same dtype, except that on CUDA f32 <-> bf16 converts). */
 void op_copy(tensor *y, const tensor *x);
 
 /* LayerNorm over the last dim: y = (x - mean) / sqrt(var + eps) * w + b (biased variance).

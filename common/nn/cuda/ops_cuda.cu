@@ -129,6 +129,12 @@ extern "C" void cuda_add(tensor *y, const tensor *a, const tensor *b) {
     CHECK_CUDA(cudaGetLastError());
 }
 extern "C" void cuda_copy(tensor *y, const tensor *x) {
+    if (y->dtype != x->dtype) { // f32 <-> bf16 (ops.c checked both are float types)
+        int64_t n = tensor_numel(x);
+        k_convert<<<blocks(n), NT>>>(y->data, isbf(y), x->data, isbf(x), n);
+        CHECK_CUDA(cudaGetLastError());
+        return;
+    }
     if (y->data != x->data) CHECK_CUDA(cudaMemcpy(y->data, x->data, tensor_nbytes(x), cudaMemcpyDeviceToDevice));
 }
 extern "C" void cuda_fill(tensor *t, float value) {
