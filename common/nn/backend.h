@@ -15,6 +15,8 @@ extern "C" {
 /* The device of an op's tensors (ops.c, ops_extra.c): every non-NULL tensor has data and they all live
  * on one device the build supports; otherwise exits naming the op and the tensors. */
 nn_device nn_ops_same_device(const char *op, int n, const tensor *const *ts);
+/* Exits naming op and the printf-formatted message when cond is false (a bug in the calling code). */
+void nn_ops_need(int cond, const char *op, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #define NN_BACKEND_DECLARE(pfx)                                                                    \
     void pfx##_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_act act,    \

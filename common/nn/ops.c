@@ -9,8 +9,8 @@
 
 #define HINT "this is a bug in the calling model code"
 
-static void need(int cond, const char *op, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void need(int cond, const char *op, const char *fmt, ...) {
+#define need nn_ops_need
+void nn_ops_need(int cond, const char *op, const char *fmt, ...) {
     if (cond) return;
     char msg[512];
     va_list ap;

@@ -13,18 +13,7 @@
 #include "nn/cuda/ops_extra_cuda.h"
 #endif
 
-#define HINT "this is a bug in the calling model code"
-
-static void need(int cond, const char *op, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void need(int cond, const char *op, const char *fmt, ...) {
-    if (cond) return;
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    ASVR_FATAL(HINT, "%s: %s", op, msg);
-}
+#define need nn_ops_need /* ops.c: exits naming the op when cond is false */
 
 static void need_dtype(const char *op, const tensor *t, nn_dtype dt) {
     if (t)
