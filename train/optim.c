@@ -62,6 +62,7 @@ double optim_step(optim *o, double *grad_norm, double *clip_coef) {
         if (!p->g) continue;
         op_adamw(p->w, p->g, o->m[i], o->v[i], (float)lr, (float)o->c.beta1, (float)o->c.beta2, (float)o->c.eps,
                  p->decay ? (float)o->c.weight_decay : 0.0f, o->step + 1);
+        if (p->wc != p->w) op_copy(p->wc, p->w); /* the bf16 copy the next forward computes with */
     }
     o->step++;
     if (grad_norm) *grad_norm = norm;

@@ -23,7 +23,8 @@
 typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *codes_app, *codebooks_app, *image_root, *vision, *vision_prefix,
         *codebooks, *llm, *init,
-        *out, *visual_loss, *input, *log_path, *text_only_visual, *device, *attention, *tower_dtype;
+        *out, *visual_loss, *input, *log_path, *text_only_visual, *device, *attention, *tower_dtype,
+        *precision;
     int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after, recompute;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps, peak_tflops;
 } train_opts;
@@ -65,7 +66,8 @@ int cmd_train(int argc, char **argv) {
     train_opts o = {.text_only_visual = "none", .stage = "pt", .vision_prefix = "vision_model.", .visual_loss = "semantic", .input = "continuous",
                     .rows = 1, .accum = 0, .global_batch = 0, .epochs = 1, .save_every = 0, .seed = 0, .max_images = 0,
                     .lr = -1, .warmup_ratio = 0.03, .weight_decay = 0, .clip_norm = 0, .beta1 = 0.9, .beta2 = 0.999,
-                    .eps = 1e-8, .device = "cpu", .attention = "auto", .tower_dtype = "auto", .peak_tflops = 989};
+                    .eps = 1e-8, .device = "cpu", .attention = "auto", .tower_dtype = "auto", .precision = "auto",
+                    .peak_tflops = 989};
     const asvr_opt opts[] = {
         {"stage", ASVR_OPT_STR, &o.stage, "pt|it", "pt trains mm_projector + visual head; it also the LLM (default pt)"},
         {"config", ASVR_OPT_STR, &o.config, "FILE", "model config JSON (llm, vision, visual_head); default: the checkpoint's"},
@@ -106,6 +108,10 @@ int cmd_train(int argc, char **argv) {
          "log-sum-exp and recomputes them (auto: flash on cuda, kept on cpu)"},
         {"tower-dtype", ASVR_OPT_STR, &o.tower_dtype, "auto|f32|bf16",
          "the frozen input tower's storage on cuda (auto: bf16, as the reference runs it; the cpu is always f32)"},
+        {"precision", ASVR_OPT_STR, &o.precision, "auto|f32|bf16",
+         "the trained model's compute on cuda: bf16 = bf16 weight copies for the GEMMs, bf16 kept LLM activations "
+         "and logits, f32 master weights, gradients and AdamW state; f32 = f32 everywhere (auto: bf16 on cuda; "
+         "the cpu is always f32)"},
         {"recompute", ASVR_OPT_INT, &o.recompute, "N",
          "recompute the activations of the first N LLM layers in the backward instead of keeping them (default 0)"},
         {"peak-tflops", ASVR_OPT_F64, &o.peak_tflops, "X",
@@ -182,6 +188,11 @@ int cmd_train(int argc, char **argv) {
     if (dev != NN_CUDA && !strcmp(o.tower_dtype, "bf16"))
         asvr_cli_usage_error(&cli, "--tower-dtype bf16 needs --device cuda (the CPU backend computes in f32)");
     mc.tower_bf16 = dev == NN_CUDA && strcmp(o.tower_dtype, "f32") != 0;
+    if (strcmp(o.precision, "auto") && strcmp(o.precision, "f32") && strcmp(o.precision, "bf16"))
+        asvr_cli_usage_error(&cli, "--precision must be auto, f32 or bf16");
+    if (dev != NN_CUDA && !strcmp(o.precision, "bf16"))
+        asvr_cli_usage_error(&cli, "--precision bf16 needs --device cuda (the CPU backend computes in f32)");
+    mc.compute_bf16 = dev == NN_CUDA && strcmp(o.precision, "f32") != 0;
 
     asvr_model m;
     asvr_model_init(&m, &mc);
@@ -320,12 +331,14 @@ int cmd_train(int argc, char **argv) {
         asvr_acts_print_plan(acts, stderr);
     }
     {
-        size_t pv = nn_arena_bytes(m.ps.values), pg = nn_arena_bytes(m.ps.grads), os = nn_arena_bytes(opt.state),
+        size_t pv = nn_arena_bytes(m.ps.values) + (m.ps.compute ? nn_arena_bytes(m.ps.compute) : 0),
+               pg = nn_arena_bytes(m.ps.grads), os = nn_arena_bytes(opt.state),
                ac = asvr_acts_bytes(acts), fr = (m.frozen ? nn_arena_bytes(m.frozen) : 0) +
                                              (m.frozen_app ? nn_arena_bytes(m.frozen_app) : 0);
-        LOG_INFO("memory plan on %s for %lld rows x %d positions, %d images: parameters %.1f MiB, gradients %.1f MiB, "
+        LOG_INFO("memory plan on %s (%s compute) for %lld rows x %d positions, %d images: parameters %.1f MiB (with "
+                 "compute copies), gradients %.1f MiB, "
                  "optimizer state %.1f MiB, codebooks %.1f MiB, activations %.1f MiB (input tower weights apart); total %.2f GiB",
-                 nn_device_name(dev), (long long)o.rows, T, max_images, pv / 1048576.0, pg / 1048576.0, os / 1048576.0, fr / 1048576.0, ac / 1048576.0,
+                 nn_device_name(dev), mc.compute_bf16 ? "bf16" : "f32", (long long)o.rows, T, max_images, pv / 1048576.0, pg / 1048576.0, os / 1048576.0, fr / 1048576.0, ac / 1048576.0,
                  (double)(pv + pg + os + fr + ac) / (1024.0 * 1024.0 * 1024.0));
     }
     /* Model FLOPs per token for the MFU column: matmul FLOPs only, 6 per parameter that trains (forward,

@@ -102,6 +102,7 @@ void asvr_model_init(asvr_model *m, const asvr_config *c) {
     mlp2_declare(&m->proj, &m->ps, c->vision.hidden, c->llm.dim, c->llm.dim, "mm_projector.");
     if (c->has_head) m->head = vhead_new(&c->head, &m->ps, "visual_head.");
     if (c->has_app_head) m->head_app = vhead_new(&c->head_app, &m->ps, "visual_head_appearance.");
+    if (c->compute_bf16) param_set_set_compute_dtype(&m->ps, NN_BF16);
 }
 
 int asvr_model_load_tower(asvr_model *m, const safetensors *st, const char *prefix, asvr_error *err) {
@@ -240,7 +241,9 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->h = nn_arena_add(ar, "hidden_final", NN_F32, 2, (int64_t[]){BT, d});
     a->dh = nn_arena_add(ar, "d_hidden_final", NN_F32, 2, (int64_t[]){BT, d});
     a->dx = nn_arena_add(ar, "d_inputs_embeds", NN_F32, 2, (int64_t[]){BT, d});
-    a->logits = nn_arena_add(ar, "text_logits", NN_F32, 2, (int64_t[]){BT, c->llm.vocab});
+    /* text logits in the LM head's compute dtype (bf16 with bf16 weight copies, as an autocast lm_head
+     * gives them); the fused cross-entropy reads them in fp32 and writes dlogits in place */
+    a->logits = nn_arena_add(ar, "text_logits", llama_head_dtype(m->llm), 2, (int64_t[]){BT, c->llm.vocab});
     a->targets = nn_arena_add(ar, "text_targets", NN_I32, 2, (int64_t[]){B, T});
     a->ids = nn_arena_add(ar, "ids", NN_I32, 2, (int64_t[]){B, T});
     a->pos = nn_arena_add(ar, "positions", NN_I32, 2, (int64_t[]){B, T});

@@ -16,7 +16,8 @@
  *    "visual_head": {embed_dim, n_heads, depth, codebook_size, n_layers, ffn_dim, rms_norm_eps},
  *    "image_positions": 729}
  * Device: everything (parameters, frozen tower and codebooks, activations) lives on m->ps.device; set it
- * with param_set_set_device(&m->ps, NN_CUDA) before committing the set. f32 storage everywhere for now.
+ * with param_set_set_device(&m->ps, NN_CUDA) before committing the set. f32 storage, except on CUDA the
+ * bf16 frozen tower (tower_bf16) and mixed precision (compute_bf16).
  * Not for: data loading, optimisation or checkpoints (asvr-train), generation (asvr-eval).
  */
 #ifndef ASVR_MODEL_ASVR_H
@@ -51,6 +52,9 @@ typedef struct asvr_config {
     int recompute_layers; /* LLM layers whose activations are recomputed in the backward (likewise) */
     int tower_bf16;       /* on CUDA: the frozen input tower's weights and activations in bf16, its
                              features converted to f32 for the projector (likewise; ignored on the CPU) */
+    int compute_bf16;     /* mixed precision (CUDA): bf16 copies of the trained matrices for the GEMMs, bf16
+                             kept LLM activations and logits, f32 master weights, gradients, AdamW state and
+                             residual streams (likewise a run-time choice; needs the set on CUDA) */
     float lambda_visual;
 } asvr_config;
 

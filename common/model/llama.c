@@ -155,6 +155,7 @@ llama *llama_new(const llama_config *c, param_set *ps, const char *prefix) {
     int64_t QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
     const float s = LLAMA_INIT_STD;
     m->embed = param_add(ps, 2, (int64_t[]){V, D}, 1, PARAM_INIT_NORMAL, s, "%smodel.embed_tokens.weight", P);
+    m->embed->keep_f32 = 1; /* looked up, never multiplied */
     for (int i = 0; i < c->n_layers; i++) {
         llama_layer *L = &m->layer[i];
         L->ln_in = param_add(ps, 1, (int64_t[]){D}, 0, PARAM_INIT_ONE, 0, "%smodel.layers.%d.input_layernorm.weight", P, i);
@@ -195,8 +196,11 @@ void llama_free(llama *m) {
 
 /* ---- activations --------------------------------------------------------------------------- */
 
+static tensor *add3t(nn_arena *ar, const char *name, nn_dtype dt, int64_t a, int64_t b, int64_t c) {
+    return nn_arena_add(ar, name, dt, 3, (int64_t[]){a, b, c});
+}
 static tensor *add3(nn_arena *ar, const char *name, int64_t a, int64_t b, int64_t c) {
-    return nn_arena_add(ar, name, NN_F32, 3, (int64_t[]){a, b, c});
+    return add3t(ar, name, NN_F32, a, b, c);
 }
 
 llama_acts *llama_acts_new(const llama *m, int B, int T) { return llama_acts_new_ex(m, B, T, 0, 0); }
@@ -211,6 +215,10 @@ llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recom
           c->sliding_window);
     int nl = c->n_layers;
     int64_t D = c->dim, F = c->ffn_dim, hd = llama_head_dim(c), QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
+    /* Mixed precision: with bf16 weight copies, what feeds a GEMM or the attention (norm outputs, q/k/v,
+     * attention and MLP activations, and their gradients) is kept in bf16; the residual stream, its
+     * gradient, the norm statistics and the sums of several GEMMs (grad.norm_out) stay f32. */
+    nn_dtype cdt = m->layer[0].q->wc->dtype;
     llama_acts *a = asvr_calloc(1, sizeof *a, "llama activations");
     a->m = m;
     a->B = B;
@@ -235,19 +243,19 @@ llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recom
         }
         if (i == 0 && recompute > 0) snprintf(layer_name, sizeof layer_name, "recomputed_layers");
         L->rstd_in = nn_arena_add(ar, NM("rstd_in"), NN_F32, 2, (int64_t[]){B, T});
-        L->xn_in = add3(ar, NM("norm_in"), B, T, D);
-        L->q = add3(ar, NM("q_rope"), B, T, QD);
-        L->k = add3(ar, NM("k_rope"), B, T, KVD);
-        L->v = add3(ar, NM("v"), B, T, KVD);
+        L->xn_in = add3t(ar, NM("norm_in"), cdt, B, T, D);
+        L->q = add3t(ar, NM("q_rope"), cdt, B, T, QD);
+        L->k = add3t(ar, NM("k_rope"), cdt, B, T, KVD);
+        L->v = add3t(ar, NM("v"), cdt, B, T, KVD);
         if (a->flash) L->lse = nn_arena_add(ar, NM("attn_lse"), NN_F32, 3, (int64_t[]){B, c->n_heads, T});
         else L->att = nn_arena_add(ar, NM("attn_probs"), NN_F32, 4, (int64_t[]){B, c->n_heads, T, T});
-        L->attn = add3(ar, NM("attn_out"), B, T, QD);
+        L->attn = add3t(ar, NM("attn_out"), cdt, B, T, QD);
         L->hmid = add3(ar, NM("residual_mid"), B, T, D);
         L->rstd_post = nn_arena_add(ar, NM("rstd_post"), NN_F32, 2, (int64_t[]){B, T});
-        L->xn_post = add3(ar, NM("norm_post"), B, T, D);
-        L->gate = add3(ar, NM("mlp_gate"), B, T, F);
-        L->up = add3(ar, NM("mlp_up"), B, T, F);
-        L->act = add3(ar, NM("mlp_act"), B, T, F);
+        L->xn_post = add3t(ar, NM("norm_post"), cdt, B, T, D);
+        L->gate = add3t(ar, NM("mlp_gate"), cdt, B, T, F);
+        L->up = add3t(ar, NM("mlp_up"), cdt, B, T, F);
+        L->act = add3t(ar, NM("mlp_act"), cdt, B, T, F);
 #undef NM
     }
     a->res[nl] = add3(ar, "final.residual", B, T, D);
@@ -255,12 +263,12 @@ llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recom
     a->branch = add3(ar, "branch_out", B, T, D);
     a->dres = add3(ar, "grad.residual", B, T, D);
     a->dxn = add3(ar, "grad.norm_out", B, T, D);
-    a->dattn = add3(ar, "grad.attn_out", B, T, QD);
-    a->dq = add3(ar, "grad.q", B, T, QD);
-    a->dk = add3(ar, "grad.k", B, T, KVD);
-    a->dv = add3(ar, "grad.v", B, T, KVD);
-    a->dgate = add3(ar, "grad.mlp_gate", B, T, F);
-    a->dup = add3(ar, "grad.mlp_up", B, T, F);
+    a->dattn = add3t(ar, "grad.attn_out", cdt, B, T, QD);
+    a->dq = add3t(ar, "grad.q", cdt, B, T, QD);
+    a->dk = add3t(ar, "grad.k", cdt, B, T, KVD);
+    a->dv = add3t(ar, "grad.v", cdt, B, T, KVD);
+    a->dgate = add3t(ar, "grad.mlp_gate", cdt, B, T, F);
+    a->dup = add3t(ar, "grad.mlp_up", cdt, B, T, F);
     if (!a->flash) a->att_scratch = nn_arena_add(ar, "grad.attn_scratch", NN_F32, 2, (int64_t[]){T, T});
     nn_arena_commit(ar);
     return a;
@@ -291,7 +299,7 @@ static void check_embed_io(const llama *m, const tensor *ids, const tensor *x, c
 
 void llama_embed(const llama *m, const tensor *ids, tensor *x) {
     check_embed_io(m, ids, x, "llama_embed");
-    op_embedding_skip(x, ids, m->embed->w);
+    op_embedding_skip(x, ids, m->embed->wc);
 }
 
 void llama_embed_backward(const llama *m, const tensor *ids, const tensor *dx) {
@@ -325,10 +333,10 @@ static void layer_forward(const llama *m, llama_acts *a, int i, int64_t B, float
     tensor rstd_post = tensor_head0(S->rstd_post, B), xn_post = tensor_head0(S->xn_post, B);
     tensor gate = tensor_head0(S->gate, B), up = tensor_head0(S->up, B), act = tensor_head0(S->act, B);
 
-    op_rmsnorm(&xn_in, &res, W->ln_in->w, c->rms_eps, &rstd_in);
-    op_matmul(&q, &xn_in, W->q->w, NULL, NN_ACT_NONE, NULL);
-    op_matmul(&k, &xn_in, W->k->w, NULL, NN_ACT_NONE, NULL);
-    op_matmul(&v, &xn_in, W->v->w, NULL, NN_ACT_NONE, NULL);
+    op_rmsnorm(&xn_in, &res, W->ln_in->wc, c->rms_eps, &rstd_in);
+    op_matmul(&q, &xn_in, W->q->wc, NULL, NN_ACT_NONE, NULL);
+    op_matmul(&k, &xn_in, W->k->wc, NULL, NN_ACT_NONE, NULL);
+    op_matmul(&v, &xn_in, W->v->wc, NULL, NN_ACT_NONE, NULL);
     op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
     op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
     if (a->flash) {
@@ -338,15 +346,15 @@ static void layer_forward(const llama *m, llama_acts *a, int i, int64_t B, float
         tensor att = tensor_head0(S->att, B);
         op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
     }
-    op_matmul(&branch, &attn, W->o->w, NULL, NN_ACT_NONE, NULL);
+    op_matmul(&branch, &attn, W->o->wc, NULL, NN_ACT_NONE, NULL);
     op_add(&hmid, &res, &branch);
 
-    op_rmsnorm(&xn_post, &hmid, W->ln_post->w, c->rms_eps, &rstd_post);
-    op_matmul(&gate, &xn_post, W->gate->w, NULL, NN_ACT_NONE, NULL);
-    op_matmul(&up, &xn_post, W->up->w, NULL, NN_ACT_NONE, NULL);
+    op_rmsnorm(&xn_post, &hmid, W->ln_post->wc, c->rms_eps, &rstd_post);
+    op_matmul(&gate, &xn_post, W->gate->wc, NULL, NN_ACT_NONE, NULL);
+    op_matmul(&up, &xn_post, W->up->wc, NULL, NN_ACT_NONE, NULL);
     op_swiglu(&act, &gate, &up);
     if (write_next) { /* the backward of a recomputed layer needs nothing past the MLP activation */
-        op_matmul(&branch, &act, W->down->w, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&branch, &act, W->down->wc, NULL, NN_ACT_NONE, NULL);
         op_add(&next, &hmid, &branch);
     }
 }
@@ -373,7 +381,7 @@ void llama_forward(const llama *m, llama_acts *a, const tensor *x, const tensor 
     op_copy(&res0, x);
     for (int i = 0; i < c->n_layers; i++) layer_forward(m, a, i, B, scale, 1);
     tensor last = tensor_head0(a->res[c->n_layers], B), rstd_f = tensor_head0(a->rstd_final, B);
-    op_rmsnorm(h_final, &last, m->norm->w, c->rms_eps, &rstd_f);
+    op_rmsnorm(h_final, &last, m->norm->wc, c->rms_eps, &rstd_f);
 }
 
 static tensor *g_of(const param *p) { return p->g; }
@@ -394,7 +402,7 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
     tensor dgate = tensor_head0(a->dgate, B), dup = tensor_head0(a->dup, B);
 
     tensor last = tensor_head0(a->res[c->n_layers], B), rstd_f = tensor_head0(a->rstd_final, B);
-    op_rmsnorm_backward(&dres, g_of(m->norm), dh, &last, m->norm->w, &rstd_f, 0);
+    op_rmsnorm_backward(&dres, g_of(m->norm), dh, &last, m->norm->wc, &rstd_f, 0);
     for (int i = c->n_layers - 1; i >= 0; i--) {
         const llama_layer *W = &m->layer[i];
         llama_layer_acts *S = &a->L[i];
@@ -407,14 +415,14 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
         tensor gate = tensor_head0(S->gate, B), up = tensor_head0(S->up, B), act = tensor_head0(S->act, B);
 
         /* MLP branch: dres is d/d(residual after the layer) = d/d(down output) */
-        op_matmul_backward(&dgate, g_of(W->down), NULL, &dres, &act, W->down->w, NN_ACT_NONE, NULL, 0);
+        op_matmul_backward(&dgate, g_of(W->down), NULL, &dres, &act, W->down->wc, NN_ACT_NONE, NULL, 0);
         op_swiglu_backward(&dgate, &dup, &dgate, &gate, &up); /* dgate holds d act, overwritten in place */
-        op_matmul_backward(&dxn, g_of(W->gate), NULL, &dgate, &xn_post, W->gate->w, NN_ACT_NONE, NULL, 0);
-        op_matmul_backward(&dxn, g_of(W->up), NULL, &dup, &xn_post, W->up->w, NN_ACT_NONE, NULL, 1);
-        op_rmsnorm_backward(&dres, g_of(W->ln_post), &dxn, &hmid, W->ln_post->w, &rstd_post, 1);
+        op_matmul_backward(&dxn, g_of(W->gate), NULL, &dgate, &xn_post, W->gate->wc, NN_ACT_NONE, NULL, 0);
+        op_matmul_backward(&dxn, g_of(W->up), NULL, &dup, &xn_post, W->up->wc, NN_ACT_NONE, NULL, 1);
+        op_rmsnorm_backward(&dres, g_of(W->ln_post), &dxn, &hmid, W->ln_post->wc, &rstd_post, 1);
 
         /* attention branch: dres is now d/d(residual after attention) */
-        op_matmul_backward(&dattn, g_of(W->o), NULL, &dres, &attn, W->o->w, NN_ACT_NONE, NULL, 0);
+        op_matmul_backward(&dattn, g_of(W->o), NULL, &dres, &attn, W->o->wc, NN_ACT_NONE, NULL, 0);
         if (a->flash) {
             tensor lse = tensor_head0(S->lse, B);
             op_flash_attention_backward(&dq, &dk, &dv, &dattn, &q, &k, &v, &attn, &lse, c->n_heads, c->n_kv_heads,
@@ -426,25 +434,27 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
         }
         op_rope_backward(&dq, &dq, &posv, c->n_heads, c->rope_theta);
         op_rope_backward(&dk, &dk, &posv, c->n_kv_heads, c->rope_theta);
-        op_matmul_backward(&dxn, g_of(W->q), NULL, &dq, &xn_in, W->q->w, NN_ACT_NONE, NULL, 0);
-        op_matmul_backward(&dxn, g_of(W->k), NULL, &dk, &xn_in, W->k->w, NN_ACT_NONE, NULL, 1);
-        op_matmul_backward(&dxn, g_of(W->v), NULL, &dv, &xn_in, W->v->w, NN_ACT_NONE, NULL, 1);
-        op_rmsnorm_backward(&dres, g_of(W->ln_in), &dxn, &res, W->ln_in->w, &rstd_in, 1);
+        op_matmul_backward(&dxn, g_of(W->q), NULL, &dq, &xn_in, W->q->wc, NN_ACT_NONE, NULL, 0);
+        op_matmul_backward(&dxn, g_of(W->k), NULL, &dk, &xn_in, W->k->wc, NN_ACT_NONE, NULL, 1);
+        op_matmul_backward(&dxn, g_of(W->v), NULL, &dv, &xn_in, W->v->wc, NN_ACT_NONE, NULL, 1);
+        op_rmsnorm_backward(&dres, g_of(W->ln_in), &dxn, &res, W->ln_in->wc, &rstd_in, 1);
     }
     if (dx) op_copy(dx, &dres);
 }
 
 /* ---- lm_head ------------------------------------------------------------------------------- */
 
+nn_dtype llama_head_dtype(const llama *m) { return m->head->wc->dtype; }
+
 void llama_lm_head(const llama *m, const tensor *h, tensor *logits) {
-    op_matmul(logits, h, m->head->w, NULL, NN_ACT_NONE, NULL);
+    op_matmul(logits, h, m->head->wc, NULL, NN_ACT_NONE, NULL);
 }
 
 void llama_lm_head_backward(const llama *m, const tensor *dlogits, const tensor *h, tensor *dh,
                             int accumulate_dh) {
     /* with no activation op_matmul_backward only reads dy, so dropping const is safe */
     tensor dy = *dlogits;
-    op_matmul_backward(dh, m->head->g, NULL, &dy, h, m->head->w, NN_ACT_NONE, NULL, accumulate_dh);
+    op_matmul_backward(dh, m->head->g, NULL, &dy, h, m->head->wc, NN_ACT_NONE, NULL, accumulate_dh);
 }
 
 /* ---- inference with a KV cache ------------------------------------------------------------- */
@@ -543,11 +553,11 @@ static tensor cache_rows(const tensor *kv, int l, int b, int64_t n) {
 /* The MLP half of a layer on n rows: res += down(silu(gate(xn)) * up(xn)), xn = RMSNorm_post(res). */
 static void mlp_block(const llama_layer *W, const llama_config *c, tensor *res, tensor *xn, tensor *gate,
                       tensor *up, tensor *branch) {
-    op_rmsnorm(xn, res, W->ln_post->w, c->rms_eps, NULL);
-    op_matmul(gate, xn, W->gate->w, NULL, NN_ACT_NONE, NULL);
-    op_matmul(up, xn, W->up->w, NULL, NN_ACT_NONE, NULL);
+    op_rmsnorm(xn, res, W->ln_post->wc, c->rms_eps, NULL);
+    op_matmul(gate, xn, W->gate->wc, NULL, NN_ACT_NONE, NULL);
+    op_matmul(up, xn, W->up->wc, NULL, NN_ACT_NONE, NULL);
     op_swiglu(gate, gate, up);
-    op_matmul(branch, gate, W->down->w, NULL, NN_ACT_NONE, NULL);
+    op_matmul(branch, gate, W->down->wc, NULL, NN_ACT_NONE, NULL);
     op_add(res, res, branch);
 }
 
@@ -600,10 +610,10 @@ void llama_prefill(const llama *m, llama_cache *a, const tensor *x, const int32_
     op_copy(&res, x);
     for (int i = 0; i < c->n_layers; i++) {
         const llama_layer *W = &m->layer[i];
-        op_rmsnorm(&xn, &res, W->ln_in->w, c->rms_eps, NULL);
-        op_matmul(&q, &xn, W->q->w, NULL, NN_ACT_NONE, NULL);
-        op_matmul(&k, &xn, W->k->w, NULL, NN_ACT_NONE, NULL);
-        op_matmul(&v, &xn, W->v->w, NULL, NN_ACT_NONE, NULL);
+        op_rmsnorm(&xn, &res, W->ln_in->wc, c->rms_eps, NULL);
+        op_matmul(&q, &xn, W->q->wc, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&k, &xn, W->k->wc, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&v, &xn, W->v->wc, NULL, NN_ACT_NONE, NULL);
         op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
         op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
         op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
@@ -619,14 +629,14 @@ void llama_prefill(const llama *m, llama_cache *a, const tensor *x, const int32_
                 op_copy(&dst, &src);
             }
         }
-        op_matmul(&branch, &attn, W->o->w, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&branch, &attn, W->o->wc, NULL, NN_ACT_NONE, NULL);
         op_add(&res, &res, &branch);
         mlp_block(W, c, &res, &xn, &gate, &up, &branch);
     }
     /* the last prompt token of each row, then the final norm */
     tensor flat = view_rows(a->res, B * T, 0, D), last = view_rows(a->xn, B, 0, D);
     op_embedding(&last, &giv, &flat);
-    op_rmsnorm(h_last, &last, m->norm->w, c->rms_eps, NULL);
+    op_rmsnorm(h_last, &last, m->norm->wc, c->rms_eps, NULL);
     for (int64_t b = 0; b < B; b++) a->len[b] = lens[b];
     for (int64_t b = B; b < a->B; b++) a->len[b] = 0;
     a->cur_b = (int)B;
@@ -666,10 +676,10 @@ void llama_decode_step(const llama *m, llama_cache *a, const tensor *x, tensor *
     op_copy(&res, x);
     for (int i = 0; i < c->n_layers; i++) {
         const llama_layer *W = &m->layer[i];
-        op_rmsnorm(&xn, &res, W->ln_in->w, c->rms_eps, NULL);
-        op_matmul(&q, &xn, W->q->w, NULL, NN_ACT_NONE, NULL);
-        op_matmul(&k, &xn, W->k->w, NULL, NN_ACT_NONE, NULL);
-        op_matmul(&v, &xn, W->v->w, NULL, NN_ACT_NONE, NULL);
+        op_rmsnorm(&xn, &res, W->ln_in->wc, c->rms_eps, NULL);
+        op_matmul(&q, &xn, W->q->wc, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&k, &xn, W->k->wc, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&v, &xn, W->v->wc, NULL, NN_ACT_NONE, NULL);
         op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
         op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
         for (int64_t b = 0; b < B; b++) { /* append at position len[b] */
@@ -681,11 +691,11 @@ void llama_decode_step(const llama *m, llama_cache *a, const tensor *x, tensor *
         }
         tensor kl = tensor_index0(a->k, i), vl = tensor_index0(a->v, i);
         op_attention_decode(&attn, &q, &kl, &vl, &lensv, c->n_heads, c->n_kv_heads, scale, a->scores);
-        op_matmul(&branch, &attn, W->o->w, NULL, NN_ACT_NONE, NULL);
+        op_matmul(&branch, &attn, W->o->wc, NULL, NN_ACT_NONE, NULL);
         op_add(&res, &res, &branch);
         mlp_block(W, c, &res, &xn, &gate, &up, &branch);
     }
     tensor last = view_rows(a->res, B, 0, D);
-    op_rmsnorm(h, &last, m->norm->w, c->rms_eps, NULL);
+    op_rmsnorm(h, &last, m->norm->wc, c->rms_eps, NULL);
     for (int64_t b = 0; b < B; b++) a->len[b]++;
 }

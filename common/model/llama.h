@@ -112,6 +112,9 @@ void llama_forward(const llama *m, llama_acts *a, const tensor *x, const tensor 
  * writes dx [B',T,dim] = d loss / d inputs_embeds (NULL to skip). */
 void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx);
 
+/* The dtype lm_head computes in: f32, or bf16 when the parameter set has bf16 compute copies (the
+ * logits buffer may be either; bf16 saves half of the largest activation). */
+nn_dtype llama_head_dtype(const llama *m);
 /* logits [M,vocab] = h [M,dim] · lm_head^T (h may be any [..., dim] view, e.g. selected rows). */
 void llama_lm_head(const llama *m, const tensor *h, tensor *logits);
 /* From dlogits [M,vocab] (only read): dh [M,dim] written (accumulate_dh = 0) or added (1),

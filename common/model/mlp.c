@@ -20,8 +20,8 @@ void mlp2_declare(mlp2 *m, param_set *ps, int in, int hidden, int out, const cha
 
 void mlp2_forward(const mlp2 *m, const tensor *x, tensor *pre, tensor *h, tensor *y) {
     CHECK(pre != NULL && h != NULL && y != NULL, "", "mlp2_forward: pre, h and y are required");
-    op_matmul(h, x, m->w1->w, m->b1->w, NN_ACT_GELU_ERF, pre);
-    op_matmul(y, h, m->w2->w, m->b2->w, NN_ACT_NONE, NULL);
+    op_matmul(h, x, m->w1->wc, m->b1->wc, NN_ACT_GELU_ERF, pre);
+    op_matmul(y, h, m->w2->wc, m->b2->wc, NN_ACT_NONE, NULL);
 }
 
 void mlp2_backward(const mlp2 *m, tensor *dy, const tensor *x, const tensor *pre, const tensor *h,
@@ -32,9 +32,9 @@ void mlp2_backward(const mlp2 *m, tensor *dy, const tensor *x, const tensor *pre
     if (!need_dh && !second_trains) return;
     CHECK(dh_scratch != NULL || !need_dh, "", "mlp2_backward: dh_scratch is required");
     /* dh = dy · W2 (only when something below needs it); dW2 += dy^T h, db2 += sum dy */
-    op_matmul_backward(need_dh ? dh_scratch : NULL, m->w2->g, m->b2->g, dy, h, m->w2->w, NN_ACT_NONE,
+    op_matmul_backward(need_dh ? dh_scratch : NULL, m->w2->g, m->b2->g, dy, h, m->w2->wc, NN_ACT_NONE,
                        NULL, 0);
     if (!need_dh) return;
     /* through the GELU (dh_scratch becomes d pre), then dx = dpre · W1, dW1 += dpre^T x */
-    op_matmul_backward(dx, m->w1->g, m->b1->g, dh_scratch, x, m->w1->w, NN_ACT_GELU_ERF, pre, accumulate_dx);
+    op_matmul_backward(dx, m->w1->g, m->b1->g, dh_scratch, x, m->w1->wc, NN_ACT_GELU_ERF, pre, accumulate_dx);
 }

@@ -50,7 +50,17 @@ void param_set_set_device(param_set *ps, nn_device dev) {
     ps->device = dev;
 }
 
+void param_set_set_compute_dtype(param_set *ps, nn_dtype dt) {
+    CHECK(!ps->committed, "", "parameter set '%s': compute dtype changed after commit", ps->label);
+    CHECK(dt == NN_F32 || dt == NN_BF16, "", "parameter set '%s': compute dtype %s (want f32 or bf16)", ps->label,
+          nn_dtype_name(dt));
+    ps->compute_dtype = dt;
+}
+
 void param_set_commit(param_set *ps) {
+    CHECK(ps->compute_dtype == NN_F32 || ps->device == NN_CUDA || nn_arena_plan_only(), "compute in f32 on the CPU",
+          "parameter set '%s': bf16 compute copies need the set on cuda, it is on %s", ps->label,
+          nn_device_name(ps->device));
     char label[96];
     snprintf(label, sizeof label, "%s values", ps->label);
     ps->values = nn_arena_new(label, ps->device);
@@ -62,6 +72,17 @@ void param_set_commit(param_set *ps) {
         shapes[i] = p->w;
         p->w = nn_arena_add(ps->values, p->name, NN_F32, shapes[i]->ndim, shapes[i]->shape);
         p->g = p->trainable ? nn_arena_add(ps->grads, p->name, NN_F32, shapes[i]->ndim, shapes[i]->shape) : NULL;
+        p->wc = p->w;
+    }
+    if (ps->compute_dtype != NN_F32) {
+        snprintf(label, sizeof label, "%s %s copies", ps->label, nn_dtype_name(ps->compute_dtype));
+        ps->compute = nn_arena_new(label, ps->device);
+        for (int i = 0; i < ps->n; i++) {
+            param *p = ps->v[i];
+            if (p->w->ndim >= 2 && !p->keep_f32)
+                p->wc = nn_arena_add(ps->compute, p->name, ps->compute_dtype, p->w->ndim, p->w->shape);
+        }
+        nn_arena_commit(ps->compute);
     }
     nn_arena_commit(ps->values);
     nn_arena_commit(ps->grads);
@@ -94,7 +115,13 @@ int param_set_load(param_set *ps, const safetensors *st, const char *prefix, asv
         }
         if (param_tensor_load(p->w, s, err) < 0) return asvr_err_prefix(err, "tensor '%s'", key);
     }
+    param_set_sync_compute(ps);
     return 0;
+}
+
+void param_set_sync_compute(param_set *ps) {
+    for (int i = 0; i < ps->n; i++)
+        if (ps->v[i]->wc != ps->v[i]->w) op_copy(ps->v[i]->wc, ps->v[i]->w);
 }
 
 int param_tensor_load(tensor *t, const st_tensor *s, asvr_error *err) {
@@ -137,6 +164,7 @@ void param_set_init_random(param_set *ps, uint64_t seed) {
             free(w);
         }
     }
+    param_set_sync_compute(ps);
 }
 
 void param_set_zero_grads(param_set *ps) {
@@ -152,10 +180,14 @@ int64_t param_set_count(const param_set *ps, int trainable_only) {
 }
 
 void param_set_print(const param_set *ps, FILE *f) {
-    fprintf(f, "parameters '%s' on %s: %d tensors, %lld scalars, %lld trainable (%.1f MiB values, %.1f MiB grads)\n",
+    fprintf(f, "parameters '%s' on %s: %d tensors, %lld scalars, %lld trainable (%.1f MiB values, %.1f MiB grads",
             ps->label, nn_device_name(ps->device), ps->n, (long long)param_set_count(ps, 0), (long long)param_set_count(ps, 1),
             ps->values ? (double)nn_arena_bytes(ps->values) / 1048576.0 : 0.0,
             ps->grads ? (double)nn_arena_bytes(ps->grads) / 1048576.0 : 0.0);
+    if (ps->compute)
+        fprintf(f, ", %.1f MiB %s compute copies", (double)nn_arena_bytes(ps->compute) / 1048576.0,
+                nn_dtype_name(ps->compute_dtype));
+    fprintf(f, ")\n");
 }
 
 void param_set_free(param_set *ps) {
@@ -166,5 +198,6 @@ void param_set_free(param_set *ps) {
     free(ps->v);
     if (ps->values) nn_arena_free(ps->values);
     if (ps->grads) nn_arena_free(ps->grads);
+    if (ps->compute) nn_arena_free(ps->compute);
     memset(ps, 0, sizeof *ps);
 }

@@ -194,8 +194,11 @@ vhead_acts *vhead_acts_new(const vhead *h, int max_positions) {
     a->scratch = add2(ar, "norm1_out_or_attn_proj_out", NN_F32, DP, E);
     a->rstdf = add2(ar, "norm.rstd", NN_F32, DP, 1);
     a->y = add2(ar, "norm.out", NN_F32, DP, E);
-    a->logits = add2(ar, "logits", NN_F32, DP, K);
-    a->dlogits = add2(ar, "dlogits", NN_F32, DP, K);
+    /* the D x K logits are the head's largest buffers: in the heads' compute dtype (bf16 with bf16 weight
+     * copies; cross-entropy and argmax read them in fp32) */
+    nn_dtype cdt = h->head_w[0]->wc->dtype;
+    a->logits = add2(ar, "logits", cdt, DP, K);
+    a->dlogits = add2(ar, "dlogits", cdt, DP, K);
     a->dA = add2(ar, "grad.stream_a", NN_F32, DP, E);
     a->dB = add2(ar, "grad.stream_b", NN_F32, DP, E);
     a->dtm1 = add2(ar, "grad.token_major_a", NN_F32, DP, E);
@@ -342,7 +345,7 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
         }
         tensor cum = rows_view(a->cum, 0, (D - 1) * N, C);
         tensor x0_rest = rows_view(a->xs[0], N, (D - 1) * N, E);
-        op_matmul(&x0_rest, &cum, hd->code_w->w, hd->code_b->w, NN_ACT_NONE, NULL);
+        op_matmul(&x0_rest, &cum, hd->code_w->wc, hd->code_b->wc, NN_ACT_NONE, NULL);
     }
 
     /* depth transformer */
@@ -358,25 +361,25 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
         tensor tmp = rows_view(a->scratch, 0, DN, E); /* n1 is consumed by then */
         tensor r = rows_view(A->r, 0, DN, E), rstd2 = rows_view(A->rstd2, 0, DN, 1);
         tensor h = rows_view(A->h, 0, DN, E);
-        tensor wq = rows_view(L->in_w->w, 0, E, E), wk = rows_view(L->in_w->w, E, E, E),
-               wv = rows_view(L->in_w->w, 2 * E, E, E);
-        tensor bq = rows_view(L->in_b->w, 0, 1, E), bk = rows_view(L->in_b->w, 1, 1, E),
-               bv = rows_view(L->in_b->w, 2, 1, E);
+        tensor wq = rows_view(L->in_w->wc, 0, E, E), wk = rows_view(L->in_w->wc, E, E, E),
+               wv = rows_view(L->in_w->wc, 2 * E, E, E);
+        tensor bq = rows_view(L->in_b->wc, 0, 1, E), bk = rows_view(L->in_b->wc, 1, 1, E),
+               bv = rows_view(L->in_b->wc, 2, 1, E);
 
-        op_rmsnorm(&n1, &x, L->norm1->w, c->eps, &rstd1);
+        op_rmsnorm(&n1, &x, L->norm1->wc, c->eps, &rstd1);
         op_embedding(&n1t, &perm_tm, &n1);
         op_matmul(&q, &n1t, &wq, &bq, NN_ACT_NONE, NULL);
         op_matmul(&k, &n1t, &wk, &bk, NN_ACT_NONE, NULL);
         op_matmul(&v, &n1t, &wv, &bv, NN_ACT_NONE, NULL);
         op_attention_seg(&ao, &q, &k, &v, (int)H, (int)H, att_scale, 1, NULL, &att);
-        op_matmul(&tmp, &ao, L->out_w->w, L->out_b->w, NN_ACT_NONE, NULL);
+        op_matmul(&tmp, &ao, L->out_w->wc, L->out_b->wc, NN_ACT_NONE, NULL);
         op_embedding(&r, &perm_dm, &tmp);
         op_add(&r, &r, &x);
-        op_rmsnorm(&h, &r, L->norm2->w, c->eps, &rstd2);
+        op_rmsnorm(&h, &r, L->norm2->wc, c->eps, &rstd2);
         for (int64_t d = 0; d < D; d++) {
             tensor hd_ = rows_view(A->h, d * N, N, E), fpre = rows_view(A->fpre, d * N, N, F),
                    fg = rows_view(A->fg, d * N, N, F), od = rows_view(a->xs[l + 1], d * N, N, E);
-            tensor w1 = tensor_index0(L->ffn_w1->w, d), w2 = tensor_index0(L->ffn_w2->w, d);
+            tensor w1 = tensor_index0(L->ffn_w1->wc, d), w2 = tensor_index0(L->ffn_w2->wc, d);
             op_matmul(&fg, &hd_, &w1, NULL, NN_ACT_GELU_ERF, &fpre);
             op_matmul(&od, &fg, &w2, NULL, NN_ACT_NONE, NULL);
         }
@@ -386,11 +389,11 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
     /* final norm, heads, loss */
     tensor xl = rows_view(a->xs[c->n_layers], 0, DN, E), y = rows_view(a->y, 0, DN, E);
     tensor rstdf = rows_view(a->rstdf, 0, DN, 1);
-    op_rmsnorm(&y, &xl, hd->norm->w, c->eps, &rstdf);
+    op_rmsnorm(&y, &xl, hd->norm->wc, c->eps, &rstdf);
     for (int64_t d = 0; d < D; d++) {
         tensor yd = rows_view(a->y, d * N, N, E), lg = rows_view(a->logits, d * N, N, K),
                dl = rows_view(a->dlogits, d * N, N, K), tg = rows_view(a->codes_dm, d, 1, N);
-        op_matmul(&lg, &yd, hd->head_w[d]->w, hd->head_b[d]->w, NN_ACT_NONE, NULL);
+        op_matmul(&lg, &yd, hd->head_w[d]->wc, hd->head_b[d]->wc, NN_ACT_NONE, NULL);
         if (correct) correct[d] = top1_hits(a, &lg, (const int32_t *)a->h_codes_dm->data + d * N);
         int64_t count = 0;
         op_cross_entropy(&dl, &loss_sum[d], &count, &lg, &tg, scale);
@@ -430,11 +433,11 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
         tensor dl = rows_view(a->dlogits, d * N, N, K), yd = rows_view(a->y, d * N, N, E),
                dyd = rows_view(a->dB, d * N, N, E);
         op_matmul_backward(&dyd, opt(hd->head_w[d]->g, &gb[0]), opt(hd->head_b[d]->g, &gb[1]), &dl, &yd,
-                           hd->head_w[d]->w, NN_ACT_NONE, NULL, 0);
+                           hd->head_w[d]->wc, NN_ACT_NONE, NULL, 0);
     }
     {
         tensor xl = rows_view(a->xs[c->n_layers], 0, DN, E), rstdf = rows_view(a->rstdf, 0, DN, 1);
-        op_rmsnorm_backward(&cur, opt(hd->norm->g, &gb[0]), &oth, &xl, hd->norm->w, &rstdf, 0);
+        op_rmsnorm_backward(&cur, opt(hd->norm->g, &gb[0]), &oth, &xl, hd->norm->wc, &rstdf, 0);
     }
 
     float att_scale = 1.0f / sqrtf((float)(E / H));
@@ -457,7 +460,7 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
             tensor dod = rows_view(&cur, d * N, N, E), dhd = rows_view(&oth, d * N, N, E);
             tensor hd_ = rows_view(A->h, d * N, N, E), fpre = rows_view(A->fpre, d * N, N, F),
                    fg = rows_view(A->fg, d * N, N, F), dg = rows_view(a->dg, 0, N, F);
-            tensor w1 = tensor_index0(L->ffn_w1->w, d), w2 = tensor_index0(L->ffn_w2->w, d);
+            tensor w1 = tensor_index0(L->ffn_w1->wc, d), w2 = tensor_index0(L->ffn_w2->wc, d);
             tensor *g1 = NULL, *g2 = NULL;
             if (L->ffn_w1->g) gb[0] = tensor_index0(L->ffn_w1->g, d), g1 = &gb[0];
             if (L->ffn_w2->g) gb[1] = tensor_index0(L->ffn_w2->g, d), g2 = &gb[1];
@@ -465,15 +468,15 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
             op_matmul_backward(&dhd, g1, NULL, &dg, &hd_, &w1, NN_ACT_GELU_ERF, &fpre, 1);
         }
         /* h = norm2(r): dr (in place) */
-        op_rmsnorm_backward(&oth, opt(L->norm2->g, &gb[0]), &oth, &r, L->norm2->w, &rstd2, 0);
+        op_rmsnorm_backward(&oth, opt(L->norm2->g, &gb[0]), &oth, &r, L->norm2->wc, &rstd2, 0);
         /* r = x + attn(norm1(x)): attention branch in token-major order */
         op_embedding(&dt1, &perm_tm, &oth);
-        op_matmul_backward(&dt2, opt(L->out_w->g, &gb[0]), opt(L->out_b->g, &gb[1]), &dt1, &ao, L->out_w->w,
+        op_matmul_backward(&dt2, opt(L->out_w->g, &gb[0]), opt(L->out_b->g, &gb[1]), &dt1, &ao, L->out_w->wc,
                            NN_ACT_NONE, NULL, 0);
         op_attention_backward(&dq, &dk, &dv, &dt2, &q, &k, &v, &att, (int)H, (int)H, att_scale, &sc);
         tensor *dqkv[3] = {&dq, &dk, &dv};
         for (int j = 0; j < 3; j++) {
-            tensor w = rows_view(L->in_w->w, j * E, E, E);
+            tensor w = rows_view(L->in_w->wc, j * E, E, E);
             tensor *gw = NULL, *gbias = NULL;
             if (L->in_w->g) gb[2] = rows_view(L->in_w->g, j * E, E, E), gw = &gb[2];
             if (L->in_b->g) gb[3] = rows_view(L->in_b->g, j, 1, E), gbias = &gb[3];
@@ -481,7 +484,7 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
         }
         tensor dt1_rows = rows_view(a->dtm1, 0, DN, E);
         op_embedding(&cur, &perm_dm, &dt1_rows);                  /* d norm1(x), depth-major */
-        op_rmsnorm_backward(&oth, opt(L->norm1->g, &gb[0]), &cur, &x, L->norm1->w, &rstd1, 1);
+        op_rmsnorm_backward(&oth, opt(L->norm1->g, &gb[0]), &cur, &x, L->norm1->wc, &rstd1, 1);
         tensor t = cur;
         cur = oth;
         oth = t;
@@ -492,7 +495,7 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
         tensor cum = rows_view(a->cum, 0, (D - 1) * N, C);
         tensor drest = rows_view(&cur, N, (D - 1) * N, E);
         op_matmul_backward(NULL, opt(hd->code_w->g, &gb[0]), opt(hd->code_b->g, &gb[1]), &drest, &cum,
-                           hd->code_w->w, NN_ACT_NONE, NULL, 0);
+                           hd->code_w->wc, NN_ACT_NONE, NULL, 0);
     }
     tensor dtok0 = rows_view(&cur, 0, N, E);
     tensor himg = rows_view(a->h_img, 0, N, c->d_in), in_pre = rows_view(a->in_pre, 0, N, E),

@@ -224,7 +224,7 @@ void op_argmax_rows(tensor *idx, const tensor *x) {
     const tensor *ts[] = {idx, x};
     nn_device dev = nn_ops_same_device(op, 2, ts);
     need_dtype(op, idx, NN_I32);
-    need_dtype(op, x, NN_F32);
+    if (dev == NN_CPU || x->dtype != NN_BF16) need_dtype(op, x, NN_F32); /* CUDA also reads bf16 rows */
     int64_t M = tensor_rows(x), N = tensor_cols(x);
     need(tensor_numel(idx) == M, op, "idx '%s' has %lld elements, x '%s' has %lld rows", idx->name,
          (long long)tensor_numel(idx), x->name, (long long)M);

@@ -53,7 +53,7 @@ void op_attention_decode(tensor *out, const tensor *q, const tensor *k, const te
                          int n_heads, int n_kv_heads, float scale, tensor *scores);
 
 /* idx[m] = the first index of the largest value of row m of x [M,N] (torch.argmax); NaNs are never
- * chosen (0 when a row is all NaN). idx i32 with M elements. */
+ * chosen (0 when a row is all NaN). idx i32 with M elements; x f32 (CUDA: f32 or bf16). */
 void op_argmax_rows(tensor *idx, const tensor *x);
 
 #ifdef __cplusplus

@@ -136,6 +136,7 @@ tensor *nn_arena_add(nn_arena *a, const char *name, nn_dtype dtype, int ndim, co
 
 static int plan_only;
 void nn_arena_set_plan_only(int on) { plan_only = on != 0; }
+int nn_arena_plan_only(void) { return plan_only; }
 
 void nn_arena_commit(nn_arena *a) {
     CHECK(!a->committed, "", "arena '%s' committed twice", a->label);

@@ -82,6 +82,7 @@ void nn_arena_print_plan(const nn_arena *a, FILE *f);
  * every tensor's data NULL, so a model's memory plan can be built and printed for sizes this machine
  * could not hold (asvr-train plan). Nothing may read or write such tensors. */
 void nn_arena_set_plan_only(int on);
+int nn_arena_plan_only(void); /* whether plan-only mode is on */
 void nn_arena_free(nn_arena *a);
 
 #ifdef __cplusplus

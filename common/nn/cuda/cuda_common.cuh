@@ -18,6 +18,16 @@
 // The cuBLAS handle of the process (created on first use, default stream; defined in ops_cuda.cu).
 cublasHandle_t nn_cuda_blas(void);
 
+// A grow-only device buffer per slot (0..NN_CUDA_SCRATCH_SLOTS-1) for operands converted on the fly;
+// it grows during the first steps and then stays (defined in ops_cuda.cu).
+#define NN_CUDA_SCRATCH_SLOTS 4
+void *nn_cuda_scratch(int slot, size_t bytes);
+// The bytes the scratch slots hold now (for the memory report).
+size_t nn_cuda_scratch_bytes(void);
+// t's data in storage type want_bf (1: bf16, 0: f32): t->data when it is stored so, else a converted
+// copy in scratch slot `slot` (valid until that slot is used again).
+const void *nn_cuda_as_type(const tensor *t, int want_bf, int slot);
+
 static inline int isbf(const tensor *t) { return t && t->dtype == NN_BF16; }
 static inline cudaDataType_t cuty(const tensor *t) { return isbf(t) ? CUDA_R_16BF : CUDA_R_32F; }
 static inline unsigned blocks(int64_t n) { return (unsigned)((n + NT - 1) / NT); }

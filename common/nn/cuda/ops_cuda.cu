@@ -98,10 +98,41 @@ static void matmul_raw(tensor *y, const void *x, const tensor *w, const tensor *
     }
 }
 
+static size_t scratch_cap[NN_CUDA_SCRATCH_SLOTS];
+static void *scratch_ptr[NN_CUDA_SCRATCH_SLOTS];
+
+void *nn_cuda_scratch(int slot, size_t bytes) {
+    CHECK(slot >= 0 && slot < NN_CUDA_SCRATCH_SLOTS, "", "nn_cuda_scratch: slot %d", slot);
+    if (bytes > scratch_cap[slot]) {
+        if (scratch_ptr[slot]) nn_cuda_free(scratch_ptr[slot]);
+        scratch_cap[slot] = bytes;
+        scratch_ptr[slot] = nn_cuda_malloc(bytes, "operand conversion scratch");
+    }
+    return scratch_ptr[slot];
+}
+
+size_t nn_cuda_scratch_bytes(void) {
+    size_t n = 0;
+    for (int i = 0; i < NN_CUDA_SCRATCH_SLOTS; i++) n += scratch_cap[i];
+    return n;
+}
+
+// t's data in the storage type want_bf (1: bf16, 0: f32): t itself when it already is, else a copy
+// converted into scratch slot `slot`.
+const void *nn_cuda_as_type(const tensor *t, int want_bf, int slot) {
+    if (isbf(t) == want_bf) return t->data;
+    int64_t n = tensor_numel(t);
+    void *s = nn_cuda_scratch(slot, (size_t)n * (want_bf ? 2 : 4));
+    k_convert<<<blocks(n), NT>>>(s, want_bf, t->data, isbf(t), n);
+    CHECK_CUDA(cudaGetLastError());
+    return s;
+}
+
+// A GEMM runs in the weights' storage type; an activation in the other float type (f32 activations
+// against the bf16 weight copies of mixed-precision training) is converted into scratch first.
 extern "C" void cuda_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_act act,
                             tensor *pre) {
-    CHECK(x->dtype == w->dtype, "", "cuda matmul: x '%s' and w '%s' must share a dtype", x->name, w->name);
-    matmul_raw(y, x->data, w, b, act, pre, tensor_rows(x), tensor_cols(x));
+    matmul_raw(y, nn_cuda_as_type(x, isbf(w), 0), w, b, act, pre, tensor_rows(x), tensor_cols(x));
 }
 
 // ---- elementwise -------------------------------------------------------------------------------

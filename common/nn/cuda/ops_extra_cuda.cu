@@ -1,6 +1,7 @@
 // ops_extra_cuda.cu — the CUDA side of nn/ops_extra.h: host<->device transfers of any dtype, the
 // embedding that skips negative ids (and its atomic scatter-add backward), one query per row over a
-// KV cache, and the argmax of rows. f32 storage; arguments were validated by ops_extra.c.
+// KV cache, and the argmax of rows (f32 or bf16 rows). f32 storage otherwise; arguments were
+// validated by ops_extra.c.
 #include <float.h>
 #include <stdint.h>
 
@@ -105,14 +106,14 @@ __device__ __forceinline__ int better(float a, int64_t ia, float b, int64_t ib) 
     return a > b || (a == b && ia < ib);
 }
 
-__global__ void k_argmax(int32_t *idx, const float *x, int64_t N) {
+__global__ void k_argmax(int32_t *idx, const void *x, int xbf, int64_t N) {
     __shared__ float sv[NT];
     __shared__ int64_t si[NT];
-    const float *row = x + (int64_t)blockIdx.x * N;
+    int64_t row = (int64_t)blockIdx.x * N;
     float bv = 0.0f;
     int64_t bi = -1;
     for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
-        float r = row[i];
+        float r = ldv(x, xbf, row + i);
         if (r == r && better(r, i, bv, bi)) bv = r, bi = i;
     }
     sv[threadIdx.x] = bv;
@@ -130,6 +131,6 @@ __global__ void k_argmax(int32_t *idx, const float *x, int64_t N) {
 
 extern "C" void cuda_extra_argmax_rows(tensor *idx, const tensor *x) {
     int64_t M = tensor_rows(x), N = tensor_cols(x);
-    k_argmax<<<(unsigned)M, NT>>>((int32_t *)idx->data, (const float *)x->data, N);
+    k_argmax<<<(unsigned)M, NT>>>((int32_t *)idx->data, x->data, isbf(x), N);
     CHECK_CUDA(cudaGetLastError());
 }

@@ -121,21 +121,30 @@ extern "C" void cuda_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor 
         LAUNCH_CHECK();
     }
     const float one = 1.0f, zero = 0.0f;
+    const void *dyw = NULL; // dy in w's type, once converted for dx
+    // Operands in the other float type than their GEMM needs are converted into scratch (slot 1: dy,
+    // slot 2: x): dx = dy·w runs in w's type; dw += dy^T·x in bf16 when either is bf16 (the mixed-
+    // precision trainer: bf16 weight copies and kept activations, f32 residual-stream gradients).
     if (dx) { // row-major dx[M,K] = dy[M,N] · w[N,K]  ==  column-major dx^T = w^T · dy^T
-        CHECK(dy->dtype == w->dtype && (isbf(w) || !isbf(dx)), "give dy and w one dtype (and dx f32 if they are f32)",
-              "cuda matmul backward: dy '%s' %s, w '%s' %s, dx '%s' %s is not a cuBLAS GEMM type combination",
-              dy->name, nn_dtype_name(dy->dtype), w->name, nn_dtype_name(w->dtype), dx->name, nn_dtype_name(dx->dtype));
+        CHECK(isbf(w) || !isbf(dx), "give dx f32 when w is f32",
+              "cuda matmul backward: dx '%s' is bf16 but w '%s' is f32 (not a cuBLAS GEMM type combination)",
+              dx->name, w->name);
+        dyw = nn_cuda_as_type(dy, isbf(w), 1);
         CHECK_CUBLAS(cublasGemmEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w->data,
-                                  cuty(w), (int)K, dy->data, cuty(dy), (int)N, accumulate_dx ? &one : &zero, dx->data,
+                                  cuty(w), (int)K, dyw, cuty(w), (int)N, accumulate_dx ? &one : &zero, dx->data,
                                   cuty(dx), (int)K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     if (dw) { // row-major dw[N,K] += dy^T[N,M] · x[M,K]  ==  column-major dw^T += x^T · dy
-        CHECK(dy->dtype == x->dtype && (isbf(x) || !isbf(dw)), "give dy and x one dtype (and dw f32 if they are f32)",
-              "cuda matmul backward: dy '%s' %s, x '%s' %s, dw '%s' %s is not a cuBLAS GEMM type combination",
-              dy->name, nn_dtype_name(dy->dtype), x->name, nn_dtype_name(x->dtype), dw->name, nn_dtype_name(dw->dtype));
-        CHECK_CUBLAS(cublasGemmEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, x->data,
-                                  cuty(x), (int)K, dy->data, cuty(dy), (int)N, &one, dw->data, cuty(dw), (int)K,
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        int bf = isbf(x) || isbf(dy);
+        CHECK(bf || !isbf(dw), "give dw f32 when x and dy are f32",
+              "cuda matmul backward: dw '%s' is bf16 but x '%s' and dy '%s' are f32 (not a cuBLAS GEMM type combination)",
+              dw->name, x->name, dy->name);
+        const void *dyb = dyw && bf == isbf(w) ? dyw : nn_cuda_as_type(dy, bf, 1);
+        const void *xb = nn_cuda_as_type(x, bf, 2);
+        cudaDataType_t t = bf ? CUDA_R_16BF : CUDA_R_32F;
+        CHECK_CUBLAS(cublasGemmEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, xb, t, (int)K,
+                                  dyb, t, (int)N, &one, dw->data, cuty(dw), (int)K, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
     }
     if (db) {
         kt_colsum_add<<<(unsigned)((N + 31) / 32), NT>>>(db->data, isbf(db), dy->data, isbf(dy), M, N);
