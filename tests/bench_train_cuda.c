@@ -4,21 +4,24 @@
  *
  *   bench_train_cuda TOKENIZER [--config MODEL.json] [--device cuda|cpu] [--rows 4] [--seq 2048]
  *                    [--steps 10] [--warmup 3] [--seed 0] [--attention auto|kept|flash]
- *                    [--recompute N]
+ *                    [--recompute N] [--precision f32|bf16]
  *
  * TOKENIZER: a vision-tokenizer file whose tower and codebooks match the config (for the benchmark:
  * `tools/convert_tokenizer.py random --preset so400m`, random weights). Without --config the model is
  * the benchmark's: LLaMA d 4096, 8 layers, 32 heads, FFN 11008, vocab 32000; SigLIP-SO400M to layer
  * 26; visual head E 2048, 16 heads, D 8, K 16384, 3 layers, FFN 4096; all trainable but the tower.
  * Attention: flash (log-sum-exps kept, probabilities recomputed) on cuda, kept probabilities on cpu,
- * unless --attention says otherwise.
+ * unless --attention says otherwise. Precision: as asvr-train's default, the frozen tower in bf16 and
+ * mixed precision (bf16 weight copies and activations, f32 masters) on cuda unless --precision f32.
  * Data: `rows` rows of `seq` positions, one sample per row: the image's positions first, then random
  * text, every text position supervised; random codes and pixels (seeded).
  * Prints a human summary on stderr and one JSON line on stdout: tokens_per_s, s_per_step, the phases
  * in seconds per step (vision, llm_forward, text_head, visual_head, llm_backward, projector_backward
  * from asvr_acts' phase clocks, which wait for the device at each boundary; optimizer;
  * forward_backward, their sum), peak_bytes (the planned arenas: parameters,
- * gradients, optimizer state, activations), the losses of every step. tools/bench_train_gpu.py runs it
+ * gradients, optimizer state, activations), device_used_bytes (cuda: the device memory in use after the
+ * last step, context and conversion scratch included — nothing is freed between steps, so this is the
+ * run's peak but for cuBLAS's transient workspace), the losses of every step. tools/bench_train_gpu.py runs it
  * next to the PyTorch step (`--ours`) and computes both sides' MFU with one FLOP count.
  * --device cpu with a small --config checks the program itself on a machine without a GPU.
  */
@@ -67,11 +70,12 @@ static void sync_dev(nn_device dev) {
 int main(int argc, char **argv) {
     if (argc < 2 || argv[1][0] == '-') {
         fprintf(stderr, "usage: bench_train_cuda TOKENIZER [--config MODEL.json] [--device cuda|cpu] [--rows N]"
-                        " [--seq T] [--steps N] [--warmup N] [--seed S]\n");
+                        " [--seq T] [--steps N] [--warmup N] [--seed S] [--attention auto|kept|flash] [--recompute N]"
+                        " [--precision f32|bf16]\n");
         return 2;
     }
     const char *tok_path = argv[1], *config_path = NULL, *device = "cuda";
-    int rows = 4, T = 2048, steps = 10, warmup = 3, flash = -1, recompute = 0;
+    int rows = 4, T = 2048, steps = 10, warmup = 3, flash = -1, recompute = 0, bf16 = -1;
     uint64_t seed = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -84,6 +88,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--warmup")) warmup = atoi(v);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--recompute")) recompute = atoi(v);
+        else if (!strcmp(a, "--precision")) bf16 = !strcmp(v, "bf16") ? 1 : !strcmp(v, "f32") ? 0 : -2;
         else if (!strcmp(a, "--attention")) flash = !strcmp(v, "flash") ? 1 : !strcmp(v, "kept") ? 0 : -1;
         else ASVR_FATAL("see the usage line", "unknown option %s", a);
         i++;
@@ -123,6 +128,9 @@ int main(int argc, char **argv) {
     CHECK(recompute >= 0 && recompute <= mc.llm.n_layers, "", "--recompute %d of %d layers", recompute, mc.llm.n_layers);
     mc.recompute_layers = recompute;
     mc.tower_bf16 = dev == NN_CUDA; /* the frozen tower in bf16 on the GPU, as the reference runs it */
+    CHECK(bf16 >= -1 && (bf16 != 1 || dev == NN_CUDA), "give --precision f32 or bf16 (bf16 on cuda only)",
+          "bad --precision for device %s", device);
+    mc.compute_bf16 = bf16 < 0 ? dev == NN_CUDA : bf16;
     const int P = mc.image_positions, D = mc.head.depth, K = mc.head.codebook_size, S = mc.vision.image_size;
     CHECK(T > P + 1, "raise --seq", "a row of %d positions cannot hold the %d image positions and text", T, P);
 
@@ -149,7 +157,7 @@ int main(int argc, char **argv) {
     asvr_model_print(&m, stderr);
     asvr_acts_print_plan(acts, stderr);
     asvr_acts_set_timing(acts, 1);
-    size_t planned = nn_arena_bytes(m.ps.values) + (m.ps.grads ? nn_arena_bytes(m.ps.grads) : 0) +
+    size_t planned = nn_arena_bytes(m.ps.values) + (m.ps.compute ? nn_arena_bytes(m.ps.compute) : 0) + (m.ps.grads ? nn_arena_bytes(m.ps.grads) : 0) +
                      (opt.state ? nn_arena_bytes(opt.state) : 0) + asvr_acts_bytes(acts);
 
     /* the batch: per row the image's P positions, then text; positions 0..T-1, one segment */
@@ -211,10 +219,22 @@ int main(int argc, char **argv) {
     double tps = (double)BT / sec;
     fprintf(stderr, "%s: %d x %d tokens per step, %.3f s/step, %.0f tokens/s; planned memory %.2f GiB\n", device, rows,
             T, sec, tps, (double)planned / (1 << 30));
+    size_t used = 0, scratch = 0;
+#ifdef ASVR_HAVE_CUDA
+    if (dev == NN_CUDA) {
+        size_t total_mem;
+        nn_cuda_mem_used(&used, &total_mem);
+        scratch = nn_cuda_scratch_bytes();
+        fprintf(stderr, "device memory in use after the run: %.2f GiB of %.2f GiB (conversion scratch %.1f MiB)\n",
+                (double)used / (1 << 30), (double)total_mem / (1 << 30), (double)scratch / (1 << 20));
+    }
+#endif
     const double *ph = asvr_acts_phase_seconds(acts);
-    printf("{\"bench\": \"asvr-train-step\", \"device\": \"%s\", \"attention\": \"%s\", \"recompute\": %d, \"rows\": %d, "
-           "\"seq\": %d, \"steps\": %d, \"s_per_step\": %.6f, \"tokens_per_s\": %.3f, \"peak_bytes\": %zu, \"phases\": {",
-           device, mc.flash_attention ? "flash" : "kept", recompute, rows, T, steps, sec, tps, planned);
+    printf("{\"bench\": \"asvr-train-step\", \"device\": \"%s\", \"precision\": \"%s\", \"attention\": \"%s\", "
+           "\"recompute\": %d, \"rows\": %d, \"seq\": %d, \"steps\": %d, \"s_per_step\": %.6f, \"tokens_per_s\": %.3f, "
+           "\"peak_bytes\": %zu, \"device_used_bytes\": %zu, \"scratch_bytes\": %zu, \"phases\": {",
+           device, mc.compute_bf16 ? "bf16" : "f32", mc.flash_attention ? "flash" : "kept", recompute, rows, T, steps, sec,
+           tps, planned, used, scratch);
     for (int p = 0; p < ASVR_NPHASES; p++) printf("\"%s\": %.6f, ", asvr_phase_name((asvr_phase)p), ph[p] / steps);
     printf("\"optimizer\": %.6f, \"forward_backward\": %.6f}, \"losses\": [", t_opt / steps, t_fb / steps);
     for (int s = 0; s < total; s++) printf("%s[%.6f, %.6f]", s ? ", " : "", lt[s], lv[s]);

@@ -22,8 +22,6 @@ cublasHandle_t nn_cuda_blas(void);
 // it grows during the first steps and then stays (defined in ops_cuda.cu).
 #define NN_CUDA_SCRATCH_SLOTS 4
 void *nn_cuda_scratch(int slot, size_t bytes);
-// The bytes the scratch slots hold now (for the memory report).
-size_t nn_cuda_scratch_bytes(void);
 // t's data in storage type want_bf (1: bf16, 0: f32): t->data when it is stored so, else a converted
 // copy in scratch slot `slot` (valid until that slot is used again).
 const void *nn_cuda_as_type(const tensor *t, int want_bf, int slot);

@@ -36,6 +36,13 @@ extern "C" void *nn_cuda_malloc(size_t bytes, const char *what) {
 
 extern "C" void nn_cuda_free(void *p) { CHECK_CUDA(cudaFree(p)); }
 
+extern "C" void nn_cuda_mem_used(size_t *used, size_t *total) {
+    size_t fr = 0, tot = 0;
+    CHECK_CUDA(cudaMemGetInfo(&fr, &tot));
+    *used = tot - fr;
+    *total = tot;
+}
+
 extern "C" void nn_cuda_upload(tensor *dst, const tensor *src) {
     int64_t n = tensor_numel(src);
     CHECK(dst->device == NN_CUDA && src->device == NN_CPU && src->dtype == NN_F32 && tensor_numel(dst) == n &&
@@ -111,7 +118,7 @@ void *nn_cuda_scratch(int slot, size_t bytes) {
     return scratch_ptr[slot];
 }
 
-size_t nn_cuda_scratch_bytes(void) {
+extern "C" size_t nn_cuda_scratch_bytes(void) {
     size_t n = 0;
     for (int i = 0; i < NN_CUDA_SCRATCH_SLOTS; i++) n += scratch_cap[i];
     return n;

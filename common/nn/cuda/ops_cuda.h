@@ -32,6 +32,11 @@ void nn_cuda_memcpy_h2d(void *dst, const void *src, size_t bytes);
 void nn_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes);
 void nn_cuda_zero(void *dst, size_t bytes);
 void nn_cuda_sync(void);
+/* Device memory in use now (cudaMemGetInfo: total - free, so the CUDA context and every other process's
+ * allocations on the device count) and the device's total, in bytes. */
+void nn_cuda_mem_used(size_t *used, size_t *total);
+/* Bytes held by the operand-conversion scratch of mixed-precision GEMMs (grow-only). */
+size_t nn_cuda_scratch_bytes(void);
 /* op_vq_step without the [rows, K] distance matrix (ops_conv_cuda.cu): one kernel computes each row's
  * nearest codebook row (same formula and tie rule, fp32 math, no tensor cores) and subtracts it.
  * All tensors on cuda; residual and codebook in one float dtype, cnorm f32, codes u16/i32 [N, D].
