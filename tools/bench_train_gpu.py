@@ -201,8 +201,12 @@ def main():
         rows.append(("asvr", res["ours"]))
     for name, r in rows:
         tps = r["tokens_per_s"]
-        print("| %s | %.0f | %.1f%% | %.1f GiB | %.3f |" % (name, tps, 100 * mfu(tps), r.get("peak_bytes", 0) / 2 ** 30,
-                                                           c["B"] * c["T"] / tps))
+        mem = "%.1f GiB" % (r.get("peak_bytes", 0) / 2 ** 30)
+        if r.get("device_used_bytes"):  # ours: planned arenas, then the device memory in use after the run
+            mem += " planned, %.1f GiB in use" % (r["device_used_bytes"] / 2 ** 30)
+        if r.get("precision"):
+            name += " (%s)" % r["precision"]
+        print("| %s | %.0f | %.1f%% | %s | %.3f |" % (name, tps, 100 * mfu(tps), mem, c["B"] * c["T"] / tps))
     if "ours" in res:
         print("ratio asvr / PyTorch tokens/s: %.2fx (target >= 1.3x)" % (res["ours"]["tokens_per_s"] / ref["tokens_per_s"]))
         for k, v in res["ours"].get("phases", {}).items():
