@@ -19,7 +19,8 @@
 # PROT_NONE outside device work), no host pointers handed to kernels or cuBLAS, no reliance on zeroed
 # device or shared memory. What it cannot show: speed, that nvcc accepts the code for sm_90 (the real
 # build does that), device-only numerics (ulp-level math, fast-math intrinsics, cuBLAS's summation
-# order, tensor cores), races between blocks or within a warp (blocks run one at a time, a block's
+# order, tensor cores: include/mma.h's wmma computes exact products summed in order, every lane
+# holding the whole tile), races between blocks or within a warp (blocks run one at a time, a block's
 # threads in turn between barriers: forward in even blocks, backward in odd ones), 2-D/3-D blocks,
 # static shared-memory limits, asynchronous streams and events (all work here is synchronous).
 # Tests also checked by hand this way: bench_train_cuda with examples/demo/model.json (--device cuda

@@ -7,11 +7,11 @@
 // position-independent elementwise work (scale all, convert all, fill); code that gives x[e] a
 // row or column meaning is wrong on the device yet would pass here.
 // Collective: load, store and mma are warp-wide in spirit: every lane of the warp must reach the
-// same call (each waits for the others, so a call that only some lanes make deadlocks and is
-// reported, as a divergent shuffle is); every lane computes the same tile and a store writes the
-// same values from every lane. Checked: ldm a multiple of 8 elements for bf16 and 4 for float, and
-// the pointer 32-byte aligned (shared memory: from the start of the dynamic shared memory) — the
-// device requires both.
+// same call (each waits for the others: a call that some lanes skip while others wait elsewhere
+// deadlocks and is reported, and so is a call made after some lanes returned); every lane computes
+// the same tile and a store writes the same values from every lane. Checked: ldm a multiple of 8
+// elements for bf16 and 4 for float, and the pointer 32-byte aligned (shared memory: from the start
+// of the dynamic shared memory) — the device requires both.
 // What it cannot show: tensor-core numerics (the product here is exact bf16 x bf16 in fp32, summed
 // in k order from the accumulator's value; the device's internal summation and rounding differ at
 // ulp level), the real per-lane layout, register pressure or spilling from fragments, bank
@@ -51,7 +51,20 @@ inline void check(const void *p, unsigned ldm, size_t esz) {
         abort();
     }
 }
-inline void warp_collective(const char *what) { emu::yield(emu::F_WARP, what); }
+// Every lane of the warp, none returned, reaches this call: the lanes meet, each checks that no lane
+// has returned (none can return in between: each stops at the second meeting), and meet again.
+inline void warp_collective(const char *what) {
+    emu::yield(emu::F_WARP, what);
+    emu::block_ctx *c = emu::cur;
+    int w0 = c->t / 32 * 32;
+    for (int t = w0; t < w0 + 32; t++)
+        if (c->state[t] == emu::F_DONE) {
+            fprintf(stderr, "cuda_emu: %s in block (%u, %u, %u) with lane %d of the warp returned (wmma needs the whole warp)\n",
+                    what, blockIdx.x, blockIdx.y, blockIdx.z, t % 32);
+            abort();
+        }
+    emu::yield(emu::F_WARP, what);
+}
 } // namespace detail
 
 template <class Use, class T, class L, class V> inline void fill_fragment(fragment<Use, 16, 16, 16, T, L> &f, const V &v) {
