@@ -10,7 +10,7 @@
 # Output in build/cuda_emu/.
 # Default tests: test_ops_cuda test_ops_extra test_tokenize_cuda test_generate_cuda test_train_cuda
 # (about 70 s once the stand-in's objects exist; test_train_cuda is most of it), test_ops_cuda_train
-# takes 6 s more. CUDA_EMU_BUILD=DIR uses another build folder than build/; CUDA_EMU_NO_BUILD=1 skips
+# takes about 25 s more. CUDA_EMU_BUILD=DIR uses another build folder than build/; CUDA_EMU_NO_BUILD=1 skips
 # the `cmake --build` of the needed targets. Needs x86-64, g++ with C++20, a build configured with
 # nvcc. The stand-in's own selftest (selftest.cu: it must catch what it claims to) runs first.
 # ctest runs a fast subset (tests/cli_cuda_emu.sh).
