@@ -5,7 +5,9 @@
  * both backends see the same numbers and the error measured is the kernels' own. Written outputs are
  * pre-filled with NaN; accumulated ones with random values, and their increments are compared.
  * The flash attention ops are compared with the CPU flash ops (checked against op_attention_seg and
- * finite differences in test_ops_backward).
+ * finite differences in test_ops_backward); in the bf16 pass they take the tensor-core kernels, which
+ * t_flash_tc also checks with f32 outputs, longer sequences, segments that skip tiles, Dh 64 and 128,
+ * and for bit-identical reruns.
  * Also: ids, targets and positions that only the device holds are reported (a child process runs
  * the bad call and must exit 1 naming the value). Without a CUDA build or a visible device the test
  * reports that it was skipped and passes.
@@ -264,6 +266,85 @@ static void t_attention(const char *what, int B, int T, int H_, int Hkv, int Dh,
     release();
 }
 
+/* ---- tensor-core flash attention ----------------------------------------------------------------- */
+/* 1 when two device tensors of one shape hold bit-identical values. */
+static int same_bits(const tensor *a, const tensor *b) {
+    tensor ha = hmake("a", NN_F32, a->ndim, a->shape[0], a->shape[1], a->shape[2], a->shape[3]);
+    tensor hb = hmake("b", NN_F32, b->ndim, b->shape[0], b->shape[1], b->shape[2], b->shape[3]);
+    nn_cuda_download(&ha, a);
+    nn_cuda_download(&hb, b);
+    return memcmp(ha.data, hb.data, tensor_nbytes(&ha)) == 0;
+}
+
+/* The bf16 path of op_flash_attention(_backward) on CUDA (q, k, v, dout bf16, Dh a multiple of 16
+ * up to 128: the tiled tensor-core kernels) against the CPU flash op on the same bf16 values, with
+ * out, dq, dk, dv stored as odt. Run in the bf16 pass (inputs rounded to bf16).
+ * Tolerance TC_TOL = 1e-2 (relative, over the whole tensor): the kernels multiply exact bf16 inputs
+ * with fp32 sums, but round the probabilities P (forward) and dS (backward) to bf16 for the second
+ * product, each a relative error of at most 2^-9 per element; bf16 outputs add one more rounding of
+ * at most 2^-9. Together that is about one bf16 unit (2^-8 = 3.9e-3) in the worst case and less in
+ * the RMS; 1e-2 leaves room for the cancellation in dS = P (dP - delta) without hiding a wrong
+ * element (a mask or indexing error moves the relative error to O(1e-1) or more). lse: scores are
+ * exact bf16 products summed in fp32, as in the CPU op, so the f32 tolerance holds.
+ * Also: every element is written (outputs start as NaN) and a second run of each op gives
+ * bit-identical results (deterministic backward: no atomics). */
+#define TC_TOL 1e-2
+static void t_flash_tc(const char *what, int B, int T, int H_, int Hkv, int Dh, int causal, const int32_t *seg,
+                       nn_dtype odt) {
+    int HD = H_ * Dh, KVD = Hkv * Dh;
+    float scale = 1.0f / sqrtf((float)Dh);
+    const char *on = nn_dtype_name(odt);
+    tensor q = H("q", 3, B, T, HD, 0, 1.5f), k = H("k", 3, B, T, KVD, 0, 1.5f), v = H("v", 3, B, T, KVD, 0, 1);
+    tensor dout = H("dout", 3, B, T, HD, 0, 1);
+    tensor sg = seg ? HI("seg", 2, B, T, seg) : q;
+    tensor gq = D(&q, NN_BF16), gk = D(&k, NN_BF16), gv = D(&v, NN_BF16), gdo = D(&dout, NN_BF16);
+    tensor gsg = seg ? D(&sg, NN_I32) : q;
+    tensor lse = Hfill("lse", &(tensor){.ndim = 3, .shape = {B, H_, T}}, NAN), glse = D(&lse, NN_F32);
+    tensor glse2 = D(&lse, NN_F32);
+    tensor fo = Hfill("fo", &q, NAN), gfo = D(&fo, odt), gfo2 = D(&fo, odt);
+    op_flash_attention(&fo, &lse, &q, &k, &v, H_, Hkv, scale, causal, seg ? &sg : NULL);
+    op_flash_attention(&gfo, &glse, &gq, &gk, &gv, H_, Hkv, scale, causal, seg ? &gsg : NULL);
+    op_flash_attention(&gfo2, &glse2, &gq, &gk, &gv, H_, Hkv, scale, causal, seg ? &gsg : NULL);
+    CMP(L("%s, %s out: out", what, on), gfo, fo, NULL, TC_TOL);
+    CMP(L("%s, %s out: lse", what, on), glse, lse, NULL, 1e-5);
+    T_CHECK(same_bits(&gfo, &gfo2) && same_bits(&glse, &glse2), "%s: forward not deterministic", what);
+    tensor fdq = Hfill("fdq", &q, NAN), fdk = Hfill("fdk", &k, NAN), fdv = Hfill("fdv", &v, NAN);
+    tensor gfdq = D(&fdq, odt), gfdk = D(&fdk, odt), gfdv = D(&fdv, odt);
+    tensor gfdq2 = D(&fdq, odt), gfdk2 = D(&fdk, odt), gfdv2 = D(&fdv, odt);
+    op_flash_attention_backward(&fdq, &fdk, &fdv, &dout, &q, &k, &v, &fo, &lse, H_, Hkv, scale, causal,
+                                seg ? &sg : NULL);
+    op_flash_attention_backward(&gfdq, &gfdk, &gfdv, &gdo, &gq, &gk, &gv, &gfo, &glse, H_, Hkv, scale, causal,
+                                seg ? &gsg : NULL);
+    op_flash_attention_backward(&gfdq2, &gfdk2, &gfdv2, &gdo, &gq, &gk, &gv, &gfo, &glse, H_, Hkv, scale, causal,
+                                seg ? &gsg : NULL);
+    CMP(L("%s, %s out: dq", what, on), gfdq, fdq, NULL, TC_TOL);
+    CMP(L("%s, %s out: dk", what, on), gfdk, fdk, NULL, TC_TOL);
+    CMP(L("%s, %s out: dv", what, on), gfdv, fdv, NULL, TC_TOL);
+    T_CHECK(same_bits(&gfdq, &gfdq2) && same_bits(&gfdk, &gfdk2) && same_bits(&gfdv, &gfdv2),
+            "%s: backward not deterministic", what);
+    release();
+}
+
+static void t_flash_tc_all(void) {
+    int32_t s100[200], s150[300];
+    for (int t = 0; t < 100; t++) {
+        s100[t] = t < 30 ? 0 : t < 31 ? 1 : t < 77 ? 2 : 3; /* uneven samples, one of length 1 */
+        s100[100 + t] = t < 64 ? 5 : 8;                     /* a boundary on the tile edge */
+    }
+    for (int t = 0; t < 150; t++) { /* row 0: keys 0..63 and queries 128..149 never meet (tile skip) */
+        s150[t] = t < 60 ? 0 : t < 61 ? 1 : 2;
+        s150[150 + t] = t < 17 ? 3 : t < 90 ? 4 : t < 91 ? 6 : 7;
+    }
+    t_flash_tc("tc causal gqa T=37 Dh=64", 2, 37, 4, 2, 64, 1, NULL, NN_F32);
+    t_flash_tc("tc causal gqa T=37 Dh=64", 2, 37, 4, 2, 64, 1, NULL, NN_BF16);
+    t_flash_tc("tc full mha T=37 Dh=128", 2, 37, 2, 2, 128, 0, NULL, NN_F32);
+    t_flash_tc("tc packed causal gqa T=100 Dh=64", 2, 100, 4, 2, 64, 1, s100, NN_BF16);
+    t_flash_tc("tc packed causal gqa T=100 Dh=128", 2, 100, 4, 2, 128, 1, s100, NN_F32);
+    t_flash_tc("tc packed bidirectional gqa T=100 Dh=64", 2, 100, 4, 2, 64, 0, s100, NN_F32);
+    t_flash_tc("tc packed causal gqa T=150 Dh=64", 2, 150, 4, 2, 64, 1, s150, NN_F32);
+    t_flash_tc("tc packed bidirectional gqa T=150 Dh=64", 2, 150, 4, 2, 64, 0, s150, NN_BF16);
+}
+
 /* ---- embedding, cross-entropy --------------------------------------------------------------------- */
 static void t_embedding(void) {
     int V = 50, C = 300, N = 80;
@@ -374,6 +455,7 @@ static void run(nn_dtype dt) {
     t_attention("attention packed bidirectional gqa 4:1", B, T, 4, 1, 16, 0, seg, 1);
     t_attention("attention packed causal mha, T > block", B, 300, 2, 2, 32, 1, seg300, 2);
     t_attention("attention depth head T=8 Dh=128", 3, 8, 4, 4, 128, 1, NULL, 12);
+    if (dt == NN_BF16) t_flash_tc_all();
 
     t_embedding();
     t_cross_entropy(0.0f);

@@ -10,7 +10,7 @@
 # Output in build/cuda_emu/.
 # Default tests: test_ops_cuda test_ops_extra test_tokenize_cuda test_generate_cuda test_train_cuda
 # (about 70 s once the stand-in's objects exist; test_train_cuda is most of it), test_ops_cuda_train
-# takes 6 s more. CUDA_EMU_BUILD=DIR uses another build folder than build/; CUDA_EMU_NO_BUILD=1 skips
+# takes about 25 s more. CUDA_EMU_BUILD=DIR uses another build folder than build/; CUDA_EMU_NO_BUILD=1 skips
 # the `cmake --build` of the needed targets. Needs x86-64, g++ with C++20, a build configured with
 # nvcc. The stand-in's own selftest (selftest.cu: it must catch what it claims to) runs first.
 # ctest runs a fast subset (tests/cli_cuda_emu.sh).
@@ -19,7 +19,8 @@
 # PROT_NONE outside device work), no host pointers handed to kernels or cuBLAS, no reliance on zeroed
 # device or shared memory. What it cannot show: speed, that nvcc accepts the code for sm_90 (the real
 # build does that), device-only numerics (ulp-level math, fast-math intrinsics, cuBLAS's summation
-# order, tensor cores), races between blocks or within a warp (blocks run one at a time, a block's
+# order, tensor cores: include/mma.h's wmma computes exact products summed in order, every lane
+# holding the whole tile), races between blocks or within a warp (blocks run one at a time, a block's
 # threads in turn between barriers: forward in even blocks, backward in odd ones), 2-D/3-D blocks,
 # static shared-memory limits, asynchronous streams and events (all work here is synchronous).
 # Tests also checked by hand this way: bench_train_cuda with examples/demo/model.json (--device cuda

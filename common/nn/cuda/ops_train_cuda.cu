@@ -13,8 +13,9 @@
 // op_attention_seg keeps the probabilities in att [B,H,T,T] (f32) for backward, the contract of the
 // CPU op; its backward works through `scratch` (f32, T*T per head; a larger scratch processes more
 // heads per launch). op_flash_attention keeps only lse [B,H,T] and its backward recomputes the
-// probabilities: one block per query row with that row's scores in shared memory (T + 2 Dh floats),
-// scalar fp32 math, no tensor cores — the memory of a flash kernel, not yet its speed.
+// probabilities: for bf16 q, k, v (and dout) with a head dim that is a multiple of 16 up to 128 the
+// tiled tensor-core kernels of ops_flash_cuda.cu; otherwise (the f32 path) one block per query row
+// with that row's scores in shared memory (T + 2 Dh floats), scalar fp32 math.
 #include <limits.h>
 #include <math.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "nn/backend.h"
 #include "nn/cuda/cuda_common.cuh"
 #include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/ops_flash_cuda.h"
 
 #define BUG "this is a bug in the calling model code"
 
@@ -460,12 +462,17 @@ extern "C" void cuda_attention_backward(tensor *dq, tensor *dk, tensor *dv, cons
 }
 
 // ---- flash-style attention (no T x T buffer) ----------------------------------------------------
-// Forward: kt_attention_seg without att, writing lse. Backward: a row pass (dQ, and
+// bf16 inputs with a supported head dim go to ops_flash_cuda.cu (cuda_flash_tc_ok); the scalar
+// kernels below are the path for everything else. Forward: kt_attention_seg without att, writing lse. Backward: a row pass (dQ, and
 // delta_i = dO_i · O_i into the workspace) and a column pass (dK, dV), both recomputing
 // P_ij = exp(scale q_i·k_j - lse_i) on the visible pairs; every output element is written by one
 // thread of one block (deterministic, no clearing, no atomics).
 extern "C" void cuda_flash_attention(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
                                      int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg) {
+    if (cuda_flash_tc_ok(q, k, v, NULL, n_heads)) {
+        cuda_flash_tc_forward(out, lse, q, k, v, n_heads, n_kv_heads, scale, causal, seg);
+        return;
+    }
     int64_t B = q->shape[0], T = q->shape[1], Dh = q->shape[2] / n_heads;
     size_t shmem = (size_t)(T + Dh) * sizeof(float);
     shmem_limit((const void *)kt_attention_seg, shmem, "cuda flash attention", (long long)T);
@@ -585,6 +592,10 @@ extern "C" void cuda_flash_attention_backward(tensor *dq, tensor *dk, tensor *dv
                                               const tensor *seg) {
     int64_t B = q->shape[0], T = q->shape[1], Dh = q->shape[2] / n_heads;
     float *delta = (float *)workspace((size_t)(B * n_heads * T) * sizeof(float));
+    if (cuda_flash_tc_ok(q, k, v, dout, n_heads)) {
+        cuda_flash_tc_backward(dq, dk, dv, dout, q, k, v, out, lse, n_heads, n_kv_heads, scale, causal, seg, delta);
+        return;
+    }
     const int32_t *sg = seg ? (const int32_t *)seg->data : NULL;
     size_t sh_rows = (size_t)(T + 2 * Dh) * sizeof(float), sh_cols = (size_t)(2 * T + 4 * Dh) * sizeof(float);
     shmem_limit((const void *)kt_flash_bwd_rows, sh_rows, "cuda flash attention backward", (long long)T);

@@ -13,8 +13,10 @@
 // cuBLAS operands are checked to be device (or pinned host) memory; dynamic shared memory above 48 KiB
 // needs cudaFuncSetAttribute, grid/block limits are those of sm_90 (launch errors are reported by
 // cudaGetLastError). Streams and events are synchronous; cuBLAS GEMMs are naive loops.
+// Tensor cores: nvcuda::wmma is in include/mma.h (its header says what it checks and cannot show).
 // Not for: timing, anything the device does differently (ulp-level math, memory model details,
-// static shared-memory size limits), or the build (the real build uses nvcc and the real headers).
+// static shared-memory size limits, tensor-core rounding and fragment layouts), or the build (the
+// real build uses nvcc and the real headers).
 #pragma once
 #include <atomic>
 #include <cassert>
