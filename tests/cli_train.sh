@@ -97,11 +97,11 @@ printf '[{"id": "x", "image": "exif1.jpg", "conversations": [{"from": "human", "
 check '[ $? -eq 1 ] && grep -q "without codes" "$TMP/bad.err" && grep -q "exif1.jpg" "$TMP/bad.err" && [ ! -s "$TMP/bad/log.jsonl" ]' "missing codes refused before any step, naming the image"
 "$BIN/asvr-train" train --stage xx 2> /dev/null; check '[ $? -eq 2 ]' "usage error exits 2"
 # asvr-train plan declares what train declares: the same parameter, gradient, optimizer and activation
-# bytes as the run's own memory plan, without allocating.
+# bytes as the run's own memory plan (a CPU run: f32 compute), without allocating.
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 1 --attention kept --log-level info --out "$TMP/plan_run" 2> "$TMP/plan_run.err"
 shape=$(grep -o "for [0-9]* rows x [0-9]* positions, [0-9]* images" "$TMP/plan_run.err" | head -1)
 read -r _ p_rows _ _ p_seq _ p_img _ <<< "$shape"
-"$BIN/asvr-train" plan --config "$F/model.json" --stage it --rows "$p_rows" --seq "${p_seq%,}" --max-images "$p_img" --attention kept --verbose > "$TMP/plan.txt"
+"$BIN/asvr-train" plan --config "$F/model.json" --stage it --rows "$p_rows" --seq "${p_seq%,}" --max-images "$p_img" --attention kept --precision f32 --tower-dtype f32 --verbose > "$TMP/plan.txt"
 plan_mib() { awk -v k="$1" '$0 ~ "^  "k" " {print $(NF-1)}' "$TMP/plan.txt"; }
 run_mib() { grep -o "$1 [0-9.]* MiB" "$TMP/plan_run.err" | head -1 | awk '{print $(NF-1)}'; }
 acts_line() { grep -o "llama [0-9.]* MiB, visual heads [0-9.]* MiB" "$1" | head -1; } # the step arena and tower differ: no tower is loaded

@@ -161,9 +161,15 @@ vhead_acts *vhead_acts_new(const vhead *h, int max_positions) {
     a->codes_dm = nn_arena_add(ar, "codes_depth_major", NN_I32, 1, (int64_t[]){DP});
     a->perm_tm = nn_arena_add(ar, "perm_to_token_major", NN_I32, 1, (int64_t[]){DP});
     a->perm_dm = nn_arena_add(ar, "perm_to_depth_major", NN_I32, 1, (int64_t[]){DP});
-    a->h_img = add2(ar, "h_img", NN_F32, P, c->d_in);
-    a->in_pre = add2(ar, "head_in_proj.pre", NN_F32, P, E);
-    a->in_h = add2(ar, "head_in_proj.hidden", NN_F32, P, E);
+    /* Mixed precision (bf16 weight copies): what only feeds GEMMs or the attention — the normalised
+     * inputs of the projections, q/k/v, attention outputs, FFN activations, the final norm's output,
+     * the logits, and the gradients flowing into GEMMs — is kept in bf16; the residual streams, the
+     * normalised states h (the next stream's base), the code sums, norm statistics and the gradient
+     * streams stay f32. */
+    nn_dtype cdt = h->head_w[0]->wc->dtype;
+    a->h_img = add2(ar, "h_img", cdt, P, c->d_in);
+    a->in_pre = add2(ar, "head_in_proj.pre", cdt, P, E);
+    a->in_h = add2(ar, "head_in_proj.hidden", cdt, P, E);
     a->emb = add2(ar, "code_rows", NN_F32, P, C);
     a->cum = D > 1 ? add2(ar, "code_cumsum", NN_F32, (D - 1) * P, C) : NULL;
     a->xs = asvr_calloc((size_t)c->n_layers + 1, sizeof *a->xs, "visual head streams");
@@ -178,36 +184,34 @@ vhead_acts *vhead_acts_new(const vhead *h, int max_positions) {
 #define LA(field, dt, rows, cols)                                                                  \
     (snprintf(nm, sizeof nm, "layers.%d." #field, l), A->field = add2(ar, nm, dt, rows, cols))
         LA(rstd1, NN_F32, DP, 1);
-        LA(n1t, NN_F32, DP, E);
-        LA(q, NN_F32, DP, E);
-        LA(k, NN_F32, DP, E);
-        LA(v, NN_F32, DP, E);
-        LA(ao, NN_F32, DP, E);
+        LA(n1t, cdt, DP, E);
+        LA(q, cdt, DP, E);
+        LA(k, cdt, DP, E);
+        LA(v, cdt, DP, E);
+        LA(ao, cdt, DP, E);
         LA(att, NN_F32, P * H * D, D);
         LA(r, NN_F32, DP, E);
         LA(rstd2, NN_F32, DP, 1);
         LA(h, NN_F32, DP, E);
-        LA(fpre, NN_F32, DP, F);
-        LA(fg, NN_F32, DP, F);
+        LA(fpre, cdt, DP, F);
+        LA(fg, cdt, DP, F);
 #undef LA
     }
     a->scratch = add2(ar, "norm1_out_or_attn_proj_out", NN_F32, DP, E);
     a->rstdf = add2(ar, "norm.rstd", NN_F32, DP, 1);
-    a->y = add2(ar, "norm.out", NN_F32, DP, E);
-    /* the D x K logits are the head's largest buffers: in the heads' compute dtype (bf16 with bf16 weight
-     * copies; cross-entropy and argmax read them in fp32) */
-    nn_dtype cdt = h->head_w[0]->wc->dtype;
+    a->y = add2(ar, "norm.out", cdt, DP, E);
+    /* the D x K logits are the head's largest buffers (cross-entropy and argmax read them in fp32) */
     a->logits = add2(ar, "logits", cdt, DP, K);
     a->dlogits = add2(ar, "dlogits", cdt, DP, K);
     a->dA = add2(ar, "grad.stream_a", NN_F32, DP, E);
     a->dB = add2(ar, "grad.stream_b", NN_F32, DP, E);
     a->dtm1 = add2(ar, "grad.token_major_a", NN_F32, DP, E);
-    a->dtm2 = add2(ar, "grad.token_major_b", NN_F32, DP, E);
-    a->dq = add2(ar, "grad.q", NN_F32, DP, E);
-    a->dk = add2(ar, "grad.k", NN_F32, DP, E);
-    a->dv = add2(ar, "grad.v", NN_F32, DP, E);
-    a->dg = add2(ar, "grad.ffn_hidden", NN_F32, P, F);
-    a->dh_in = add2(ar, "grad.head_in_proj_hidden", NN_F32, P, E);
+    a->dtm2 = add2(ar, "grad.token_major_b", cdt, DP, E);
+    a->dq = add2(ar, "grad.q", cdt, DP, E);
+    a->dk = add2(ar, "grad.k", cdt, DP, E);
+    a->dv = add2(ar, "grad.v", cdt, DP, E);
+    a->dg = add2(ar, "grad.ffn_hidden", cdt, P, F);
+    a->dh_in = add2(ar, "grad.head_in_proj_hidden", cdt, P, E);
     a->att_scratch = add2(ar, "grad.attention_scratch", NN_F32, D, D);
     a->top1 = nn_arena_add(ar, "top1", NN_I32, 1, (int64_t[]){DP});
     nn_arena_commit(ar);
