@@ -45,7 +45,7 @@ objs=()
 for f in "$R"/common/nn/cuda/*.cu; do
   n=$(basename "$f" .cu)
   python3 "$E/prep.py" "$f" "$O/$n.cpp"
-  if [ ! -f "$O/$n.o" ] || [ "$O/$n.o" -ot "$O/$n.cpp" ] || [ "$O/$n.o" -ot "$E/include/cuda_emu.h" ] ||
+  if [ ! -f "$O/$n.o" ] || [ "$O/$n.o" -ot "$O/$n.cpp" ] || [ -n "$(find "$E/include" -newer "$O/$n.o" | head -1)" ] ||
      [ -n "$(find "$R/common/nn/cuda" -newer "$O/$n.o" -name '*.h*' | head -1)" ]; then
     g++ -std=c++20 -O2 -g -ffp-contract=off -w -I"$E/include" -I"$R/common" -DASVR_HAVE_CUDA=1 -D_GNU_SOURCE \
         -c "$O/$n.cpp" -o "$O/$n.o"
