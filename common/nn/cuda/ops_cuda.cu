@@ -109,6 +109,9 @@ static void *lt_workspace(void) { // one buffer for every Lt GEMM (all on the de
     return p;
 }
 
+static long long lt_matmuls = 0;
+extern "C" long long nn_cuda_matmul_lt_count(void) { return lt_matmuls; }
+
 // ASVR_NO_CUBLASLT=1 (anything but empty or "0"): GEMM + separate epilogue kernel. Read on every call,
 // so a test can compare both paths in one process.
 static int lt_disabled(void) {
@@ -166,6 +169,7 @@ static int matmul_lt(tensor *y, const void *x, const tensor *w, const tensor *b,
         const float one = 1.0f, zero = 0.0f;
         CHECK_CUBLAS(cublasLtMatmul(nn_cuda_blaslt(), desc, &one, w->data, la, x, lb, &zero, y->data, ld, y->data, ld,
                                     &res.algo, lt_workspace(), LT_WORKSPACE_BYTES, 0));
+        lt_matmuls++;
     }
     CHECK_CUBLAS(cublasLtMatmulPreferenceDestroy(pref));
     CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(ld));
