@@ -33,7 +33,9 @@ typedef enum {
 
 /* y[M,N] = act(x[M,K] · w[N,K]^T + b[N]); w is stored [out, in] like torch.nn.Linear.
  * b may be NULL. pre (optional, [M,N]) receives x·w^T + b before the activation.
- * y must not alias x. */
+ * y must not alias x. On CUDA a bias and/or the tanh GELU run as the epilogue of one cuBLASLt GEMM
+ * where cuBLASLt takes the case (nn/cuda/ops_cuda.cu says when); ASVR_NO_CUBLASLT=1 in the environment
+ * forces the plain GEMM + epilogue kernel. */
 void op_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_act act, tensor *pre);
 
 /* y = act(x), elementwise; y may alias x. act must not be NN_ACT_NONE. */

@@ -1,8 +1,9 @@
 #!/bin/bash
 # run.sh [TEST...] — runs CUDA tests on a machine without a GPU (a TEST may carry arguments:
 # 'bench_train_cuda TOKENIZER --config C --steps 1'): every common/nn/cuda/*.cu is compiled
-# against the CPU stand-in (include/cuda_emu.h, after prep.py) and linked with the C objects of the
-# configured CUDA build in build/ (the library, and as tests/CMakeLists.txt says, asvr_train_core for
+# against the CPU stand-in (include/cuda_emu.h, include/cublasLt.h for cuBLASLt, after prep.py) and
+# linked with the C objects of the configured CUDA build in build/ (the library, and as
+# tests/CMakeLists.txt says, asvr_train_core for
 # test_train*, asvr_eval_core for test_(metrics|bench|generate)); the tests' own objects come from that
 # build, so they carry its definitions (ASVR_GOLDEN, ASVR_BIN_DIR, ASVR_SHARED_DATA, ...). An emulated
 # asvr-tokenize (and asvr-train, asvr-eval, for runs by hand) is linked into build/cuda_emu/bin and
