@@ -5,9 +5,10 @@
  * the path ASVR_NO_CUBLASLT=1 forces (cuBLAS GemmEx + the epilogue kernel). Relative error
  * ||cuda - cpu|| / ||cpu|| < 1e-5 with f32 storage and < 2e-2 with bf16 storage (inputs rounded to bf16
  * values first, so both backends see the same numbers). Which path each op_matmul took is read from
- * nn_cuda_matmul_lt_count and must be the one ops_cuda.cu documents (cuBLASLt for a bias or the tanh
- * GELU, not for the erf GELU, pre only through the GELU aux output with N % 8 == 0, a bias only in
- * y's dtype). Written outputs are pre-filled with NaN; accumulated ones with random values, and their
+ * nn_cuda_matmul_lt_count: never cuBLASLt where ops_cuda.cu rules it out (the erf GELU, pre other than
+ * the GELU aux output with N % 8 == 0, a bias in another dtype than y, ASVR_NO_CUBLASLT=1); where it is
+ * allowed, cuBLASLt may still offer no algorithm (printed as a note), but each pass must run some
+ * matmuls on it. Written outputs are pre-filled with NaN; accumulated ones with random values, and their
  * increments are compared. Without a CUDA build or a visible device the test says it was skipped.
  */
 #include <math.h>
@@ -189,6 +190,8 @@ static int lt_expected(int bias, nn_act act, int with_pre, int64_t N, nn_dtype y
     return 1;
 }
 
+static int lt_ran, lt_declined;
+
 /* y [M,N] = act(x·w^T + b) with the inputs in DT, y and pre in ydt, the bias in bdt; run with cuBLASLt
  * allowed and with ASVR_NO_CUBLASLT=1; both against the CPU, and the path taken as documented. */
 static void t_matmul_paths(int M, int K, int N, int bias, nn_act act, int with_pre, nn_dtype ydt, nn_dtype bdt) {
@@ -209,7 +212,12 @@ static void t_matmul_paths(int M, int K, int N, int bias, nn_act act, int with_p
         int used = (int)(nn_cuda_matmul_lt_count() - before);
         int want = forced ? 0 : lt_expected(bias, act, with_pre, N, ydt, bdt);
         const char *path = used ? "cuBLASLt" : "GemmEx+kernel";
-        T_CHECK(used == want, "%s: ran on %s, expected %s", t, path, want ? "cuBLASLt" : "GemmEx+kernel");
+        T_CHECK(used <= want, "%s: ran on cuBLASLt where it must not", t);
+        if (used < want) { /* a performance matter, not an error: this cuBLASLt offered no algorithm */
+            printf("  note: cuBLASLt declined %s\n", t);
+            lt_declined++;
+        }
+        lt_ran += used;
         CMP(L("matmul %s [%s]: y", t, path), err_vs(&gy, &y, NULL), TOL);
         if (with_pre) CMP(L("matmul %s [%s]: pre", t, path), err_vs(&gpre, &pre, NULL), TOL);
     }
@@ -243,6 +251,9 @@ static void run(nn_dtype dt) {
         t_matmul_paths(9, 32, 40, 1, NN_ACT_GELU_TANH, 1, NN_F32, NN_F32); /* bf16 in, f32 out and bias */
         t_matmul_paths(9, 32, 40, 1, NN_ACT_GELU_TANH, 0, NN_BF16, NN_F32); /* f32 bias on a bf16 y */
     }
+    printf("  %s: %d matmuls on cuBLASLt, %d declined by it\n", dn, lt_ran, lt_declined);
+    T_CHECK(lt_ran > 0, "%s: no op_matmul ran on cuBLASLt", dn);
+    lt_ran = lt_declined = 0;
 }
 #endif
 
