@@ -97,6 +97,19 @@ void cuda_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, floa
 void cuda_grad_sqnorm(double *acc, const tensor *g);
 void cuda_scale(tensor *t, float s);
 #endif
+/* Fused residual + RMSNorm and the per-group batched matmul (CUDA twins below). */
+void cpu_add_rmsnorm(tensor *r, tensor *y, const tensor *a, const tensor *b, const tensor *w, float eps,
+                     tensor *rstd);
+void cpu_matmul_batched(tensor *y, const tensor *x, const tensor *w, nn_act act, tensor *pre);
+void cpu_matmul_batched_backward(tensor *dx, tensor *dw, tensor *dy, const tensor *x, const tensor *w,
+                                 nn_act act, const tensor *pre, int accumulate_dx);
+#ifdef ASVR_HAVE_CUDA
+void cuda_add_rmsnorm(tensor *r, tensor *y, const tensor *a, const tensor *b, const tensor *w, float eps,
+                      tensor *rstd);
+void cuda_matmul_batched(tensor *y, const tensor *x, const tensor *w, nn_act act, tensor *pre);
+void cuda_matmul_batched_backward(tensor *dx, tensor *dw, tensor *dy, const tensor *x, const tensor *w,
+                                  nn_act act, const tensor *pre, int accumulate_dx);
+#endif
 /* Convolutional-block ops (CUDA versions below). */
 void cpu_groupnorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, int groups, float eps);
 void cpu_silu(tensor *y, const tensor *x);

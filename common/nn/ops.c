@@ -338,6 +338,84 @@ void op_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor 
     DISPATCH(dev, rmsnorm_backward, dx, dw, dy, x, w, rstd, accumulate_dx);
 }
 
+void op_add_rmsnorm(tensor *r, tensor *y, const tensor *a, const tensor *b, const tensor *w, float eps,
+                    tensor *rstd) {
+    const char *op = "op_add_rmsnorm";
+    const tensor *ts[] = {r, y, a, b, w, rstd};
+    nn_device dev = nn_ops_same_device(op, 6, ts);
+    need(r != NULL && y != NULL && a != NULL && b != NULL && w != NULL, op, "r, y, a, b and w are required");
+    for (int i = 0; i < 5; i++) need_float(op, ts[i]);
+    need_f32(op, rstd);
+    int64_t C = tensor_cols(a), R = tensor_rows(a);
+    need_numel(op, b, R * C);
+    need_numel(op, r, R * C);
+    need_numel(op, y, R * C);
+    need(tensor_cols(r) == C && tensor_cols(y) == C, op, "r '%s' and y '%s' must have a's last dim %lld",
+         r->name, y->name, (long long)C);
+    need_numel(op, w, C);
+    need_numel(op, rstd, R);
+    need(eps > 0.0f, op, "eps %g must be > 0", (double)eps);
+    need(w->data != r->data && w->data != y->data, op, "weight '%s' aliases an output", w->name);
+    DISPATCH(dev, add_rmsnorm, r, y, a, b, w, eps, rstd);
+}
+
+/* x [G,M,K], w [G,N,K] -> G, M, K, N; t (if given) must be [G, rows, cols]. */
+static void batched_shape(const char *op, const tensor *t, int64_t G, int64_t rows, int64_t cols,
+                          const char *what) {
+    char s1[96];
+    if (t)
+        need(t->ndim == 3 && t->shape[0] == G && t->shape[1] == rows && t->shape[2] == cols, op,
+             "%s '%s' %s, want [%lld, %lld, %lld]", what, t->name, shp(t, s1), (long long)G,
+             (long long)rows, (long long)cols);
+}
+
+static void batched_check(const char *op, const tensor *x, const tensor *w) {
+    char s1[96], s2[96];
+    need(x->ndim == 3, op, "x '%s' must be 3-d [groups, rows, in], is %s", x->name, shp(x, s1));
+    need(w->ndim == 3, op, "weight '%s' must be 3-d [groups, out, in], is %s", w->name, shp(w, s1));
+    need(w->shape[0] == x->shape[0] && w->shape[2] == x->shape[2], op,
+         "x '%s' %s does not fit weight '%s' %s (want [%lld, out, %lld])", x->name, shp(x, s1), w->name,
+         shp(w, s2), (long long)x->shape[0], (long long)x->shape[2]);
+}
+
+void op_matmul_batched(tensor *y, const tensor *x, const tensor *w, nn_act act, tensor *pre) {
+    const char *op = "op_matmul_batched";
+    const tensor *ts[] = {y, x, w, pre};
+    nn_device dev = nn_ops_same_device(op, 4, ts);
+    need(y != NULL && x != NULL && w != NULL, op, "y, x and w are required");
+    for (int i = 0; i < 4; i++) need_float(op, ts[i]);
+    need_act(op, act);
+    batched_check(op, x, w);
+    int64_t G = x->shape[0], M = x->shape[1], N = w->shape[1];
+    batched_shape(op, y, G, M, N, "y");
+    batched_shape(op, pre, G, M, N, "pre");
+    need(y->data != x->data, op, "y '%s' aliases x", y->name);
+    need(!pre || pre->data != y->data, op, "pre '%s' aliases y", pre ? pre->name : "");
+    DISPATCH(dev, matmul_batched, y, x, w, act, pre);
+}
+
+void op_matmul_batched_backward(tensor *dx, tensor *dw, tensor *dy, const tensor *x, const tensor *w,
+                                nn_act act, const tensor *pre, int accumulate_dx) {
+    const char *op = "op_matmul_batched_backward";
+    const tensor *ts[] = {dx, dw, dy, x, w, pre};
+    nn_device dev = nn_ops_same_device(op, 6, ts);
+    need(dy != NULL && x != NULL && w != NULL, op, "dy, x and w are required");
+    for (int i = 0; i < 6; i++) need_float(op, ts[i]);
+    need_act(op, act);
+    batched_check(op, x, w);
+    int64_t G = x->shape[0], M = x->shape[1], K = x->shape[2], N = w->shape[1];
+    batched_shape(op, dy, G, M, N, "dy");
+    batched_shape(op, dx, G, M, K, "dx");
+    batched_shape(op, dw, G, N, K, "dw");
+    if (act != NN_ACT_NONE) {
+        need(pre != NULL, op, "activation %d needs the saved pre-activation", (int)act);
+        batched_shape(op, pre, G, M, N, "pre");
+    }
+    if (dx) need(dx->data != dy->data && dx->data != x->data && dx->data != w->data, op,
+                 "dx '%s' aliases dy, x or w", dx->name);
+    DISPATCH(dev, matmul_batched_backward, dx, dw, dy, x, w, act, pre, accumulate_dx);
+}
+
 static nn_device check_rope(const char *op, const tensor *y, const tensor *x, const tensor *pos,
                              int n_heads, float theta) {
     const tensor *ts[] = {y, x, pos};

@@ -33,7 +33,9 @@ typedef enum {
 
 /* y[M,N] = act(x[M,K] · w[N,K]^T + b[N]); w is stored [out, in] like torch.nn.Linear.
  * b may be NULL. pre (optional, [M,N]) receives x·w^T + b before the activation.
- * y must not alias x. */
+ * y must not alias x. On CUDA a bias and/or the tanh GELU run as the epilogue of one cuBLASLt GEMM
+ * where cuBLASLt takes the case (nn/cuda/ops_cuda.cu says when); ASVR_NO_CUBLASLT=1 in the environment
+ * forces the plain GEMM + epilogue kernel. */
 void op_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_act act, tensor *pre);
 
 /* y = act(x), elementwise; y may alias x. act must not be NN_ACT_NONE. */
@@ -124,6 +126,29 @@ void op_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act,
  * dx may alias dy when not accumulating; it must not alias x. */
 void op_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, const tensor *x, const tensor *w,
                          const tensor *rstd, int accumulate_dx);
+
+/* Residual add fused with RMSNorm (the pre-norm block's "h = h + branch; y = norm(h)"):
+ *   r = a + b (elementwise, same numel), then y = r / sqrt(mean(r^2) + eps) * w over the last dim,
+ *   rstd optional [rows] f32 — the numbers of op_add(r, a, b) followed by op_rmsnorm(y, r, w, eps,
+ *   rstd) (on CUDA one block per row does both in one pass; r is read back as stored, so bf16 storage
+ *   rounds as the two ops do). r may alias a or b; y may alias a, b or r (then r is not kept).
+ * Backward: no op of its own. The gradient of r is the sum of the residual path's and the norm's:
+ *   op_rmsnorm_backward(dr, dw, dy, r, w, rstd, accumulate_dx = 1) adds the norm's part into the
+ *   residual-stream gradient dr, which is then both da and db. */
+void op_add_rmsnorm(tensor *r, tensor *y, const tensor *a, const tensor *b, const tensor *w, float eps,
+                    tensor *rstd);
+
+/* Batched matmul with one weight per group, no bias (per-depth FFN weights stored as one tensor):
+ *   x [G,M,K], w [G,N,K], y [G,M,N]: y[g] = act(x[g] · w[g]^T) for g < G (all three 3-d).
+ * pre (optional, [G,M,N]) receives the products before the activation. y must not alias x. */
+void op_matmul_batched(tensor *y, const tensor *x, const tensor *w, nn_act act, tensor *pre);
+/* Backward of op_matmul_batched, group by group as op_matmul_backward (no bias): dy [G,M,N]; with an
+ * activation, pre (required) and dy is overwritten in place by the gradient w.r.t. pre. Then
+ *   dx [G,M,K]: dx[g] = dy[g] · w[g] (written, or added when accumulate_dx; NULL to skip),
+ *   dw [G,N,K]: dw[g] += dy[g]^T · x[g] (NULL for frozen weights).
+ * dx must not alias dy, x or w. */
+void op_matmul_batched_backward(tensor *dx, tensor *dw, tensor *dy, const tensor *x, const tensor *w,
+                                nn_act act, const tensor *pre, int accumulate_dx);
 
 /* Rotary position embedding as HF LLaMA applies it (rotate_half: dims i and i + Dh/2 form a pair):
  *   x [B,T,H*Dh] (q or k; Dh even), pos [B,T] i32 >= 0, one position per token (packed rows restart

@@ -1,8 +1,9 @@
 #!/bin/bash
 # run.sh [TEST...] — runs CUDA tests on a machine without a GPU (a TEST may carry arguments:
 # 'bench_train_cuda TOKENIZER --config C --steps 1'): every common/nn/cuda/*.cu is compiled
-# against the CPU stand-in (include/cuda_emu.h, after prep.py) and linked with the C objects of the
-# configured CUDA build in build/ (the library, and as tests/CMakeLists.txt says, asvr_train_core for
+# against the CPU stand-in (include/cuda_emu.h, include/cublasLt.h for cuBLASLt, after prep.py) and
+# linked with the C objects of the configured CUDA build in build/ (the library, and as
+# tests/CMakeLists.txt says, asvr_train_core for
 # test_train*, asvr_eval_core for test_(metrics|bench|generate)); the tests' own objects come from that
 # build, so they carry its definitions (ASVR_GOLDEN, ASVR_BIN_DIR, ASVR_SHARED_DATA, ...). An emulated
 # asvr-tokenize (and asvr-train, asvr-eval, for runs by hand) is linked into build/cuda_emu/bin and
@@ -46,7 +47,7 @@ objs=()
 for f in "$R"/common/nn/cuda/*.cu; do
   n=$(basename "$f" .cu)
   python3 "$E/prep.py" "$f" "$O/$n.cpp"
-  if [ ! -f "$O/$n.o" ] || [ "$O/$n.o" -ot "$O/$n.cpp" ] || [ "$O/$n.o" -ot "$E/include/cuda_emu.h" ] ||
+  if [ ! -f "$O/$n.o" ] || [ "$O/$n.o" -ot "$O/$n.cpp" ] || [ -n "$(find "$E/include" -newer "$O/$n.o" | head -1)" ] ||
      [ -n "$(find "$R/common/nn/cuda" -newer "$O/$n.o" -name '*.h*' | head -1)" ]; then
     g++ -std=c++20 -O2 -g -ffp-contract=off -w -I"$E/include" -I"$R/common" -DASVR_HAVE_CUDA=1 -D_GNU_SOURCE \
         -c "$O/$n.cpp" -o "$O/$n.o"

@@ -1,6 +1,7 @@
 // selftest.cu — checks that the stand-in (cuda_emu.h) catches what it claims to catch, so a test that
 // passes under it is not passing because the stand-in is lenient. Built and run first by run.sh;
 // compiled through prep.py like the backend's .cu files (not part of the real build).
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 #include <sys/wait.h>
@@ -117,6 +118,95 @@ static int wmma_ok(float *dout, __nv_bfloat16 *da, __nv_bfloat16 *db, float *dc,
     return ok;
 }
 
+// cuBLASLt (cublasLt.h): D [m, n] = gelu(A^T B + bias) with aux = its input, against a host loop; and
+// what it must refuse. Returns the number of failed expectations.
+static int lt_selftest() {
+    const int m = 8, n = 3, k = 5, ald = 16;
+    float hA[k * m], hB[k * n], hb[m], hD[m * n], haux[ald * n];
+    for (int i = 0; i < k * m; i++) hA[i] = 0.25f * (float)(i % 7) - 0.6f;
+    for (int i = 0; i < k * n; i++) hB[i] = 0.5f * (float)(i % 5) - 1.0f;
+    for (int i = 0; i < m; i++) hb[i] = 0.1f * (float)i - 0.3f;
+    for (int i = 0; i < ald * n; i++) haux[i] = -7.0f;
+    float *A, *B, *b, *D, *aux, *ws;
+    cudaMalloc((void **)&A, sizeof hA), cudaMalloc((void **)&B, sizeof hB), cudaMalloc((void **)&b, sizeof hb);
+    cudaMalloc((void **)&D, sizeof hD), cudaMalloc((void **)&aux, sizeof haux), cudaMalloc((void **)&ws, 1 << 16);
+    cudaMemcpy(A, hA, sizeof hA, cudaMemcpyHostToDevice), cudaMemcpy(B, hB, sizeof hB, cudaMemcpyHostToDevice);
+    cudaMemcpy(b, hb, sizeof hb, cudaMemcpyHostToDevice), cudaMemcpy(aux, haux, sizeof haux, cudaMemcpyHostToDevice);
+    cublasLtHandle_t h;
+    cublasLtMatmulDesc_t d;
+    cublasLtMatrixLayout_t la, lb, lbad, lc;
+    cublasLtMatmulPreference_t pref;
+    cublasLtCreate(&h);
+    cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    int32_t ta = CUBLAS_OP_T;
+    uint32_t epi = CUBLASLT_EPILOGUE_GELU_AUX_BIAS, relu = CUBLASLT_EPILOGUE_RELU;
+    int64_t ld64 = ald, bad_ld = 12;
+    int32_t bias_type = CUDA_R_32F;
+    cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b);
+    cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux);
+    cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld64, sizeof ld64);
+    cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, k, m, k);
+    cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, k, n, k);
+    cublasLtMatrixLayoutCreate(&lbad, CUDA_R_32F, k + 1, n, k + 1);
+    cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, m, n, m);
+    cublasLtMatmulPreferenceCreate(&pref);
+    uint64_t wsb = 1 << 16;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+    cublasLtMatmulHeuristicResult_t r;
+    int got = 0, f = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h, d, la, lb, lc, lc, pref, 1, &r, &got);
+    float one = 1.0f, zero = 0.0f;
+    if (st == CUBLAS_STATUS_SUCCESS && got == 1)
+        st = cublasLtMatmul(h, d, &one, A, la, B, lb, &zero, D, lc, D, lc, &r.algo, ws, wsb, nullptr);
+    if (st != CUBLAS_STATUS_SUCCESS || got != 1) { fprintf(stderr, "selftest FAILED: cuBLASLt GELU_AUX_BIAS refused\n"); f++; }
+    cudaMemcpy(hD, D, sizeof hD, cudaMemcpyDeviceToHost), cudaMemcpy(haux, aux, sizeof haux, cudaMemcpyDeviceToHost);
+    double worst = 0.0;
+    int untouched = 1;
+    for (int j = 0; j < n; j++) {
+        for (int i = 0; i < m; i++) {
+            double v = hb[i];
+            for (int l = 0; l < k; l++) v += (double)hA[i * k + l] * hB[j * k + l];
+            double g = 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+            worst = fmax(worst, fmax(fabs(haux[j * ald + i] - v), fabs(hD[j * m + i] - g)));
+        }
+        for (int i = m; i < ald; i++) untouched &= haux[j * ald + i] == -7.0f;
+    }
+    if (worst > 1e-5) { fprintf(stderr, "selftest FAILED: cuBLASLt GELU_AUX_BIAS off by %g\n", worst); f++; }
+    if (!untouched) { fprintf(stderr, "selftest FAILED: cuBLASLt aux rows past m were written\n"); f++; }
+    // Refusals: a host bias, an unknown attribute or epilogue, a bad aux ld, layouts that do not fit.
+    float *host_b = hb;
+    cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &host_b, sizeof host_b);
+    if (cublasLtMatmul(h, d, &one, A, la, B, lb, &zero, D, lc, D, lc, &r.algo, ws, wsb, nullptr) == CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "selftest FAILED: cuBLASLt took a host bias pointer\n"); f++;
+    }
+    cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b);
+    if (cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type) !=
+        CUBLAS_STATUS_NOT_SUPPORTED) { fprintf(stderr, "selftest FAILED: cuBLASLt took an attribute it does not emulate\n"); f++; }
+    if (cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &relu, sizeof relu) != CUBLAS_STATUS_NOT_SUPPORTED) {
+        fprintf(stderr, "selftest FAILED: cuBLASLt took an epilogue it does not emulate\n"); f++;
+    }
+    if (cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &ta, 2) == CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "selftest FAILED: cuBLASLt took an attribute of the wrong size\n"); f++;
+    }
+    cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &bad_ld, sizeof bad_ld);
+    if (cublasLtMatmulAlgoGetHeuristic(h, d, la, lb, lc, lc, pref, 1, &r, &got) == CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "selftest FAILED: cuBLASLt took an aux leading dimension that is not a multiple of 8\n"); f++;
+    }
+    cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld64, sizeof ld64);
+    if (cublasLtMatmulAlgoGetHeuristic(h, d, la, lbad, lc, lc, pref, 1, &r, &got) == CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "selftest FAILED: cuBLASLt took layouts whose inner dimensions differ\n"); f++;
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(lbad);
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(d);
+    cublasLtDestroy(h);
+    cudaFree(A), cudaFree(B), cudaFree(b), cudaFree(D), cudaFree(aux), cudaFree(ws);
+    return f;
+}
+
 int main() {
     int *d = nullptr;
     if (cudaMalloc((void **)&d, 2 * 256 * sizeof(int)) != cudaSuccess) return 1;
@@ -176,6 +266,7 @@ int main() {
     cudaGetLastError();
     cudaFree(d);
     cudaFree(f);
+    fails += lt_selftest();
     printf("cuda_emu selftest: %s\n", fails ? "FAILED" : "ok");
     return fails != 0;
 }

@@ -262,6 +262,40 @@ void cpu_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const t
     }
 }
 
+/* ---- fused residual + RMSNorm, per-group batched matmul ------------------------------------------ */
+
+/* Exactly op_add then op_rmsnorm: the fusion is a CUDA matter (one pass over memory). */
+void cpu_add_rmsnorm(tensor *r, tensor *y, const tensor *a, const tensor *b, const tensor *w, float eps,
+                     tensor *rstd) {
+    cpu_add(r, a, b);
+    cpu_rmsnorm(y, r, w, eps, rstd);
+}
+
+/* Group g of a [G, rows, cols] tensor as a 2-d view (NULL stays NULL). */
+static tensor *group_view(tensor *view, const tensor *t, int64_t g) {
+    if (!t) return NULL;
+    *view = tensor_index0(t, g);
+    return view;
+}
+
+void cpu_matmul_batched(tensor *y, const tensor *x, const tensor *w, nn_act act, tensor *pre) {
+    for (int64_t g = 0; g < x->shape[0]; g++) {
+        tensor yg, xg, wg, pg;
+        cpu_matmul(group_view(&yg, y, g), group_view(&xg, x, g), group_view(&wg, w, g), NULL, act,
+                   group_view(&pg, pre, g));
+    }
+}
+
+void cpu_matmul_batched_backward(tensor *dx, tensor *dw, tensor *dy, const tensor *x, const tensor *w,
+                                 nn_act act, const tensor *pre, int accumulate_dx) {
+    for (int64_t g = 0; g < x->shape[0]; g++) {
+        tensor dxg, dwg, dyg, xg, wg, pg;
+        cpu_matmul_backward(group_view(&dxg, dx, g), group_view(&dwg, dw, g), NULL, group_view(&dyg, dy, g),
+                            group_view(&xg, x, g), group_view(&wg, w, g), act,
+                            act != NN_ACT_NONE ? group_view(&pg, pre, g) : NULL, accumulate_dx);
+    }
+}
+
 void cpu_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act, int accumulate) {
     int64_t n = tensor_numel(x);
     const float *px = F(x), *g = F(dy);

@@ -1,9 +1,18 @@
 // ops_cuda.cu — the CUDA backend of the ops in ops.h: f32 or bf16 storage per tensor, fp32 math.
 // GEMMs: cuBLAS GemmEx (fp32 compute); the rest: plain kernels, one thread per element or one block
-// per row. Attention: with the probabilities kept ([B,H,T,T]) two batched cuBLAS GEMMs around a row
-// softmax (tensor cores); with only a T x T scratch, a straightforward kernel (one block per query
-// row, scores in shared memory, T <= 12288). The training ops are in ops_train_cuda.cu, the helpers both files share in
-// cuda_common.cuh. Arguments were validated by ops.c.
+// per row. op_matmul with a bias and/or the tanh GELU runs as one cuBLASLt GEMM with the BIAS / GELU /
+// GELU_BIAS epilogue (GELU_AUX(_BIAS) writes pre when asked for) — cuBLASLt's GELU is the tanh form,
+// so the erf GELU keeps GemmEx + the epilogue kernel, as do the cases matmul_lt lists. Setting the
+// environment variable ASVR_NO_CUBLASLT=1 forces GemmEx + kernel everywhere (tests compare the two).
+// Batched per-group matmul (op_matmul_batched): one cublasGemmStridedBatchedEx. Residual + RMSNorm
+// (op_add_rmsnorm): one block per row. Attention: with the probabilities kept ([B,H,T,T]) two batched
+// cuBLAS GEMMs around a row softmax (tensor cores); with only a T x T scratch, a straightforward
+// kernel (one block per query row, scores in shared memory, T <= 12288). The training ops are in
+// ops_train_cuda.cu, the helpers both files share in cuda_common.cuh. Arguments were validated by ops.c.
+#include <cublasLt.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "nn/backend.h"
 #include "nn/cuda/cuda_common.cuh"
 #include "nn/cuda/ops_cuda.h"
@@ -93,10 +102,95 @@ static void gemm_xwt(void *y, cudaDataType_t ty, const void *x, const void *w, c
                               x, tin, (int)K, &beta, y, ty, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+// ---- cuBLASLt: the GEMM with its bias / GELU epilogue in one kernel ------------------------------
+static cublasLtHandle_t nn_cuda_blaslt(void) {
+    static cublasLtHandle_t h = NULL;
+    if (!h) CHECK_CUBLAS(cublasLtCreate(&h));
+    return h;
+}
+
+#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
+static void *lt_workspace(void) { // one buffer for every Lt GEMM (all on the default stream)
+    static void *p = NULL;
+    if (!p) p = nn_cuda_malloc(LT_WORKSPACE_BYTES, "cuBLASLt workspace");
+    return p;
+}
+
+static long long lt_matmuls = 0;
+extern "C" long long nn_cuda_matmul_lt_count(void) { return lt_matmuls; }
+
+// ASVR_NO_CUBLASLT=1 (anything but empty or "0"): GEMM + separate epilogue kernel. Read on every call,
+// so a test can compare both paths in one process.
+static int lt_disabled(void) {
+    const char *e = getenv("ASVR_NO_CUBLASLT");
+    return e && *e && strcmp(e, "0") != 0;
+}
+
+// y = act(x·w^T + b) with pre = x·w^T + b through one cublasLtMatmul, in the column-major view of
+// gemm_xwt: D = y^T [N, M] (ld N) = op(A) B with A = w ([K, N], ld K, transposed) and B = x^T
+// ([K, M], ld K); the bias has D's row count N; the GELU aux output has D's layout, so with ld N
+// it is pre [M, N] row-major. Returns 0 (nothing written) when this call is not for cuBLASLt: no
+// bias and no tanh GELU, the erf GELU (cuBLASLt's GELU is the tanh form), a bias or pre in another
+// dtype than y (the epilogue's defaults), pre without a GELU or with N % 8 != 0 (the aux leading
+// dimension must be a multiple of 8), or no algorithm offered by the heuristic.
+static int matmul_lt(tensor *y, const void *x, const tensor *w, const tensor *b, nn_act act, tensor *pre,
+                     int64_t M, int64_t N, int64_t K) {
+    int gelu = act == NN_ACT_GELU_TANH;
+    if (act == NN_ACT_GELU_ERF || (!b && !gelu) || lt_disabled()) return 0;
+    if (b && b->dtype != y->dtype) return 0;
+    if (pre && (!gelu || pre->dtype != y->dtype || N % 8 != 0)) return 0;
+    cublasLtEpilogue_t epi = gelu ? (pre ? (b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+                                         : (b ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU))
+                                  : CUBLASLT_EPILOGUE_BIAS;
+    cublasLtMatmulDesc_t desc = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    CHECK_CUBLAS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    uint32_t epv = (uint32_t)epi;
+    CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epv, sizeof epv));
+    if (b) {
+        const void *bp = b->data;
+        CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
+    }
+    if (pre) {
+        void *ap = pre->data;
+        int64_t ald = N;
+        CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ap, sizeof ap));
+        CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ald, sizeof ald));
+    }
+    CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&la, cuty(w), (uint64_t)K, (uint64_t)N, K));
+    CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&lb, cuty(w), (uint64_t)K, (uint64_t)M, K));
+    CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&ld, cuty(y), (uint64_t)N, (uint64_t)M, N));
+    CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t wsb = LT_WORKSPACE_BYTES;
+    CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb));
+    cublasLtMatmulHeuristicResult_t res;
+    memset(&res, 0, sizeof res);
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(nn_cuda_blaslt(), desc, la, lb, ld, ld, pref, 1, &res, &found);
+    int ok = st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+    if (ok) {
+        const float one = 1.0f, zero = 0.0f;
+        CHECK_CUBLAS(cublasLtMatmul(nn_cuda_blaslt(), desc, &one, w->data, la, x, lb, &zero, y->data, ld, y->data, ld,
+                                    &res.algo, lt_workspace(), LT_WORKSPACE_BYTES, 0));
+        lt_matmuls++;
+    }
+    CHECK_CUBLAS(cublasLtMatmulPreferenceDestroy(pref));
+    CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(ld));
+    CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(lb));
+    CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(la));
+    CHECK_CUBLAS(cublasLtMatmulDescDestroy(desc));
+    return ok;
+}
+
 static void matmul_raw(tensor *y, const void *x, const tensor *w, const tensor *b, nn_act act, tensor *pre,
                        int64_t M, int64_t K) {
     int64_t N = w->shape[0];
     CHECK(!isbf(y) || isbf(w), "", "cuda matmul: bf16 output '%s' needs bf16 weights", y->name);
+    if (matmul_lt(y, x, w, b, act, pre, M, N, K)) return;
     gemm_xwt(y->data, cuty(y), x, w->data, cuty(w), M, N, K, 1.0f, 0.0f);
     if (b || pre || act != NN_ACT_NONE) {
         k_bias_act<<<blocks(M * N), NT>>>(y->data, isbf(y), b ? b->data : NULL, isbf(b), pre ? pre->data : NULL,
@@ -140,6 +234,24 @@ const void *nn_cuda_as_type(const tensor *t, int want_bf, int slot) {
 extern "C" void cuda_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_act act,
                             tensor *pre) {
     matmul_raw(y, nn_cuda_as_type(x, isbf(w), 0), w, b, act, pre, tensor_rows(x), tensor_cols(x));
+}
+
+// y[g] = act(x[g] · w[g]^T) for x [G,M,K], w [G,N,K]: one strided batched GEMM (the column-major view
+// of gemm_xwt per group), then the activation / pre copy as matmul_raw's fallback does it.
+extern "C" void cuda_matmul_batched(tensor *y, const tensor *x, const tensor *w, nn_act act, tensor *pre) {
+    int64_t G = x->shape[0], M = x->shape[1], K = x->shape[2], N = w->shape[1];
+    CHECK(x->dtype == w->dtype, "", "cuda batched matmul: x '%s' and w '%s' must share a dtype", x->name, w->name);
+    CHECK(!isbf(y) || isbf(w), "", "cuda batched matmul: bf16 output '%s' needs bf16 weights", y->name);
+    const float one = 1.0f, zero = 0.0f;
+    CHECK_CUBLAS(cublasGemmStridedBatchedEx(nn_cuda_blas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one,
+                                            w->data, cuty(w), (int)K, (long long)(N * K), x->data, cuty(x), (int)K,
+                                            (long long)(M * K), &zero, y->data, cuty(y), (int)N, (long long)(M * N),
+                                            (int)G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (pre || act != NN_ACT_NONE) {
+        k_bias_act<<<blocks(G * M * N), NT>>>(y->data, isbf(y), (const void *)NULL, 0, pre ? pre->data : NULL,
+                                              isbf(pre), G * M, N, (int)act);
+        CHECK_CUDA(cudaGetLastError());
+    }
 }
 
 // ---- elementwise -------------------------------------------------------------------------------
@@ -217,6 +329,24 @@ __global__ void k_rmsnorm(void *y, int ybf, const void *x, int xbf, const void *
     if (threadIdx.x == 0 && rstd) rstd[r] = rs;
 }
 
+// Residual add + RMSNorm, one block per row: r = a + b is stored and read back as stored (bf16
+// rounding as op_add then op_rmsnorm), its squares summed in k_rmsnorm's order; then y. Every element
+// is read and written by one thread only, so r and y may alias a or b.
+__global__ void k_add_rmsnorm(void *r, int rbf, void *y, int ybf, const void *a, int abf, const void *b, int bbf,
+                              const void *w, int wbf, float eps, float *rstd, int64_t C) {
+    int64_t row = blockIdx.x;
+    const int64_t off = row * C;
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < C; j += NT) {
+        stv(r, rbf, off + j, ldv(a, abf, off + j) + ldv(b, bbf, off + j));
+        float t = ldv(r, rbf, off + j);
+        s += t * t;
+    }
+    float rs = rsqrtf(block_sum(s) / (float)C + eps);
+    for (int64_t j = threadIdx.x; j < C; j += NT) stv(y, ybf, off + j, ldv(r, rbf, off + j) * rs * ldv(w, wbf, j));
+    if (threadIdx.x == 0 && rstd) rstd[row] = rs;
+}
+
 extern "C" void cuda_layernorm(tensor *y, const tensor *x, const tensor *w, const tensor *b, float eps,
                                tensor *mean, tensor *rstd) {
     int64_t R = tensor_rows(x), C = tensor_cols(x);
@@ -229,6 +359,14 @@ extern "C" void cuda_rmsnorm(tensor *y, const tensor *x, const tensor *w, float 
     int64_t R = tensor_rows(x), C = tensor_cols(x);
     k_rmsnorm<<<(unsigned)R, NT>>>(y->data, isbf(y), x->data, isbf(x), w->data, isbf(w), eps,
                                    rstd ? (float *)rstd->data : NULL, C);
+    CHECK_CUDA(cudaGetLastError());
+}
+
+extern "C" void cuda_add_rmsnorm(tensor *r, tensor *y, const tensor *a, const tensor *b, const tensor *w, float eps,
+                                 tensor *rstd) {
+    int64_t R = tensor_rows(a), C = tensor_cols(a);
+    k_add_rmsnorm<<<(unsigned)R, NT>>>(r->data, isbf(r), y->data, isbf(y), a->data, isbf(a), b->data, isbf(b),
+                                       w->data, isbf(w), eps, rstd ? (float *)rstd->data : NULL, C);
     CHECK_CUDA(cudaGetLastError());
 }
 

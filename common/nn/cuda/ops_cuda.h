@@ -1,6 +1,7 @@
 /* ops_cuda.h — host-callable pieces of the CUDA backend that C code needs without CUDA headers:
  * device memory for arenas, pinned host memory for staging, host<->device copies, synchronisation,
- * whether a device is usable, and the fused VQ step the tokenizer can select.
+ * whether a device is usable, the fused VQ step the tokenizer can select, and a count of the matmuls
+ * that ran on cuBLASLt (for tests).
  * The op implementations themselves are declared in nn/backend.h (cuda_*).
  * Not for: kernels or cuBLAS handles (those stay inside the .cu files of nn/cuda/).
  */
@@ -43,6 +44,10 @@ size_t nn_cuda_scratch_bytes(void);
  * Checks its own arguments. */
 void cuda_vq_step_fused(tensor *residual, const tensor *codebook, const tensor *cnorm, tensor *codes,
                         int depth);
+
+/* How many op_matmul calls so far ran as one cuBLASLt GEMM with a fused epilogue (the others: cuBLAS
+ * GemmEx + the epilogue kernel); tests use it to know which path they checked. */
+long long nn_cuda_matmul_lt_count(void);
 
 /* Benchmarks (bench_cuda.cu): the measured throughput of an n x n x n bf16 cuBLAS GEMM (fp32
  * accumulation), in TFLOP/s over `iters` calls after two warm-up calls. */

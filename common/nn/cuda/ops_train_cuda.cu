@@ -154,6 +154,37 @@ extern "C" void cuda_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor 
     }
 }
 
+// Backward of op_matmul_batched: cuda_matmul_backward's GEMMs for every group in one strided batched
+// call each (same dtype combinations), no bias.
+extern "C" void cuda_matmul_batched_backward(tensor *dx, tensor *dw, tensor *dy, const tensor *x, const tensor *w,
+                                             nn_act act, const tensor *pre, int accumulate_dx) {
+    int64_t G = x->shape[0], M = x->shape[1], K = x->shape[2], N = w->shape[1];
+    if (act != NN_ACT_NONE) {
+        kt_act_backward<<<blocks(G * M * N), NT>>>(dy->data, isbf(dy), pre->data, isbf(pre), G * M * N, (int)act);
+        LAUNCH_CHECK();
+    }
+    const float one = 1.0f, zero = 0.0f;
+    if (dx) { // per group: column-major dx^T = w^T · dy^T
+        CHECK(dy->dtype == w->dtype && (isbf(w) || !isbf(dx)), "give dy and w one dtype (and dx f32 if they are f32)",
+              "cuda batched matmul backward: dy '%s' %s, w '%s' %s, dx '%s' %s is not a cuBLAS GEMM type combination",
+              dy->name, nn_dtype_name(dy->dtype), w->name, nn_dtype_name(w->dtype), dx->name, nn_dtype_name(dx->dtype));
+        CHECK_CUBLAS(cublasGemmStridedBatchedEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one,
+                                                w->data, cuty(w), (int)K, (long long)(N * K), dy->data, cuty(dy), (int)N,
+                                                (long long)(M * N), accumulate_dx ? &one : &zero, dx->data, cuty(dx),
+                                                (int)K, (long long)(M * K), (int)G, CUBLAS_COMPUTE_32F,
+                                                CUBLAS_GEMM_DEFAULT));
+    }
+    if (dw) { // per group: column-major dw^T += x^T · dy
+        CHECK(dy->dtype == x->dtype && (isbf(x) || !isbf(dw)), "give dy and x one dtype (and dw f32 if they are f32)",
+              "cuda batched matmul backward: dy '%s' %s, x '%s' %s, dw '%s' %s is not a cuBLAS GEMM type combination",
+              dy->name, nn_dtype_name(dy->dtype), x->name, nn_dtype_name(x->dtype), dw->name, nn_dtype_name(dw->dtype));
+        CHECK_CUBLAS(cublasGemmStridedBatchedEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one,
+                                                x->data, cuty(x), (int)K, (long long)(M * K), dy->data, cuty(dy), (int)N,
+                                                (long long)(M * N), &one, dw->data, cuty(dw), (int)K, (long long)(N * K),
+                                                (int)G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
 // ---- gelu backward -------------------------------------------------------------------------------
 __global__ void kt_gelu_backward(void *dx, int xbf_out, const void *dy, int ybf, const void *x, int xbf, int64_t n,
                                  int act, int accumulate) {
