@@ -347,9 +347,7 @@ static void layer_forward(const llama *m, llama_acts *a, int i, int64_t B, float
         op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
     }
     op_matmul(&branch, &attn, W->o->wc, NULL, NN_ACT_NONE, NULL);
-    op_add(&hmid, &res, &branch);
-
-    op_rmsnorm(&xn_post, &hmid, W->ln_post->wc, c->rms_eps, &rstd_post);
+    op_add_rmsnorm(&hmid, &xn_post, &res, &branch, W->ln_post->wc, c->rms_eps, &rstd_post);
     op_matmul(&gate, &xn_post, W->gate->wc, NULL, NN_ACT_NONE, NULL);
     op_matmul(&up, &xn_post, W->up->wc, NULL, NN_ACT_NONE, NULL);
     op_swiglu(&act, &gate, &up);

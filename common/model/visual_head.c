@@ -210,7 +210,7 @@ vhead_acts *vhead_acts_new(const vhead *h, int max_positions) {
     a->dq = add2(ar, "grad.q", cdt, DP, E);
     a->dk = add2(ar, "grad.k", cdt, DP, E);
     a->dv = add2(ar, "grad.v", cdt, DP, E);
-    a->dg = add2(ar, "grad.ffn_hidden", cdt, P, F);
+    a->dg = add2(ar, "grad.ffn_hidden", cdt, DP, F);
     a->dh_in = add2(ar, "grad.head_in_proj_hidden", cdt, P, E);
     a->att_scratch = add2(ar, "grad.attention_scratch", NN_F32, D, D);
     a->top1 = nn_arena_add(ar, "top1", NN_I32, 1, (int64_t[]){DP});
@@ -378,14 +378,12 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
         op_attention_seg(&ao, &q, &k, &v, (int)H, (int)H, att_scale, 1, NULL, &att);
         op_matmul(&tmp, &ao, L->out_w->wc, L->out_b->wc, NN_ACT_NONE, NULL);
         op_embedding(&r, &perm_dm, &tmp);
-        op_add(&r, &r, &x);
-        op_rmsnorm(&h, &r, L->norm2->wc, c->eps, &rstd2);
-        for (int64_t d = 0; d < D; d++) {
-            tensor hd_ = rows_view(A->h, d * N, N, E), fpre = rows_view(A->fpre, d * N, N, F),
-                   fg = rows_view(A->fg, d * N, N, F), od = rows_view(a->xs[l + 1], d * N, N, E);
-            tensor w1 = tensor_index0(L->ffn_w1->wc, d), w2 = tensor_index0(L->ffn_w2->wc, d);
-            op_matmul(&fg, &hd_, &w1, NULL, NN_ACT_GELU_ERF, &fpre);
-            op_matmul(&od, &fg, &w2, NULL, NN_ACT_NONE, NULL);
+        op_add_rmsnorm(&r, &h, &r, &x, L->norm2->wc, c->eps, &rstd2);
+        { /* the per-depth FFNs: depth-major rows [D, N, .], one batched GEMM per product */
+            tensor h3 = view3(A->h, D, N, E), fpre3 = view3(A->fpre, D, N, F), fg3 = view3(A->fg, D, N, F),
+                   out3 = view3(a->xs[l + 1], D, N, E);
+            op_matmul_batched(&fg3, &h3, L->ffn_w1->wc, NN_ACT_GELU_ERF, &fpre3);
+            op_matmul_batched(&out3, &fg3, L->ffn_w2->wc, NN_ACT_NONE, NULL);
         }
         op_add(&out, &out, &h);
     }
@@ -460,16 +458,13 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
 
         /* out = h + FFN_d(h): dh = dout + FFN backward */
         op_copy(&oth, &cur);
-        for (int64_t d = 0; d < D; d++) {
-            tensor dod = rows_view(&cur, d * N, N, E), dhd = rows_view(&oth, d * N, N, E);
-            tensor hd_ = rows_view(A->h, d * N, N, E), fpre = rows_view(A->fpre, d * N, N, F),
-                   fg = rows_view(A->fg, d * N, N, F), dg = rows_view(a->dg, 0, N, F);
-            tensor w1 = tensor_index0(L->ffn_w1->wc, d), w2 = tensor_index0(L->ffn_w2->wc, d);
-            tensor *g1 = NULL, *g2 = NULL;
-            if (L->ffn_w1->g) gb[0] = tensor_index0(L->ffn_w1->g, d), g1 = &gb[0];
-            if (L->ffn_w2->g) gb[1] = tensor_index0(L->ffn_w2->g, d), g2 = &gb[1];
-            op_matmul_backward(&dg, g2, NULL, &dod, &fg, &w2, NN_ACT_NONE, NULL, 0);
-            op_matmul_backward(&dhd, g1, NULL, &dg, &hd_, &w1, NN_ACT_GELU_ERF, &fpre, 1);
+        {
+            tensor dout3 = view3(&cur, D, N, E), dh3 = view3(&oth, D, N, E), h3 = view3(A->h, D, N, E),
+                   fpre3 = view3(A->fpre, D, N, F), fg3 = view3(A->fg, D, N, F), dg3 = view3(a->dg, D, N, F);
+            op_matmul_batched_backward(&dg3, opt(L->ffn_w2->g, &gb[1]), &dout3, &fg3, L->ffn_w2->wc, NN_ACT_NONE,
+                                       NULL, 0);
+            op_matmul_batched_backward(&dh3, opt(L->ffn_w1->g, &gb[0]), &dg3, &h3, L->ffn_w1->wc, NN_ACT_GELU_ERF,
+                                       &fpre3, 1);
         }
         /* h = norm2(r): dr (in place) */
         op_rmsnorm_backward(&oth, opt(L->norm2->g, &gb[0]), &oth, &r, L->norm2->wc, &rstd2, 0);

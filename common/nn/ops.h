@@ -35,7 +35,10 @@ typedef enum {
  * b may be NULL. pre (optional, [M,N]) receives x·w^T + b before the activation.
  * y must not alias x. On CUDA a bias and/or the tanh GELU run as the epilogue of one cuBLASLt GEMM
  * where cuBLASLt takes the case (nn/cuda/ops_cuda.cu says when); ASVR_NO_CUBLASLT=1 in the environment
- * forces the plain GEMM + epilogue kernel. */
+ * forces the plain GEMM + epilogue kernel. On CUDA the GEMM runs in w's storage type (bf16 or f32,
+ * fp32 accumulation); an x (or, in the backward ops, a dy or x) stored in the other float type is
+ * converted into a grow-only device scratch first (mixed precision: bf16 weight copies against f32
+ * activations); a bf16 y (or dx) needs bf16 w. The batched and backward GEMMs follow the same rule. */
 void op_matmul(tensor *y, const tensor *x, const tensor *w, const tensor *b, nn_act act, tensor *pre);
 
 /* y = act(x), elementwise; y may alias x. act must not be NN_ACT_NONE. */

@@ -240,11 +240,11 @@ extern "C" void cuda_matmul(tensor *y, const tensor *x, const tensor *w, const t
 // of gemm_xwt per group), then the activation / pre copy as matmul_raw's fallback does it.
 extern "C" void cuda_matmul_batched(tensor *y, const tensor *x, const tensor *w, nn_act act, tensor *pre) {
     int64_t G = x->shape[0], M = x->shape[1], K = x->shape[2], N = w->shape[1];
-    CHECK(x->dtype == w->dtype, "", "cuda batched matmul: x '%s' and w '%s' must share a dtype", x->name, w->name);
     CHECK(!isbf(y) || isbf(w), "", "cuda batched matmul: bf16 output '%s' needs bf16 weights", y->name);
     const float one = 1.0f, zero = 0.0f;
+    const void *xw = nn_cuda_as_type(x, isbf(w), 0); // in the weights' type, as cuda_matmul does
     CHECK_CUBLAS(cublasGemmStridedBatchedEx(nn_cuda_blas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one,
-                                            w->data, cuty(w), (int)K, (long long)(N * K), x->data, cuty(x), (int)K,
+                                            w->data, cuty(w), (int)K, (long long)(N * K), xw, cuty(w), (int)K,
                                             (long long)(M * K), &zero, y->data, cuty(y), (int)N, (long long)(M * N),
                                             (int)G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (pre || act != NN_ACT_NONE) {

@@ -164,24 +164,30 @@ extern "C" void cuda_matmul_batched_backward(tensor *dx, tensor *dw, tensor *dy,
         LAUNCH_CHECK();
     }
     const float one = 1.0f, zero = 0.0f;
+    const void *dyw = NULL; // operand conversions as in cuda_matmul_backward
     if (dx) { // per group: column-major dx^T = w^T · dy^T
-        CHECK(dy->dtype == w->dtype && (isbf(w) || !isbf(dx)), "give dy and w one dtype (and dx f32 if they are f32)",
-              "cuda batched matmul backward: dy '%s' %s, w '%s' %s, dx '%s' %s is not a cuBLAS GEMM type combination",
-              dy->name, nn_dtype_name(dy->dtype), w->name, nn_dtype_name(w->dtype), dx->name, nn_dtype_name(dx->dtype));
+        CHECK(isbf(w) || !isbf(dx), "give dx f32 when w is f32",
+              "cuda batched matmul backward: dx '%s' is bf16 but w '%s' is f32 (not a cuBLAS GEMM type combination)",
+              dx->name, w->name);
+        dyw = nn_cuda_as_type(dy, isbf(w), 1);
         CHECK_CUBLAS(cublasGemmStridedBatchedEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one,
-                                                w->data, cuty(w), (int)K, (long long)(N * K), dy->data, cuty(dy), (int)N,
+                                                w->data, cuty(w), (int)K, (long long)(N * K), dyw, cuty(w), (int)N,
                                                 (long long)(M * N), accumulate_dx ? &one : &zero, dx->data, cuty(dx),
                                                 (int)K, (long long)(M * K), (int)G, CUBLAS_COMPUTE_32F,
                                                 CUBLAS_GEMM_DEFAULT));
     }
     if (dw) { // per group: column-major dw^T += x^T · dy
-        CHECK(dy->dtype == x->dtype && (isbf(x) || !isbf(dw)), "give dy and x one dtype (and dw f32 if they are f32)",
-              "cuda batched matmul backward: dy '%s' %s, x '%s' %s, dw '%s' %s is not a cuBLAS GEMM type combination",
-              dy->name, nn_dtype_name(dy->dtype), x->name, nn_dtype_name(x->dtype), dw->name, nn_dtype_name(dw->dtype));
+        int bf = isbf(x) || isbf(dy);
+        CHECK(bf || !isbf(dw), "give dw f32 when x and dy are f32",
+              "cuda batched matmul backward: dw '%s' is bf16 but x '%s' and dy '%s' are f32", dw->name, x->name,
+              dy->name);
+        const void *dyb = dyw && bf == isbf(w) ? dyw : nn_cuda_as_type(dy, bf, 1);
+        const void *xb = nn_cuda_as_type(x, bf, 2);
+        cudaDataType_t t = bf ? CUDA_R_16BF : CUDA_R_32F;
         CHECK_CUBLAS(cublasGemmStridedBatchedEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one,
-                                                x->data, cuty(x), (int)K, (long long)(M * K), dy->data, cuty(dy), (int)N,
-                                                (long long)(M * N), &one, dw->data, cuty(dw), (int)K, (long long)(N * K),
-                                                (int)G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                                xb, t, (int)K, (long long)(M * K), dyb, t, (int)N, (long long)(M * N),
+                                                &one, dw->data, cuty(dw), (int)K, (long long)(N * K), (int)G,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
 }
 
