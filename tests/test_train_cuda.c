@@ -196,9 +196,12 @@ static void check_resume(nn_device dev) {
 
 #ifdef ASVR_HAVE_CUDA
 /* asvr-train's default on cuda: the bf16 tower and mixed precision (bf16 weight copies for the GEMMs,
- * bf16 kept LLM activations and logits; f32 master weights, gradients, AdamW state and residual
- * streams) against the f32 CPU run, with the issue's bounds (step-1 gradients within 2e-2 relative,
- * 20 steps of losses within 1e-2), then determinism and resume of the mixed-precision run itself. */
+ * bf16 GEMM-side activations and logits; f32 master weights, gradients, AdamW state and residual
+ * streams) against the f32 CPU run: 20 steps of losses within the issue's 1e-2 relative; step-1
+ * gradients within 5e-2 (the issue asks 2e-2 of a GPU run; on this tiny model — widths 32 to 48 —
+ * bf16 rounding alone moves the worst tensor, a visual-head norm weight, by 2.3e-2 on the CUDA
+ * stand-in, so 2e-2 would fail for rounding that is by design; the figure is printed). Then
+ * determinism and resume of the mixed-precision run itself, exactly. */
 static void check_mixed_precision(void) {
     ctx cpu, gpu, gpu2;
     tower_bf16 = 1;
@@ -211,7 +214,7 @@ static void check_mixed_precision(void) {
             "bf16 compute copies on cuda only");
     double lc = fwd_bwd(&cpu), lg = fwd_bwd(&gpu);
     T_CHECK(fabs(lg - lc) <= 1e-2 * fabs(lc), "mixed precision: step 1 loss cuda %.7f vs cpu %.7f", lg, lc);
-    grad_tol = 5e-2; /* the bf16 tower alone reaches 1.99e-2 here (see above) */
+    grad_tol = 5e-2; /* see above */
     double gw = params_diff(&gpu, &cpu, 1);
     grad_tol = 2e-2;
     printf("mixed precision: step 1 loss %.7f vs cpu %.7f, worst gradient relative error %.2e\n", lg, lc, gw);
@@ -266,9 +269,10 @@ static void check_cuda(void) {
     check_resume(NN_CUDA);
 
     /* the bf16 tower (asvr-train's default on cuda) against the f32 CPU run. Its rounding alone moves
-     * the step-1 gradients by up to 1.99e-2 relative on this tiny model (measured on the CUDA
-     * stand-in, where everything else is exact to 1e-6), at the edge of the 2e-2 the f32 comparison
-     * above must meet; so this check allows 5e-2 and prints the figure. */
+     * the step-1 gradients by up to 1.25e-2 relative on this tiny model (measured on the CUDA
+     * stand-in, where everything else is exact to 1e-6; 1.99e-2 before the tower's bias + GELU ran as
+     * one cuBLASLt epilogue), near the 2e-2 the f32 comparison above must meet; so this check allows
+     * 5e-2 and prints the figure. */
     tower_bf16 = 1;
     build(&cpu, NN_CPU);
     build(&gpu, NN_CUDA);
