@@ -407,6 +407,68 @@ static void t_adamw(float wd) {
     release();
 }
 
+/* The fused optimizer: op_adamw_multi over tensors of odd sizes (one spans two 64K chunks, one three),
+ * with bf16, f32 and no compute copies, clipping scales 0.5 / 1 / 0.25, three steps: bit for bit the
+ * per-tensor ops (op_scale on a copy of g, op_adamw, op_copy) on the device, within 1e-5 of the CPU's
+ * op_adamw_multi, and g left as it was. Then op_grad_sqnorm_multi against the CPU and against the sum
+ * of op_grad_sqnorm. */
+static void t_adamw_multi(void) {
+    enum { NT_ = 4 };
+    const int64_t sizes[NT_] = {1000, 70000, 3, 131073};
+    const nn_dtype cdt[NT_] = {NN_BF16, NN_F32, NN_BF16, NN_BF16};
+    const int has_pc[NT_] = {1, 1, 0, 1};
+    const float wd[NT_] = {0.1f, 0.0f, 0.1f, 0.05f}, scales[3] = {0.5f, 1.0f, 0.25f};
+    tensor p0[NT_], hp[NT_], hm[NT_], hv[NT_], hpc[NT_];                        /* CPU multi */
+    tensor dp[NT_], dm[NT_], dv[NT_], dpc[NT_], rp[NT_], rm[NT_], rv[NT_], rpc[NT_]; /* device multi, reference */
+    tensor *P[NT_], *G[NT_], *M[NT_], *V[NT_], *PC[NT_], *HP[NT_], *HG[NT_], *HM[NT_], *HV[NT_], *HPC[NT_];
+    tensor hg[NT_], dg[NT_], dg0[NT_], rg[NT_];
+    for (int i = 0; i < NT_; i++) {
+        p0[i] = H("p0", 1, sizes[i], 0, 0, 0, 1);
+        hp[i] = Hcopy("p", &p0[i]);
+        hm[i] = Hfill("m", &p0[i], 0), hv[i] = Hfill("v", &p0[i], 0), hpc[i] = Hfill("pc", &p0[i], 0);
+        dp[i] = D(&p0[i], NN_F32), dm[i] = D(&hm[i], NN_F32), dv[i] = D(&hv[i], NN_F32), dpc[i] = D(&hpc[i], cdt[i]);
+        rp[i] = D(&p0[i], NN_F32), rm[i] = D(&hm[i], NN_F32), rv[i] = D(&hv[i], NN_F32), rpc[i] = D(&hpc[i], cdt[i]);
+        P[i] = &dp[i], M[i] = &dm[i], V[i] = &dv[i], PC[i] = has_pc[i] ? &dpc[i] : NULL;
+        HP[i] = &hp[i], HM[i] = &hm[i], HV[i] = &hv[i], HPC[i] = has_pc[i] ? &hpc[i] : NULL;
+    }
+    int ok_ref = 1, g_kept = 1;
+    for (int step = 1; step <= 3; step++) {
+        float sc = scales[step - 1];
+        for (int i = 0; i < NT_; i++) {
+            hg[i] = H("g", 1, sizes[i], 0, 0, 0, step == 2 ? 0.01f : 1.0f);
+            dg[i] = D(&hg[i], NN_F32), dg0[i] = D(&hg[i], NN_F32), rg[i] = D(&hg[i], NN_F32);
+            G[i] = &dg[i], HG[i] = &hg[i];
+        }
+        op_adamw_multi(NT_, HP, HG, HM, HV, HPC, wd, sc, 1e-2f, 0.9f, 0.999f, 1e-8f, step);
+        op_adamw_multi(NT_, P, G, M, V, PC, wd, sc, 1e-2f, 0.9f, 0.999f, 1e-8f, step);
+        for (int i = 0; i < NT_; i++) {
+            if (sc != 1.0f) op_scale(&rg[i], sc);
+            op_adamw(&rp[i], &rg[i], &rm[i], &rv[i], 1e-2f, 0.9f, 0.999f, 1e-8f, wd[i], step);
+            if (has_pc[i]) op_copy(&rpc[i], &rp[i]);
+            ok_ref &= same_bits(&dp[i], &rp[i]) && same_bits(&dm[i], &rm[i]) && same_bits(&dv[i], &rv[i]) &&
+                      (!has_pc[i] || same_bits(&dpc[i], &rpc[i]));
+            g_kept &= same_bits(&dg[i], &dg0[i]);
+        }
+    }
+    T_CHECK(ok_ref, "adamw multi: p, m, v or the compute copy differ from op_scale + op_adamw + op_copy");
+    T_CHECK(g_kept, "adamw multi changed g");
+    for (int i = 0; i < NT_; i++) {
+        CMP(L("adamw multi, tensor %d (%lld), 3 steps: p - p0", i, (long long)sizes[i]), dp[i], hp[i], &p0[i], 1e-5);
+        CMP(L("adamw multi, tensor %d: m", i), dm[i], hm[i], NULL, 1e-5);
+        CMP(L("adamw multi, tensor %d: v", i), dv[i], hv[i], NULL, 1e-5);
+        if (has_pc[i]) CMP(L("adamw multi, tensor %d: compute copy vs cpu p", i), dpc[i], hp[i], NULL,
+                           cdt[i] == NN_BF16 ? 5e-3 : 1e-5);
+    }
+    double a = 0.25, b = 0.25, c = 0.25;
+    op_grad_sqnorm_multi(&a, NT_, (const tensor *const *)HG);
+    op_grad_sqnorm_multi(&b, NT_, (const tensor *const *)G);
+    for (int i = 0; i < NT_; i++) op_grad_sqnorm(&c, G[i]);
+    double e1 = fabs((b - 0.25) - (a - 0.25)) / (a - 0.25), e2 = fabs((b - 0.25) - (c - 0.25)) / (c - 0.25);
+    printf("  %-4s %-64s %.2e / %.2e  (< 1e-9)\n", dn, "grad sqnorm multi vs cpu / vs per tensor", e1, e2);
+    T_CHECK(e1 < 1e-9 && e2 < 1e-12, "grad sqnorm multi %.17g vs cpu %.17g, per tensor %.17g", b, a, c);
+    release();
+}
+
 static void t_norm_scale(void) {
     tensor g = H("g", 2, 700, 501, 0, 0, 1), s = H("small", 1, 3, 0, 0, 0, 1);
     tensor gg = Dd(&g), gs = Dd(&s);
@@ -463,6 +525,7 @@ static void run(nn_dtype dt) {
     if (dt == NN_F32) { /* AdamW keeps f32 master weights and state */
         t_adamw(0.1f);
         t_adamw(0.0f);
+        t_adamw_multi();
     }
     t_norm_scale();
 }

@@ -7,6 +7,9 @@
  * op_matmul_backward give group by group, and be within 1e-5 of double loops. Inputs are fresh random
  * non-zero values; written outputs are pre-filled with NaN, accumulated ones (dw, dx when accumulating)
  * with random values. Shape misuse must exit 1 naming the op.
+ * The fused optimizer ops: op_adamw_multi must give exactly what op_scale (on a copy of g), op_adamw
+ * and op_copy give tensor by tensor, leave g as it was, and op_grad_sqnorm_multi exactly the sum of
+ * op_grad_sqnorm.
  */
 #include <math.h>
 #include <stdint.h>
@@ -329,6 +332,44 @@ static void test_misuse(void) {
     expect_fatal("add_rmsnorm: weight width", misuse_rms_width, "op_add_rmsnorm: tensor 'w' has 7 elements, want 8");
 }
 
+static int bits_equal(const tensor *a, const tensor *b) { return memcmp(a->data, b->data, tensor_nbytes(a)) == 0; }
+
+static void test_adamw_multi(void) {
+    enum { N = 3 };
+    const int64_t sizes[N] = {257, 3, 1000};
+    const float wd[N] = {0.1f, 0.0f, 0.05f}, scales[3] = {0.5f, 1.0f, 0.3f};
+    tensor p[N], m[N], v[N], pc[N], g[N], g0[N], rp[N], rm[N], rv[N], rpc[N], rg[N];
+    tensor *Pp[N], *Pm[N], *Pv[N], *Ppc[N], *Pg[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = rnd("p", 1, sizes[i], 0, 0, 1.0f), rp[i] = copy("rp", &p[i]);
+        m[i] = filled("m", &p[i], 0.0f), rm[i] = filled("rm", &p[i], 0.0f);
+        v[i] = filled("v", &p[i], 0.0f), rv[i] = filled("rv", &p[i], 0.0f);
+        pc[i] = filled("pc", &p[i], NAN), rpc[i] = filled("rpc", &p[i], NAN);
+        Pp[i] = &p[i], Pm[i] = &m[i], Pv[i] = &v[i], Ppc[i] = i == 1 ? NULL : &pc[i], Pg[i] = &g[i];
+    }
+    int same = 1, kept = 1;
+    for (int step = 1; step <= 3; step++) {
+        for (int i = 0; i < N; i++) g[i] = rnd("g", 1, sizes[i], 0, 0, 1.0f), g0[i] = copy("g0", &g[i]), rg[i] = copy("rg", &g[i]);
+        op_adamw_multi(N, Pp, Pg, Pm, Pv, Ppc, wd, scales[step - 1], 1e-2f, 0.9f, 0.999f, 1e-8f, step);
+        for (int i = 0; i < N; i++) {
+            op_scale(&rg[i], scales[step - 1]);
+            op_adamw(&rp[i], &rg[i], &rm[i], &rv[i], 1e-2f, 0.9f, 0.999f, 1e-8f, wd[i], step);
+            if (i != 1) op_copy(&rpc[i], &rp[i]);
+            same &= bits_equal(&p[i], &rp[i]) && bits_equal(&m[i], &rm[i]) && bits_equal(&v[i], &rv[i]) &&
+                    (i == 1 || bits_equal(&pc[i], &rpc[i]));
+            kept &= bits_equal(&g[i], &g0[i]);
+        }
+    }
+    T_CHECK(same, "op_adamw_multi differs from op_scale + op_adamw + op_copy");
+    T_CHECK(kept, "op_adamw_multi changed g");
+    T_CHECK(isnan(P(&pc[1])[0]), "op_adamw_multi wrote a compute copy that was NULL");
+    double a = 0.5, b = 0.5;
+    op_grad_sqnorm_multi(&a, N, (const tensor *const *)Pg);
+    for (int i = 0; i < N; i++) op_grad_sqnorm(&b, &g[i]);
+    T_CHECK(a == b && a > 0.5, "op_grad_sqnorm_multi %.17g vs %.17g", a, b);
+    release();
+}
+
 int main(void) {
     printf("op_add_rmsnorm (CPU)\n");
     for (int mode = 0; mode < 3; mode++) test_add_rmsnorm(7, 200, mode, mode != 2);
@@ -345,5 +386,7 @@ int main(void) {
     test_matmul_batched_backward(4, 6, 8, 5, NN_ACT_NONE, 0, 0, 1);
     test_matmul_batched_backward(4, 6, 8, 5, NN_ACT_GELU_ERF, 0, 1, 0);
     test_misuse();
+    printf("op_adamw_multi, op_grad_sqnorm_multi (CPU)\n");
+    test_adamw_multi();
     return t_done();
 }

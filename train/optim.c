@@ -32,38 +32,45 @@ void optim_init(optim *o, const optim_config *c, param_set *ps) {
         o->v[i] = nn_arena_add(o->state, name, NN_F32, p->w->ndim, p->w->shape);
     }
     nn_arena_commit(o->state);
+    size_t cap = (size_t)(ps->n ? ps->n : 1);
+    o->tp = asvr_calloc(cap, sizeof(tensor *), "optimizer lists");
+    o->tg = asvr_calloc(cap, sizeof(tensor *), "optimizer lists");
+    o->tm = asvr_calloc(cap, sizeof(tensor *), "optimizer lists");
+    o->tv = asvr_calloc(cap, sizeof(tensor *), "optimizer lists");
+    o->tpc = asvr_calloc(cap, sizeof(tensor *), "optimizer lists");
+    o->twd = asvr_calloc(cap, sizeof(float), "optimizer lists");
+    for (int i = 0; i < ps->n; i++) {
+        param *p = ps->v[i];
+        if (!p->g) continue;
+        int k = o->nt++;
+        o->tp[k] = p->w, o->tg[k] = p->g, o->tm[k] = o->m[i], o->tv[k] = o->v[i];
+        o->tpc[k] = p->wc != p->w ? p->wc : NULL;
+        o->twd[k] = p->decay ? (float)c->weight_decay : 0.0f;
+    }
 }
 
 void optim_free(optim *o) {
     if (o->state) nn_arena_free(o->state);
     free(o->m);
     free(o->v);
+    free(o->tp), free(o->tg), free(o->tm), free(o->tv), free(o->tpc), free(o->twd);
     memset(o, 0, sizeof *o);
 }
 
 double optim_step(optim *o, double *grad_norm, double *clip_coef) {
-    param_set *ps = o->ps;
     double sq = 0;
-    for (int i = 0; i < ps->n; i++)
-        if (ps->v[i]->g) op_grad_sqnorm(&sq, ps->v[i]->g);
+    if (o->nt) op_grad_sqnorm_multi(&sq, o->nt, (const tensor *const *)o->tg);
     double norm = sqrt(sq), coef = 1.0;
     if (o->c.clip_norm > 0) {
         coef = o->c.clip_norm / (norm + 1e-6);
-        if (coef < 1.0) {
-            for (int i = 0; i < ps->n; i++)
-                if (ps->v[i]->g) op_scale(ps->v[i]->g, (float)coef);
-        } else {
-            coef = 1.0;
-        }
+        if (coef >= 1.0) coef = 1.0;
     }
     double lr = o->c.lr * lr_schedule(o->step, o->c.warmup_steps, o->c.total_steps);
-    for (int i = 0; i < ps->n; i++) {
-        param *p = ps->v[i];
-        if (!p->g) continue;
-        op_adamw(p->w, p->g, o->m[i], o->v[i], (float)lr, (float)o->c.beta1, (float)o->c.beta2, (float)o->c.eps,
-                 p->decay ? (float)o->c.weight_decay : 0.0f, o->step + 1);
-        if (p->wc != p->w) op_copy(p->wc, p->w); /* the bf16 copy the next forward computes with */
-    }
+    /* AdamW on the clipped gradients (g scaled by coef on the fly, as torch's clip_grad_norm_ then
+     * step give it), refreshing the bf16 copies the next forward computes with */
+    if (o->nt)
+        op_adamw_multi(o->nt, o->tp, o->tg, o->tm, o->tv, o->tpc, o->twd, (float)coef, (float)lr, (float)o->c.beta1,
+                       (float)o->c.beta2, (float)o->c.eps, o->step + 1);
     o->step++;
     if (grad_norm) *grad_norm = norm;
     if (clip_coef) *clip_coef = coef;

@@ -1,6 +1,8 @@
 /* optim.h — AdamW with torch semantics over a parameter set, HF's cosine schedule with linear
  * warmup, and global gradient-norm clipping (torch clip_grad_norm_).
- * Optimizer state (m, v) lives in one arena, fp32, for trainable parameters only.
+ * Optimizer state (m, v) lives in one arena, fp32, for trainable parameters only. A step is two
+ * multi-tensor ops over all trainable tensors (op_grad_sqnorm_multi, then op_adamw_multi with the
+ * clipping coefficient folded in and the bf16 compute copies refreshed): one launch each on CUDA.
  * Not for: deciding which parameters train (params.h) or when a step happens (the trainer).
  */
 #ifndef ASVR_TRAIN_OPTIM_H
@@ -21,6 +23,11 @@ typedef struct optim {
     nn_arena *state;
     tensor **m, **v; /* per parameter index; NULL for frozen */
     int64_t step;    /* optimizer steps taken */
+    /* the trainable tensors as lists for the multi-tensor ops: values, gradients, moments, compute
+     * copies (NULL where the value is the compute tensor), weight decay */
+    int nt;
+    tensor **tp, **tg, **tm, **tv, **tpc;
+    float *twd;
 } optim;
 
 /* HF get_cosine_schedule_with_warmup (num_cycles 0.5) as a multiplier of the peak lr. */

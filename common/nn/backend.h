@@ -67,6 +67,10 @@ void cpu_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float
                float eps, float weight_decay, int64_t step);
 void cpu_grad_sqnorm(double *acc, const tensor *g);
 void cpu_scale(tensor *t, float s);
+void cpu_adamw_multi(int n, tensor *const *p, tensor *const *g, tensor *const *m, tensor *const *v,
+                     tensor *const *pc, const float *wd, float gscale, float lr, float beta1, float beta2, float eps,
+                     int64_t step);
+void cpu_grad_sqnorm_multi(double *acc, int n, const tensor *const *g);
 #ifdef ASVR_HAVE_CUDA
 void cuda_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const tensor *x,
                           const tensor *w, nn_act act, const tensor *pre, int accumulate_dx);
@@ -96,6 +100,10 @@ void cuda_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, floa
                 float eps, float weight_decay, int64_t step);
 void cuda_grad_sqnorm(double *acc, const tensor *g);
 void cuda_scale(tensor *t, float s);
+void cuda_adamw_multi(int n, tensor *const *p, tensor *const *g, tensor *const *m, tensor *const *v,
+                      tensor *const *pc, const float *wd, float gscale, float lr, float beta1, float beta2, float eps,
+                      int64_t step);
+void cuda_grad_sqnorm_multi(double *acc, int n, const tensor *const *g);
 #endif
 /* Fused residual + RMSNorm and the per-group batched matmul (CUDA twins below). */
 void cpu_add_rmsnorm(tensor *r, tensor *y, const tensor *a, const tensor *b, const tensor *w, float eps,

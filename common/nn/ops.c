@@ -665,6 +665,42 @@ void op_grad_sqnorm(double *acc, const tensor *g) {
     DISPATCH(dev, grad_sqnorm, acc, g);
 }
 
+void op_adamw_multi(int n, tensor *const *p, tensor *const *g, tensor *const *m, tensor *const *v,
+                    tensor *const *pc, const float *wd, float gscale, float lr, float beta1, float beta2,
+                    float eps, int64_t step) {
+    const char *op = "op_adamw_multi";
+    need(n >= 1 && p && g && m && v && wd, op, "%d tensors; p, g, m, v and wd are required", n);
+    nn_device dev = NN_CPU;
+    for (int i = 0; i < n; i++) {
+        const tensor *ts[] = {p[i], g[i], m[i], v[i], pc ? pc[i] : NULL, p[0]};
+        need(p[i] && g[i] && m[i] && v[i], op, "entry %d lacks a tensor", i);
+        dev = nn_ops_same_device(op, 6, ts);
+        for (int j = 0; j < 4; j++) need_f32(op, ts[j]);
+        for (int j = 1; j < 5; j++) need_numel(op, ts[j], tensor_numel(p[i]));
+        need_float(op, ts[4]);
+        need(wd[i] >= 0.0f, op, "weight decay %g of '%s'", (double)wd[i], p[i]->name);
+    }
+    need(step >= 1, op, "step %lld; the first update is step 1", (long long)step);
+    need(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f, op,
+         "betas (%g, %g) must lie in [0, 1)", (double)beta1, (double)beta2);
+    need(eps > 0.0f && lr >= 0.0f && gscale >= 0.0f, op, "lr %g, eps %g, gradient scale %g", (double)lr,
+         (double)eps, (double)gscale);
+    DISPATCH(dev, adamw_multi, n, p, g, m, v, pc, wd, gscale, lr, beta1, beta2, eps, step);
+}
+
+void op_grad_sqnorm_multi(double *acc, int n, const tensor *const *g) {
+    const char *op = "op_grad_sqnorm_multi";
+    need(acc != NULL && n >= 1 && g != NULL, op, "acc, n >= 1 (%d) and g are required", n);
+    nn_device dev = NN_CPU;
+    for (int i = 0; i < n; i++) {
+        const tensor *ts[] = {g[i], g[0]};
+        need(g[i] != NULL, op, "entry %d lacks a tensor", i);
+        dev = nn_ops_same_device(op, 2, ts);
+        need_float(op, g[i]);
+    }
+    DISPATCH(dev, grad_sqnorm_multi, acc, n, g);
+}
+
 void op_scale(tensor *t, float s) {
     const tensor *ts[] = {t};
     nn_device dev = nn_ops_same_device("op_scale", 1, ts);

@@ -234,6 +234,20 @@ void op_grad_sqnorm(double *acc, const tensor *g);
 /* t *= s elementwise (gradient clipping, loss scaling). */
 void op_scale(tensor *t, float s);
 
+/* The optimizer step's elementwise work over n tensors at once (the trainer's fused AdamW): for each
+ * i, g' = gscale * g[i] (gradient clipping; g[i] itself is left as it is), op_adamw's update of p[i],
+ * m[i], v[i] with g' and weight decay wd[i], then, when pc[i] is not NULL, pc[i] = p[i] in pc[i]'s
+ * dtype (the bf16 compute copy; f32 on the CPU). Bit for bit what op_scale, op_adamw and op_copy give
+ * tensor by tensor. p, g, m, v f32 of one numel per i; pc (the array) may be NULL. On CUDA one launch
+ * covers every tensor (a table of 64K-element chunks, uploaded again only when the tensor list
+ * changes). */
+void op_adamw_multi(int n, tensor *const *p, tensor *const *g, tensor *const *m, tensor *const *v,
+                    tensor *const *pc, const float *wd, float gscale, float lr, float beta1, float beta2,
+                    float eps, int64_t step);
+/* *acc += the sum of g^2 over the n tensors (double). On the CPU the sum of op_grad_sqnorm's; on CUDA
+ * one launch and one download (per-chunk partial sums added in a fixed order: deterministic). */
+void op_grad_sqnorm_multi(double *acc, int n, const tensor *const *g);
+
 #ifdef __cplusplus
 }
 #endif
