@@ -248,14 +248,16 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->ids = nn_arena_add(ar, "ids", NN_I32, 2, (int64_t[]){B, T});
     a->pos = nn_arena_add(ar, "positions", NN_I32, 2, (int64_t[]){B, T});
     a->seg = nn_arena_add(ar, "segments", NN_I32, 2, (int64_t[]){B, T});
+    /* the projector's hidden activations in its compute dtype (bf16 with bf16 weight copies) */
+    nn_dtype pdt = m->proj.w1->wc->dtype;
     a->feats = nn_arena_add(ar, "image_features", NN_F32, 2, (int64_t[]){NI, C});
     if (m->tower && siglip_dtype(m->tower) != NN_F32)
         a->feats_lp = nn_arena_add(ar, "image_features_tower_dtype", siglip_dtype(m->tower), 2, (int64_t[]){NI, C});
-    a->pre = nn_arena_add(ar, "projector_pre", NN_F32, 2, (int64_t[]){NI, d});
-    a->hid = nn_arena_add(ar, "projector_hidden", NN_F32, 2, (int64_t[]){NI, d});
+    a->pre = nn_arena_add(ar, "projector_pre", pdt, 2, (int64_t[]){NI, d});
+    a->hid = nn_arena_add(ar, "projector_hidden", pdt, 2, (int64_t[]){NI, d});
     a->emb = nn_arena_add(ar, "image_embeds", NN_F32, 2, (int64_t[]){NI, d});
     a->demb = nn_arena_add(ar, "d_image_embeds", NN_F32, 2, (int64_t[]){NI, d});
-    a->dscratch = nn_arena_add(ar, "d_projector_hidden", NN_F32, 2, (int64_t[]){NI, d});
+    a->dscratch = nn_arena_add(ar, "d_projector_hidden", pdt, 2, (int64_t[]){NI, d});
     a->tmp_rows = nn_arena_add(ar, "image_rows", NN_F32, 2, (int64_t[]){NI, d});
     a->rows_d = nn_arena_add(ar, "feature_rows", NN_F32, 2, (int64_t[]){NI, C});
     a->idx_flat = nn_arena_add(ar, "image_flat_index", NN_I32, 1, (int64_t[]){NI});
@@ -416,7 +418,9 @@ void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, dou
             tensor out = tensor_make("image_features", dst->dtype, dev, 3, (int64_t[]){b->n_images, P, c->vision.hidden},
                                      dst->data);
             siglip_forward(m->tower, a->sa, &img, &out);
-            if (a->feats_lp) { /* bf16 tower: its features to f32 for the projector */
+            if (a->feats_lp && a->feats_lp->dtype == m->proj.w1->wc->dtype) {
+                feats = head_rows(a->feats_lp, NIr); /* bf16 tower, bf16 projector: read its features as they are */
+            } else if (a->feats_lp) { /* bf16 tower, f32 projector: its features to f32 */
                 tensor lp = head_rows(a->feats_lp, (int64_t)b->n_images * P), f32 = head_rows(a->feats, (int64_t)b->n_images * P);
                 op_copy(&f32, &lp);
             }
