@@ -642,6 +642,15 @@ void op_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *count, const t
     DISPATCH(dev, cross_entropy, dlogits, loss_sum, count, logits, targets, scale);
 }
 
+static void need_adamw_scalars(const char *op, float lr, float beta1, float beta2, float eps, float weight_decay,
+                               int64_t step) {
+    need(step >= 1, op, "step %lld; the first update is step 1", (long long)step);
+    need(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f, op,
+         "betas (%g, %g) must lie in [0, 1)", (double)beta1, (double)beta2);
+    need(eps > 0.0f && lr >= 0.0f && weight_decay >= 0.0f, op, "lr %g, eps %g, weight decay %g",
+         (double)lr, (double)eps, (double)weight_decay);
+}
+
 void op_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float beta1, float beta2,
               float eps, float weight_decay, int64_t step) {
     const char *op = "op_adamw";
@@ -649,11 +658,7 @@ void op_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float 
     nn_device dev = nn_ops_same_device(op, 4, ts);
     for (int i = 0; i < 4; i++) need_f32(op, ts[i]);
     for (int i = 1; i < 4; i++) need_numel(op, ts[i], tensor_numel(p));
-    need(step >= 1, op, "step %lld; the first update is step 1", (long long)step);
-    need(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f, op,
-         "betas (%g, %g) must lie in [0, 1)", (double)beta1, (double)beta2);
-    need(eps > 0.0f && lr >= 0.0f && weight_decay >= 0.0f, op, "lr %g, eps %g, weight decay %g",
-         (double)lr, (double)eps, (double)weight_decay);
+    need_adamw_scalars(op, lr, beta1, beta2, eps, weight_decay, step);
     DISPATCH(dev, adamw, p, g, m, v, lr, beta1, beta2, eps, weight_decay, step);
 }
 
@@ -678,13 +683,9 @@ void op_adamw_multi(int n, tensor *const *p, tensor *const *g, tensor *const *m,
         for (int j = 0; j < 4; j++) need_f32(op, ts[j]);
         for (int j = 1; j < 5; j++) need_numel(op, ts[j], tensor_numel(p[i]));
         need_float(op, ts[4]);
-        need(wd[i] >= 0.0f, op, "weight decay %g of '%s'", (double)wd[i], p[i]->name);
+        need_adamw_scalars(op, lr, beta1, beta2, eps, wd[i], step);
     }
-    need(step >= 1, op, "step %lld; the first update is step 1", (long long)step);
-    need(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f, op,
-         "betas (%g, %g) must lie in [0, 1)", (double)beta1, (double)beta2);
-    need(eps > 0.0f && lr >= 0.0f && gscale >= 0.0f, op, "lr %g, eps %g, gradient scale %g", (double)lr,
-         (double)eps, (double)gscale);
+    need(gscale >= 0.0f, op, "gradient scale %g", (double)gscale);
     DISPATCH(dev, adamw_multi, n, p, g, m, v, pc, wd, gscale, lr, beta1, beta2, eps, step);
 }
 

@@ -11,40 +11,8 @@
 
 #include "nn/backend.h"
 #include "nn/cuda/cuda_check.h"
+#include "nn/cuda/cuda_common.cuh"
 #include "nn/cuda/ops_cuda.h"
-
-#define CNT 256
-
-static cublasHandle_t conv_blas(void) {
-    static cublasHandle_t h = NULL;
-    if (!h) CHECK_CUBLAS(cublasCreate(&h));
-    return h;
-}
-
-static int cbf(const tensor *t) { return t && t->dtype == NN_BF16; }
-static cudaDataType_t cty(const tensor *t) { return cbf(t) ? CUDA_R_16BF : CUDA_R_32F; }
-static unsigned cblocks(int64_t n) { return (unsigned)((n + CNT - 1) / CNT); }
-
-__device__ __forceinline__ float cld(const void *p, int bf, int64_t i) {
-    return bf ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
-}
-__device__ __forceinline__ void cst(void *p, int bf, int64_t i, float v) {
-    if (bf) ((__nv_bfloat16 *)p)[i] = __float2bfloat16(v);
-    else ((float *)p)[i] = v;
-}
-
-// Block-wide double sum for blockDim.x == CNT; every thread gets the total.
-__device__ double block_sum_d(double v) {
-    __shared__ double sh[CNT / 32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    __syncthreads(); // sh may still be read by a previous call
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    double t = 0.0;
-    for (int i = 0; i < CNT / 32; i++) t += sh[i];
-    return t;
-}
 
 // ---- GroupNorm: one block per (group, image) ------------------------------------------------------
 __global__ void k_groupnorm(void *y, int ybf, const void *x, int xbf, const void *w, int wbf, const void *b,
@@ -52,18 +20,18 @@ __global__ void k_groupnorm(void *y, int ybf, const void *x, int xbf, const void
     int64_t g = blockIdx.x, bi = blockIdx.y;
     int64_t n = P * cg, base = bi * P * C + g * cg;
     double s = 0.0;
-    for (int64_t e = threadIdx.x; e < n; e += CNT) s += (double)cld(x, xbf, base + (e / cg) * C + e % cg);
+    for (int64_t e = threadIdx.x; e < n; e += NT) s += (double)ldv(x, xbf, base + (e / cg) * C + e % cg);
     double mean = block_sum_d(s) / (double)n;
     double v = 0.0;
-    for (int64_t e = threadIdx.x; e < n; e += CNT) {
-        double d = (double)cld(x, xbf, base + (e / cg) * C + e % cg) - mean;
+    for (int64_t e = threadIdx.x; e < n; e += NT) {
+        double d = (double)ldv(x, xbf, base + (e / cg) * C + e % cg) - mean;
         v += d * d;
     }
     double var = block_sum_d(v) / (double)n;
     float m = (float)mean, r = (float)(1.0 / sqrt(var + (double)eps));
-    for (int64_t e = threadIdx.x; e < n; e += CNT) {
+    for (int64_t e = threadIdx.x; e < n; e += NT) {
         int64_t c = g * cg + e % cg, i = base + (e / cg) * C + e % cg;
-        cst(y, ybf, i, (cld(x, xbf, i) - m) * r * cld(w, wbf, c) + cld(b, bbf, c));
+        stv(y, ybf, i, (ldv(x, xbf, i) - m) * r * ldv(w, wbf, c) + ldv(b, bbf, c));
     }
 }
 
@@ -71,7 +39,7 @@ extern "C" void cuda_groupnorm(tensor *y, const tensor *x, const tensor *w, cons
                                float eps) {
     int64_t B = x->shape[0], P = x->shape[1], C = x->shape[2];
     dim3 grid((unsigned)groups, (unsigned)B);
-    k_groupnorm<<<grid, CNT>>>(y->data, cbf(y), x->data, cbf(x), w->data, cbf(w), b->data, cbf(b), P, C,
+    k_groupnorm<<<grid, NT>>>(y->data, isbf(y), x->data, isbf(x), w->data, isbf(w), b->data, isbf(b), P, C,
                                C / groups, eps);
     CHECK_CUDA(cudaGetLastError());
 }
@@ -80,14 +48,14 @@ extern "C" void cuda_groupnorm(tensor *y, const tensor *x, const tensor *w, cons
 __global__ void k_silu(void *y, int ybf, const void *x, int xbf, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        float v = cld(x, xbf, i);
-        cst(y, ybf, i, v / (1.0f + expf(-v)));
+        float v = ldv(x, xbf, i);
+        stv(y, ybf, i, v / (1.0f + expf(-v)));
     }
 }
 
 extern "C" void cuda_silu(tensor *y, const tensor *x) {
     int64_t n = tensor_numel(x);
-    k_silu<<<cblocks(n), CNT>>>(y->data, cbf(y), x->data, cbf(x), n);
+    k_silu<<<blocks(n), NT>>>(y->data, isbf(y), x->data, isbf(x), n);
     CHECK_CUDA(cudaGetLastError());
 }
 
@@ -102,13 +70,13 @@ __global__ void k_im2col_same(void *cols, int cbf_, const void *x, int xbf, int6
     int64_t p = t / KK, col = t % KK;
     int64_t c = col / (k * k), i = (col / k) % k, j = col % k, r = k / 2;
     int64_t hh = p / W + i - r, ww = p % W + j - r;
-    float v = (hh < 0 || hh >= H || ww < 0 || ww >= W) ? 0.0f : cld(x, xbf, (hh * W + ww) * Cin + c);
-    cst(cols, cbf_, t, v);
+    float v = (hh < 0 || hh >= H || ww < 0 || ww >= W) ? 0.0f : ldv(x, xbf, (hh * W + ww) * Cin + c);
+    stv(cols, cbf_, t, v);
 }
 
 __global__ void k_add_bias(void *y, int ybf, const void *b, int bbf, int64_t M, int64_t N) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < M * N) cst(y, ybf, i, cld(y, ybf, i) + cld(b, bbf, i % N));
+    if (i < M * N) stv(y, ybf, i, ldv(y, ybf, i) + ldv(b, bbf, i % N));
 }
 
 extern "C" void cuda_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b, int H, int W,
@@ -117,20 +85,20 @@ extern "C" void cuda_conv2d_same(tensor *y, const tensor *x, const tensor *w, co
     int64_t P = (int64_t)H * W, KK = Cin * k * k;
     CHECK(cols->dtype == w->dtype, "", "cuda conv2d: cols '%s' and weight '%s' must share a dtype", cols->name,
           w->name);
-    CHECK(!cbf(y) || cbf(w), "", "cuda conv2d: bf16 output '%s' needs bf16 weights", y->name);
+    CHECK(!isbf(y) || isbf(w), "", "cuda conv2d: bf16 output '%s' needs bf16 weights", y->name);
     size_t xs = nn_dtype_size(x->dtype), ys = nn_dtype_size(y->dtype);
     const float one = 1.0f, zero = 0.0f;
     for (int64_t bi = 0; bi < B; bi++) {
         const char *xb = (const char *)x->data + (size_t)(bi * P * Cin) * xs;
         char *yb = (char *)y->data + (size_t)(bi * P * Cout) * ys;
-        k_im2col_same<<<cblocks(P * KK), CNT>>>(cols->data, cbf(cols), xb, cbf(x), H, W, Cin, k);
+        k_im2col_same<<<blocks(P * KK), NT>>>(cols->data, isbf(cols), xb, isbf(x), H, W, Cin, k);
         CHECK_CUDA(cudaGetLastError());
         // Row-major yb[P, Cout] = cols[P, KK] · w[Cout, KK]^T == column-major yb^T = w · cols^T.
-        CHECK_CUBLAS(cublasGemmEx(conv_blas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)Cout, (int)P, (int)KK, &one, w->data,
-                                  cty(w), (int)KK, cols->data, cty(cols), (int)KK, &zero, yb, cty(y), (int)Cout,
+        CHECK_CUBLAS(cublasGemmEx(nn_cuda_blas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)Cout, (int)P, (int)KK, &one, w->data,
+                                  cuty(w), (int)KK, cols->data, cuty(cols), (int)KK, &zero, yb, cuty(y), (int)Cout,
                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         if (b) {
-            k_add_bias<<<cblocks(P * Cout), CNT>>>(yb, cbf(y), b->data, cbf(b), P, Cout);
+            k_add_bias<<<blocks(P * Cout), NT>>>(yb, isbf(y), b->data, isbf(b), P, Cout);
             CHECK_CUDA(cudaGetLastError());
         }
     }
@@ -138,7 +106,7 @@ extern "C" void cuda_conv2d_same(tensor *y, const tensor *x, const tensor *w, co
 
 // ---- fused VQ step: distances and argmin without the [rows, K] matrix ---------------------------------
 // One block of VQF_ROWS residual rows (staged in shared memory as f32) walks the whole codebook; each
-// thread owns codebook rows k = threadIdx.x, threadIdx.x + CNT, ... and keeps, per residual row, its
+// thread owns codebook rows k = threadIdx.x, threadIdx.x + NT, ... and keeps, per residual row, its
 // running (distance, index) minimum with the strict < that keeps the lowest index (k increases per
 // thread). d = |x|^2 + |c|^2 - 2 x·c as the GEMM path computes it (fp32), then a block reduction with
 // ties going to the lower index. The codebook row is read once per block from global memory (L2-resident
@@ -149,13 +117,13 @@ __global__ void k_vq_fused(void *x, int xbf, const void *cb, int cbbf, const flo
                            int64_t K, void *codes, int codes_u16, int64_t D, int depth) {
     extern __shared__ float xs[]; // [VQF_ROWS, C]
     __shared__ float xn[VQF_ROWS];
-    __shared__ float rv[VQF_ROWS][CNT];
-    __shared__ int rix[VQF_ROWS][CNT];
+    __shared__ float rv[VQF_ROWS][NT];
+    __shared__ int rix[VQF_ROWS][NT];
     __shared__ int best_s[VQF_ROWS];
     int64_t r0 = (int64_t)blockIdx.x * VQF_ROWS;
     int nr = (int)(N - r0 < VQF_ROWS ? N - r0 : VQF_ROWS);
-    for (int64_t t = threadIdx.x; t < (int64_t)VQF_ROWS * C; t += CNT)
-        xs[t] = t < (int64_t)nr * C ? cld(x, xbf, r0 * C + t) : 0.0f; // rows past N: zeros, never picked
+    for (int64_t t = threadIdx.x; t < (int64_t)VQF_ROWS * C; t += NT)
+        xs[t] = t < (int64_t)nr * C ? ldv(x, xbf, r0 * C + t) : 0.0f; // rows past N: zeros, never picked
     __syncthreads();
     if (threadIdx.x < VQF_ROWS) {
         float s = 0.0f;
@@ -167,11 +135,11 @@ __global__ void k_vq_fused(void *x, int xbf, const void *cb, int cbbf, const flo
     float bv[VQF_ROWS];
     int bi[VQF_ROWS];
     for (int r = 0; r < VQF_ROWS; r++) bv[r] = FLT_MAX, bi[r] = INT_MAX;
-    for (int64_t k = threadIdx.x; k < K; k += CNT) {
+    for (int64_t k = threadIdx.x; k < K; k += NT) {
         float dot[VQF_ROWS];
         for (int r = 0; r < VQF_ROWS; r++) dot[r] = 0.0f;
         for (int64_t j = 0; j < C; j++) {
-            float c = cld(cb, cbbf, k * C + j);
+            float c = ldv(cb, cbbf, k * C + j);
             for (int r = 0; r < VQF_ROWS; r++) dot[r] += xs[r * C + j] * c;
         }
         for (int r = 0; r < VQF_ROWS; r++) {
@@ -181,7 +149,7 @@ __global__ void k_vq_fused(void *x, int xbf, const void *cb, int cbbf, const flo
     }
     for (int r = 0; r < VQF_ROWS; r++) rv[r][threadIdx.x] = bv[r], rix[r][threadIdx.x] = bi[r];
     __syncthreads();
-    for (int stride = CNT / 2; stride > 0; stride >>= 1) {
+    for (int stride = NT / 2; stride > 0; stride >>= 1) {
         if ((int)threadIdx.x < stride)
             for (int r = 0; r < VQF_ROWS; r++) {
                 float ov = rv[r][threadIdx.x + stride];
@@ -199,10 +167,10 @@ __global__ void k_vq_fused(void *x, int xbf, const void *cb, int cbbf, const flo
         else ((int32_t *)codes)[n * D + depth] = (int32_t)b;
     }
     __syncthreads();
-    for (int64_t t = threadIdx.x; t < (int64_t)nr * C; t += CNT) {
+    for (int64_t t = threadIdx.x; t < (int64_t)nr * C; t += NT) {
         int r = (int)(t / C);
         int64_t j = t % C;
-        cst(x, xbf, r0 * C + t, cld(x, xbf, r0 * C + t) - cld(cb, cbbf, (int64_t)best_s[r] * C + j));
+        stv(x, xbf, r0 * C + t, ldv(x, xbf, r0 * C + t) - ldv(cb, cbbf, (int64_t)best_s[r] * C + j));
     }
 }
 
@@ -225,7 +193,7 @@ extern "C" void cuda_vq_step_fused(tensor *residual, const tensor *codebook, con
     // 16 KiB of static shared memory come on top; opt in to more than the default 48 KiB in all.
     CHECK_CUDA(cudaFuncSetAttribute(k_vq_fused, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shmem));
     unsigned grid = (unsigned)((N + VQF_ROWS - 1) / VQF_ROWS);
-    k_vq_fused<<<grid, CNT, shmem>>>(residual->data, cbf(residual), codebook->data, cbf(codebook),
+    k_vq_fused<<<grid, NT, shmem>>>(residual->data, isbf(residual), codebook->data, isbf(codebook),
                                      (const float *)cnorm->data, N, C, K, codes->data, codes->dtype == NN_U16,
                                      tensor_cols(codes), depth);
     CHECK_CUDA(cudaGetLastError());

@@ -116,6 +116,51 @@ __global__ void kt_colsum_add(void *db, int bbf, const void *dy, int dbf, int64_
     }
 }
 
+// The two gradient GEMMs of G groups (G = 1: op_matmul_backward; G > 1: op_matmul_batched_backward,
+// group g at offsets g*M*K, g*N*K, g*M*N):
+//   dx[g] = dy[g] · w[g] (written, or added when accumulate_dx),  dw[g] += dy[g]^T · x[g].
+// Operands in the other float type than their GEMM needs are converted into scratch (slot 1: dy,
+// slot 2: x): dx runs in w's type; dw in bf16 when x or dy is bf16 (the mixed-precision trainer: bf16
+// weight copies and activations, f32 residual-stream gradients).
+static void gemm_grads(int64_t G, int64_t M, int64_t N, int64_t K, tensor *dx, tensor *dw, const tensor *dy,
+                       const tensor *x, const tensor *w, int accumulate_dx, const char *op) {
+    const float one = 1.0f, zero = 0.0f;
+    const void *dyw = NULL; // dy in w's type, once converted for dx
+    if (dx) { // row-major dx[M,K] = dy[M,N] · w[N,K]  ==  column-major dx^T = w^T · dy^T
+        CHECK(isbf(w) || !isbf(dx), "give dx f32 when w is f32",
+              "%s: dx '%s' is bf16 but w '%s' is f32 (not a cuBLAS GEMM type combination)", op, dx->name, w->name);
+        dyw = nn_cuda_as_type(dy, isbf(w), 1);
+        if (G == 1)
+            CHECK_CUBLAS(cublasGemmEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w->data,
+                                      cuty(w), (int)K, dyw, cuty(w), (int)N, accumulate_dx ? &one : &zero, dx->data,
+                                      cuty(dx), (int)K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        else
+            CHECK_CUBLAS(cublasGemmStridedBatchedEx(
+                nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w->data, cuty(w), (int)K,
+                (long long)(N * K), dyw, cuty(w), (int)N, (long long)(M * N), accumulate_dx ? &one : &zero, dx->data,
+                cuty(dx), (int)K, (long long)(M * K), (int)G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    if (dw) { // row-major dw[N,K] += dy^T[N,M] · x[M,K]  ==  column-major dw^T += x^T · dy
+        int bf = isbf(x) || isbf(dy);
+        CHECK(bf || !isbf(dw), "give dw f32 when x and dy are f32",
+              "%s: dw '%s' is bf16 but x '%s' and dy '%s' are f32 (not a cuBLAS GEMM type combination)", op,
+              dw->name, x->name, dy->name);
+        const void *dyb = dyw && bf == isbf(w) ? dyw : nn_cuda_as_type(dy, bf, 1);
+        const void *xb = nn_cuda_as_type(x, bf, 2);
+        cudaDataType_t t = bf ? CUDA_R_16BF : CUDA_R_32F;
+        if (G == 1)
+            CHECK_CUBLAS(cublasGemmEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, xb, t,
+                                      (int)K, dyb, t, (int)N, &one, dw->data, cuty(dw), (int)K, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT));
+        else
+            CHECK_CUBLAS(cublasGemmStridedBatchedEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M,
+                                                    &one, xb, t, (int)K, (long long)(M * K), dyb, t, (int)N,
+                                                    (long long)(M * N), &one, dw->data, cuty(dw), (int)K,
+                                                    (long long)(N * K), (int)G, CUBLAS_COMPUTE_32F,
+                                                    CUBLAS_GEMM_DEFAULT));
+    }
+}
+
 extern "C" void cuda_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const tensor *x,
                                      const tensor *w, nn_act act, const tensor *pre, int accumulate_dx) {
     int64_t M = tensor_rows(x), K = tensor_cols(x), N = w->shape[0];
@@ -123,40 +168,14 @@ extern "C" void cuda_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor 
         kt_act_backward<<<blocks(M * N), NT>>>(dy->data, isbf(dy), pre->data, isbf(pre), M * N, (int)act);
         LAUNCH_CHECK();
     }
-    const float one = 1.0f, zero = 0.0f;
-    const void *dyw = NULL; // dy in w's type, once converted for dx
-    // Operands in the other float type than their GEMM needs are converted into scratch (slot 1: dy,
-    // slot 2: x): dx = dy·w runs in w's type; dw += dy^T·x in bf16 when either is bf16 (the mixed-
-    // precision trainer: bf16 weight copies and kept activations, f32 residual-stream gradients).
-    if (dx) { // row-major dx[M,K] = dy[M,N] · w[N,K]  ==  column-major dx^T = w^T · dy^T
-        CHECK(isbf(w) || !isbf(dx), "give dx f32 when w is f32",
-              "cuda matmul backward: dx '%s' is bf16 but w '%s' is f32 (not a cuBLAS GEMM type combination)",
-              dx->name, w->name);
-        dyw = nn_cuda_as_type(dy, isbf(w), 1);
-        CHECK_CUBLAS(cublasGemmEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w->data,
-                                  cuty(w), (int)K, dyw, cuty(w), (int)N, accumulate_dx ? &one : &zero, dx->data,
-                                  cuty(dx), (int)K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
-    if (dw) { // row-major dw[N,K] += dy^T[N,M] · x[M,K]  ==  column-major dw^T += x^T · dy
-        int bf = isbf(x) || isbf(dy);
-        CHECK(bf || !isbf(dw), "give dw f32 when x and dy are f32",
-              "cuda matmul backward: dw '%s' is bf16 but x '%s' and dy '%s' are f32 (not a cuBLAS GEMM type combination)",
-              dw->name, x->name, dy->name);
-        const void *dyb = dyw && bf == isbf(w) ? dyw : nn_cuda_as_type(dy, bf, 1);
-        const void *xb = nn_cuda_as_type(x, bf, 2);
-        cudaDataType_t t = bf ? CUDA_R_16BF : CUDA_R_32F;
-        CHECK_CUBLAS(cublasGemmEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, xb, t, (int)K,
-                                  dyb, t, (int)N, &one, dw->data, cuty(dw), (int)K, CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
-    }
+    gemm_grads(1, M, N, K, dx, dw, dy, x, w, accumulate_dx, "cuda matmul backward");
     if (db) {
         kt_colsum_add<<<(unsigned)((N + 31) / 32), NT>>>(db->data, isbf(db), dy->data, isbf(dy), M, N);
         LAUNCH_CHECK();
     }
 }
 
-// Backward of op_matmul_batched: cuda_matmul_backward's GEMMs for every group in one strided batched
-// call each (same dtype combinations), no bias.
+// Backward of op_matmul_batched: the activation's backward over all groups, then the batched GEMMs.
 extern "C" void cuda_matmul_batched_backward(tensor *dx, tensor *dw, tensor *dy, const tensor *x, const tensor *w,
                                              nn_act act, const tensor *pre, int accumulate_dx) {
     int64_t G = x->shape[0], M = x->shape[1], K = x->shape[2], N = w->shape[1];
@@ -164,32 +183,7 @@ extern "C" void cuda_matmul_batched_backward(tensor *dx, tensor *dw, tensor *dy,
         kt_act_backward<<<blocks(G * M * N), NT>>>(dy->data, isbf(dy), pre->data, isbf(pre), G * M * N, (int)act);
         LAUNCH_CHECK();
     }
-    const float one = 1.0f, zero = 0.0f;
-    const void *dyw = NULL; // operand conversions as in cuda_matmul_backward
-    if (dx) { // per group: column-major dx^T = w^T · dy^T
-        CHECK(isbf(w) || !isbf(dx), "give dx f32 when w is f32",
-              "cuda batched matmul backward: dx '%s' is bf16 but w '%s' is f32 (not a cuBLAS GEMM type combination)",
-              dx->name, w->name);
-        dyw = nn_cuda_as_type(dy, isbf(w), 1);
-        CHECK_CUBLAS(cublasGemmStridedBatchedEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one,
-                                                w->data, cuty(w), (int)K, (long long)(N * K), dyw, cuty(w), (int)N,
-                                                (long long)(M * N), accumulate_dx ? &one : &zero, dx->data, cuty(dx),
-                                                (int)K, (long long)(M * K), (int)G, CUBLAS_COMPUTE_32F,
-                                                CUBLAS_GEMM_DEFAULT));
-    }
-    if (dw) { // per group: column-major dw^T += x^T · dy
-        int bf = isbf(x) || isbf(dy);
-        CHECK(bf || !isbf(dw), "give dw f32 when x and dy are f32",
-              "cuda batched matmul backward: dw '%s' is bf16 but x '%s' and dy '%s' are f32", dw->name, x->name,
-              dy->name);
-        const void *dyb = dyw && bf == isbf(w) ? dyw : nn_cuda_as_type(dy, bf, 1);
-        const void *xb = nn_cuda_as_type(x, bf, 2);
-        cudaDataType_t t = bf ? CUDA_R_16BF : CUDA_R_32F;
-        CHECK_CUBLAS(cublasGemmStridedBatchedEx(nn_cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one,
-                                                xb, t, (int)K, (long long)(M * K), dyb, t, (int)N, (long long)(M * N),
-                                                &one, dw->data, cuty(dw), (int)K, (long long)(N * K), (int)G,
-                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
+    gemm_grads(G, M, N, K, dx, dw, dy, x, w, accumulate_dx, "cuda batched matmul backward");
 }
 
 // ---- gelu backward -------------------------------------------------------------------------------
@@ -790,18 +784,26 @@ extern "C" void cuda_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *c
 // ---- optimizer and gradient reductions -----------------------------------------------------------
 // The CPU op's fp32 expression, with explicit roundings (no fused multiply-adds) so that both
 // backends round alike.
-__global__ void kt_adamw(float *p, const float *g, float *m, float *v, int64_t n, float decay, float a1, float beta2,
-                         float a2, float step_size, float bc2_sqrt, float eps) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float gi = g[i];
+// One element of AdamW, every operation rounded as the CPU op rounds it (no contractions); returns the
+// new value of p[i].
+static __device__ __forceinline__ float adamw_elem(float *p, float *m, float *v, int64_t i, float gi, float decay,
+                                                   float a1, float beta2, float a2, float step_size, float bc2_sqrt,
+                                                   float eps) {
     float pi = __fmul_rn(p[i], decay);
     float mi = __fadd_rn(m[i], __fmul_rn(a1, __fsub_rn(gi, m[i])));
     float vi = __fadd_rn(__fmul_rn(v[i], beta2), __fmul_rn(__fmul_rn(a2, gi), gi));
     float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
-    p[i] = __fsub_rn(pi, __fdiv_rn(__fmul_rn(step_size, mi), denom));
+    float np = __fsub_rn(pi, __fdiv_rn(__fmul_rn(step_size, mi), denom));
+    p[i] = np;
     m[i] = mi;
     v[i] = vi;
+    return np;
+}
+
+__global__ void kt_adamw(float *p, const float *g, float *m, float *v, int64_t n, float decay, float a1, float beta2,
+                         float a2, float step_size, float bc2_sqrt, float eps) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) adamw_elem(p, m, v, i, g[i], decay, a1, beta2, a2, step_size, bc2_sqrt, eps);
 }
 
 extern "C" void cuda_adamw(tensor *p, const tensor *g, tensor *m, tensor *v, float lr, float beta1, float beta2,
@@ -925,7 +927,7 @@ static int64_t mt_build(mt_table *tb, int n, tensor *const *p, const tensor *con
     return nchunks;
 }
 
-// kt_adamw's update (same operations, same rounding) with g scaled by gscale, then the compute copy.
+// kt_adamw's update (adamw_elem) with g scaled by gscale, then the compute copy.
 __global__ void kt_adamw_multi(const mt_tensor *ts, const mt_chunk *cs, float gscale, float a1, float beta2,
                                float a2, float step_size, float bc2_sqrt, float eps, float lr) {
     mt_chunk c = cs[blockIdx.x];
@@ -934,14 +936,7 @@ __global__ void kt_adamw_multi(const mt_tensor *ts, const mt_chunk *cs, float gs
     int64_t end = c.start + MT_CHUNK < e->n ? c.start + MT_CHUNK : e->n;
     for (int64_t i = c.start + threadIdx.x; i < end; i += NT) {
         float gi = __fmul_rn(ldv(e->g, e->gbf, i), gscale);
-        float pi = __fmul_rn(e->p[i], decay);
-        float mi = __fadd_rn(e->m[i], __fmul_rn(a1, __fsub_rn(gi, e->m[i])));
-        float vi = __fadd_rn(__fmul_rn(e->v[i], beta2), __fmul_rn(__fmul_rn(a2, gi), gi));
-        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
-        float np = __fsub_rn(pi, __fdiv_rn(__fmul_rn(step_size, mi), denom));
-        e->p[i] = np;
-        e->m[i] = mi;
-        e->v[i] = vi;
+        float np = adamw_elem(e->p, e->m, e->v, i, gi, decay, a1, beta2, a2, step_size, bc2_sqrt, eps);
         if (e->pc) stv(e->pc, e->pcbf, i, np);
     }
 }
