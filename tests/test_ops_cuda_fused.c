@@ -225,6 +225,28 @@ static void t_matmul_paths(int M, int K, int N, int bias, nn_act act, int with_p
     release();
 }
 
+/* The same through views that start one row into their buffers (K and N odd: x and y only 4- or
+ * 2-byte aligned, as views into the middle of an arena tensor can be): cuBLASLt must be told the
+ * actual alignment (the stand-in refuses an operand aligned less than its algorithm may assume). */
+static void t_matmul_lt_misaligned(int M, int K, int N) {
+    tensor xf = H("x", 2, M + 1, K, 0, 1.0f), w = H("w", 2, N, K, 0, 0.3f), b = H("b", 1, N, 0, 0, 0.5f);
+    tensor x = tensor_make("x rows 1..", NN_F32, NN_CPU, 2, (int64_t[]){M, K}, P(&xf) + K);
+    tensor y = hmake("y", 2, M, N, 0);
+    op_matmul(&y, &x, &w, &b, NN_ACT_GELU_TANH, NULL);
+    tensor gxf = Dd(&xf), gw = Dd(&w), gb = Dd(&b), hyf = hmake("yf", 2, M + 1, N, 0);
+    for (int64_t i = 0; i < tensor_numel(&hyf); i++) P(&hyf)[i] = NAN;
+    tensor gyf = Dd(&hyf);
+    size_t es = nn_dtype_size(DT);
+    tensor gx = tensor_make("x rows 1..", DT, NN_CUDA, 2, (int64_t[]){M, K}, (char *)gxf.data + (size_t)K * es);
+    tensor gy = tensor_make("y rows 1..", DT, NN_CUDA, 2, (int64_t[]){M, N}, (char *)gyf.data + (size_t)N * es);
+    unsetenv("ASVR_NO_CUBLASLT");
+    long long before = nn_cuda_matmul_lt_count();
+    op_matmul(&gy, &gx, &gw, &gb, NN_ACT_GELU_TANH, NULL);
+    lt_ran += (int)(nn_cuda_matmul_lt_count() - before);
+    CMP(L("matmul %dx%dx%d bias, tanh GELU, x and y one row into their buffers: y", M, K, N), err_vs(&gy, &y, NULL), TOL);
+    release();
+}
+
 static void run(nn_dtype dt) {
     DT = dt;
     dn = nn_dtype_name(dt);
@@ -251,6 +273,7 @@ static void run(nn_dtype dt) {
         t_matmul_paths(9, 32, 40, 1, NN_ACT_GELU_TANH, 1, NN_F32, NN_F32); /* bf16 in, f32 out and bias */
         t_matmul_paths(9, 32, 40, 1, NN_ACT_GELU_TANH, 0, NN_BF16, NN_F32); /* f32 bias on a bf16 y */
     }
+    t_matmul_lt_misaligned(9, 23, 41);
     printf("  %s: %d matmuls on cuBLASLt, %d declined by it\n", dn, lt_ran, lt_declined);
     T_CHECK(lt_ran > 0, "%s: no op_matmul ran on cuBLASLt", dn);
     lt_ran = lt_declined = 0;

@@ -198,6 +198,25 @@ static int lt_selftest() {
     if (cublasLtMatmulAlgoGetHeuristic(h, d, la, lbad, lc, lc, pref, 1, &r, &got) == CUBLAS_STATUS_SUCCESS) {
         fprintf(stderr, "selftest FAILED: cuBLASLt took layouts whose inner dimensions differ\n"); f++;
     }
+    // Alignment: B one float past its allocation's start (4-byte aligned) is refused under the default
+    // 256-byte assumption and taken once the preference says 4.
+    cublasLtMatrixLayout_t lb2, lc2;
+    cublasLtMatrixLayoutCreate(&lb2, CUDA_R_32F, k, n - 1, k);
+    cublasLtMatrixLayoutCreate(&lc2, CUDA_R_32F, m, n - 1, m);
+    got = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(h, d, la, lb2, lc2, lc2, pref, 1, &r, &got) != CUBLAS_STATUS_SUCCESS || got != 1 ||
+        cublasLtMatmul(h, d, &one, A, la, B + 1, lb2, &zero, D, lc2, D, lc2, &r.algo, ws, wsb, nullptr) ==
+            CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "selftest FAILED: cuBLASLt took a B less aligned than its algorithm assumes\n"); f++;
+    }
+    uint32_t al4 = 4;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al4, sizeof al4);
+    if (cublasLtMatmulAlgoGetHeuristic(h, d, la, lb2, lc2, lc2, pref, 1, &r, &got) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmul(h, d, &one, A, la, B + 1, lb2, &zero, D, lc2, D, lc2, &r.algo, ws, wsb, nullptr) !=
+            CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "selftest FAILED: cuBLASLt refused a 4-byte aligned B its preference allowed\n"); f++;
+    }
+    cublasLtMatrixLayoutDestroy(lb2), cublasLtMatrixLayoutDestroy(lc2);
     cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(lbad);
     cublasLtMatrixLayoutDestroy(lc);

@@ -126,6 +126,42 @@ static int lt_disabled(void) {
     return e && *e && strcmp(e, "0") != 0;
 }
 
+// The heuristic's answer per GEMM shape, storage types and epilogue, asked once per shape (a step
+// repeats the same few shapes; the query costs far more than the descriptors). The newest shapes
+// replace the oldest when the table is full.
+typedef struct {
+    int valid, ok;
+    int64_t M, N, K;
+    int wbf, ybf;
+    uint32_t epi, align[3]; /* the alignment of w, x and y the algorithm was chosen for */
+    cublasLtMatmulAlgo_t algo;
+} lt_plan;
+#define LT_PLANS 64
+static lt_plan *lt_find(int64_t M, int64_t N, int64_t K, int wbf, int ybf, uint32_t epi, const uint32_t *align) {
+    static lt_plan plans[LT_PLANS];
+    static int next = 0;
+    for (int i = 0; i < LT_PLANS; i++) {
+        lt_plan *p = &plans[i];
+        if (p->valid && p->M == M && p->N == N && p->K == K && p->wbf == wbf && p->ybf == ybf && p->epi == epi &&
+            memcmp(p->align, align, sizeof p->align) == 0)
+            return p;
+    }
+    lt_plan *p = &plans[next];
+    next = (next + 1) % LT_PLANS;
+    memset(p, 0, sizeof *p);
+    p->M = M, p->N = N, p->K = K, p->wbf = wbf, p->ybf = ybf, p->epi = epi;
+    memcpy(p->align, align, sizeof p->align);
+    return p;
+}
+
+// The largest power of two up to 256 dividing the address (cuBLASLt assumes 256 unless told less).
+static uint32_t lt_alignment(const void *ptr) {
+    uintptr_t a = (uintptr_t)ptr;
+    uint32_t al = 256;
+    while (al > 1 && a % al) al >>= 1;
+    return al;
+}
+
 // y = act(x·w^T + b) with pre = x·w^T + b through one cublasLtMatmul, in the column-major view of
 // gemm_xwt: D = y^T [N, M] (ld N) = op(A) B with A = w ([K, N], ld K, transposed) and B = x^T
 // ([K, M], ld K); the bias has D's row count N; the GELU aux output has D's layout, so with ld N
@@ -139,6 +175,10 @@ static int matmul_lt(tensor *y, const void *x, const tensor *w, const tensor *b,
     if (act == NN_ACT_GELU_ERF || (!b && !gelu) || lt_disabled()) return 0;
     if (b && b->dtype != y->dtype) return 0;
     if (pre && (!gelu || pre->dtype != y->dtype || N % 8 != 0)) return 0;
+    /* views into the middle of an arena tensor can start anywhere: the algorithm is chosen for the
+     * operands' actual alignment, and an epilogue vector (bias, aux) below 16 bytes takes the fallback */
+    if ((b && lt_alignment(b->data) < 16) || (pre && lt_alignment(pre->data) < 16)) return 0;
+    const uint32_t align[3] = {lt_alignment(w->data), lt_alignment(x), lt_alignment(y->data)};
     cublasLtEpilogue_t epi = gelu ? (pre ? (b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
                                          : (b ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU))
                                   : CUBLASLT_EPILOGUE_BIAS;
@@ -167,15 +207,27 @@ static int matmul_lt(tensor *y, const void *x, const tensor *w, const tensor *b,
     CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
     uint64_t wsb = LT_WORKSPACE_BYTES;
     CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb));
-    cublasLtMatmulHeuristicResult_t res;
-    memset(&res, 0, sizeof res);
-    int found = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(nn_cuda_blaslt(), desc, la, lb, ld, ld, pref, 1, &res, &found);
-    int ok = st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+    const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    const uint32_t align_val[4] = {align[0], align[1], align[2], align[2]}; /* A = w, B = x, C = D = y */
+    for (int i = 0; i < 4; i++)
+        CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &align_val[i], sizeof align_val[i]));
+    lt_plan *pl = lt_find(M, N, K, isbf(w), isbf(y), epv, align);
+    if (!pl->valid) { // first GEMM of this shape: ask the heuristic once
+        cublasLtMatmulHeuristicResult_t res;
+        memset(&res, 0, sizeof res);
+        int found = 0;
+        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(nn_cuda_blaslt(), desc, la, lb, ld, ld, pref, 1, &res, &found);
+        pl->ok = st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+        pl->algo = res.algo;
+        pl->valid = 1;
+    }
+    int ok = pl->ok;
     if (ok) {
         const float one = 1.0f, zero = 0.0f;
         CHECK_CUBLAS(cublasLtMatmul(nn_cuda_blaslt(), desc, &one, w->data, la, x, lb, &zero, y->data, ld, y->data, ld,
-                                    &res.algo, lt_workspace(), LT_WORKSPACE_BYTES, 0));
+                                    &pl->algo, lt_workspace(), LT_WORKSPACE_BYTES, 0));
         lt_matmuls++;
     }
     CHECK_CUBLAS(cublasLtMatmulPreferenceDestroy(pref));

@@ -36,7 +36,14 @@ typedef enum {
     CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4,
 } cublasLtEpilogue_t;
 
-typedef enum { CUBLASLT_MATMUL_PREF_SEARCH_MODE = 0, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1 } cublasLtMatmulPreferenceAttributes_t;
+typedef enum {
+    CUBLASLT_MATMUL_PREF_SEARCH_MODE = 0,
+    CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5, // uint32; the algorithms assume 256 when unset
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8,
+} cublasLtMatmulPreferenceAttributes_t;
 
 typedef struct { uint64_t data[8]; } cublasLtMatmulAlgo_t;
 typedef struct {
@@ -58,7 +65,7 @@ struct emu_lt_desc {
     int64_t aux_ld = 0;
 };
 struct emu_lt_layout { cudaDataType_t type; uint64_t rows, cols; int64_t ld; };
-struct emu_lt_pref { uint64_t max_ws = 0; };
+struct emu_lt_pref { uint64_t max_ws = 0; uint32_t align[4] = {256, 256, 256, 256}; }; // A, B, C, D
 typedef emu_lt_handle *cublasLtHandle_t;
 typedef emu_lt_desc *cublasLtMatmulDesc_t;
 typedef emu_lt_layout *cublasLtMatrixLayout_t;
@@ -127,6 +134,14 @@ inline cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t
 inline cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a,
                                                            const void *buf, size_t n) {
     if (!p || !buf) return CUBLAS_STATUS_INVALID_VALUE;
+    if (a >= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES && a <= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES) {
+        uint32_t v;
+        if (n != sizeof v) return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&v, buf, n);
+        if (v == 0 || (v & (v - 1)) != 0) return CUBLAS_STATUS_INVALID_VALUE;
+        p->align[a - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES] = v;
+        return CUBLAS_STATUS_SUCCESS;
+    }
     if (a != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (n != sizeof(uint64_t)) return CUBLAS_STATUS_INVALID_VALUE;
     memcpy(&p->max_ws, buf, n);
@@ -176,6 +191,7 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasL
     if (st != CUBLAS_STATUS_SUCCESS) return st;
     memset(&results[0], 0, sizeof results[0]);
     results[0].algo.data[0] = 0xE3u; // the one algorithm: the naive loop
+    for (int i = 0; i < 4; i++) results[0].algo.data[1 + i] = p->align[i]; // the alignment it may assume
     results[0].workspaceSize = p->max_ws < 4096 ? p->max_ws : 4096;
     results[0].state = CUBLAS_STATUS_SUCCESS;
     results[0].wavesCount = 1.0f;
@@ -205,6 +221,16 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d,
                 Ap, Bp, Cp, Dp, d->bias, d->aux, ws);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
+    // A real algorithm may rely on the operand alignment its preference allowed (256 bytes by default):
+    // an operand aligned less is an error the device would not report.
+    const void *ops[4] = {Ap, Bp, be != 0.0f ? Cp : Dp, Dp};
+    for (int i = 0; i < 4; i++)
+        if ((uintptr_t)ops[i] % algo->data[1 + i] != 0) {
+            fprintf(stderr, "cuda_emu: cuBLASLt operand %c at %p is not %llu-byte aligned, which the algorithm may assume "
+                            "(set CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_%c_BYTES)\n",
+                    "ABCD"[i], ops[i], (unsigned long long)algo->data[1 + i], "ABCD"[i]);
+            return CUBLAS_STATUS_INVALID_VALUE;
+        }
     // D = epilogue(alpha op(A) op(B) + beta C): one fp32 value per element, rounded once when stored.
     uint32_t e = d->epilogue;
     for (int64_t j = 0; j < n; j++)
