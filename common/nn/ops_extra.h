@@ -40,7 +40,8 @@ void op_write_f32(tensor *t, const float *host);
 /* y [N,C] rows n with ids[n] >= 0 = table[ids[n]]; rows with ids[n] < 0 are left untouched (image
  * placeholders and padding the caller fills). ids i32 with N elements (any shape), table [V,C]. */
 void op_embedding_skip(tensor *y, const tensor *ids, const tensor *table);
-/* dtable[ids[n]] += dy[n] for ids[n] >= 0 (scatter-add in row order on the CPU; atomics on CUDA). */
+/* dtable[ids[n]] += dy[n] for ids[n] >= 0 (scatter-add in row order on the CPU; on CUDA the repeats of
+ * an id are summed in row order by one block, then added: bit-identical run to run). */
 void op_embedding_skip_backward(tensor *dtable, const tensor *dy, const tensor *ids);
 
 /* One new query per row over its cached keys and values (a decode step):

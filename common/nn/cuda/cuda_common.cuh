@@ -26,6 +26,10 @@ void *nn_cuda_scratch(int slot, size_t bytes);
 // copy in scratch slot `slot` (valid until that slot is used again).
 const void *nn_cuda_as_type(const tensor *t, int want_bf, int slot);
 
+// The deterministic scatter-add of op_embedding_backward (ops_train_cuda.cu); skip_negative: ids < 0
+// add nothing (op_embedding_skip_backward) instead of being reported.
+void nn_cuda_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids, int skip_negative);
+
 static inline int isbf(const tensor *t) { return t && t->dtype == NN_BF16; }
 static inline cudaDataType_t cuty(const tensor *t) { return isbf(t) ? CUDA_R_16BF : CUDA_R_32F; }
 static inline unsigned blocks(int64_t n) { return (unsigned)((n + NT - 1) / NT); }

@@ -1,6 +1,6 @@
 // ops_extra_cuda.cu — the CUDA side of nn/ops_extra.h: host<->device transfers of any dtype, the
-// embedding that skips negative ids (and its atomic scatter-add backward), one query per row over a
-// KV cache, and the argmax of rows (f32 or bf16 rows). f32 storage otherwise; arguments were
+// embedding that skips negative ids (and its deterministic scatter-add backward), one query per row
+// over a KV cache, and the argmax of rows (f32 or bf16 rows). f32 storage otherwise; arguments were
 // validated by ops_extra.c.
 #include <float.h>
 #include <stdint.h>
@@ -25,15 +25,6 @@ __global__ void k_embed_skip(float *y, const int32_t *ids, const float *table, i
     if (id >= 0 && id < V) y[i] = table[(int64_t)id * C + c];
 }
 
-__global__ void k_embed_skip_bwd(float *dtable, const int32_t *ids, const float *dy, int64_t n, int64_t C,
-                                 int64_t V) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n * C) return;
-    int64_t r = i / C, c = i % C;
-    int32_t id = ids[r];
-    if (id >= 0 && id < V) atomicAdd(&dtable[(int64_t)id * C + c], dy[i]);
-}
-
 extern "C" void cuda_extra_embedding_skip(tensor *y, const tensor *ids, const tensor *table) {
     int64_t n = tensor_numel(ids), C = table->shape[1];
     if (n * C == 0) return;
@@ -42,12 +33,10 @@ extern "C" void cuda_extra_embedding_skip(tensor *y, const tensor *ids, const te
     CHECK_CUDA(cudaGetLastError());
 }
 
+// The same sort-free, atomic-free scatter-add as op_embedding_backward (bit-identical run to run; a
+// float atomicAdd would add repeated ids in whatever order the blocks run).
 extern "C" void cuda_extra_embedding_skip_backward(tensor *dtable, const tensor *dy, const tensor *ids) {
-    int64_t n = tensor_numel(ids), C = dtable->shape[1];
-    if (n * C == 0) return;
-    k_embed_skip_bwd<<<blocks(n * C), NT>>>((float *)dtable->data, (const int32_t *)ids->data,
-                                              (const float *)dy->data, n, C, dtable->shape[0]);
-    CHECK_CUDA(cudaGetLastError());
+    nn_cuda_embedding_backward(dtable, dy, ids, 1);
 }
 
 

@@ -668,7 +668,8 @@ extern "C" void cuda_embedding(tensor *y, const tensor *ids, const tensor *table
 // The scatter-add is deterministic and sort-free: for each token n, lead[n] = 1 when no earlier
 // token has its id and next[n] = the next token with the same id (-1: none); then the block of each
 // leading token sums dy over its chain in token order and adds the sum to the table row once.
-__global__ void kt_embedding_chain(int32_t *next, int32_t *lead, const int32_t *ids, int64_t N, int64_t V) {
+// skip: negative ids are no error and lead nothing (op_embedding_skip_backward).
+__global__ void kt_embedding_chain(int32_t *next, int32_t *lead, const int32_t *ids, int64_t N, int64_t V, int skip) {
     __shared__ int nx;
     int64_t n = blockIdx.x;
     int32_t id = ids[n];
@@ -683,8 +684,8 @@ __global__ void kt_embedding_chain(int32_t *next, int32_t *lead, const int32_t *
     int any = __syncthreads_or(earlier);
     if (threadIdx.x == 0) {
         next[n] = nx == INT_MAX ? -1 : nx;
-        lead[n] = !any;
-        if (id < 0 || id >= V) report_err(ERR_ID, n, id, V);
+        lead[n] = !any && !(skip && id < 0);
+        if ((id < 0 && !skip) || id >= V) report_err(ERR_ID, n, id, V);
     }
 }
 
@@ -700,16 +701,21 @@ __global__ void kt_embedding_backward(void *dt, int tbf, const void *dy, int ybf
     }
 }
 
-extern "C" void cuda_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids) {
+void nn_cuda_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids, int skip_negative) {
     int64_t N = tensor_numel(ids), C = dtable->shape[1], V = dtable->shape[0];
+    if (N == 0 || C == 0) return;
     CHECK(N < INT_MAX, "", "cuda embedding backward: %lld ids", (long long)N);
     int32_t *next = (int32_t *)workspace((size_t)N * 2 * sizeof(int32_t)), *lead = next + N;
     const int32_t *pid = (const int32_t *)ids->data;
-    kt_embedding_chain<<<(unsigned)N, NT>>>(next, lead, pid, N, V);
+    kt_embedding_chain<<<(unsigned)N, NT>>>(next, lead, pid, N, V, skip_negative);
     LAUNCH_CHECK();
     kt_embedding_backward<<<(unsigned)N, NT>>>(dtable->data, isbf(dtable), dy->data, isbf(dy), pid, next, lead, C, V);
     LAUNCH_CHECK();
-    check_device_errors("op_embedding_backward");
+    check_device_errors(skip_negative ? "op_embedding_skip_backward" : "op_embedding_backward");
+}
+
+extern "C" void cuda_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids) {
+    nn_cuda_embedding_backward(dtable, dy, ids, 0);
 }
 
 // ---- cross-entropy -------------------------------------------------------------------------------
