@@ -326,6 +326,7 @@ int cmd_train(int argc, char **argv) {
         LOG_INFO("resuming from '%s' at step %lld", ckpt, (long long)step);
         json_decref(state);
     }
+    size_t planned_bytes = 0;
     if (asvr_log_get_level() >= ASVR_LOG_INFO) {
         asvr_model_print(&m, stderr);
         asvr_acts_print_plan(acts, stderr);
@@ -340,6 +341,7 @@ int cmd_train(int argc, char **argv) {
                  "optimizer state %.1f MiB, codebooks %.1f MiB, activations %.1f MiB (input tower weights apart); total %.2f GiB",
                  nn_device_name(dev), mc.compute_bf16 ? "bf16" : "f32", (long long)o.rows, T, max_images, pv / 1048576.0, pg / 1048576.0, os / 1048576.0, fr / 1048576.0, ac / 1048576.0,
                  (double)(pv + pg + os + fr + ac) / (1024.0 * 1024.0 * 1024.0));
+        planned_bytes = pv + pg + os + fr + ac;
     }
     /* Model FLOPs per token for the MFU column: matmul FLOPs only, 6 per parameter that trains (forward,
      * input and weight gradients) and 4 per frozen LLM parameter (forward and input gradients), counted
@@ -464,6 +466,14 @@ int cmd_train(int argc, char **argv) {
                                  "code_accuracy_depth", acc, "lr", lr, "grad_norm", gn, "tokens", (json_int_t)tokens,
                                  "samples", (json_int_t)samples, "seconds", dt, "tokens_per_s", dt > 0 ? tokens / dt : 0);
         if (dev != NN_CPU) json_object_set_new(line, "mfu", json_real(mfu));
+        size_t mem_used, mem_total;
+        if (nn_device_mem_used(dev, &mem_used, &mem_total)) {
+            json_object_set_new(line, "device_mem_gib", json_real((double)mem_used / (1024.0 * 1024.0 * 1024.0)));
+            if (step == first_step + 1) /* the arenas are all allocated and the scratch has grown by now */
+                LOG_INFO("device memory in use after the first step: %.2f GiB of %.2f GiB (the plan above: %.2f GiB)",
+                         (double)mem_used / (1024.0 * 1024.0 * 1024.0), (double)mem_total / (1024.0 * 1024.0 * 1024.0),
+                         (double)planned_bytes / (1024.0 * 1024.0 * 1024.0));
+        }
         if (Da) {
             json_object_set_new(line, "appearance_loss", L.app_count ? json_real(app) : json_null());
             json_object_set_new(line, "appearance_loss_depth", ad);

@@ -80,6 +80,19 @@ void nn_device_sync(nn_device dev) {
 #endif
 }
 
+int nn_device_mem_used(nn_device dev, size_t *used, size_t *total) {
+#ifdef ASVR_HAVE_CUDA
+    if (dev == NN_CUDA) {
+        nn_cuda_mem_used(used, total);
+        return 1;
+    }
+#else
+    (void)dev;
+#endif
+    *used = *total = 0;
+    return 0;
+}
+
 void op_read_f32(const tensor *t, float *host) {
     tensor h = tensor_make(t->name, NN_F32, NN_CPU, t->ndim, t->shape, host);
     op_transfer(&h, t);

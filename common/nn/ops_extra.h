@@ -31,6 +31,9 @@ void op_transfer(tensor *dst, const tensor *src);
 int nn_device_from_name(const char *name, nn_device *dev, const char **why);
 /* Waits until all work queued on dev has finished (nothing to wait for on the CPU): for timing. */
 void nn_device_sync(nn_device dev);
+/* The device's memory in use (everything: this process's arenas, scratch and context, other processes)
+ * and its total, in bytes; returns 1, or 0 with both 0 on the CPU (nothing to measure). */
+int nn_device_mem_used(nn_device dev, size_t *used, size_t *total);
 
 /* Conveniences over op_transfer for f32 host buffers of numel(t) floats: t (f32 or bf16, any device)
  * read into host, or written from host. */
