@@ -106,6 +106,13 @@ plan_mib() { awk -v k="$1" '$0 ~ "^  "k" " {print $(NF-1)}' "$TMP/plan.txt"; }
 run_mib() { grep -o "$1 [0-9.]* MiB" "$TMP/plan_run.err" | head -1 | awk '{print $(NF-1)}'; }
 acts_line() { grep -o "llama [0-9.]* MiB, visual heads [0-9.]* MiB" "$1" | head -1; } # the step arena and tower differ: no tower is loaded
 check '[ -n "$shape" ] && [ -n "$(run_mib parameters)" ] && [ "$(plan_mib parameters)" = "$(run_mib parameters)" ] && [ "$(plan_mib gradients)" = "$(run_mib gradients)" ] && [ "$(plan_mib "optimizer state")" = "$(run_mib "optimizer state")" ] && [ -n "$(acts_line "$TMP/plan.txt")" ] && [ "$(acts_line "$TMP/plan.txt")" = "$(acts_line "$TMP/plan_run.err")" ]' "plan matches the run's memory plan"
+# a recompute set given as a list plans what the same first layers give; a layer past the model is a usage error
+P2=("$BIN/asvr-train" plan --config "$F/model.json" --precision f32 --tower-dtype f32)
+"${P2[@]}" --recompute 2 | grep total > "$TMP/plan_n.txt"
+"${P2[@]}" --recompute-layers 0-1 | grep total > "$TMP/plan_l.txt"
+"${P2[@]}" --recompute-layers 1 | grep total > "$TMP/plan_1.txt"
+"${P2[@]}" --recompute-layers 0,9 > /dev/null 2> "$TMP/plan_bad.err"; rc_bad=$?
+check '[ -s "$TMP/plan_n.txt" ] && cmp -s "$TMP/plan_n.txt" "$TMP/plan_l.txt" && ! cmp -s "$TMP/plan_n.txt" "$TMP/plan_1.txt" && [ $rc_bad -eq 2 ] && grep -q "0,9" "$TMP/plan_bad.err"' "--recompute-layers: a list plans like --recompute N; a layer past the model is refused"
 "$BIN/asvr-train" plan --config "$F/model.json" --gpu-gib 0.000001 > /dev/null; check '[ $? -eq 1 ]' "plan --gpu-gib exits 1 when it does not fit"
 # Flash attention (only log-sum-exps kept, probabilities recomputed) trains like the kept-probabilities path.
 for a in kept flash; do

@@ -142,6 +142,7 @@ typedef struct run {
  * planned_b >= B rows. */
 static int use_flash;     /* plan the activations with flash attention (llama_acts_new_ex) */
 static int use_recompute; /* and this many recomputed layers */
+static const unsigned char *use_recompute_mask; /* or these (llama_acts_new_sel) */
 
 static void run_init(run *r, const fixture *fx, const param_set *src, const char **frozen, int n_frozen,
                      int planned_b) {
@@ -173,7 +174,8 @@ static void run_init(run *r, const fixture *fx, const param_set *src, const char
     }
     param *probe = param_find(&r->ps, "probe.weight");
     op_fill(probe->g, 7.0f);
-    r->a = llama_acts_new_ex(r->m, planned_b, T, use_flash, use_recompute);
+    r->a = use_recompute_mask ? llama_acts_new_sel(r->m, planned_b, T, use_flash, use_recompute_mask)
+                              : llama_acts_new_ex(r->m, planned_b, T, use_flash, use_recompute);
 
     int64_t D = fx->cfg.dim, V = fx->cfg.vocab;
     r->io = nn_arena_new("test io", NN_CPU);
@@ -605,23 +607,32 @@ int main(void) {
     run_free(&fl);
     use_flash = 0;
 
-    /* activation recomputation (one layer, then all, with each attention): the same ops on the same
-     * inputs, so the gradients equal those of the plain run (and the goldens) */
-    for (int mode = 0; mode < 3; mode++) {
-        use_recompute = mode == 0 ? 1 : fx.cfg.n_layers;
+    /* activation recomputation (one layer, then all, with each attention; then a set that is not the
+     * first layers: every other layer from the last one down): the same ops on the same inputs, so the
+     * gradients equal those of the plain run (and the goldens) */
+    unsigned char alt[64] = {0};
+    int n_alt = 0;
+    for (int i = fx.cfg.n_layers - 1; i >= 0 && i < 64; i -= 2) alt[i] = 1, n_alt++;
+    for (int mode = 0; mode < 4; mode++) {
+        use_recompute = mode == 0 ? 1 : mode == 3 ? n_alt : fx.cfg.n_layers;
+        use_recompute_mask = mode == 3 ? alt : NULL;
         use_flash = mode == 2;
         run rc;
         run_init(&rc, &fx, NULL, NULL, 0, B);
         run_step(&rc, &fx);
-        printf("recompute %d of %d layers, %s attention:\n", use_recompute, fx.cfg.n_layers, use_flash ? "flash" : "kept");
+        printf("recompute %d of %d layers%s, %s attention:\n", use_recompute, fx.cfg.n_layers,
+               mode == 3 ? " (every other from the last)" : "", use_flash ? "flash" : "kept");
         test_forward(&rc, &fx);
         test_grads(&rc, &fx);
         int keep = use_recompute;
+        const unsigned char *keep_mask = use_recompute_mask;
         use_recompute = 0;
+        use_recompute_mask = NULL;
         run plain;
         run_init(&plain, &fx, NULL, NULL, 0, B);
         run_step(&plain, &fx);
         use_recompute = keep;
+        use_recompute_mask = keep_mask;
         size_t same = 0, total = 0;
         for (int i = 0; i < rc.ps.n; i++) {
             const param *p = rc.ps.v[i], *q = param_find(&plain.ps, p->name);
@@ -637,6 +648,7 @@ int main(void) {
         run_free(&rc);
     }
     use_flash = use_recompute = 0;
+    use_recompute_mask = NULL;
 
     free(fx.image_embeds);
     free(fx.hidden_final);

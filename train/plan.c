@@ -32,7 +32,7 @@ static void tower_bytes(const siglip_config *v, int n_images, double esize, doub
 
 int cmd_plan(int argc, char **argv) {
     const char *config = NULL, *stage = "it", *attention = "flash", *visual_loss = "semantic", *precision = "bf16",
-               *tower_dtype = "bf16";
+               *tower_dtype = "bf16", *recompute_list = NULL;
     int64_t rows = 1, seq = 2048, max_images = 0, recompute = 0;
     double gpu_gib = 0;
     int verbose = 0;
@@ -44,6 +44,7 @@ int cmd_plan(int argc, char **argv) {
         {"max-images", ASVR_OPT_INT, &max_images, "N", "images per micro-batch (default rows x (T / positions + 1))"},
         {"attention", ASVR_OPT_STR, &attention, "kept|flash", "as asvr-train train --attention (default flash)"},
         {"recompute", ASVR_OPT_INT, &recompute, "N", "as asvr-train train --recompute (default 0)"},
+        {"recompute-layers", ASVR_OPT_STR, &recompute_list, "LIST", "as asvr-train train --recompute-layers"},
         {"precision", ASVR_OPT_STR, &precision, "f32|bf16", "as asvr-train train --precision on cuda (default bf16)"},
         {"tower-dtype", ASVR_OPT_STR, &tower_dtype, "f32|bf16", "as asvr-train train --tower-dtype on cuda (default bf16)"},
         {"visual-loss", ASVR_OPT_STR, &visual_loss, "none|semantic", "with or without the visual head (default semantic)"},
@@ -81,9 +82,10 @@ int cmd_plan(int argc, char **argv) {
     mc.has_head = head;
     mc.has_app_head = 0;
     mc.flash_attention = flash;
-    if (recompute < 0 || recompute > mc.llm.n_layers)
-        asvr_cli_usage_error(&cli, "--recompute %lld: give 0 .. %d", (long long)recompute, mc.llm.n_layers);
-    mc.recompute_layers = (int)recompute;
+    if (recompute > 0 && recompute_list) asvr_cli_usage_error(&cli, "give --recompute or --recompute-layers, not both");
+    if (asvr_config_set_recompute(&mc, (int)recompute, recompute_list, &err) < 0)
+        asvr_cli_usage_error(&cli, "%s (the LLM has %d layers)", err.msg, mc.llm.n_layers);
+    recompute = mc.recompute_layers;
     mc.compute_bf16 = bf16;
     if (max_images <= 0) max_images = rows * (seq / mc.image_positions + 1);
 

@@ -24,7 +24,7 @@ typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *codes_app, *codebooks_app, *image_root, *vision, *vision_prefix,
         *codebooks, *llm, *init,
         *out, *visual_loss, *input, *log_path, *text_only_visual, *device, *attention, *tower_dtype,
-        *precision;
+        *precision, *recompute_list;
     int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after, recompute;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps, peak_tflops;
 } train_opts;
@@ -114,6 +114,8 @@ int cmd_train(int argc, char **argv) {
          "the cpu is always f32)"},
         {"recompute", ASVR_OPT_INT, &o.recompute, "N",
          "recompute the activations of the first N LLM layers in the backward instead of keeping them (default 0)"},
+        {"recompute-layers", ASVR_OPT_STR, &o.recompute_list, "LIST",
+         "recompute these LLM layers instead (a comma-separated list of layers and ranges, e.g. 0-15,20)"},
         {"peak-tflops", ASVR_OPT_F64, &o.peak_tflops, "X",
          "peak TFLOP/s of the GPU for the MFU column (default 989: H100/H200 dense bf16)"},
     };
@@ -180,9 +182,9 @@ int cmd_train(int argc, char **argv) {
     mc.has_app_head = want_app;
     mc.input_discrete = discrete;
     mc.flash_attention = flash;
-    if (o.recompute < 0 || o.recompute > mc.llm.n_layers)
-        asvr_cli_usage_error(&cli, "--recompute %lld: give 0 .. %d (the LLM's layers)", (long long)o.recompute, mc.llm.n_layers);
-    mc.recompute_layers = (int)o.recompute;
+    if (o.recompute > 0 && o.recompute_list) asvr_cli_usage_error(&cli, "give --recompute or --recompute-layers, not both");
+    if (asvr_config_set_recompute(&mc, (int)o.recompute, o.recompute_list, &err) < 0)
+        asvr_cli_usage_error(&cli, "%s (the LLM has %d layers)", err.msg, mc.llm.n_layers);
     if (strcmp(o.tower_dtype, "auto") && strcmp(o.tower_dtype, "f32") && strcmp(o.tower_dtype, "bf16"))
         asvr_cli_usage_error(&cli, "--tower-dtype must be auto, f32 or bf16");
     if (dev != NN_CUDA && !strcmp(o.tower_dtype, "bf16"))

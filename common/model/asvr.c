@@ -94,6 +94,40 @@ out:
 
 /* ---- model -------------------------------------------------------------------------------------- */
 
+int asvr_config_set_recompute(asvr_config *c, int first_n, const char *list, asvr_error *err) {
+    int nl = c->llm.n_layers;
+    memset(c->recompute_mask, 0, sizeof c->recompute_mask);
+    c->recompute_layers = 0;
+    if (nl > ASVR_MAX_RECOMPUTE_LAYERS && (first_n > 0 || (list && *list)))
+        return asvr_err_set(err, "recompute: the LLM has %d layers; at most %d can be named", nl, ASVR_MAX_RECOMPUTE_LAYERS);
+    if (!list || !*list) {
+        if (first_n < 0 || first_n > nl) return asvr_err_set(err, "recompute %d layers: give 0 .. %d", first_n, nl);
+        for (int i = 0; i < first_n; i++) c->recompute_mask[i] = 1;
+        c->recompute_layers = first_n;
+        return 0;
+    }
+    const char *p = list;
+    while (*p) {
+        char *end;
+        long a = strtol(p, &end, 10), b = a;
+        if (end == p) return asvr_err_set(err, "recompute layers '%s': expected a layer number at '%s'", list, p);
+        p = end;
+        if (*p == '-') {
+            const char *q = p + 1;
+            b = strtol(q, &end, 10);
+            if (end == q) return asvr_err_set(err, "recompute layers '%s': expected a layer number after '-'", list);
+            p = end;
+        }
+        if (a < 0 || b < a || b >= nl)
+            return asvr_err_set(err, "recompute layers '%s': %ld-%ld is not a range within 0 .. %d", list, a, b, nl - 1);
+        for (long i = a; i <= b; i++) c->recompute_mask[i] = 1;
+        if (*p == ',') p++;
+        else if (*p) return asvr_err_set(err, "recompute layers '%s': unexpected '%c'", list, *p);
+    }
+    for (int i = 0; i < nl; i++) c->recompute_layers += c->recompute_mask[i];
+    return 0;
+}
+
 void asvr_model_init(asvr_model *m, const asvr_config *c) {
     memset(m, 0, sizeof *m);
     m->c = *c;
@@ -278,7 +312,12 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->h_cid = nn_arena_add(hs, "code_ids", NN_I32, 1, (int64_t[]){NI});
     a->h_codes = nn_arena_add(hs, "codes", NN_I32, 2, (int64_t[]){NI, D});
     nn_arena_commit(hs);
-    a->la = llama_acts_new_ex(m->llm, B, T, m->c.flash_attention, m->c.recompute_layers);
+    {
+        int any = 0, nl = c->llm.n_layers;
+        for (int i = 0; i < nl && i < ASVR_MAX_RECOMPUTE_LAYERS; i++) any |= c->recompute_mask[i];
+        if (any) a->la = llama_acts_new_sel(m->llm, B, T, c->flash_attention, c->recompute_mask);
+        else a->la = llama_acts_new_ex(m->llm, B, T, c->flash_attention, c->recompute_layers); /* the first N */
+    }
     if (m->head) a->va = vhead_acts_new(m->head, (int)NI);
     if (m->head_app) a->va_app = vhead_acts_new(m->head_app, (int)NI);
     if (m->tower) a->sa = siglip_acts_new(m->tower, a->max_images);

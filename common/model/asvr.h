@@ -37,6 +37,8 @@
 extern "C" {
 #endif
 
+#define ASVR_MAX_RECOMPUTE_LAYERS 512 /* LLM layers a recompute set can name */
+
 typedef struct asvr_config {
     llama_config llm;
     siglip_config vision;
@@ -49,7 +51,9 @@ typedef struct asvr_config {
     int input_discrete;  /* 1: the projector reads Σ_d codebook_d[code] instead of the SigLIP tower */
     int flash_attention; /* 1: the LLM's attention keeps only log-sum-exps (llama_acts_new_ex); set by the
                             caller (a run-time choice, not part of the config JSON) */
-    int recompute_layers; /* LLM layers whose activations are recomputed in the backward (likewise) */
+    int recompute_layers; /* LLM layers whose activations are recomputed in the backward (likewise): the
+                             first recompute_layers, or those of recompute_mask when any is set */
+    unsigned char recompute_mask[ASVR_MAX_RECOMPUTE_LAYERS];
     int tower_bf16;       /* on CUDA: the frozen input tower's weights and activations in bf16, its
                              features converted to f32 for the projector (likewise; ignored on the CPU) */
     int compute_bf16;     /* mixed precision (CUDA): bf16 copies of the trained matrices for the GEMMs, bf16
@@ -59,6 +63,10 @@ typedef struct asvr_config {
 } asvr_config;
 
 int asvr_config_from_json(const char *json, asvr_config *c, asvr_error *err);
+/* Which LLM layers recompute their activations in the backward: list NULL or "" = the first `first_n`
+ * (0 .. n_layers); else a comma-separated list of layers and ranges ("0-15,20"). Sets recompute_layers
+ * (the count) and recompute_mask. -1 with err naming the bad part. */
+int asvr_config_set_recompute(asvr_config *c, int first_n, const char *list, asvr_error *err);
 
 typedef struct asvr_model {
     asvr_config c;

@@ -28,7 +28,7 @@ struct llama_acts {
     const llama *m;
     int B, T;
     int flash; /* 1: op_flash_attention (keeps lse [B,H,T]); 0: op_attention_seg (keeps [B,H,T,T]) */
-    int recompute; /* layers 0..recompute-1 share one set of activations, rebuilt in the backward */
+    unsigned char *rc; /* [n_layers]: 1 for the recomputed layers, which share one set of activations */
     int shared_holds; /* the recomputed layer whose activations the shared set holds now (-1: none) */
     int cur_b; /* rows of the last forward, 0 before the first */
     nn_arena *arena;
@@ -206,9 +206,17 @@ static tensor *add3(nn_arena *ar, const char *name, int64_t a, int64_t b, int64_
 llama_acts *llama_acts_new(const llama *m, int B, int T) { return llama_acts_new_ex(m, B, T, 0, 0); }
 
 llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recompute) {
-    CHECK(B >= 1 && T >= 1, "", "llama activations for %d rows of %d positions", B, T);
     CHECK(recompute >= 0 && recompute <= m->cfg.n_layers, "give 0 .. the number of layers",
           "llama: %d recomputed layers of %d", recompute, m->cfg.n_layers);
+    unsigned char *mask = asvr_calloc((size_t)m->cfg.n_layers, 1, "recompute mask");
+    for (int i = 0; i < recompute; i++) mask[i] = 1;
+    llama_acts *a = llama_acts_new_sel(m, B, T, flash, mask);
+    free(mask);
+    return a;
+}
+
+llama_acts *llama_acts_new_sel(const llama *m, int B, int T, int flash, const unsigned char *recompute_mask) {
+    CHECK(B >= 1 && T >= 1, "", "llama activations for %d rows of %d positions", B, T);
     const llama_config *c = &m->cfg;
     CHECK(c->sliding_window == 0 || T <= c->sliding_window, "use rows no longer than the window",
           "llama: rows of %d positions exceed the sliding attention window %d, which this build does not support", T,
@@ -224,7 +232,12 @@ llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recom
     a->B = B;
     a->T = T;
     a->flash = flash != 0;
-    a->recompute = recompute;
+    a->rc = asvr_calloc((size_t)c->n_layers, 1, "recompute mask");
+    int owner = -1; /* the first recomputed layer: its set is the shared one */
+    for (int i = 0; recompute_mask && i < c->n_layers; i++) {
+        a->rc[i] = recompute_mask[i] != 0;
+        if (a->rc[i] && owner < 0) owner = i;
+    }
     a->shared_holds = -1;
     a->res = asvr_calloc((size_t)nl + 1, sizeof *a->res, "llama residual list");
     a->L = asvr_calloc((size_t)nl, sizeof *a->L, "llama layer activations");
@@ -237,11 +250,11 @@ llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recom
         snprintf(layer_name, sizeof layer_name, "layer%d", i);
 #define NM(s) (snprintf(nm, sizeof nm, "%s.%s", layer_name, s), nm)
         a->res[i] = add3(ar, NM("residual_in"), B, T, D);
-        if (i > 0 && i < recompute) { /* the recomputed layers share layer 0's set */
-            *L = a->L[0];
+        if (a->rc[i] && i != owner) { /* the recomputed layers share the first one's set */
+            *L = a->L[owner];
             continue;
         }
-        if (i == 0 && recompute > 0) snprintf(layer_name, sizeof layer_name, "recomputed_layers");
+        if (i == owner) snprintf(layer_name, sizeof layer_name, "recomputed_layers");
         L->rstd_in = nn_arena_add(ar, NM("rstd_in"), NN_F32, 2, (int64_t[]){B, T});
         L->xn_in = add3t(ar, NM("norm_in"), cdt, B, T, D);
         L->q = add3t(ar, NM("q_rope"), cdt, B, T, QD);
@@ -282,6 +295,7 @@ void llama_acts_free(llama_acts *a) {
     nn_arena_free(a->arena);
     free(a->res);
     free(a->L);
+    free(a->rc);
     free(a);
 }
 
@@ -325,7 +339,7 @@ static void layer_forward(const llama *m, llama_acts *a, int i, int64_t B, float
     tensor branch = tensor_head0(a->branch, B);
     const llama_layer *W = &m->layer[i];
     llama_layer_acts *S = &a->L[i];
-    if (i < a->recompute) a->shared_holds = i;
+    if (a->rc[i]) a->shared_holds = i;
     tensor res = tensor_head0(a->res[i], B), next = tensor_head0(a->res[i + 1], B);
     tensor rstd_in = tensor_head0(S->rstd_in, B), xn_in = tensor_head0(S->xn_in, B);
     tensor q = tensor_head0(S->q, B), k = tensor_head0(S->k, B), v = tensor_head0(S->v, B);
@@ -404,7 +418,7 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
     for (int i = c->n_layers - 1; i >= 0; i--) {
         const llama_layer *W = &m->layer[i];
         llama_layer_acts *S = &a->L[i];
-        if (i < a->recompute && a->shared_holds != i) layer_forward(m, a, i, B, scale, 0);
+        if (a->rc[i] && a->shared_holds != i) layer_forward(m, a, i, B, scale, 0);
         tensor res = tensor_head0(a->res[i], B);
         tensor rstd_in = tensor_head0(S->rstd_in, B), xn_in = tensor_head0(S->xn_in, B);
         tensor q = tensor_head0(S->q, B), k = tensor_head0(S->k, B), v = tensor_head0(S->v, B);

@@ -90,6 +90,9 @@ llama_acts *llama_acts_new(const llama *m, int B, int T);
  *    (the same ops on the same inputs, so the gradients are unchanged) — about one layer's forward
  *    more work per recomputed layer for (R - 1) layers' activations less. */
 llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recompute);
+/* Same, with any set of recomputed layers: recompute_mask [n_layers], nonzero = recomputed (NULL: none).
+ * The set is shared by all of them, whichever they are. */
+llama_acts *llama_acts_new_sel(const llama *m, int B, int T, int flash, const unsigned char *recompute_mask);
 void llama_acts_print_plan(const llama_acts *a, FILE *f);
 size_t llama_acts_bytes(const llama_acts *a);
 void llama_acts_free(llama_acts *a);
