@@ -56,6 +56,14 @@ strip() { sed 's/"seconds":[^,]*,//; s/"tokens_per_s":[^}]*//' "$1"; }
 check 'cmp -s "$TMP/ra/step-00000006/model.safetensors" "$TMP/rb/step-00000006/model.safetensors"' "resumed parameters equal the uninterrupted run's"
 check 'cmp -s "$TMP/ra/step-00000006/optimizer.safetensors" "$TMP/rb/step-00000006/optimizer.safetensors"' "resumed optimizer state equal"
 check '[ "$(strip "$TMP/ra/log.jsonl")" = "$(strip "$TMP/rb/log.jsonl")" ]' "resumed losses equal bit for bit"
+# A checkpoint written while the next step's data is being prefetched records the cursor of the data
+# trained on: resuming from it gives the uninterrupted run. Without prefetching, the same losses.
+"${RUN[@]}" --out "$TMP/rc" --save-every 3
+mkdir -p "$TMP/rd" && cp -r "$TMP/rc/step-00000003" "$TMP/rd/"
+"${RUN[@]}" --out "$TMP/rd"
+check 'cmp -s "$TMP/ra/step-00000006/model.safetensors" "$TMP/rd/step-00000006/model.safetensors"' "resumed from a checkpoint taken mid-run (prefetching): parameters equal"
+"${RUN[@]}" --out "$TMP/re" --no-prefetch
+check '[ "$(strip "$TMP/ra/log.jsonl")" = "$(strip "$TMP/re/log.jsonl")" ]' "--no-prefetch: the same losses bit for bit"
 
 # The LLaVA baseline and the discrete-input variant run.
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 3 --visual-loss none --out "$TMP/none"

@@ -19,6 +19,7 @@
 #include "store/code_store.h"
 #include "nn/ops_extra.h"
 #include "optim.h"
+#include "prefetch.h"
 
 typedef struct train_opts {
     const char *stage, *config, *packed, *codes, *codes_app, *codebooks_app, *image_root, *vision, *vision_prefix,
@@ -27,6 +28,7 @@ typedef struct train_opts {
         *precision, *recompute_list;
     int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after, recompute;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps, peak_tflops;
+    int no_prefetch;
 } train_opts;
 
 /* Loads the parameters whose names start with `ours` from st, where they are named
@@ -99,6 +101,8 @@ int cmd_train(int argc, char **argv) {
         {"clip-norm", ASVR_OPT_F64, &o.clip_norm, "X", "clip the global gradient norm (default off)"},
         {"save-every", ASVR_OPT_INT, &o.save_every, "N", "checkpoint every N steps (and always at the end)"},
         {"stop-after", ASVR_OPT_INT, &o.stop_after, "N", "stop (with a checkpoint) after N steps of this invocation; rerun to go on"},
+        {"no-prefetch", ASVR_OPT_FLAG, &o.no_prefetch, NULL,
+         "read and decode each step's data when it is needed instead of during the step before (same losses)"},
         {"seed", ASVR_OPT_INT, &o.seed, "N", "seed of the data order and of random initialisation (default 0)"},
         {"threads", ASVR_OPT_INT, &o.threads, "N", "image decode threads (default: cores)"},
         {"max-images", ASVR_OPT_INT, &o.max_images, "N", "images per micro-batch to plan for (default: from the store)"},
@@ -395,26 +399,19 @@ int cmd_train(int argc, char **argv) {
     CHECK_PTR(logf, "opening '%s'", log_path);
 
     int D = mc.has_head ? mc.head.depth : 0;
-    int mb_cap = o.accum > 0 ? (int)o.accum : 16;
-    train_batch *mb = asvr_calloc((size_t)mb_cap, sizeof *mb, "micro-batches");
+    /* the next step's data is read and its images decoded on a background thread while this one computes */
+    prefetcher *pf = prefetch_new(dl, o.accum, o.global_batch, !o.no_prefetch);
     int rc = ASVR_EXIT_OK;
     int64_t first_step = step;
     while (step < total) {
         double t0 = now_s();
-        int64_t text_targets = 0, img_pos = 0, tokens = 0, samples = 0;
-        int n_mb = 0;
-        for (int k = 0; o.accum > 0 ? k < o.accum : samples < o.global_batch; k++) {
-            if (k == mb_cap) {
-                mb_cap *= 2;
-                mb = asvr_realloc(mb, sizeof *mb * (size_t)mb_cap, "micro-batches");
-            }
-            if (data_next(dl, &mb[k], &err) < 0) ASVR_FATAL("", "%s", err.msg);
-            n_mb = k + 1;
-            text_targets += mb[k].n_text_targets;
-            img_pos += mb[k].n_image_positions;
-            tokens += mb[k].n_tokens;
-            samples += mb[k].n_samples;
-        }
+        step_batches *sb;
+        int last = step + 1 >= total || (o.stop_after > 0 && step + 1 - first_step >= o.stop_after);
+        if (prefetch_take(pf, !last, &sb, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        train_batch *mb = sb->mb;
+        int n_mb = sb->n;
+        int64_t text_targets = sb->text_targets, img_pos = sb->image_positions, tokens = sb->tokens,
+                samples = sb->samples;
         param_set_zero_grads(&m.ps);
         asvr_losses L;
         memset(&L, 0, sizeof L);
@@ -438,7 +435,6 @@ int cmd_train(int argc, char **argv) {
                 asvr_acts_free(acts);
                 acts = asvr_acts_new(&m, (int)o.rows, T, max_images);
             }
-            train_batch_free(b);
         }
         double gn, coef, lr = optim_step(&opt, &gn, &coef);
         step++;
@@ -501,8 +497,7 @@ int cmd_train(int argc, char **argv) {
                  (long long)step, (long long)total, loss, text, vis, apps, accs, lr, gn, dt > 0 ? tokens / dt : 0, mfus);
         int stop_now = o.stop_after > 0 && step - first_step >= o.stop_after;
         if ((o.save_every > 0 && step % o.save_every == 0) || step == total || stop_now) {
-            int64_t ep, ix;
-            data_get_cursor(dl, &ep, &ix);
+            int64_t ep = sb->epoch, ix = sb->index; /* the cursor after this step's data, not the prefetch's */
             json_t *cfg = json_loads(config_text, 0, NULL);
             json_t *state = json_pack("{s:I, s:I, s:I, s:s, s:I, s:I, s:f, s:o, s:s, s:s, s:s, s:s}", "step", (json_int_t)step,
                                       "data_epoch", (json_int_t)ep, "data_index", (json_int_t)ix, "stage", o.stage,
@@ -525,9 +520,9 @@ int cmd_train(int argc, char **argv) {
             break;
         }
     }
+    prefetch_free(pf);
     fclose(logf);
     free(log_path);
-    free(mb);
     asvr_acts_free(acts);
     optim_free(&opt);
     data_close(dl);
