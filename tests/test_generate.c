@@ -19,77 +19,18 @@
 #include "model/generate.h"
 #include "nn/ops.h"
 #include "test.h"
+#include "generate_fixture.h"
 
-#define GOLD ASVR_GOLDEN "/generate/generate.json"
-#define TRAIN ASVR_GOLDEN "/train"
 #define NP 3
-
-static json_t *load_json(const char *path) {
-    json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
-    if (!j) {
-        fprintf(stderr, "cannot read %s: %s\n(regenerate with tools/gen_generate_fixtures.py)\n", path, je.text);
-        exit(1);
-    }
-    return j;
-}
-
-static int jint(json_t *o, const char *k) {
-    json_t *v = json_object_get(o, k);
-    if (!json_is_integer(v)) {
-        fprintf(stderr, "fixture: integer '%s' missing\n", k);
-        exit(1);
-    }
-    return (int)json_integer_value(v);
-}
 
 static double relerr(const float *a, const double *b, int64_t n) {
     double num = 0, den = 0;
     for (int64_t i = 0; i < n; i++) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
-static double relerr_f(const float *a, const float *b, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        num += d * d, den += (double)b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 /* The tiny model: config from the training manifest (its keys mapped to the HF / ours), all
  * parameters and the tower from model_init.safetensors. */
-static void load_model(asvr_model *m, safetensors **st_out) {
-    json_t *man = load_json(TRAIN "/manifest.json"), *cfg = json_object_get(man, "config");
-    json_t *L = json_object_get(cfg, "llm"), *V = json_object_get(cfg, "vision"), *H = json_object_get(cfg, "visual_head");
-    json_t *llm = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:O, s:O}", "hidden_size", jint(L, "hidden_size"),
-                            "num_hidden_layers", jint(L, "num_layers"), "num_attention_heads", jint(L, "num_heads"),
-                            "num_key_value_heads", jint(L, "num_kv_heads"), "head_dim", jint(L, "head_dim"),
-                            "intermediate_size", jint(L, "intermediate_size"), "vocab_size", jint(L, "vocab_size"),
-                            "rms_norm_eps", json_object_get(L, "rms_norm_eps"), "rope_theta",
-                            json_object_get(L, "rope_theta"));
-    json_t *all = json_pack("{s:o, s:O, s:O}", "llm", llm, "vision", V, "visual_head", H);
-    char *text = json_dumps(all, JSON_COMPACT);
-    asvr_config c;
-    asvr_error err = {{0}};
-    if (asvr_config_from_json(text, &c, &err) < 0) {
-        fprintf(stderr, "config: %s\n", err.msg);
-        exit(1);
-    }
-    free(text);
-    json_decref(all);
-    json_decref(man);
-    asvr_model_init(m, &c);
-    param_set_trainable(&m->ps, "", 0);
-    param_set_commit(&m->ps);
-    safetensors *st;
-    if (safetensors_open(TRAIN "/model_init.safetensors", &st, &err) < 0 || param_set_load(&m->ps, st, "", &err) < 0 ||
-        asvr_model_load_tower(m, st, "vision_tower.", &err) < 0) {
-        fprintf(stderr, "model: %s\n", err.msg);
-        exit(1);
-    }
-    *st_out = st;
-}
+static void load_model(asvr_model *m, safetensors **st_out) { *st_out = load_model_on(m, NN_CPU, 1); }
 
 typedef struct golden {
     int32_t ids[NP][32];

@@ -14,59 +14,17 @@
 #include "model/asvr.h"
 #include "model/generate.h"
 #include "test.h"
+#include "generate_fixture.h"
 #ifdef ASVR_HAVE_CUDA
 #include "nn/cuda/ops_cuda.h"
 #endif
 
-#define GOLD ASVR_GOLDEN "/generate/generate.json"
-#define TRAIN ASVR_GOLDEN "/train"
 #define NP 3
 #define NEW 12
 
 #ifdef ASVR_HAVE_CUDA
-static json_t *load_json(const char *path) {
-    json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
-    if (!j) {
-        fprintf(stderr, "cannot read %s: %s\n", path, je.text);
-        exit(1);
-    }
-    return j;
-}
-
-static int jint(json_t *o, const char *k) { return (int)json_integer_value(json_object_get(o, k)); }
-
-/* The tiny model on dev: config from the training manifest, parameters and tower from model_init. */
-static void load_model(asvr_model *m, nn_device dev) {
-    json_t *man = load_json(TRAIN "/manifest.json"), *cfg = json_object_get(man, "config");
-    json_t *L = json_object_get(cfg, "llm"), *V = json_object_get(cfg, "vision"), *H = json_object_get(cfg, "visual_head");
-    json_t *llm = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:O, s:O}", "hidden_size", jint(L, "hidden_size"),
-                            "num_hidden_layers", jint(L, "num_layers"), "num_attention_heads", jint(L, "num_heads"),
-                            "num_key_value_heads", jint(L, "num_kv_heads"), "head_dim", jint(L, "head_dim"),
-                            "intermediate_size", jint(L, "intermediate_size"), "vocab_size", jint(L, "vocab_size"),
-                            "rms_norm_eps", json_object_get(L, "rms_norm_eps"), "rope_theta",
-                            json_object_get(L, "rope_theta"));
-    json_t *all = json_pack("{s:o, s:O, s:O}", "llm", llm, "vision", V, "visual_head", H);
-    char *text = json_dumps(all, JSON_COMPACT);
-    asvr_config c;
-    asvr_error err = {{0}};
-    T_CHECK(asvr_config_from_json(text, &c, &err) == 0, "config: %s", err.msg);
-    free(text);
-    json_decref(all);
-    json_decref(man);
-    c.has_head = 0; /* generation never runs the visual head */
-    asvr_model_init(m, &c);
-    param_set_trainable(&m->ps, "", 0);
-    param_set_set_device(&m->ps, dev);
-    param_set_commit(&m->ps);
-    safetensors *st;
-    if (safetensors_open(TRAIN "/model_init.safetensors", &st, &err) < 0 || param_set_load(&m->ps, st, "", &err) < 0 ||
-        asvr_model_load_tower(m, st, "vision_tower.", &err) < 0) {
-        fprintf(stderr, "model: %s\n", err.msg);
-        exit(1);
-    }
-    safetensors_close(st);
-}
+/* The tiny model on dev, without the visual head (generation never runs it). */
+static void load_model(asvr_model *m, nn_device dev) { safetensors_close(load_model_on(m, dev, 0)); }
 
 typedef struct prompts {
     int32_t ids[NP][32];
@@ -113,15 +71,6 @@ static void run(asvr_model *m, const prompts *g, int use_cache, outcome *out) {
     T_CHECK(asvr_generate(m, p, NP, &o, &out->r, &err) == 0, "generate: %s", err.msg);
 }
 
-static double relerr(const float *a, const float *b, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        num += d * d, den += (double)b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static void compare(const asvr_model *m, const outcome *c, const outcome *g, const char *what) {
     int V = m->c.llm.vocab, L = m->c.llm.n_layers, P = m->c.image_positions;
     double worst = 0;
@@ -132,7 +81,7 @@ static void compare(const asvr_model *m, const outcome *c, const outcome *g, con
         T_CHECK(same, "%s: row %d greedy tokens differ between cuda and cpu", what, b);
         for (int s = 0; s < c->r.steps; s++) {
             const float *lc = c->logits + ((size_t)b * NEW + s) * V, *lg = g->logits + ((size_t)b * NEW + s) * V;
-            double e = relerr(lg, lc, V);
+            double e = relerr_f(lg, lc, V);
             if (!(e <= worst)) worst = e;
             T_CHECK(e < 1e-4, "%s: row %d step %d logits off by %.2e", what, b, s, e);
         }

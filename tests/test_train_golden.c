@@ -3,85 +3,10 @@
  * stage it (and pt as its subset), with and without the visual head, and the parameters after 3 AdamW
  * steps under HF's cosine-with-warmup schedule (weight decay and clipping variants), with the
  * per-step lr, loss and pre-clip gradient norm. */
-#include <jansson.h>
-#include <math.h>
-
-#include "io/safetensors.h"
-#include "model/asvr.h"
-#include "optim.h"
-#include "test.h"
-
-#define G ASVR_GOLDEN "/train/"
-
-static json_t *manifest;
-static safetensors *init_st, *batch_st;
-
-static double rel_err(const float *a, const float *b, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * (double)b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static char *model_config_json(int with_head) {
-    json_t *c = json_object_get(manifest, "config"), *l = json_object_get(c, "llm"), *v = json_object_get(c, "vision");
-    json_t *llm = json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:b}", "hidden_size", json_object_get(l, "hidden_size"),
-                            "num_hidden_layers", json_object_get(l, "num_layers"), "num_attention_heads",
-                            json_object_get(l, "num_heads"), "num_key_value_heads", json_object_get(l, "num_kv_heads"),
-                            "intermediate_size", json_object_get(l, "intermediate_size"), "vocab_size",
-                            json_object_get(l, "vocab_size"), "rms_norm_eps", json_object_get(l, "rms_norm_eps"),
-                            "rope_theta", json_object_get(l, "rope_theta"), "tie_word_embeddings", 0);
-    json_t *o = json_pack("{s:o, s:O}", "llm", llm, "vision", v);
-    if (with_head) json_object_set(o, "visual_head", json_object_get(c, "visual_head"));
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return s;
-}
-
-typedef struct ctx {
-    asvr_model m;
-    asvr_acts *a;
-    asvr_batch b;
-    int32_t ids[56], labels[56], pos[56], seg[56], image_pos[18];
-    uint16_t codes[54];
-    float pixels[2 * 3 * 46 * 46];
-} ctx;
-
-static void to_i32(const char *name, int32_t *dst, int64_t n) {
-    const st_tensor *t = safetensors_find(batch_st, name);
-    T_CHECK(t && t->dtype == ST_I64 && t->numel == n, "batch tensor %s", name);
-    for (int64_t i = 0; i < n; i++) dst[i] = (int32_t)((const int64_t *)t->data)[i];
-}
+#include "train_fixture.h"
 
 static void build(ctx *c, int with_head, int stage_it) {
-    asvr_error err;
-    asvr_config cfg;
-    char *js = model_config_json(with_head);
-    T_EQ_INT(asvr_config_from_json(js, &cfg, &err), 0);
-    free(js);
-    asvr_model_init(&c->m, &cfg);
-    param_set_trainable(&c->m.ps, "", 1);
-    if (!stage_it) param_set_trainable(&c->m.ps, "llm.", 0);
-    param_set_commit(&c->m.ps);
-    T_CHECK(param_set_load(&c->m.ps, init_st, "", &err) == 0, "%s", err.msg);
-    T_CHECK(asvr_model_load_tower(&c->m, init_st, "vision_tower.", &err) == 0, "%s", err.msg);
-    if (with_head) T_CHECK(asvr_model_load_codebooks(&c->m, init_st, "codebooks", &err) == 0, "%s", err.msg);
-    to_i32("input_ids", c->ids, 56);
-    to_i32("labels", c->labels, 56);
-    to_i32("position_ids", c->pos, 56);
-    to_i32("segment_ids", c->seg, 56);
-    to_i32("image_flat_pos", c->image_pos, 18);
-    int32_t codes[54];
-    to_i32("codes", codes, 54);
-    for (int i = 0; i < 54; i++) c->codes[i] = (uint16_t)codes[i];
-    const st_tensor *px = safetensors_find(batch_st, "images");
-    T_CHECK(px && px->numel == 2 * 3 * 46 * 46, "images");
-    memcpy(c->pixels, px->data, sizeof c->pixels);
-    c->b = (asvr_batch){2, 28, c->ids, c->labels, c->pos, c->seg, 2, c->image_pos, c->codes, NULL, c->pixels, 0, NULL};
-    c->a = asvr_acts_new(&c->m, 2, 28, 2);
+    build_fixture(c, with_head, stage_it, NN_CPU, 0, 0);
 }
 
 static void destroy(ctx *c) {
@@ -208,13 +133,7 @@ static void check_three_steps(const char *run, const char *variant, int with_hea
 }
 
 int main(void) {
-    json_error_t je;
-    manifest = json_load_file(G "manifest.json", 0, &je);
-    T_CHECK(manifest != NULL, "manifest: %s", je.text);
-    asvr_error err;
-    T_CHECK(safetensors_open(G "model_init.safetensors", &init_st, &err) == 0, "%s", err.msg);
-    T_CHECK(safetensors_open(G "batch.safetensors", &batch_st, &err) == 0, "%s", err.msg);
-    if (!manifest || !init_st || !batch_st) return t_done();
+    if (fixture_open() < 0) return t_done();
 
     /* step 0, stage it, default loss: losses and every gradient */
     ctx c;
@@ -265,8 +184,6 @@ int main(void) {
     check_three_steps("pt_none", "wd0", 0, 0, 0.0, 0.0);
     check_three_steps("it_none", "wd0", 0, 1, 0.0, 0.0);
 
-    safetensors_close(init_st);
-    safetensors_close(batch_st);
-    json_decref(manifest);
+    fixture_close();
     return t_done();
 }
