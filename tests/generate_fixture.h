@@ -6,6 +6,9 @@
 #ifndef ASVR_TESTS_GENERATE_FIXTURE_H
 #define ASVR_TESTS_GENERATE_FIXTURE_H
 
+/* helpers a test that includes this may not all use (e.g. a CUDA test built without CUDA) */
+#define FIXTURE_FN static __attribute__((unused))
+
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,7 +21,7 @@
 #define GOLD ASVR_GOLDEN "/generate/generate.json"
 #define TRAIN ASVR_GOLDEN "/train"
 
-static json_t *load_json(const char *path) {
+FIXTURE_FN json_t *load_json(const char *path) {
     json_error_t je;
     json_t *j = json_load_file(path, 0, &je);
     if (!j) {
@@ -28,7 +31,7 @@ static json_t *load_json(const char *path) {
     return j;
 }
 
-static int jint(json_t *o, const char *k) {
+FIXTURE_FN int jint(json_t *o, const char *k) {
     json_t *v = json_object_get(o, k);
     if (!json_is_integer(v)) {
         fprintf(stderr, "fixture: integer '%s' missing\n", k);
@@ -38,7 +41,7 @@ static int jint(json_t *o, const char *k) {
 }
 
 /* ||a - b|| / ||b|| over n floats (||a - b|| when b is 0) */
-static double relerr_f(const float *a, const float *b, int64_t n) {
+FIXTURE_FN double relerr_f(const float *a, const float *b, int64_t n) {
     double num = 0, den = 0;
     for (int64_t i = 0; i < n; i++) {
         double d = (double)a[i] - b[i];
@@ -49,7 +52,7 @@ static double relerr_f(const float *a, const float *b, int64_t n) {
 
 /* The tiny model on dev, nothing trainable (with_head 0: without the visual head, which generation
  * never runs). Returns model_init.safetensors, still open (the caller closes it). */
-static safetensors *load_model_on(asvr_model *m, nn_device dev, int with_head) {
+FIXTURE_FN safetensors *load_model_on(asvr_model *m, nn_device dev, int with_head) {
     json_t *man = load_json(TRAIN "/manifest.json"), *cfg = json_object_get(man, "config");
     json_t *L = json_object_get(cfg, "llm"), *V = json_object_get(cfg, "vision"), *H = json_object_get(cfg, "visual_head");
     json_t *llm = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:O, s:O}", "hidden_size", jint(L, "hidden_size"),

@@ -7,6 +7,9 @@
 #ifndef ASVR_TESTS_TRAIN_FIXTURE_H
 #define ASVR_TESTS_TRAIN_FIXTURE_H
 
+/* helpers a test that includes this may not all use (e.g. a CUDA test built without CUDA) */
+#define FIXTURE_FN static __attribute__((unused))
+
 #include <jansson.h>
 #include <math.h>
 #include <string.h>
@@ -22,7 +25,7 @@ static json_t *manifest;
 static safetensors *init_st, *batch_st;
 
 /* Opens the manifest and the two safetensors files; 0 when all three are there. */
-static int fixture_open(void) {
+FIXTURE_FN int fixture_open(void) {
     json_error_t je;
     manifest = json_load_file(G "manifest.json", 0, &je);
     T_CHECK(manifest != NULL, "manifest: %s", je.text);
@@ -32,14 +35,14 @@ static int fixture_open(void) {
     return manifest && init_st && batch_st ? 0 : -1;
 }
 
-static void fixture_close(void) {
+FIXTURE_FN void fixture_close(void) {
     safetensors_close(init_st);
     safetensors_close(batch_st);
     json_decref(manifest);
 }
 
 /* ||a - b|| / ||b|| (||a - b|| when b is 0) */
-static double rel_err(const float *a, const float *b, int64_t n) {
+FIXTURE_FN double rel_err(const float *a, const float *b, int64_t n) {
     double num = 0, den = 0;
     for (int64_t i = 0; i < n; i++) {
         double d = (double)a[i] - (double)b[i];
@@ -50,7 +53,7 @@ static double rel_err(const float *a, const float *b, int64_t n) {
 }
 
 /* The fixture's model as asvr's config JSON (HF LlamaConfig keys), with or without the visual head. */
-static char *model_config_json(int with_head) {
+FIXTURE_FN char *model_config_json(int with_head) {
     json_t *c = json_object_get(manifest, "config"), *l = json_object_get(c, "llm"), *v = json_object_get(c, "vision");
     json_t *llm = json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:b}", "hidden_size", json_object_get(l, "hidden_size"),
                             "num_hidden_layers", json_object_get(l, "num_layers"), "num_attention_heads",
@@ -75,7 +78,7 @@ typedef struct ctx {
     float pixels[2 * 3 * 46 * 46];
 } ctx;
 
-static void to_i32(const char *name, int32_t *dst, int64_t n) {
+FIXTURE_FN void to_i32(const char *name, int32_t *dst, int64_t n) {
     const st_tensor *t = safetensors_find(batch_st, name);
     T_CHECK(t && t->dtype == ST_I64 && t->numel == n, "batch tensor %s", name);
     for (int64_t i = 0; t && i < n; i++) dst[i] = (int32_t)((const int64_t *)t->data)[i];
@@ -83,7 +86,7 @@ static void to_i32(const char *name, int32_t *dst, int64_t n) {
 
 /* The model from the fixture's init on dev (stage it: everything trains; pt: the LLM frozen), its
  * activations for the batch, and the batch. tower_bf16 / compute_bf16: asvr_config's (CUDA only). */
-static void build_fixture(ctx *c, int with_head, int stage_it, nn_device dev, int tower_bf16, int compute_bf16) {
+FIXTURE_FN void build_fixture(ctx *c, int with_head, int stage_it, nn_device dev, int tower_bf16, int compute_bf16) {
     memset(c, 0, sizeof *c);
     asvr_error err;
     asvr_config cfg;
