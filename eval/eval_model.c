@@ -74,6 +74,7 @@ static int load_exported(param_set *ps, const safetensors *st, asvr_error *err) 
                                                                 (long long)t->numel, p->name, (long long)tensor_numel(p->w));
         if (param_tensor_load(p->w, t, err) < 0) return -1;
     }
+    param_set_sync_compute(ps); /* compute copies, if the set has any, follow the values */
     return 0;
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # cli_cuda_emu.sh BUILD_DIR GOLDEN_DIR — the CUDA op, tokenizer and generation tests on the CPU stand-in
-# for the CUDA runtime (tools/cuda_emu/run.sh): the kernels' logic checked on a machine without a GPU
-# (~1 minute; the training-step test, test_train_cuda, is left to run.sh by hand: another minute).
+# for the CUDA runtime (tools/cuda_emu/run.sh): the kernels' logic checked on a machine without a GPU;
+# then one stage-pt step of the emulated asvr-train --device cuda from an --init checkpoint against the
+# CPU's (~1 minute in all; the training-step test, test_train_cuda, is left to run.sh by hand: another
+# two minutes).
 # Skips (passes) on a build without the CUDA backend or on a machine other than x86-64.
 set -u
 B=$(cd "$1" && pwd)
@@ -10,3 +12,37 @@ if [ ! -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ]; then echo "skipped: build w
 if [ "$(uname -m)" != x86_64 ]; then echo "skipped: the stand-in's fiber switch is x86-64 only"; exit 0; fi
 CUDA_EMU_BUILD="$B" CUDA_EMU_NO_BUILD=1 "$R/tools/cuda_emu/run.sh" test_ops_cuda test_ops_extra test_tokenize_cuda \
     test_generate_cuda test_ops_cuda_train test_ops_cuda_fused
+rc=$?
+[ $rc -eq 0 ] || exit $rc
+
+# The trainer's command line on the stand-in, in its cuda defaults (bf16 tower, mixed precision):
+# weights given with --init must reach the bf16 copies the GEMMs read, for the frozen LLM of stage pt
+# too. A CPU run trains a checkpoint; one stage-pt step from it on the CPU and on the stand-in must
+# give the same loss to 1e-2 (mixed precision moves it by ~1e-4; stale copies, i.e. the random init,
+# by far more).
+G=$(cd "$2" && pwd)
+F="$G/train_cli"
+TOK="$G/tokenize/tiny_tokenizer.safetensors"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+Q="--log-level warn"
+"$B/bin/asvr-tokenize" encode --json "$F/it.json" --image-root "$G/images" --tokenizer "$TOK" --policy pad --out "$TMP/it.lmdb" $Q &&
+"$B/bin/asvr-pack" build --template vicuna_v1 --tokenizer "$G/sp/tiny_bpe.model" --codes "$TMP/it.lmdb" --max-len 128 \
+    --out "$TMP/it.pack" $Q "$F/it.json" || { echo "FAIL: building the stores"; exit 1; }
+C=(train --config "$F/model.json" --image-root "$G/images" --vision "$TOK" --codebooks "$TOK" --rows 2 --accum 1
+   --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --lr 3e-3 $Q)
+"$B/bin/asvr-train" "${C[@]}" --stage it --steps 24 --out "$TMP/warm" || { echo "FAIL: the CPU warm-up run"; exit 1; }
+INIT="$TMP/warm/step-00000024/model.safetensors"
+"$B/bin/asvr-train" "${C[@]}" --stage pt --steps 1 --init "$INIT" --out "$TMP/cpu" || { echo "FAIL: the CPU run"; exit 1; }
+(cd "$B/cuda_emu/bin" && ./asvr-train "${C[@]}" --stage pt --steps 1 --init "$INIT" --device cuda --out "$TMP/cuda") ||
+    { echo "FAIL: the emulated cuda run"; exit 1; }
+lc=$(grep -o '"loss":[0-9.e+-]*' "$TMP/cpu/log.jsonl" | head -1 | cut -d: -f2)
+lg=$(grep -o '"loss":[0-9.e+-]*' "$TMP/cuda/log.jsonl" | head -1 | cut -d: -f2)
+l0=$(grep -o '"loss":[0-9.e+-]*' "$TMP/warm/log.jsonl" | head -1 | cut -d: -f2)
+echo "asvr-train --init, one stage-pt step: cpu loss $lc, cuda (stand-in, mixed precision) $lg; untrained $l0"
+if awk -v a="$lc" -v b="$lg" 'BEGIN{d=a-b; if (d<0) d=-d; exit !(a > 0 && d <= 1e-2 * a)}'; then
+  echo "asvr-train --init on cuda: ok"
+else
+  echo "FAIL: asvr-train --init on cuda: loss $lg vs the cpu's $lc"
+  exit 1
+fi

@@ -332,6 +332,9 @@ int cmd_train(int argc, char **argv) {
         LOG_INFO("resuming from '%s' at step %lld", ckpt, (long long)step);
         json_decref(state);
     }
+    /* --llm, --init and the resume wrote master values directly: the bf16 copies the GEMMs read follow
+     * them (frozen parameters are never touched again, so this is their only refresh) */
+    param_set_sync_compute(&m.ps);
     size_t planned_bytes = 0;
     if (asvr_log_get_level() >= ASVR_LOG_INFO) {
         asvr_model_print(&m, stderr);
