@@ -52,18 +52,86 @@ static __host__ __device__ inline size_t fa_al(size_t n) { return (n + 127) / 12
 static __host__ __device__ inline size_t fa_bh(int rows, int ld) { return fa_al((size_t)rows * (size_t)ld * 2); }
 static __host__ __device__ inline size_t fa_bf(int rows, int ld) { return fa_al((size_t)rows * (size_t)ld * 4); }
 
-// Shared-memory bytes of each kernel for head dim Dh (the kernels carve in this order).
-static __host__ __device__ inline size_t fa_fwd_smem(int Dh) {
-    return 3 * fa_bh(FA_BQ, Dh + 8) + fa_bf(FA_BQ, FA_LDS) + fa_bh(FA_BQ, FA_LDP) + fa_bf(FA_BQ, Dh + 4) +
-           2 * fa_bf(FA_BQ, 1) + 2 * fa_bf(FA_BK, 1);
+// Each kernel's shared memory, carved in one place for both sides: the kernel gets its buffers, the
+// host (base NULL) only the byte count to launch with.
+struct fa_carver {
+    char *p;
+    size_t n;
+};
+static __host__ __device__ inline void *fa_take(fa_carver *c, size_t bytes) {
+    void *r = c->p ? (void *)(c->p + c->n) : (void *)0;
+    c->n += bytes;
+    return r;
 }
-static __host__ __device__ inline size_t fa_bwd_q_smem(int Dh) {
-    return 4 * fa_bh(FA_BQ, Dh + 8) + 2 * fa_bf(FA_BQ, FA_LDS) + fa_bh(FA_BQ, FA_LDP) + fa_bf(FA_BQ, Dh + 4) +
-           2 * fa_bf(FA_BQ, 1) + 2 * fa_bf(FA_BK, 1);
+#define FA_TAKE(c, T, bytes) ((T *)fa_take(&(c), (bytes)))
+
+struct fa_fwd_sm {
+    bf16 *Qs, *Ks, *Vs, *Pb;
+    float *S, *Os, *rm, *rl;
+    int *qseg, *kseg;
+};
+static __host__ __device__ inline size_t fa_fwd_layout(void *base, int Dh, fa_fwd_sm *m) {
+    fa_carver c = {(char *)base, 0};
+    const int LDH = Dh + 8, LDO = Dh + 4;
+    m->Qs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
+    m->Ks = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
+    m->Vs = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
+    m->S = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
+    m->Pb = FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP));
+    m->Os = FA_TAKE(c, float, fa_bf(FA_BQ, LDO));
+    m->rm = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
+    m->rl = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
+    m->qseg = FA_TAKE(c, int, fa_bf(FA_BQ, 1));
+    m->kseg = FA_TAKE(c, int, fa_bf(FA_BK, 1));
+    return c.n;
 }
-static __host__ __device__ inline size_t fa_bwd_kv_smem(int Dh) {
-    return 4 * fa_bh(FA_BQ, Dh + 8) + 2 * fa_bf(FA_BQ, FA_LDS) + 2 * fa_bh(FA_BQ, FA_LDP) +
-           2 * fa_bf(FA_BK, Dh + 4) + 2 * fa_bf(FA_BQ, 1) + 2 * fa_bf(FA_BK, 1);
+
+struct fa_bwd_q_sm {
+    bf16 *Qs, *dOs, *Ks, *Vs, *dSb;
+    float *S, *dP, *dQa, *lse_s, *dl_s;
+    int *qseg, *kseg;
+};
+static __host__ __device__ inline size_t fa_bwd_q_layout(void *base, int Dh, fa_bwd_q_sm *m) {
+    fa_carver c = {(char *)base, 0};
+    const int LDH = Dh + 8, LDO = Dh + 4;
+    m->Qs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
+    m->dOs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
+    m->Ks = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
+    m->Vs = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
+    m->S = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
+    m->dP = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
+    m->dSb = FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP));
+    m->dQa = FA_TAKE(c, float, fa_bf(FA_BQ, LDO));
+    m->lse_s = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
+    m->dl_s = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
+    m->qseg = FA_TAKE(c, int, fa_bf(FA_BQ, 1));
+    m->kseg = FA_TAKE(c, int, fa_bf(FA_BK, 1));
+    return c.n;
+}
+
+struct fa_bwd_kv_sm {
+    bf16 *Qs, *dOs, *Ks, *Vs, *Pb, *dSb;
+    float *S, *dP, *dKa, *dVa, *lse_s, *dl_s;
+    int *qseg, *kseg;
+};
+static __host__ __device__ inline size_t fa_bwd_kv_layout(void *base, int Dh, fa_bwd_kv_sm *m) {
+    fa_carver c = {(char *)base, 0};
+    const int LDH = Dh + 8, LDO = Dh + 4;
+    m->Qs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
+    m->dOs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
+    m->Ks = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
+    m->Vs = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
+    m->S = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
+    m->dP = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
+    m->Pb = FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP));
+    m->dSb = FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP));
+    m->dKa = FA_TAKE(c, float, fa_bf(FA_BK, LDO));
+    m->dVa = FA_TAKE(c, float, fa_bf(FA_BK, LDO));
+    m->lse_s = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
+    m->dl_s = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
+    m->qseg = FA_TAKE(c, int, fa_bf(FA_BQ, 1));
+    m->kseg = FA_TAKE(c, int, fa_bf(FA_BK, 1));
+    return c.n;
 }
 
 // Rows row0 .. row0+63 of a [*, stride] bf16 matrix (columns 0 .. Dh-1 from src) into dst [64, ld];
@@ -129,17 +197,11 @@ __global__ void kt_fa_fwd(void *out, int obf, float *lse, const bf16 *q, const b
                           const int32_t *seg, int T, int H, int group, int Dh, float scale, int causal) {
     extern __shared__ float fa_sm[];
     const int LDH = Dh + 8, LDO = Dh + 4;
-    char *p = (char *)fa_sm;
-    bf16 *Qs = (bf16 *)p;  p += fa_bh(FA_BQ, LDH);
-    bf16 *Ks = (bf16 *)p;  p += fa_bh(FA_BK, LDH);
-    bf16 *Vs = (bf16 *)p;  p += fa_bh(FA_BK, LDH);
-    float *S = (float *)p; p += fa_bf(FA_BQ, FA_LDS);
-    bf16 *Pb = (bf16 *)p;  p += fa_bh(FA_BQ, FA_LDP);
-    float *Os = (float *)p; p += fa_bf(FA_BQ, LDO);
-    float *rm = (float *)p; p += fa_bf(FA_BQ, 1);
-    float *rl = (float *)p; p += fa_bf(FA_BQ, 1);
-    int *qseg = (int *)p;  p += fa_bf(FA_BQ, 1);
-    int *kseg = (int *)p;
+    fa_fwd_sm m;
+    fa_fwd_layout(fa_sm, Dh, &m);
+    bf16 *Qs = m.Qs, *Ks = m.Ks, *Vs = m.Vs, *Pb = m.Pb;
+    float *S = m.S, *Os = m.Os, *rm = m.rm, *rl = m.rl;
+    int *qseg = m.qseg, *kseg = m.kseg;
     const int tid = threadIdx.x, w = tid >> 5;
     const int q0 = blockIdx.x * FA_BQ, h = blockIdx.y, b = blockIdx.z, g = h / group;
     const int nq = T - q0 < FA_BQ ? T - q0 : FA_BQ;
@@ -262,19 +324,11 @@ __global__ void kt_fa_bwd_q(void *dq, int dqbf, const float *delta, const bf16 *
                             float scale, int causal) {
     extern __shared__ float fa_sm[];
     const int LDH = Dh + 8, LDO = Dh + 4;
-    char *p = (char *)fa_sm;
-    bf16 *Qs = (bf16 *)p;   p += fa_bh(FA_BQ, LDH);
-    bf16 *dOs = (bf16 *)p;  p += fa_bh(FA_BQ, LDH);
-    bf16 *Ks = (bf16 *)p;   p += fa_bh(FA_BK, LDH);
-    bf16 *Vs = (bf16 *)p;   p += fa_bh(FA_BK, LDH);
-    float *S = (float *)p;  p += fa_bf(FA_BQ, FA_LDS);
-    float *dP = (float *)p; p += fa_bf(FA_BQ, FA_LDS);
-    bf16 *dSb = (bf16 *)p;  p += fa_bh(FA_BQ, FA_LDP);
-    float *dQa = (float *)p; p += fa_bf(FA_BQ, LDO);
-    float *lse_s = (float *)p; p += fa_bf(FA_BQ, 1);
-    float *dl_s = (float *)p;  p += fa_bf(FA_BQ, 1);
-    int *qseg = (int *)p;  p += fa_bf(FA_BQ, 1);
-    int *kseg = (int *)p;
+    fa_bwd_q_sm m;
+    fa_bwd_q_layout(fa_sm, Dh, &m);
+    bf16 *Qs = m.Qs, *dOs = m.dOs, *Ks = m.Ks, *Vs = m.Vs, *dSb = m.dSb;
+    float *S = m.S, *dP = m.dP, *dQa = m.dQa, *lse_s = m.lse_s, *dl_s = m.dl_s;
+    int *qseg = m.qseg, *kseg = m.kseg;
     const int tid = threadIdx.x, w = tid >> 5;
     const int q0 = blockIdx.x * FA_BQ, h = blockIdx.y, b = blockIdx.z, g = h / group;
     const int nq = T - q0 < FA_BQ ? T - q0 : FA_BQ;
@@ -318,21 +372,11 @@ __global__ void kt_fa_bwd_kv(void *dk, int dkbf, void *dv, int dvbf, const float
                              int H, int group, int Dh, float scale, int causal) {
     extern __shared__ float fa_sm[];
     const int LDH = Dh + 8, LDO = Dh + 4;
-    char *p = (char *)fa_sm;
-    bf16 *Qs = (bf16 *)p;   p += fa_bh(FA_BQ, LDH);
-    bf16 *dOs = (bf16 *)p;  p += fa_bh(FA_BQ, LDH);
-    bf16 *Ks = (bf16 *)p;   p += fa_bh(FA_BK, LDH);
-    bf16 *Vs = (bf16 *)p;   p += fa_bh(FA_BK, LDH);
-    float *S = (float *)p;  p += fa_bf(FA_BQ, FA_LDS);
-    float *dP = (float *)p; p += fa_bf(FA_BQ, FA_LDS);
-    bf16 *Pb = (bf16 *)p;   p += fa_bh(FA_BQ, FA_LDP);
-    bf16 *dSb = (bf16 *)p;  p += fa_bh(FA_BQ, FA_LDP);
-    float *dKa = (float *)p; p += fa_bf(FA_BK, LDO);
-    float *dVa = (float *)p; p += fa_bf(FA_BK, LDO);
-    float *lse_s = (float *)p; p += fa_bf(FA_BQ, 1);
-    float *dl_s = (float *)p;  p += fa_bf(FA_BQ, 1);
-    int *qseg = (int *)p;  p += fa_bf(FA_BQ, 1);
-    int *kseg = (int *)p;
+    fa_bwd_kv_sm m;
+    fa_bwd_kv_layout(fa_sm, Dh, &m);
+    bf16 *Qs = m.Qs, *dOs = m.dOs, *Ks = m.Ks, *Vs = m.Vs, *Pb = m.Pb, *dSb = m.dSb;
+    float *S = m.S, *dP = m.dP, *dKa = m.dKa, *dVa = m.dVa, *lse_s = m.lse_s, *dl_s = m.dl_s;
+    int *qseg = m.qseg, *kseg = m.kseg;
     const int tid = threadIdx.x, w = tid >> 5;
     const int k0 = blockIdx.x * FA_BK, g = blockIdx.y, b = blockIdx.z;
     const int nk = T - k0 < FA_BK ? T - k0 : FA_BK;
@@ -395,7 +439,8 @@ extern "C" int cuda_flash_tc_ok(const tensor *q, const tensor *k, const tensor *
 extern "C" void cuda_flash_tc_forward(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
                                       int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg) {
     int B = (int)q->shape[0], T = (int)q->shape[1], Dh = (int)(q->shape[2] / n_heads);
-    size_t sh = fa_fwd_smem(Dh);
+    fa_fwd_sm lay;
+    size_t sh = fa_fwd_layout(NULL, Dh, &lay);
     fa_shmem((const void *)kt_fa_fwd, sh);
     dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)n_heads, (unsigned)B);
     kt_fa_fwd<<<grid, FA_THREADS, sh>>>(out->data, isbf(out), (float *)lse->data, (const bf16 *)q->data,
@@ -415,7 +460,9 @@ extern "C" void cuda_flash_tc_backward(tensor *dq, tensor *dk, tensor *dv, const
     kt_fa_bwd_delta<<<(unsigned)((rows + per - 1) / per), FA_THREADS>>>(delta, (const bf16 *)dout->data, out->data,
                                                                         isbf(out), rows, T, n_heads, Dh);
     CHECK_CUDA(cudaGetLastError());
-    size_t shq = fa_bwd_q_smem(Dh), shkv = fa_bwd_kv_smem(Dh);
+    fa_bwd_q_sm lq;
+    fa_bwd_kv_sm lkv;
+    size_t shq = fa_bwd_q_layout(NULL, Dh, &lq), shkv = fa_bwd_kv_layout(NULL, Dh, &lkv);
     fa_shmem((const void *)kt_fa_bwd_q, shq);
     fa_shmem((const void *)kt_fa_bwd_kv, shkv);
     unsigned nt = (unsigned)((T + FA_BQ - 1) / FA_BQ);
