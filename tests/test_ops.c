@@ -8,13 +8,7 @@
 #include "test.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
-static float frand(void) { /* uniform in [-1, 1), never exactly 0 */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    float u = (float)((rng >> 40) + 0.5) / (float)(1 << 24);
-    return 2.0f * u - 1.0f;
-}
+static float frand(void) { return t_frand(&rng); }
 
 static nn_arena *ar;
 static tensor *T(const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {

@@ -17,13 +17,7 @@
 #include "test.h"
 
 static uint64_t rng = 0x2545F4914F6CDD1DULL;
-static float frand(void) { /* uniform in [-1, 1), never exactly 0 */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    float u = (float)((rng >> 40) + 0.5) / (float)(1 << 24);
-    return 2.0f * u - 1.0f;
-}
+static float frand(void) { return t_frand(&rng); }
 
 static nn_arena *ar;
 static void fresh(const char *label) {
@@ -696,30 +690,6 @@ static void test_norm_scale(void) {
 }
 
 /* ---- argument checks: each misuse exits 1 with a message naming the op ------------------------ */
-typedef void (*misuse_fn)(void);
-static void expect_fatal(const char *what, misuse_fn fn, const char *needle) {
-    int fds[2];
-    T_CHECK(pipe(fds) == 0, "pipe");
-    fflush(stdout), fflush(stderr);
-    pid_t pid = fork();
-    T_CHECK(pid >= 0, "fork");
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        fn();
-        _exit(0); /* not reached when the op refuses */
-    }
-    close(fds[1]);
-    char buf[2048] = {0};
-    size_t got = 0;
-    ssize_t r;
-    while (got < sizeof buf - 1 && (r = read(fds[0], buf + got, sizeof buf - 1 - got)) > 0) got += (size_t)r;
-    close(fds[0]);
-    int st = 0;
-    T_CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
-    T_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: exit status %d", what, st);
-    T_CHECK(strstr(buf, needle) != NULL, "%s: message '%s' lacks '%s'", what, buf, needle);
-}
 
 static float mbuf[64];
 static int32_t ibuf[8];
@@ -770,16 +740,16 @@ static void misuse_pos(void) {
 
 static void test_misuse(void) {
 #ifndef ASVR_HAVE_CUDA
-    expect_fatal("cuda tensor", misuse_cuda, "this build has no CUDA backend");
+    t_expect_fatal("cuda tensor", misuse_cuda, "this build has no CUDA backend");
 #else
     (void)misuse_cuda; /* runs on the device in this build: tests/test_ops_cuda_train.c */
 #endif
-    expect_fatal("cuda and cpu tensors", misuse_mixed, "tensor 'pos' is on cpu but 'x' is on cuda");
-    expect_fatal("id out of range", misuse_id, "outside [0, 3)");
-    expect_fatal("target -1", misuse_target, "not the ignore index");
-    expect_fatal("activation without pre", misuse_pre, "needs the saved pre-activation");
-    expect_fatal("att not kept", misuse_att, "kept probabilities");
-    expect_fatal("negative position", misuse_pos, "positions are >= 0");
+    t_expect_fatal("cuda and cpu tensors", misuse_mixed, "tensor 'pos' is on cpu but 'x' is on cuda");
+    t_expect_fatal("id out of range", misuse_id, "outside [0, 3)");
+    t_expect_fatal("target -1", misuse_target, "not the ignore index");
+    t_expect_fatal("activation without pre", misuse_pre, "needs the saved pre-activation");
+    t_expect_fatal("att not kept", misuse_att, "kept probabilities");
+    t_expect_fatal("negative position", misuse_pos, "positions are >= 0");
 }
 
 int main(void) {

@@ -9,13 +9,7 @@
 #include "test.h"
 
 static uint64_t rng = 0x2545F4914F6CDD1DULL;
-static float frand(void) { /* uniform in [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    float u = (float)((rng >> 40) + 0.5) / (float)(1 << 24);
-    return 2.0f * u - 1.0f;
-}
+static float frand(void) { return t_frand(&rng); }
 
 static nn_arena *ar;
 static void fresh(const char *label) {

@@ -15,12 +15,7 @@
 #include "nn/cuda/ops_cuda.h"
 
 static uint64_t rng = 0x2545F4914F6CDD1DULL;
-static float frand(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return 2.0f * ((float)((rng >> 40) + 0.5) / (float)(1 << 24)) - 1.0f;
-}
+static float frand(void) { return t_frand(&rng); }
 
 #define MAXT 128
 static void *owned[MAXT];

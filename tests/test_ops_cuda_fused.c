@@ -24,22 +24,7 @@
 #include "nn/cuda/ops_cuda.h"
 
 static uint64_t rng = 0xDA3E39CB94B95BDBULL;
-static float frand(void) { /* uniform in [-1, 1), never exactly 0 */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return 2.0f * ((float)((rng >> 40) + 0.5) / (float)(1 << 24)) - 1.0f;
-}
-static float bf16_round(float f) { /* round to nearest even bf16, kept as f32 */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7F800000u) == 0x7F800000u) return f;
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    u &= 0xFFFF0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
+static float frand(void) { return t_frand(&rng); }
 static nn_dtype DT; /* storage dtype of the device tensors in this pass */
 static const char *dn;
 static double TOL;
@@ -62,7 +47,7 @@ static tensor H(const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, 
     tensor t = hmake(name, ndim, d0, d1, d2);
     for (int64_t i = 0; i < tensor_numel(&t); i++) {
         P(&t)[i] = scale * frand();
-        if (DT == NN_BF16) P(&t)[i] = bf16_round(P(&t)[i]);
+        if (DT == NN_BF16) P(&t)[i] = t_bf16_round(P(&t)[i]);
     }
     return t;
 }

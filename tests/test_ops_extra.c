@@ -15,12 +15,7 @@
 #endif
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
-static float frand(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return 2.0f * ((float)((rng >> 40) + 0.5) / (float)(1 << 24)) - 1.0f;
-}
+static float frand(void) { return t_frand(&rng); }
 
 static tensor t_host(const char *name, nn_dtype dt, int ndim, const int64_t *shape, void *data) {
     return tensor_make(name, dt, NN_CPU, ndim, shape, data);

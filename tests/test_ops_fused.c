@@ -23,12 +23,7 @@
 #include "test.h"
 
 static uint64_t rng = 0x853C49E6748FEA9BULL;
-static float frand(void) { /* uniform in [-1, 1), never exactly 0 */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return 2.0f * ((float)((rng >> 40) + 0.5) / (float)(1 << 24)) - 1.0f;
-}
+static float frand(void) { return t_frand(&rng); }
 
 #define MAXT 64
 static void *owned[MAXT];
@@ -279,30 +274,6 @@ static void test_matmul_batched_backward(int G, int M, int K, int N, nn_act act,
 }
 
 /* ---- argument checks ---------------------------------------------------------------------------- */
-typedef void (*misuse_fn)(void);
-static void expect_fatal(const char *what, misuse_fn fn, const char *needle) {
-    int fds[2];
-    T_CHECK(pipe(fds) == 0, "pipe");
-    fflush(stdout), fflush(stderr);
-    pid_t pid = fork();
-    T_CHECK(pid >= 0, "fork");
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        fn();
-        _exit(0); /* not reached when the op refuses */
-    }
-    close(fds[1]);
-    char buf[2048] = {0};
-    size_t got = 0;
-    ssize_t r;
-    while (got < sizeof buf - 1 && (r = read(fds[0], buf + got, sizeof buf - 1 - got)) > 0) got += (size_t)r;
-    close(fds[0]);
-    int st = 0;
-    T_CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
-    T_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: exit status %d", what, st);
-    T_CHECK(strstr(buf, needle) != NULL, "%s: message '%s' lacks '%s'", what, buf, needle);
-}
 static float mbuf[256];
 static tensor mv(const char *name, int ndim, int64_t a, int64_t b, int64_t c) {
     int64_t sh[3] = {a, b, c};
@@ -326,10 +297,10 @@ static void misuse_rms_width(void) { /* w has the wrong width */
     op_add_rmsnorm(&r, &y, &a, &b, &w, 1e-5f, NULL);
 }
 static void test_misuse(void) {
-    expect_fatal("batched: group counts differ", misuse_groups, "op_matmul_batched: x 'x' [3, 2, 4] does not fit weight 'w'");
-    expect_fatal("batched: 2-d weight", misuse_2d_weight, "op_matmul_batched: weight 'w' must be 3-d");
-    expect_fatal("batched backward: act without pre", misuse_no_pre, "op_matmul_batched_backward: activation 1 needs");
-    expect_fatal("add_rmsnorm: weight width", misuse_rms_width, "op_add_rmsnorm: tensor 'w' has 7 elements, want 8");
+    t_expect_fatal("batched: group counts differ", misuse_groups, "op_matmul_batched: x 'x' [3, 2, 4] does not fit weight 'w'");
+    t_expect_fatal("batched: 2-d weight", misuse_2d_weight, "op_matmul_batched: weight 'w' must be 3-d");
+    t_expect_fatal("batched backward: act without pre", misuse_no_pre, "op_matmul_batched_backward: activation 1 needs");
+    t_expect_fatal("add_rmsnorm: weight width", misuse_rms_width, "op_add_rmsnorm: tensor 'w' has 7 elements, want 8");
 }
 
 static int bits_equal(const tensor *a, const tensor *b) { return memcmp(a->data, b->data, tensor_nbytes(a)) == 0; }

@@ -32,12 +32,7 @@ static double relerr(const float *a, const float *b, int64_t n) {
 }
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
-static float frand(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return 2.0f * ((float)((rng >> 40) + 0.5) / (float)(1 << 24)) - 1.0f;
-}
+static float frand(void) { return t_frand(&rng); }
 
 static vision_tokenizer *load(const char *path, nn_device dev, nn_dtype dt) {
     vtok_load_opts o;
