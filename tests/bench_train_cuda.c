@@ -125,8 +125,7 @@ int main(int argc, char **argv) {
     free(config_text);
     CHECK(mc.has_head, "add a visual_head", "the benchmark config has no visual head");
     mc.flash_attention = flash < 0 ? dev == NN_CUDA : flash;
-    CHECK(recompute >= 0 && recompute <= mc.llm.n_layers, "", "--recompute %d of %d layers", recompute, mc.llm.n_layers);
-    mc.recompute_layers = recompute;
+    if (asvr_config_set_recompute(&mc, recompute, NULL, &err) < 0) ASVR_FATAL("see --recompute", "%s", err.msg);
     mc.tower_bf16 = dev == NN_CUDA; /* the frozen tower in bf16 on the GPU, as the reference runs it */
     CHECK(bf16 >= -1 && (bf16 != 1 || dev == NN_CUDA), "give --precision f32 or bf16 (bf16 on cuda only)",
           "bad --precision for device %s", device);

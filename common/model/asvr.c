@@ -312,12 +312,8 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->h_cid = nn_arena_add(hs, "code_ids", NN_I32, 1, (int64_t[]){NI});
     a->h_codes = nn_arena_add(hs, "codes", NN_I32, 2, (int64_t[]){NI, D});
     nn_arena_commit(hs);
-    {
-        int any = 0, nl = c->llm.n_layers;
-        for (int i = 0; i < nl && i < ASVR_MAX_RECOMPUTE_LAYERS; i++) any |= c->recompute_mask[i];
-        if (any) a->la = llama_acts_new_sel(m->llm, B, T, c->flash_attention, c->recompute_mask);
-        else a->la = llama_acts_new_ex(m->llm, B, T, c->flash_attention, c->recompute_layers); /* the first N */
-    }
+    a->la = llama_acts_new_sel(m->llm, B, T, c->flash_attention,
+                               c->llm.n_layers <= ASVR_MAX_RECOMPUTE_LAYERS ? c->recompute_mask : NULL);
     if (m->head) a->va = vhead_acts_new(m->head, (int)NI);
     if (m->head_app) a->va_app = vhead_acts_new(m->head_app, (int)NI);
     if (m->tower) a->sa = siglip_acts_new(m->tower, a->max_images);

@@ -51,9 +51,9 @@ typedef struct asvr_config {
     int input_discrete;  /* 1: the projector reads Σ_d codebook_d[code] instead of the SigLIP tower */
     int flash_attention; /* 1: the LLM's attention keeps only log-sum-exps (llama_acts_new_ex); set by the
                             caller (a run-time choice, not part of the config JSON) */
-    int recompute_layers; /* LLM layers whose activations are recomputed in the backward (likewise): the
-                             first recompute_layers, or those of recompute_mask when any is set */
-    unsigned char recompute_mask[ASVR_MAX_RECOMPUTE_LAYERS];
+    unsigned char recompute_mask[ASVR_MAX_RECOMPUTE_LAYERS]; /* LLM layers whose activations are recomputed
+                             in the backward (likewise; set with asvr_config_set_recompute) */
+    int recompute_layers; /* how many (for printing) */
     int tower_bf16;       /* on CUDA: the frozen input tower's weights and activations in bf16, its
                              features converted to f32 for the projector (likewise; ignored on the CPU) */
     int compute_bf16;     /* mixed precision (CUDA): bf16 copies of the trained matrices for the GEMMs, bf16
