@@ -156,7 +156,9 @@ int main(int argc, char **argv) {
     asvr_model_print(&m, stderr);
     asvr_acts_print_plan(acts, stderr);
     asvr_acts_set_timing(acts, 1);
-    size_t planned = nn_arena_bytes(m.ps.values) + (m.ps.compute ? nn_arena_bytes(m.ps.compute) : 0) + (m.ps.grads ? nn_arena_bytes(m.ps.grads) : 0) +
+    size_t bv, bc, bg;
+    param_set_bytes(&m.ps, &bv, &bc, &bg);
+    size_t planned = bv + bc + bg +
                      (opt.state ? nn_arena_bytes(opt.state) : 0) + asvr_acts_bytes(acts);
 
     /* the batch: per row the image's P positions, then text; positions 0..T-1, one segment */

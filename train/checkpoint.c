@@ -27,15 +27,17 @@ static int rm_rf(const char *path) {
     return rmdir(path);
 }
 
-/* Host copies of tensors that live on a device (NULL entries: on the CPU already, written from their
- * own memory), freed by host_copies_free. Checkpoints are always the CPU format: f32, host order. */
-static const void *host_data(const tensor *t, void **owned) {
-    *owned = NULL;
-    if (t->device == NN_CPU && t->dtype == NN_F32) return t->data;
-    float *h = asvr_malloc(sizeof(float) * (size_t)tensor_numel(t), "a checkpoint download buffer");
-    op_read_f32(t, h);
-    *owned = h;
-    return h;
+/* A tensor's bytes for the writer: read straight from a CPU f32 tensor, else converted to f32 on the
+ * host when the file is written, one tensor at a time (checkpoints are always the CPU format). */
+static int fill_f32(void *ctx, void *dst, asvr_error *err) {
+    (void)err;
+    op_read_f32((const tensor *)ctx, dst);
+    return 0;
+}
+
+static void add_tensor(st_writer *w, const char *name, const tensor *t) {
+    if (t->device == NN_CPU && t->dtype == NN_F32) st_writer_add(w, name, ST_F32, t->ndim, t->shape, t->data);
+    else st_writer_add_source(w, name, ST_F32, t->ndim, t->shape, fill_f32, (void *)t);
 }
 
 int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, const optim *o, json_t *state,
@@ -47,14 +49,8 @@ int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, cons
     int rc = -1;
     rm_rf(tmp);
     if (asvr_mkdir_p(tmp, err) < 0) goto out;
-    /* downloads (device runs): one buffer per tensor, kept until the writer is done with it */
-    void **owned = asvr_calloc((size_t)(3 * ps->n + 1), sizeof *owned, "checkpoint download buffers");
-    int n_owned = 0;
     st_writer *w = st_writer_new();
-    for (int i = 0; i < ps->n; i++) {
-        const void *d = host_data(ps->v[i]->w, &owned[n_owned++]);
-        st_writer_add(w, ps->v[i]->name, ST_F32, ps->v[i]->w->ndim, ps->v[i]->w->shape, d);
-    }
+    for (int i = 0; i < ps->n; i++) add_tensor(w, ps->v[i]->name, ps->v[i]->w);
     char *p = asvr_path_join(tmp, "model.safetensors");
     int r = st_writer_write(w, p, err);
     free(p);
@@ -63,17 +59,14 @@ int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, cons
         w = st_writer_new();
         for (int i = 0; i < ps->n; i++) {
             if (!o->m[i]) continue;
-            const void *dm = host_data(o->m[i], &owned[n_owned++]), *dv = host_data(o->v[i], &owned[n_owned++]);
-            st_writer_add(w, o->m[i]->name, ST_F32, o->m[i]->ndim, o->m[i]->shape, dm);
-            st_writer_add(w, o->v[i]->name, ST_F32, o->v[i]->ndim, o->v[i]->shape, dv);
+            add_tensor(w, o->m[i]->name, o->m[i]);
+            add_tensor(w, o->v[i]->name, o->v[i]);
         }
         p = asvr_path_join(tmp, "optimizer.safetensors");
         r = st_writer_write(w, p, err);
         free(p);
         st_writer_free(w);
     }
-    for (int i = 0; i < n_owned; i++) free(owned[i]);
-    free(owned);
     if (r < 0) goto out;
     char *js = json_dumps(state, JSON_INDENT(2) | JSON_SORT_KEYS);
     p = asvr_path_join(tmp, "state.json");

@@ -20,18 +20,27 @@ void optim_init(optim *o, const optim_config *c, param_set *ps) {
     o->c = *c;
     o->ps = ps;
     o->state = nn_arena_new("optimizer state", ps->device);
+    int64_t fn = ps->flat_n ? ps->flat_n : PARAM_FLAT_ALIGN;
+    o->flat_m = nn_arena_add(o->state, "m", NN_F32, 1, &fn);
+    o->flat_v = nn_arena_add(o->state, "v", NN_F32, 1, &fn);
+    nn_arena_commit(o->state);
     o->m = asvr_calloc((size_t)(ps->n ? ps->n : 1), sizeof(tensor *), "optimizer state");
     o->v = asvr_calloc((size_t)(ps->n ? ps->n : 1), sizeof(tensor *), "optimizer state");
+    o->views = asvr_calloc((size_t)(2 * ps->n + 1), sizeof(tensor), "optimizer state views");
     char name[NN_NAME_MAX + 8];
     for (int i = 0; i < ps->n; i++) {
         param *p = ps->v[i];
         if (!p->g) continue;
-        snprintf(name, sizeof name, "m.%s", p->name);
-        o->m[i] = nn_arena_add(o->state, name, NN_F32, p->w->ndim, p->w->shape);
-        snprintf(name, sizeof name, "v.%s", p->name);
-        o->v[i] = nn_arena_add(o->state, name, NN_F32, p->w->ndim, p->w->shape);
+        tensor *mv[2] = {o->flat_m, o->flat_v};
+        for (int k = 0; k < 2; k++) {
+            tensor *t = &o->views[2 * i + k];
+            snprintf(name, sizeof name, "%s.%s", k ? "v" : "m", p->name);
+            void *data = mv[k]->data ? (char *)mv[k]->data + (size_t)p->off * sizeof(float) : NULL;
+            *t = tensor_make(name, NN_F32, ps->device, p->ndim, p->shape, data);
+            if (k) o->v[i] = t;
+            else o->m[i] = t;
+        }
     }
-    nn_arena_commit(o->state);
     size_t cap = (size_t)(ps->n ? ps->n : 1);
     o->tp = asvr_calloc(cap, sizeof(tensor *), "optimizer lists");
     o->tg = asvr_calloc(cap, sizeof(tensor *), "optimizer lists");
@@ -53,6 +62,7 @@ void optim_free(optim *o) {
     if (o->state) nn_arena_free(o->state);
     free(o->m);
     free(o->v);
+    free(o->views);
     free(o->tp), free(o->tg), free(o->tm), free(o->tv), free(o->tpc), free(o->twd);
     memset(o, 0, sizeof *o);
 }

@@ -1,6 +1,7 @@
 /* optim.h — AdamW with torch semantics over a parameter set, HF's cosine schedule with linear
  * warmup, and global gradient-norm clipping (torch clip_grad_norm_).
- * Optimizer state (m, v) lives in one arena, fp32, for trainable parameters only. A step is two
+ * Optimizer state (m, v) is fp32, for trainable parameters only, in two flat buffers with the
+ * parameter set's flat layout (params.h: tensor p's moments sit at p->off). A step is two
  * multi-tensor ops over all trainable tensors (op_grad_sqnorm_multi, then op_adamw_multi with the
  * clipping coefficient folded in and the bf16 compute copies refreshed): one launch each on CUDA.
  * Not for: deciding which parameters train (params.h) or when a step happens (the trainer).
@@ -20,8 +21,10 @@ typedef struct optim_config {
 typedef struct optim {
     optim_config c;
     param_set *ps;
-    nn_arena *state;
-    tensor **m, **v; /* per parameter index; NULL for frozen */
+    nn_arena *state;               /* the flat moments: one allocation */
+    tensor *flat_m, *flat_v;       /* [ps->flat_n] each */
+    tensor **m, **v;               /* per parameter index: views into flat_m / flat_v; NULL for frozen */
+    tensor *views;                 /* the storage of those views */
     int64_t step;    /* optimizer steps taken */
     /* the trainable tensors as lists for the multi-tensor ops: values, gradients, moments, compute
      * copies (NULL where the value is the compute tensor), weight decay */

@@ -106,8 +106,10 @@ int cmd_plan(int argc, char **argv) {
     double tw, ta;
     tower_bytes(&mc.vision, (int)max_images, tower_bf16 ? 2.0 : 4.0, &tw, &ta);
     double cb = head ? 4.0 * mc.head.depth * (double)mc.head.codebook_size * mc.head.code_dim : 0.0;
-    double pv = (double)nn_arena_bytes(m.ps.values), pc = m.ps.compute ? (double)nn_arena_bytes(m.ps.compute) : 0.0, pg = (double)nn_arena_bytes(m.ps.grads),
-           os = (double)nn_arena_bytes(opt.state), ac = (double)asvr_acts_bytes(acts);
+    size_t bv, bc, bg;
+    param_set_bytes(&m.ps, &bv, &bc, &bg);
+    double pv = (double)bv, pc = (double)bc, pg = (double)bg, os = (double)nn_arena_bytes(opt.state),
+           ac = (double)asvr_acts_bytes(acts);
     double total = pv + pc + pg + os + ac + tw + ta + cb, G = 1024.0 * 1024.0 * 1024.0;
     printf("memory plan (%s compute, %s tower; stage %s, %lld x %lld positions, %lld images, %s attention, %lld layers "
            "recomputed):\n",

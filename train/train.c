@@ -341,8 +341,10 @@ int cmd_train(int argc, char **argv) {
         asvr_acts_print_plan(acts, stderr);
     }
     {
-        size_t pv = nn_arena_bytes(m.ps.values) + (m.ps.compute ? nn_arena_bytes(m.ps.compute) : 0),
-               pg = nn_arena_bytes(m.ps.grads), os = nn_arena_bytes(opt.state),
+        size_t pv, pc, pg, os = nn_arena_bytes(opt.state);
+        param_set_bytes(&m.ps, &pv, &pc, &pg);
+        pv += pc;
+        size_t
                ac = asvr_acts_bytes(acts), fr = (m.frozen ? nn_arena_bytes(m.frozen) : 0) +
                                              (m.frozen_app ? nn_arena_bytes(m.frozen_app) : 0);
         LOG_INFO("memory plan on %s (%s compute) for %lld rows x %d positions, %d images: parameters %.1f MiB (with "

@@ -579,6 +579,8 @@ typedef struct {
     int ndim;
     int64_t shape[ST_MAX_DIMS];
     const void *data;
+    st_fill_fn fill; /* or the bytes come from fill(fill_ctx, ...) at write time */
+    void *fill_ctx;
     size_t nbytes;
 } wtensor;
 
@@ -588,6 +590,7 @@ struct st_writer {
     int nmeta, mcap;
     char **meta_k, **meta_v;
     char *error; /* the first problem found while adding; reported by st_writer_write */
+    int adding_source;
 };
 
 st_writer *st_writer_new(void) { return asvr_calloc(1, sizeof(st_writer), "a safetensors writer"); }
@@ -614,7 +617,7 @@ void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, con
     uint64_t nbytes;
     if (__builtin_mul_overflow(numel, (uint64_t)dtype_info[dtype].size, &nbytes) || nbytes > SIZE_MAX)
         return writer_fail(w, "tensor '%s': byte size overflow", name);
-    if (nbytes > 0 && !data) return writer_fail(w, "tensor '%s': no data", name);
+    if (nbytes > 0 && !data && !w->adding_source) return writer_fail(w, "tensor '%s': no data", name);
     if (w->n == w->cap) {
         w->cap = w->cap ? 2 * w->cap : 16;
         w->t = asvr_realloc(w->t, (size_t)w->cap * sizeof *w->t, "writer tensors");
@@ -627,6 +630,18 @@ void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, con
     for (int d = 0; d < ndim; d++) t->shape[d] = shape[d];
     t->data = data;
     t->nbytes = (size_t)nbytes;
+}
+
+void st_writer_add_source(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
+                          st_fill_fn fill, void *ctx) {
+    int n = w->n;
+    w->adding_source = 1;
+    st_writer_add(w, name, dtype, ndim, shape, NULL);
+    w->adding_source = 0;
+    if (w->n == n) return; /* refused: the error is remembered */
+    if (!fill) return writer_fail(w, "tensor '%s': no fill function", name ? name : "");
+    w->t[n].fill = fill;
+    w->t[n].fill_ctx = ctx;
 }
 
 void st_writer_set_metadata(st_writer *w, const char *key, const char *value) {
@@ -802,17 +817,32 @@ int st_writer_write(st_writer *w, const char *path, asvr_error *err) {
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)h.n >> (8 * i));
     asvr_atomic_file f;
     int rc = -1;
+    size_t scratch_n = 0;
+    void *scratch = NULL;
+    for (int i = 0; i < w->n; i++)
+        if (order[i]->fill && order[i]->nbytes > scratch_n) scratch_n = order[i]->nbytes;
+    if (scratch_n) scratch = asvr_malloc(scratch_n, "a safetensors write buffer (one tensor)");
     if (asvr_atomic_open(&f, path, err) < 0) goto out;
     if (fwrite(len8, 1, 8, f.fp) != 8 || fwrite(h.p, 1, h.n, f.fp) != h.n) goto write_error;
-    for (int i = 0; i < w->n; i++)
-        if (order[i]->nbytes && fwrite(order[i]->data, 1, order[i]->nbytes, f.fp) != order[i]->nbytes)
-            goto write_error;
+    for (int i = 0; i < w->n; i++) {
+        const void *src = order[i]->data;
+        if (order[i]->fill) {
+            if (order[i]->fill(order[i]->fill_ctx, scratch, err) < 0) {
+                asvr_err_prefix(err, "writing '%s', tensor '%s'", path, order[i]->name);
+                asvr_atomic_abort(&f);
+                goto out;
+            }
+            src = scratch;
+        }
+        if (order[i]->nbytes && fwrite(src, 1, order[i]->nbytes, f.fp) != order[i]->nbytes) goto write_error;
+    }
     rc = asvr_atomic_commit(&f, err);
     goto out;
 write_error:
     asvr_err_set(err, "writing '%s': %s", path, strerror(errno));
     asvr_atomic_abort(&f);
 out:
+    free(scratch);
     free(h.p);
     free(order);
     return rc;

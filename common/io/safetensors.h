@@ -82,6 +82,13 @@ st_writer *st_writer_new(void);
  * (negative dim, ndim > ST_MAX_DIMS, ...) is remembered and reported by st_writer_write. */
 void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
                    const void *data);
+/* A tensor whose bytes are produced when the file is written: fill(ctx, dst) writes its nbytes into
+ * dst (a scratch buffer of the writer, reused from tensor to tensor, so writing a file holds one
+ * tensor's bytes at a time, e.g. downloaded from a device); it returns 0, or -1 with err set, which
+ * fails the write. Tensors are filled in file order (by dtype, then name). */
+typedef int (*st_fill_fn)(void *ctx, void *dst, asvr_error *err);
+void st_writer_add_source(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
+                          st_fill_fn fill, void *ctx);
 /* Setting a key again replaces its value. "__metadata__" is written only when a key is set. */
 void st_writer_set_metadata(st_writer *w, const char *key, const char *value);
 int st_writer_write(st_writer *w, const char *path, asvr_error *err); /* atomic */

@@ -11,11 +11,13 @@
 void param_set_init(param_set *ps, const char *label) {
     memset(ps, 0, sizeof *ps);
     snprintf(ps->label, sizeof ps->label, "%s", label);
+    ps->flat_pad = PARAM_FLAT_ALIGN;
 }
 
 param *param_add(param_set *ps, int ndim, const int64_t *shape, int decay, param_init init, float init_std,
                  const char *fmt, ...) {
     CHECK(!ps->committed, "", "parameter set '%s': a parameter was added after commit", ps->label);
+    CHECK(ndim >= 1 && ndim <= NN_MAX_DIMS, "", "parameter set '%s': %d dims", ps->label, ndim);
     param *p = asvr_calloc(1, sizeof *p, "a parameter");
     va_list ap;
     va_start(ap, fmt);
@@ -27,14 +29,22 @@ param *param_add(param_set *ps, int ndim, const int64_t *shape, int decay, param
     p->init = init;
     p->init_std = init_std;
     p->trainable = 1;
+    p->off = -1;
+    p->ndim = ndim;
+    p->numel = 1;
+    for (int d = 0; d < ndim; d++) {
+        CHECK(shape[d] >= 1, "", "parameter '%s': dim %d is %lld", p->name, d, (long long)shape[d]);
+        p->shape[d] = shape[d];
+        p->numel *= shape[d];
+    }
     if (ps->n == ps->cap) {
         ps->cap = ps->cap ? ps->cap * 2 : 64;
         ps->v = asvr_realloc(ps->v, (size_t)ps->cap * sizeof *ps->v, "the parameter list");
     }
     ps->v[ps->n++] = p;
-    /* the shape is kept on a tensor made at commit; stash it in a temporary tensor now */
-    p->w = asvr_malloc(sizeof *p->w, "a parameter shape");
-    *p->w = tensor_make(p->name, NN_F32, NN_CPU, ndim, shape, NULL);
+    /* until commit, w is a shape-only view (no data) so callers may read the shape */
+    p->view_w = tensor_make(p->name, NN_F32, NN_CPU, ndim, shape, NULL);
+    p->w = &p->view_w;
     return p;
 }
 
@@ -57,37 +67,98 @@ void param_set_set_compute_dtype(param_set *ps, nn_dtype dt) {
     ps->compute_dtype = dt;
 }
 
+void param_set_set_order(param_set *ps, int n, const char *const *prefixes) {
+    CHECK(!ps->committed, "", "parameter set '%s': slot order changed after commit", ps->label);
+    for (int i = 0; i < ps->n_order; i++) free(ps->order[i]);
+    free(ps->order);
+    ps->order = asvr_calloc((size_t)(n ? n : 1), sizeof *ps->order, "the slot order");
+    for (int i = 0; i < n; i++) ps->order[i] = asvr_strdup(prefixes[i]);
+    ps->n_order = n;
+}
+
+void param_set_set_flat_pad(param_set *ps, int64_t multiple) {
+    CHECK(!ps->committed, "", "parameter set '%s': flat padding changed after commit", ps->label);
+    CHECK(multiple >= 1, "", "parameter set '%s': flat padding %lld", ps->label, (long long)multiple);
+    ps->flat_pad = (multiple + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN;
+}
+
+/* The index of the first order prefix name starts with (n_order when none). */
+static int order_rank(const param_set *ps, const char *name) {
+    for (int i = 0; i < ps->n_order; i++)
+        if (strncmp(name, ps->order[i], strlen(ps->order[i])) == 0) return i;
+    return ps->n_order;
+}
+
+static int has_copy(const param_set *ps, const param *p) {
+    return ps->compute_dtype != NN_F32 && p->ndim >= 2 && !p->keep_f32;
+}
+
+/* A view of n elements at element offset off of a flat buffer, shaped like p (data NULL in plan-only
+ * mode, where the buffer has none). */
+static tensor flat_view(const tensor *flat, const param *p) {
+    void *data = flat->data ? (char *)flat->data + (size_t)p->off * nn_dtype_size(flat->dtype) : NULL;
+    return tensor_make(p->name, flat->dtype, flat->device, p->ndim, p->shape, data);
+}
+
 void param_set_commit(param_set *ps) {
+    CHECK(!ps->committed, "", "parameter set '%s' committed twice", ps->label);
     CHECK(ps->compute_dtype == NN_F32 || ps->device == NN_CUDA || nn_arena_plan_only(), "compute in f32 on the CPU",
           "parameter set '%s': bf16 compute copies need the set on cuda, it is on %s", ps->label,
           nn_device_name(ps->device));
+    /* slots: trained tensors by order rank, then declaration order (a stable counting pass) */
+    ps->flat = asvr_calloc((size_t)(ps->n ? ps->n : 1), sizeof *ps->flat, "the flat layout");
+    ps->n_flat = 0;
+    for (int r = 0; r <= ps->n_order; r++)
+        for (int i = 0; i < ps->n; i++)
+            if (ps->v[i]->trainable && order_rank(ps, ps->v[i]->name) == r) ps->flat[ps->n_flat++] = ps->v[i];
+    int64_t off = 0;
+    for (int i = 0; i < ps->n_flat; i++) {
+        ps->flat[i]->off = off;
+        off += (ps->flat[i]->numel + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN;
+    }
+    ps->flat_n = (off + ps->flat_pad - 1) / ps->flat_pad * ps->flat_pad;
+    int64_t fn = ps->flat_n ? ps->flat_n : PARAM_FLAT_ALIGN;
     char label[96];
     snprintf(label, sizeof label, "%s values", ps->label);
     ps->values = nn_arena_new(label, ps->device);
+    ps->flat_values = nn_arena_add(ps->values, "values", NN_F32, 1, &fn);
     snprintf(label, sizeof label, "%s grads", ps->label);
     ps->grads = nn_arena_new(label, ps->device);
-    tensor **shapes = asvr_malloc(sizeof(tensor *) * (size_t)(ps->n ? ps->n : 1), "parameter shapes");
-    for (int i = 0; i < ps->n; i++) {
-        param *p = ps->v[i];
-        shapes[i] = p->w;
-        p->w = nn_arena_add(ps->values, p->name, NN_F32, shapes[i]->ndim, shapes[i]->shape);
-        p->g = p->trainable ? nn_arena_add(ps->grads, p->name, NN_F32, shapes[i]->ndim, shapes[i]->shape) : NULL;
-        p->wc = p->w;
-    }
+    ps->flat_grads = nn_arena_add(ps->grads, "grads", NN_F32, 1, &fn);
     if (ps->compute_dtype != NN_F32) {
         snprintf(label, sizeof label, "%s %s copies", ps->label, nn_dtype_name(ps->compute_dtype));
         ps->compute = nn_arena_new(label, ps->device);
-        for (int i = 0; i < ps->n; i++) {
-            param *p = ps->v[i];
-            if (p->w->ndim >= 2 && !p->keep_f32)
-                p->wc = nn_arena_add(ps->compute, p->name, ps->compute_dtype, p->w->ndim, p->w->shape);
+        ps->flat_compute = nn_arena_add(ps->compute, "compute", ps->compute_dtype, 1, &fn);
+    }
+    snprintf(label, sizeof label, "%s frozen", ps->label);
+    ps->frozen = nn_arena_new(label, ps->device);
+    char name[NN_NAME_MAX + 16];
+    for (int i = 0; i < ps->n; i++) {
+        param *p = ps->v[i];
+        if (p->trainable) continue;
+        p->w = nn_arena_add(ps->frozen, p->name, NN_F32, p->ndim, p->shape);
+        p->wc = p->w;
+        if (has_copy(ps, p)) {
+            snprintf(name, sizeof name, "%s (%s)", p->name, nn_dtype_name(ps->compute_dtype));
+            p->wc = nn_arena_add(ps->frozen, name, ps->compute_dtype, p->ndim, p->shape);
         }
-        nn_arena_commit(ps->compute);
     }
     nn_arena_commit(ps->values);
     nn_arena_commit(ps->grads);
-    for (int i = 0; i < ps->n; i++) free(shapes[i]);
-    free(shapes);
+    if (ps->compute) nn_arena_commit(ps->compute);
+    nn_arena_commit(ps->frozen);
+    for (int i = 0; i < ps->n_flat; i++) {
+        param *p = ps->flat[i];
+        p->view_w = flat_view(ps->flat_values, p);
+        p->view_g = flat_view(ps->flat_grads, p);
+        p->w = &p->view_w;
+        p->g = &p->view_g;
+        p->wc = p->w;
+        if (has_copy(ps, p)) {
+            p->view_wc = flat_view(ps->flat_compute, p);
+            p->wc = &p->view_wc;
+        }
+    }
     ps->committed = 1;
 }
 
@@ -105,8 +176,8 @@ int param_set_load(param_set *ps, const safetensors *st, const char *prefix, asv
         snprintf(key, sizeof key, "%s%s", prefix ? prefix : "", p->name);
         const st_tensor *s = safetensors_find(st, key);
         if (!s) return asvr_err_set(err, "tensor '%s' is missing; is this the right checkpoint?", key);
-        int same = s->ndim == p->w->ndim;
-        for (int d = 0; same && d < s->ndim; d++) same = s->shape[d] == p->w->shape[d];
+        int same = s->ndim == p->ndim;
+        for (int d = 0; same && d < s->ndim; d++) same = s->shape[d] == p->shape[d];
         if (!same) {
             char want[96];
             tensor_shape_str(p->w, want, sizeof want);
@@ -120,8 +191,12 @@ int param_set_load(param_set *ps, const safetensors *st, const char *prefix, asv
 }
 
 void param_set_sync_compute(param_set *ps) {
-    for (int i = 0; i < ps->n; i++)
-        if (ps->v[i]->wc != ps->v[i]->w) op_copy(ps->v[i]->wc, ps->v[i]->w);
+    /* the flat copies in one op (the slots of vectors, which compute in f32, are converted unread) */
+    if (ps->flat_compute && ps->n_flat) op_copy(ps->flat_compute, ps->flat_values);
+    for (int i = 0; i < ps->n; i++) {
+        param *p = ps->v[i];
+        if (!p->trainable && p->wc != p->w) op_copy(p->wc, p->w);
+    }
 }
 
 int param_tensor_load(tensor *t, const st_tensor *s, asvr_error *err) {
@@ -146,7 +221,7 @@ static uint64_t sm64(uint64_t *s) {
 void param_set_init_random(param_set *ps, uint64_t seed) {
     for (int i = 0; i < ps->n; i++) {
         param *p = ps->v[i];
-        int64_t n = tensor_numel(p->w);
+        int64_t n = p->numel;
         int on_host = p->w->device == NN_CPU;
         float *w = on_host ? p->w->data : asvr_malloc(sizeof(float) * (size_t)n, "a host staging buffer");
         uint64_t s = seed ^ (0x51ED270B27A1F1C3ULL * (uint64_t)(i + 1));
@@ -168,36 +243,68 @@ void param_set_init_random(param_set *ps, uint64_t seed) {
 }
 
 void param_set_zero_grads(param_set *ps) {
-    for (int i = 0; i < ps->n; i++)
-        if (ps->v[i]->g) op_fill(ps->v[i]->g, 0.0f);
+    if (ps->n_flat) op_fill(ps->flat_grads, 0.0f);
+}
+
+void param_set_set_ready_hook(param_set *ps, param_ready_fn fn, void *ctx) {
+    ps->ready = fn;
+    ps->ready_ctx = ctx;
+}
+
+void param_set_grads_done(param_set *ps, const param *p) {
+    if (!ps->ready) return;
+    if (!p) {
+        ps->ready(ps->ready_ctx, ps->flat_n);
+        return;
+    }
+    if (p->off < 0) return;
+    ps->ready(ps->ready_ctx, p->off + (p->numel + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN);
 }
 
 int64_t param_set_count(const param_set *ps, int trainable_only) {
     int64_t n = 0;
     for (int i = 0; i < ps->n; i++)
-        if (!trainable_only || ps->v[i]->trainable) n += tensor_numel(ps->v[i]->w);
+        if (!trainable_only || ps->v[i]->trainable) n += ps->v[i]->numel;
     return n;
 }
 
+void param_set_bytes(const param_set *ps, size_t *values, size_t *compute, size_t *grads) {
+    size_t v = 0, c = 0, g = 0;
+    if (ps->values) v += nn_arena_bytes(ps->values);
+    if (ps->grads) g += nn_arena_bytes(ps->grads);
+    if (ps->compute) c += nn_arena_bytes(ps->compute);
+    for (int i = 0; i < ps->n; i++) { /* the frozen arena holds values and copies: split them */
+        const param *p = ps->v[i];
+        if (p->trainable || !ps->frozen) continue;
+        size_t vb = (tensor_nbytes(p->w) + 255) / 256 * 256;
+        v += vb;
+        if (p->wc != p->w) c += (tensor_nbytes(p->wc) + 255) / 256 * 256;
+    }
+    if (values) *values = v;
+    if (compute) *compute = c;
+    if (grads) *grads = g;
+}
+
 void param_set_print(const param_set *ps, FILE *f) {
-    fprintf(f, "parameters '%s' on %s: %d tensors, %lld scalars, %lld trainable (%.1f MiB values, %.1f MiB grads",
-            ps->label, nn_device_name(ps->device), ps->n, (long long)param_set_count(ps, 0), (long long)param_set_count(ps, 1),
-            ps->values ? (double)nn_arena_bytes(ps->values) / 1048576.0 : 0.0,
-            ps->grads ? (double)nn_arena_bytes(ps->grads) / 1048576.0 : 0.0);
-    if (ps->compute)
-        fprintf(f, ", %.1f MiB %s compute copies", (double)nn_arena_bytes(ps->compute) / 1048576.0,
-                nn_dtype_name(ps->compute_dtype));
+    size_t v, c, g;
+    param_set_bytes(ps, &v, &c, &g);
+    fprintf(f, "parameters '%s' on %s: %d tensors, %lld scalars, %lld trainable in a flat layout of %lld (%.1f MiB values, "
+               "%.1f MiB grads",
+            ps->label, nn_device_name(ps->device), ps->n, (long long)param_set_count(ps, 0),
+            (long long)param_set_count(ps, 1), (long long)ps->flat_n, (double)v / 1048576.0, (double)g / 1048576.0);
+    if (c) fprintf(f, ", %.1f MiB %s compute copies", (double)c / 1048576.0, nn_dtype_name(ps->compute_dtype));
     fprintf(f, ")\n");
 }
 
 void param_set_free(param_set *ps) {
-    for (int i = 0; i < ps->n; i++) {
-        if (!ps->committed) free(ps->v[i]->w);
-        free(ps->v[i]);
-    }
+    for (int i = 0; i < ps->n; i++) free(ps->v[i]);
     free(ps->v);
+    free(ps->flat);
+    for (int i = 0; i < ps->n_order; i++) free(ps->order[i]);
+    free(ps->order);
     if (ps->values) nn_arena_free(ps->values);
     if (ps->grads) nn_arena_free(ps->grads);
     if (ps->compute) nn_arena_free(ps->compute);
+    if (ps->frozen) nn_arena_free(ps->frozen);
     memset(ps, 0, sizeof *ps);
 }

@@ -1,21 +1,29 @@
-/* params.h — a model's named trainable parameters: values, gradients and flags, for training.
+/* params.h — a model's named parameters: values, gradients, compute copies and flags, for training.
  *
  * A model declares each parameter (name, shape, whether weight decay applies); the trainer marks
- * which are trainable (by name prefix, per stage), then commit plans two arenas: the values of all
- * parameters and the gradients of the trainable ones only (frozen parameters get no gradient
- * buffer; their `g` stays NULL and backward passes skip them). Values come from safetensors under a
- * prefix (every declared name must be present with exactly its shape) or from a seeded init.
- * The set lives on one device (param_set_set_device before commit; default the CPU): both arenas are
- * allocated there, and loading / random init go through a host f32 staging buffer and op_transfer.
- * Values (the master weights) and gradients are f32 on every device. For mixed-precision training on
- * CUDA, param_set_set_compute_dtype(ps, NN_BF16) adds a third arena: a bf16 copy `wc` of every matrix
- * (ndim >= 2, unless marked keep_f32, e.g. an embedding table that is only looked up), which the
- * GEMMs read; param_set_sync_compute refreshes the copies from the masters (load, random init and the
- * optimizer step call it). Without it, and for vectors (norm weights, biases), wc == w.
+ * which are trainable (by name prefix, per stage), then commit lays them out:
+ *  - the TRAINED tensors live in flat buffers, one per kind, with the same element offsets: the f32
+ *    values (master weights), the f32 gradients and, for mixed precision, the bf16 compute copies.
+ *    Each tensor is a view at its slot (p->off); slots are aligned to PARAM_FLAT_ALIGN elements and
+ *    the total (flat_n) is padded to a multiple of flat_pad, so the buffers can be cut into equal
+ *    shards (one per rank) and an optimizer can keep its state in flat buffers of the same layout.
+ *    The slot order is the declaration order, or the prefix order given by param_set_set_order (a
+ *    model puts its tensors in the order its backward finishes their gradients, so a finished
+ *    gradient is always a prefix of the flat buffer: see param_set_grads_done).
+ *  - FROZEN tensors get values (and compute copies) in an arena of their own, and no gradient: their
+ *    `g` stays NULL and backward passes skip them.
+ * Values come from safetensors under a prefix (every declared name must be present with exactly its
+ * shape) or from a seeded init. The set lives on one device (param_set_set_device before commit;
+ * default the CPU); loading and random init go through a host f32 staging buffer and op_transfer.
+ * Values and gradients are f32 on every device. For mixed-precision training on CUDA,
+ * param_set_set_compute_dtype(ps, NN_BF16) adds the bf16 copies `wc` of every matrix (ndim >= 2,
+ * unless marked keep_f32, e.g. an embedding table that is only looked up), which the GEMMs read;
+ * param_set_sync_compute refreshes the copies from the masters (load, random init and the optimizer
+ * step call it). Without it, and for vectors (norm weights, biases), wc == w.
  * Names follow the checkpoint layout (`llm.model.layers.0.self_attn.q_proj.weight`,
  * `visual_head.heads.3.weight`, ...), so save/load is a loop over the set.
  * Not for: frozen towers loaded once for inference only (model/weights.h does that), or optimizer
- * state (the trainer owns it).
+ * state (the trainer owns it, in flat buffers of this layout).
  */
 #ifndef ASVR_MODEL_PARAMS_H
 #define ASVR_MODEL_PARAMS_H
@@ -31,6 +39,9 @@
 extern "C" {
 #endif
 
+/* Slot alignment in the flat buffers, in elements: 256 bytes of f32, 128 of bf16. */
+#define PARAM_FLAT_ALIGN 64
+
 typedef enum { PARAM_INIT_NORMAL, PARAM_INIT_ZERO, PARAM_INIT_ONE } param_init;
 
 typedef struct param {
@@ -43,17 +54,36 @@ typedef struct param {
     param_init init; /* random init rule: NORMAL draws N(0, std) with std given at declaration */
     float init_std;
     int keep_f32;    /* no compute copy: read only by lookups (op_embedding), which take f32 */
+    int64_t off;     /* trained: element offset of its slot in the flat buffers; -1 when frozen */
+    int64_t numel;
+    int ndim;
+    int64_t shape[NN_MAX_DIMS];
+    tensor view_w, view_wc, view_g; /* the trained tensor's views into the flat buffers */
 } param;
+
+/* Called by param_set_grads_done: every flat element below flat_end has its final gradient of the
+ * current backward pass. */
+typedef void (*param_ready_fn)(void *ctx, int64_t flat_end);
 
 typedef struct param_set {
     char label[64];
     param **v;
     int n, cap;
-    nn_arena *values, *grads;
-    nn_arena *compute;    /* the bf16 copies (NULL when the compute dtype is f32) */
     nn_dtype compute_dtype; /* NN_F32 (default) or NN_BF16 */
-    nn_device device;  /* where values and grads live (NN_CPU unless param_set_set_device said otherwise) */
+    nn_device device;       /* where everything lives (NN_CPU unless param_set_set_device said otherwise) */
     int committed;
+    /* the trained tensors: flat buffers, one 1-d tensor [flat_n] each, in arenas of their own */
+    int64_t flat_n, flat_pad;
+    nn_arena *values, *grads, *compute; /* compute: NULL when the compute dtype is f32 */
+    tensor *flat_values, *flat_grads, *flat_compute;
+    param **flat;                       /* the trained parameters in slot order */
+    int n_flat;
+    char **order;                       /* slot order by name prefix (param_set_set_order) */
+    int n_order;
+    /* the frozen tensors: values and compute copies, tensor by tensor */
+    nn_arena *frozen;
+    param_ready_fn ready;
+    void *ready_ctx;
 } param_set;
 
 void param_set_init(param_set *ps, const char *label);
@@ -62,12 +92,18 @@ param *param_add(param_set *ps, int ndim, const int64_t *shape, int decay, param
                  const char *fmt, ...) __attribute__((format(printf, 7, 8)));
 /* Marks every parameter whose name starts with prefix ("" = all) trainable or frozen. */
 void param_set_trainable(param_set *ps, const char *prefix, int trainable);
-/* Puts the set's arenas on dev (before commit). NN_CUDA needs a CUDA build (exits otherwise). */
+/* Puts the set on dev (before commit). NN_CUDA needs a CUDA build (exits otherwise). */
 void param_set_set_device(param_set *ps, nn_device dev);
 /* The dtype the matrices are computed in (before commit): NN_F32 (default) or NN_BF16, which needs
  * the set on CUDA (checked at commit). */
 void param_set_set_compute_dtype(param_set *ps, nn_dtype dt);
-/* Allocates the value and gradient arenas (zeroed) on the set's device, and the compute copies. */
+/* Slot order of the trained tensors (before commit): a tensor goes with the first prefix its name
+ * starts with, in the order of the prefixes, then declaration order; names matching none go last. */
+void param_set_set_order(param_set *ps, int n, const char *const *prefixes);
+/* The flat buffers' length is padded to a multiple of `multiple` elements (before commit; it is
+ * rounded up to a multiple of PARAM_FLAT_ALIGN; default PARAM_FLAT_ALIGN). */
+void param_set_set_flat_pad(param_set *ps, int64_t multiple);
+/* Allocates the flat buffers and the frozen arena (zeroed) on the set's device. */
 void param_set_commit(param_set *ps);
 /* Copies every master value into its compute copy (nothing to do when there are none). Call it after
  * writing values directly; param_set_load, param_set_init_random and the trainer's optimizer step do. */
@@ -78,11 +114,21 @@ param *param_find(const param_set *ps, const char *name);
 int param_set_load(param_set *ps, const safetensors *st, const char *prefix, asvr_error *err);
 /* Fills every parameter with its declared init, from a seeded generator (deterministic). */
 void param_set_init_random(param_set *ps, uint64_t seed);
+/* Zeroes the flat gradient buffer (one op). */
 void param_set_zero_grads(param_set *ps);
+/* Backward progress, for a trainer that reduces gradients while the backward goes on: a model's
+ * backward calls this after the last write of p's gradient in the pass (p NULL: the pass is over);
+ * the set's hook (param_set_set_ready_hook) then learns that the flat prefix up to the end of p's slot
+ * is final. Frozen p: nothing. The slot order (param_set_set_order) must follow the backward. */
+void param_set_grads_done(param_set *ps, const param *p);
+void param_set_set_ready_hook(param_set *ps, param_ready_fn fn, void *ctx);
 /* Converts s to f32 into t (any device; shapes are the caller's to check, numel must match): directly
  * on the CPU, through a host staging buffer elsewhere. -1 with err on a conversion failure. */
 int param_tensor_load(tensor *t, const st_tensor *s, asvr_error *err);
 int64_t param_set_count(const param_set *ps, int trainable_only); /* number of scalars */
+/* Planned bytes (valid before allocation, in plan-only mode too): values (flat + frozen), compute
+ * copies (flat + frozen), gradients. */
+void param_set_bytes(const param_set *ps, size_t *values, size_t *compute, size_t *grads);
 void param_set_print(const param_set *ps, FILE *f);
 void param_set_free(param_set *ps);
 
