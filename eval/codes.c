@@ -78,7 +78,7 @@ int cmd_codes(int argc, char **argv) {
     int64_t total = data_rows(dl);
     if (max_rows > 0 && max_rows < total) total = max_rows;
     int T = data_max_len(dl);
-    acts = asvr_acts_new(&em.m, (int)rows, T, (int)rows * (T / c->image_positions + 1));
+    acts = asvr_acts_new(&em.m, (int)rows, T, asvr_max_images(c, (int)rows, T));
     asvr_losses L;
     memset(&L, 0, sizeof L);
     int64_t done = 0, images = 0;
@@ -90,12 +90,9 @@ int cmd_codes(int argc, char **argv) {
             asvr_progress_end(bar);
             goto out;
         }
-        if (b.B != (int)rows) {
-            asvr_acts_free(acts);
-            acts = asvr_acts_new(&em.m, b.B, T, b.B * (T / c->image_positions + 1));
-        }
         asvr_batch ab = {b.B, b.T, b.ids, b.labels, b.pos, b.seg, b.n_images, b.image_pos, b.codes, NULL, b.pixels, 0, NULL};
-        asvr_forward_backward(&em.m, acts, &ab, 0.0, 0.0, 0.0, &L); /* nothing trains: scales 0, every parameter frozen */
+        asvr_forward(&em.m, acts, &ab);
+        asvr_loss(&em.m, acts, &(asvr_scales){0, 0, 0}, &L, 0); /* losses and accuracies only: no backward */
         done += b.B;
         images += b.n_images;
         asvr_progress_add(bar, (uint64_t)b.B);

@@ -200,7 +200,7 @@ int main(int argc, char **argv) {
         memset(&L, 0, sizeof L);
         double a = asvr_now();
         param_set_zero_grads(&m.ps);
-        asvr_forward_backward(&m, acts, &b, ts, vs, 0.0, &L);
+        asvr_forward_backward(&m, acts, &b, &(asvr_scales){ts, vs, 0.0}, &L);
         sync_dev(dev);
         double c = asvr_now();
         double gn, coef;

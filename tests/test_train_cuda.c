@@ -41,7 +41,7 @@ static double fwd_bwd(ctx *c) {
     memset(&L, 0, sizeof L);
     param_set_zero_grads(&c->m.ps);
     int D = c->m.c.head.depth;
-    asvr_forward_backward(&c->m, c->a, &c->b, 1.0 / 18, 1.0 / (D * 18.0), 0.0, &L);
+    asvr_forward_backward(&c->m, c->a, &c->b, &(asvr_scales){1.0 / 18, 1.0 / (D * 18.0), 0.0}, &L);
     double vis = 0;
     for (int d = 0; d < D; d++) vis += L.vis_sum[d] / (double)L.vis_count / D;
     return L.text_sum / (double)L.text_count + vis;

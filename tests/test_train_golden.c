@@ -18,7 +18,7 @@ static double run_step(ctx *c, asvr_losses *L) {
     memset(L, 0, sizeof *L);
     param_set_zero_grads(&c->m.ps);
     int D = c->m.c.has_head ? c->m.c.head.depth : 0;
-    asvr_forward_backward(&c->m, c->a, &c->b, 1.0 / 18, D ? 1.0 / (D * 18.0) : 0, 0.0, L);
+    asvr_forward_backward(&c->m, c->a, &c->b, &(asvr_scales){1.0 / 18, D ? 1.0 / (D * 18.0) : 0, 0.0}, L);
     double text = L->text_sum / (double)L->text_count, vis = 0;
     for (int d = 0; d < D; d++) vis += L->vis_sum[d] / (double)L->vis_count / D;
     return text + vis;
@@ -165,7 +165,7 @@ int main(void) {
         c.b.zero_codes = zc16;
         memset(&L, 0, sizeof L);
         param_set_zero_grads(&c.m.ps);
-        asvr_forward_backward(&c.m, c.a, &c.b, 1.0 / 18, 1.0 / (3 * 27.0), 0.0, &L);
+        asvr_forward_backward(&c.m, c.a, &c.b, &(asvr_scales){1.0 / 18, 1.0 / (3 * 27.0), 0.0}, &L);
         T_EQ_INT(L.vis_count, 27);
         check_losses(&L, "it_default_zeroimage", 3);
     }

@@ -169,7 +169,7 @@ int main(void) {
     double loss[64];
     int64_t hits[64];
     vhead_acts_fill(acts, NAN);
-    vhead_forward_loss(head, acts, &t_himg, &t_codes, &t_books, scale, loss, hits);
+    vhead_forward(head, acts, &t_himg, &t_codes, &t_books, hits);
     int64_t n_vl;
     float *want_logits = get_f32(fwd, "visual_logits", &n_vl);
     T_EQ_INT(n_vl, (int64_t)D * N * K);
@@ -194,6 +194,7 @@ int main(void) {
         T_EQ_INT(hits[d], want_hits);
     }
     printf("visual logits: worst relative error over depths %.3g\n", worst_logit);
+    vhead_loss(head, acts, scale, loss); /* in place: the logits become their gradient */
     json_t *vpd = jget(man, "runs.it_default.losses_step0.visual_per_depth");
     double worst_loss = 0;
     for (int d = 0; d < D; d++) {
@@ -309,7 +310,7 @@ int main(void) {
         tensor c1 = tensor_make("codes_1", NN_I32, NN_CPU, 2, (int64_t[]){N1, D}, codes + 9 * D);
         double l1[64];
         vhead_acts_fill(acts, NAN);
-        vhead_forward_loss(head, acts, &h1, &c1, &t_books, 1.0f, l1, NULL);
+        vhead_forward(head, acts, &h1, &c1, &t_books, NULL);
         for (int d = 0; d < D; d++) {
             int nf;
             const tensor *lg = vhead_logits(acts, d);
@@ -318,6 +319,7 @@ int main(void) {
             T_EQ_INT(nf, 0);
             T_CHECK(e < 1e-5, "9-position call, depth %d: relative error %.3g", d, e);
         }
+        vhead_loss(head, acts, 1.0f, l1);
     }
 
     /* ---- frozen head: the same dh_img; no gradient buffer is touched ---- */

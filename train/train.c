@@ -435,7 +435,7 @@ int cmd_train(int argc, char **argv) {
                 asvr_acts_free(acts);
                 acts = asvr_acts_new(&m, b->B, T, max_images);
             }
-            asvr_forward_backward(&m, acts, &ab, ts, vs, as, &L);
+            asvr_forward_backward(&m, acts, &ab, &(asvr_scales){ts, vs, as}, &L);
             if (b->B != (int)o.rows) {
                 asvr_acts_free(acts);
                 acts = asvr_acts_new(&m, (int)o.rows, T, max_images);

@@ -1,4 +1,5 @@
-/* asvr.h — the ASVR model assembled from its parts, and one forward + backward over a micro-batch.
+/* asvr.h — the ASVR model assembled from its parts, and one micro-batch through it in three steps
+ * (asvr_forward, asvr_loss, asvr_backward) over the state its activations keep.
  *
  *   images → frozen SigLIP input tower (tap layer) ─┐            (--input discrete: Σ_d codebook_d[code])
  *                                                    ├→ mm_projector → spliced at the image positions
@@ -59,6 +60,8 @@ typedef struct asvr_config {
     int compute_bf16;     /* mixed precision (CUDA): bf16 copies of the trained matrices for the GEMMs, bf16
                              kept LLM activations and logits, f32 master weights, gradients, AdamW state and
                              residual streams (likewise a run-time choice; needs the set on CUDA) */
+    int head_chunk;       /* the visual heads run over chunks of at most this many positions (0: all at once);
+                             a run-time choice: the head's activations are planned for one chunk */
     float lambda_visual;
 } asvr_config;
 
@@ -80,8 +83,12 @@ typedef struct asvr_model {
     tensor *codebooks, *codebooks_app;
 } asvr_model;
 
-/* Declares the parameters (call param_set_trainable / param_set_commit on m->ps afterwards). */
+/* Declares the parameters (call param_set_trainable / param_set_commit on m->ps afterwards), with the
+ * slot order of the flat buffers following the step's backward (params.h). */
 void asvr_model_init(asvr_model *m, const asvr_config *c);
+/* Images a micro-batch of `rows` packed rows of T positions can hold at most (each image takes
+ * image_positions of a row; a truncated one may start in the last positions). */
+int asvr_max_images(const asvr_config *c, int rows, int T);
 /* Frozen parts, on the parameters' device (load them after param_set_commit): the input tower from st under prefix (HF: "vision_model."), the codebooks from a
  * tensor [D,K,C] or from D tensors "<prefix>{d}.weight" [K or K+1, C]. */
 int asvr_model_load_tower(asvr_model *m, const safetensors *st, const char *prefix, asvr_error *err);
@@ -117,8 +124,10 @@ typedef struct asvr_losses {
     int64_t app_correct[256];
 } asvr_losses;
 
-/* Activations live on the model's device (m->ps.device); the micro-batch's host arrays are turned
- * into ids / targets / indices / codes on the host and uploaded once per call. */
+/* Activations for micro-batches of up to B rows of exactly T positions and up to max_images images,
+ * on the model's device; the micro-batch's host arrays are turned into ids / targets / indices / codes
+ * on the host and uploaded once per micro-batch. A shorter micro-batch (fewer rows, e.g. the last of
+ * an epoch) runs on the same activations. */
 typedef struct asvr_acts asvr_acts;
 asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images);
 /* The step arena's plan, the host inputs' plan, and one line of totals per part (LLM, heads, tower). */
@@ -126,8 +135,8 @@ void asvr_acts_print_plan(const asvr_acts *a, FILE *f);
 size_t asvr_acts_bytes(const asvr_acts *a); /* device (or CPU) bytes of all activation arenas */
 void asvr_acts_free(asvr_acts *a);
 
-/* Time per phase of asvr_forward_backward, accumulated over calls while timing is on (off by default:
- * each phase boundary waits for the device, which costs a little overlap). */
+/* Time per phase of the step, accumulated over calls while timing is on (off by default: each phase
+ * boundary waits for the device, which costs a little overlap). */
 typedef enum {
     ASVR_PHASE_VISION,        /* input tower (or the discrete codebook sum) and the projector forward */
     ASVR_PHASE_LLM_FORWARD,   /* embeddings and the LLaMA forward */
@@ -142,11 +151,28 @@ void asvr_acts_set_timing(asvr_acts *a, int on);
 /* Seconds spent in each phase since timing was switched on (ASVR_NPHASES values). */
 const double *asvr_acts_phase_seconds(const asvr_acts *a);
 
-/* Forward and backward of one micro-batch; gradients accumulate into m->ps. text_scale and the
- * visual scales fold the global means in (1 / scored text targets of the whole step, and
- * λ / (D · image positions of the whole step) per head). Losses are added to *l. */
-void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, double text_scale, double vis_scale,
-                           double app_scale, asvr_losses *l);
+/* What each loss is multiplied by in the gradient: the global means of the whole optimizer step
+ * folded in (1 / scored text targets of the step; λ / (D · image positions of the step) per head). */
+typedef struct asvr_scales {
+    double text, visual, appearance;
+} asvr_scales;
+
+/* Step 1: uploads b's inputs, runs the tower (or the discrete codebook sum) and the projector, splices
+ * the image embeddings into the token embeddings and runs the LLM to the final-norm states. b must
+ * stay valid until asvr_backward. */
+void asvr_forward(asvr_model *m, asvr_acts *a, const asvr_batch *b);
+/* Step 2: the text loss (lm_head, cross-entropy; dlogits kept in place of the logits) and the visual
+ * losses at the image positions (per head, over chunks of positions); adds the sums and counts to *l.
+ * for_backward = 1 (training): the visual heads' backward runs here too, chunk by chunk (their
+ * activations do not outlive a chunk), their parameter gradients accumulate and their gradient of the
+ * LLM states is kept for asvr_backward; 0 (evaluation): losses and accuracies only. */
+void asvr_loss(asvr_model *m, asvr_acts *a, const asvr_scales *s, asvr_losses *l, int for_backward);
+/* Step 3: back from the kept dlogits and the heads' state gradients through the LLM, the token
+ * embeddings and the projector; gradients accumulate into m->ps (+=), and the backward reports its
+ * progress to the set (param_set_grads_done). */
+void asvr_backward(asvr_model *m, asvr_acts *a);
+/* The three steps in turn (training). */
+void asvr_forward_backward(asvr_model *m, asvr_acts *a, const asvr_batch *b, const asvr_scales *s, asvr_losses *l);
 
 #ifdef __cplusplus
 }

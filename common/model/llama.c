@@ -14,6 +14,8 @@ typedef struct llama_layer {
 
 struct llama {
     llama_config cfg;
+    param_set *ps;   /* where the parameters were declared (the backward reports its progress there) */
+    char prefix[64];
     param *embed, *norm, *head;
     llama_layer *layer;
 };
@@ -150,6 +152,9 @@ llama *llama_new(const llama_config *c, param_set *ps, const char *prefix) {
     const char *P = prefix ? prefix : "";
     llama *m = asvr_calloc(1, sizeof *m, "llama model");
     m->cfg = *c;
+    m->ps = ps;
+    CHECK(strlen(P) < sizeof m->prefix, "", "llama_new: prefix '%s' too long", P);
+    snprintf(m->prefix, sizeof m->prefix, "%s", P);
     m->layer = asvr_calloc((size_t)c->n_layers, sizeof *m->layer, "llama layers");
     int64_t D = c->dim, F = c->ffn_dim, V = c->vocab, hd = llama_head_dim(c);
     int64_t QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
@@ -311,6 +316,31 @@ static void check_embed_io(const llama *m, const tensor *ids, const tensor *x, c
           (long long)D);
 }
 
+/* The gradients of the parameters named prefix + part... are final for this pass (params.h). */
+static void grads_done(const llama *m, const char *part) {
+    char name[NN_NAME_MAX + 64];
+    snprintf(name, sizeof name, "%s%s", m->prefix, part);
+    param_set_grads_done(m->ps, name);
+}
+
+static void layer_grads_done(const llama *m, int i) {
+    char part[48];
+    snprintf(part, sizeof part, "model.layers.%d.", i);
+    grads_done(m, part);
+}
+
+void llama_slot_order(const llama *m, int *n, char ***prefixes) {
+    int L = m->cfg.n_layers, k = 0;
+    char **v = asvr_calloc((size_t)L + 3, sizeof *v, "the slot order");
+    char name[NN_NAME_MAX + 64];
+    snprintf(name, sizeof name, "%slm_head.", m->prefix), v[k++] = asvr_strdup(name);
+    snprintf(name, sizeof name, "%smodel.norm.", m->prefix), v[k++] = asvr_strdup(name);
+    for (int i = L - 1; i >= 0; i--) snprintf(name, sizeof name, "%smodel.layers.%d.", m->prefix, i), v[k++] = asvr_strdup(name);
+    snprintf(name, sizeof name, "%smodel.embed_tokens.", m->prefix), v[k++] = asvr_strdup(name);
+    *n = k;
+    *prefixes = v;
+}
+
 void llama_embed(const llama *m, const tensor *ids, tensor *x) {
     check_embed_io(m, ids, x, "llama_embed");
     op_embedding_skip(x, ids, m->embed->wc);
@@ -320,6 +350,7 @@ void llama_embed_backward(const llama *m, const tensor *ids, const tensor *dx) {
     if (!m->embed->g) return;
     check_embed_io(m, ids, dx, "llama_embed_backward");
     op_embedding_skip_backward(m->embed->g, dx, ids);
+    grads_done(m, "model.embed_tokens.");
 }
 
 /* ---- forward / backward -------------------------------------------------------------------- */
@@ -415,6 +446,7 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
 
     tensor last = tensor_head0(a->res[c->n_layers], B), rstd_f = tensor_head0(a->rstd_final, B);
     op_rmsnorm_backward(&dres, g_of(m->norm), dh, &last, m->norm->wc, &rstd_f, 0);
+    grads_done(m, "model.norm.");
     for (int i = c->n_layers - 1; i >= 0; i--) {
         const llama_layer *W = &m->layer[i];
         llama_layer_acts *S = &a->L[i];
@@ -450,6 +482,7 @@ void llama_backward(const llama *m, llama_acts *a, const tensor *dh, tensor *dx)
         op_matmul_backward(&dxn, g_of(W->k), NULL, &dk, &xn_in, W->k->wc, NN_ACT_NONE, NULL, 1);
         op_matmul_backward(&dxn, g_of(W->v), NULL, &dv, &xn_in, W->v->wc, NN_ACT_NONE, NULL, 1);
         op_rmsnorm_backward(&dres, g_of(W->ln_in), &dxn, &res, W->ln_in->wc, &rstd_in, 1);
+        layer_grads_done(m, i);
     }
     if (dx) op_copy(dx, &dres);
 }
@@ -467,6 +500,7 @@ void llama_lm_head_backward(const llama *m, const tensor *dlogits, const tensor 
     /* with no activation op_matmul_backward only reads dy, so dropping const is safe */
     tensor dy = *dlogits;
     op_matmul_backward(dh, m->head->g, NULL, &dy, h, m->head->wc, NN_ACT_NONE, NULL, accumulate_dh);
+    grads_done(m, "lm_head.");
 }
 
 /* ---- inference with a KV cache ------------------------------------------------------------- */

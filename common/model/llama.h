@@ -74,6 +74,10 @@ typedef struct llama_acts llama_acts;
  * norms, as HF initialises LLaMA. The tensors are read after the caller commits ps. */
 llama *llama_new(const llama_config *c, param_set *ps, const char *prefix);
 const llama_config *llama_cfg(const llama *m);
+/* The parameters' name prefixes in the order the backward finishes their gradients (lm_head, final
+ * norm, the layers from last to first, the embedding: for param_set_set_order); the backward reports
+ * each as finished (param_set_grads_done). Caller frees the strings and the array. */
+void llama_slot_order(const llama *m, int *n, char ***prefixes);
 /* Config and parameter count. */
 void llama_print(const llama *m, FILE *f);
 void llama_free(llama *m);

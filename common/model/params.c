@@ -251,14 +251,19 @@ void param_set_set_ready_hook(param_set *ps, param_ready_fn fn, void *ctx) {
     ps->ready_ctx = ctx;
 }
 
-void param_set_grads_done(param_set *ps, const param *p) {
+void param_set_grads_done(param_set *ps, const char *prefix) {
     if (!ps->ready) return;
-    if (!p) {
+    if (!prefix) {
         ps->ready(ps->ready_ctx, ps->flat_n);
         return;
     }
-    if (p->off < 0) return;
-    ps->ready(ps->ready_ctx, p->off + (p->numel + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN);
+    size_t n = strlen(prefix);
+    int64_t end = -1;
+    for (int i = 0; i < ps->n_flat; i++) {
+        const param *p = ps->flat[i];
+        if (strncmp(p->name, prefix, n) == 0 && p->off + p->numel > end) end = p->off + p->numel;
+    }
+    if (end >= 0) ps->ready(ps->ready_ctx, (end + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN);
 }
 
 int64_t param_set_count(const param_set *ps, int trainable_only) {

@@ -117,10 +117,11 @@ void param_set_init_random(param_set *ps, uint64_t seed);
 /* Zeroes the flat gradient buffer (one op). */
 void param_set_zero_grads(param_set *ps);
 /* Backward progress, for a trainer that reduces gradients while the backward goes on: a model's
- * backward calls this after the last write of p's gradient in the pass (p NULL: the pass is over);
- * the set's hook (param_set_set_ready_hook) then learns that the flat prefix up to the end of p's slot
- * is final. Frozen p: nothing. The slot order (param_set_set_order) must follow the backward. */
-void param_set_grads_done(param_set *ps, const param *p);
+ * backward calls this after the last write of the gradients of the parameters named `prefix`... in
+ * the pass (prefix NULL: the pass is over); the set's hook (param_set_set_ready_hook) then learns that
+ * the flat buffer up to the end of their slots is final. Nothing when none of them trains. The slot
+ * order (param_set_set_order) must follow the backward, so that everything before is final too. */
+void param_set_grads_done(param_set *ps, const char *prefix);
 void param_set_set_ready_hook(param_set *ps, param_ready_fn fn, void *ctx);
 /* Converts s to f32 into t (any device; shapes are the caller's to check, numel must match): directly
  * on the CPU, through a host staging buffer elsewhere. -1 with err on a conversion failure. */

@@ -31,10 +31,13 @@ typedef struct vhead_layer_acts {
     tensor *fpre, *fg;           /* FFN pre-activation and gelu output, dm [D, N, F] */
 } vhead_layer_acts;
 
+enum { VHEAD_EMPTY, VHEAD_LOGITS, VHEAD_DLOGITS }; /* what the logits buffer holds */
+
 struct vhead_acts {
     const vhead *hd;
     int max_positions;
     int n;                       /* positions of the last forward; 0 before the first */
+    int state;                   /* VHEAD_*: logits after vhead_forward, their gradient after vhead_loss */
     nn_arena *arena;             /* on the parameters' device */
     tensor *codes_dm, *perm_tm, *perm_dm; /* i32 [D*P] */
     nn_arena *host;              /* host copies of the index tensors, built here and uploaded */
@@ -47,7 +50,7 @@ struct vhead_acts {
     vhead_layer_acts *la;
     tensor *scratch;             /* norm1(x) before its gather (dm), then the out_proj output (tm) */
     tensor *rstdf, *y;           /* final norm */
-    tensor *logits, *dlogits;    /* dm [D*P, K] */
+    tensor *logits;              /* dm [D*P, K]: the logits, then (cross-entropy in place) their gradient */
     tensor *dA, *dB, *dtm1, *dtm2, *dq, *dk, *dv; /* backward scratch [D*P, E] */
     tensor *dg;                  /* [P, F] */
     tensor *dh_in;               /* [P, E] */
@@ -200,9 +203,9 @@ vhead_acts *vhead_acts_new(const vhead *h, int max_positions) {
     a->scratch = add2(ar, "norm1_out_or_attn_proj_out", NN_F32, DP, E);
     a->rstdf = add2(ar, "norm.rstd", NN_F32, DP, 1);
     a->y = add2(ar, "norm.out", cdt, DP, E);
-    /* the D x K logits are the head's largest buffers (cross-entropy and argmax read them in fp32) */
-    a->logits = add2(ar, "logits", cdt, DP, K);
-    a->dlogits = add2(ar, "dlogits", cdt, DP, K);
+    /* the D x K logits are the head's largest buffer (cross-entropy and argmax read them in fp32); the
+     * cross-entropy overwrites them with their gradient, which the backward reads */
+    a->logits = add2(ar, "logits_then_dlogits", cdt, DP, K);
     a->dA = add2(ar, "grad.stream_a", NN_F32, DP, E);
     a->dB = add2(ar, "grad.stream_b", NN_F32, DP, E);
     a->dtm1 = add2(ar, "grad.token_major_a", NN_F32, DP, E);
@@ -281,12 +284,11 @@ static int64_t top1_hits(vhead_acts *a, const tensor *logits, const int32_t *tar
 
 /* ---- forward ---------------------------------------------------------------------------------- */
 
-void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, const tensor *codes,
-                        const tensor *codebooks, float scale, double *loss_sum, int64_t *correct) {
+void vhead_forward(const vhead *hd, vhead_acts *a, const tensor *h_img, const tensor *codes, const tensor *codebooks,
+                   int64_t *correct) {
     const vhead_config *c = &hd->cfg;
-    const char *fn = "vhead_forward_loss";
+    const char *fn = "vhead_forward";
     CHECK(a->hd == hd, "", "%s: activations were planned for another head", fn);
-    CHECK(loss_sum != NULL, "", "%s: loss_sum is required", fn);
     int64_t D = c->depth, E = c->embed, K = c->codebook_size, C = c->code_dim, H = c->n_heads,
             F = c->ffn_dim;
     int64_t N = tensor_rows(h_img);
@@ -301,6 +303,7 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
           "", "%s: codebooks '%s' must be f32 [%lld, %lld, %lld]", fn, codebooks->name, (long long)D,
           (long long)K, (long long)C);
     a->n = 0;
+    a->state = VHEAD_EMPTY;
     int64_t DN = D * N;
 
     /* index bookkeeping: codes depth-major, and the two row permutations between the layouts */
@@ -388,25 +391,43 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
         op_add(&out, &out, &h);
     }
 
-    /* final norm, heads, loss */
+    /* final norm, heads */
     tensor xl = rows_view(a->xs[c->n_layers], 0, DN, E), y = rows_view(a->y, 0, DN, E);
     tensor rstdf = rows_view(a->rstdf, 0, DN, 1);
     op_rmsnorm(&y, &xl, hd->norm->wc, c->eps, &rstdf);
     for (int64_t d = 0; d < D; d++) {
-        tensor yd = rows_view(a->y, d * N, N, E), lg = rows_view(a->logits, d * N, N, K),
-               dl = rows_view(a->dlogits, d * N, N, K), tg = rows_view(a->codes_dm, d, 1, N);
+        tensor yd = rows_view(a->y, d * N, N, E), lg = rows_view(a->logits, d * N, N, K);
         op_matmul(&lg, &yd, hd->head_w[d]->wc, hd->head_b[d]->wc, NN_ACT_NONE, NULL);
         if (correct) correct[d] = top1_hits(a, &lg, (const int32_t *)a->h_codes_dm->data + d * N);
-        int64_t count = 0;
-        op_cross_entropy(&dl, &loss_sum[d], &count, &lg, &tg, scale);
-        CHECK(count == N, "", "%s: %lld of %lld positions scored", fn, (long long)count, (long long)N);
         a->logit_view[d] = lg;
     }
     a->n = (int)N;
+    a->state = VHEAD_LOGITS;
+}
+
+void vhead_loss(const vhead *hd, vhead_acts *a, float scale, double *loss_sum) {
+    const char *fn = "vhead_loss";
+    CHECK(a->hd == hd, "", "%s: activations were planned for another head", fn);
+    CHECK(a->state == VHEAD_LOGITS, "", "%s: run vhead_forward first (once per loss)", fn);
+    CHECK(loss_sum != NULL, "", "%s: loss_sum is required", fn);
+    int64_t N = a->n, D = hd->cfg.depth, K = hd->cfg.codebook_size;
+    for (int64_t d = 0; d < D; d++) {
+        tensor lg = rows_view(a->logits, d * N, N, K), tg = rows_view(a->codes_dm, d, 1, N);
+        int64_t count = 0;
+        op_cross_entropy(&lg, &loss_sum[d], &count, &lg, &tg, scale); /* in place: the logits become dlogits */
+        CHECK(count == N, "", "%s: %lld of %lld positions scored", fn, (long long)count, (long long)N);
+    }
+    a->state = VHEAD_DLOGITS;
+}
+
+void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, const tensor *codes,
+                        const tensor *codebooks, float scale, double *loss_sum, int64_t *correct) {
+    vhead_forward(hd, a, h_img, codes, codebooks, correct);
+    vhead_loss(hd, a, scale, loss_sum);
 }
 
 const tensor *vhead_logits(const vhead_acts *a, int d) {
-    CHECK(a->n > 0, "", "vhead_logits: no forward has run");
+    CHECK(a->state == VHEAD_LOGITS, "", "vhead_logits: no forward has run since the last loss (which overwrites them)");
     CHECK(d >= 0 && d < a->hd->cfg.depth, "", "vhead_logits: depth %d outside 0..%d", d, a->hd->cfg.depth - 1);
     return &a->logit_view[d];
 }
@@ -417,7 +438,7 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
     const vhead_config *c = &hd->cfg;
     const char *fn = "vhead_backward";
     CHECK(a->hd == hd, "", "%s: activations were planned for another head", fn);
-    CHECK(a->n > 0, "", "%s: run vhead_forward_loss first", fn);
+    CHECK(a->state == VHEAD_DLOGITS, "", "%s: run vhead_forward and vhead_loss first", fn);
     int any = 0;
     for (int i = 0; i < hd->n_all; i++) any |= hd->all[i]->g != NULL;
     if (!any && !dh_img) return;
@@ -432,7 +453,7 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
 
     /* heads: dy_d = dlogits_d · W_d, then the final norm */
     for (int64_t d = 0; d < D; d++) {
-        tensor dl = rows_view(a->dlogits, d * N, N, K), yd = rows_view(a->y, d * N, N, E),
+        tensor dl = rows_view(a->logits, d * N, N, K), yd = rows_view(a->y, d * N, N, E),
                dyd = rows_view(a->dB, d * N, N, E);
         op_matmul_backward(&dyd, opt(hd->head_w[d]->g, &gb[0]), opt(hd->head_b[d]->g, &gb[1]), &dl, &yd,
                            hd->head_w[d]->wc, NN_ACT_NONE, NULL, 0);

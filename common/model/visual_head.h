@@ -81,20 +81,27 @@ void vhead_acts_free(vhead_acts *a);
 /* h_img [N, d_in] f32: the LLM's final-norm states at the image positions (N <= max_positions).
  * codes [N, D] i32 or u16 in host memory (they are rearranged depth-major on the host), each in
  * [0, K). codebooks [D, K, code_dim] f32, frozen. h_img is copied, so it may change after the call.
- * Computes the logits and, per depth d: loss_sum[d] = sum over the N positions of the CE (in
- * double; the count is N), correct[d] = positions whose top-1 logit (lowest index on ties) is the
- * target. Keeps dlogits = scale · (softmax − onehot) for vhead_backward: the caller passes
- * 1 / (D · N_global) for the mean over positions per depth, then over depths, across the
- * accumulation steps of one optimizer step. loss_sum and correct have D entries; correct may be NULL. */
+ * Computes the logits (vhead_logits reads them until vhead_loss) and, per depth d, correct[d] =
+ * positions whose top-1 logit (lowest index on ties) is the target (correct: D entries, or NULL). */
+void vhead_forward(const vhead *h, vhead_acts *a, const tensor *h_img, const tensor *codes, const tensor *codebooks,
+                   int64_t *correct);
+/* The loss of the last vhead_forward: loss_sum[d] (D entries) = sum over the N positions of the CE
+ * of depth d (in double; the count is N). The cross-entropy runs in place: the logits buffer then
+ * holds dlogits = scale · (softmax − onehot) for vhead_backward (the head's largest buffer is not
+ * doubled). The caller passes 1 / (D · N_global) for the mean over positions per depth, then over
+ * depths, across the accumulation steps of one optimizer step. */
+void vhead_loss(const vhead *h, vhead_acts *a, float scale, double *loss_sum);
+/* vhead_forward, then vhead_loss. */
 void vhead_forward_loss(const vhead *h, vhead_acts *a, const tensor *h_img, const tensor *codes,
                         const tensor *codebooks, float scale, double *loss_sum, int64_t *correct);
 
-/* Backward of the last vhead_forward_loss from its kept dlogits: accumulates the gradients of the
+/* Backward of the last vhead_forward + vhead_loss from the kept dlogits: accumulates the gradients of the
  * trainable parameters (frozen ones, g == NULL, are not touched) and writes dh_img [N, d_in]
  * (NULL: not wanted). With every parameter frozen and dh_img NULL it returns at once. */
 void vhead_backward(const vhead *h, vhead_acts *a, tensor *dh_img);
 
-/* The logits of depth d of the last forward, [N, K] (tests and diagnostics). */
+/* The logits of depth d of the last vhead_forward, [N, K], until vhead_loss overwrites them (tests
+ * and diagnostics). */
 const tensor *vhead_logits(const vhead_acts *a, int d);
 
 #ifdef __cplusplus
