@@ -67,6 +67,8 @@ void optim_free(optim *o) {
     memset(o, 0, sizeof *o);
 }
 
+size_t optim_bytes(const optim *o) { return o->state ? nn_arena_bytes(o->state) : 0; }
+
 double optim_step(optim *o, double *grad_norm, double *clip_coef) {
     double sq = 0;
     if (o->nt) op_grad_sqnorm_multi(&sq, o->nt, (const tensor *const *)o->tg);

@@ -40,6 +40,7 @@ int64_t warmup_steps_from_ratio(double ratio, int64_t total);
 
 void optim_init(optim *o, const optim_config *c, param_set *ps);
 void optim_free(optim *o);
+size_t optim_bytes(const optim *o); /* the moments' planned bytes */
 /* One step on the accumulated gradients: clip (returns the pre-clip global L2 norm in *grad_norm and
  * the applied coefficient in *clip_coef), AdamW at lr_schedule(step) × lr (returned), step += 1. */
 double optim_step(optim *o, double *grad_norm, double *clip_coef);

@@ -1,0 +1,363 @@
+/* setup.c — a run's setup (trainer.h): the run-time choices applied to the model config, the model
+ * and its frozen parts, the initial weights, the data, the optimizer, the activations and the memory
+ * plan. `asvr-train plan` shares the choices, the model build and the memory figures. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/fsutil.h"
+#include "base/log.h"
+#include "checkpoint.h"
+#include "io/safetensors.h"
+#include "model/vision_tokenizer.h"
+#include "nn/ops_extra.h"
+#include "store/code_store.h"
+#include "trainer.h"
+
+/* ---- choices, model, memory (shared with plan) ------------------------------------------------- */
+
+void run_choices_default(run_choices *c) {
+    memset(c, 0, sizeof *c);
+    c->stage = "pt";
+    c->visual_loss = "semantic";
+    c->input = "continuous";
+    c->attention = "auto";
+    c->precision = "auto";
+    c->tower_dtype = "auto";
+}
+
+static int one_of(const char *v, const char *a, const char *b, const char *c) {
+    return !strcmp(v, a) || !strcmp(v, b) || (c && !strcmp(v, c));
+}
+
+int run_choices_apply(const run_choices *c, const char *config_json, nn_device dev, asvr_config *mc, asvr_error *err) {
+    if (!one_of(c->stage, "pt", "it", NULL)) return asvr_err_set(err, "--stage must be pt or it"), -2;
+    int want_sem = !strcmp(c->visual_loss, "semantic") || !strcmp(c->visual_loss, "both");
+    int want_app = !strcmp(c->visual_loss, "appearance") || !strcmp(c->visual_loss, "both");
+    if (!want_sem && !want_app && strcmp(c->visual_loss, "none"))
+        return asvr_err_set(err, "--visual-loss must be none, semantic, appearance or both"), -2;
+    if (!one_of(c->input, "continuous", "discrete", NULL)) return asvr_err_set(err, "--input must be continuous or discrete"), -2;
+    if (!one_of(c->attention, "auto", "kept", "flash")) return asvr_err_set(err, "--attention must be auto, kept or flash"), -2;
+    if (!one_of(c->tower_dtype, "auto", "f32", "bf16")) return asvr_err_set(err, "--tower-dtype must be auto, f32 or bf16"), -2;
+    if (dev != NN_CUDA && !strcmp(c->tower_dtype, "bf16"))
+        return asvr_err_set(err, "--tower-dtype bf16 needs --device cuda (the CPU backend computes in f32)"), -2;
+    if (!one_of(c->precision, "auto", "f32", "bf16")) return asvr_err_set(err, "--precision must be auto, f32 or bf16"), -2;
+    if (dev != NN_CUDA && !strcmp(c->precision, "bf16"))
+        return asvr_err_set(err, "--precision bf16 needs --device cuda (the CPU backend computes in f32)"), -2;
+    if (c->recompute > 0 && c->recompute_list) return asvr_err_set(err, "give --recompute or --recompute-layers, not both"), -2;
+    if (c->head_chunk < 0) return asvr_err_set(err, "--head-chunk must be >= 0"), -2;
+    if (asvr_config_from_json(config_json, mc, err) < 0) return asvr_err_prefix(err, "model config");
+    if (want_sem && !mc->has_head)
+        return asvr_err_set(err, "the model config has no visual_head (add one, or pass --visual-loss none)");
+    if (want_app && !mc->has_app_head)
+        return asvr_err_set(err, "--visual-loss %s but the model config has no visual_head_appearance", c->visual_loss);
+    mc->has_head = want_sem;
+    mc->has_app_head = want_app;
+    mc->input_discrete = !strcmp(c->input, "discrete");
+    mc->flash_attention = !strcmp(c->attention, "auto") ? dev == NN_CUDA : !strcmp(c->attention, "flash");
+    if (asvr_config_set_recompute(mc, (int)c->recompute, c->recompute_list, err) < 0)
+        return asvr_err_prefix(err, "the LLM has %d layers", mc->llm.n_layers), -2;
+    mc->tower_bf16 = dev == NN_CUDA && strcmp(c->tower_dtype, "f32") != 0;
+    mc->compute_bf16 = dev == NN_CUDA && strcmp(c->precision, "f32") != 0;
+    mc->head_chunk = (int)(c->head_chunk > 1 << 30 ? 1 << 30 : c->head_chunk);
+    return 0;
+}
+
+void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int64_t flat_pad) {
+    asvr_model_init(m, mc);
+    param_set_trainable(&m->ps, "", 1);
+    if (!stage_it) param_set_trainable(&m->ps, "llm.", 0);
+    param_set_set_device(&m->ps, dev);
+    param_set_set_flat_pad(&m->ps, flat_pad);
+    param_set_commit(&m->ps);
+}
+
+/* Bytes of the SigLIP tower's weights up to the tap layer (esize bytes per value: 4 f32, 2 bf16), and
+ * of its activations for n images (the arenas model/siglip.c plans: im2col columns, seven [N, C]
+ * buffers, the MLP, in the tower's dtype; one f32 N x N score scratch), plus the step's f32 input
+ * images [n, 3, S, S]. */
+static void tower_bytes(const siglip_config *v, int n_images, double esize, double *weights, double *acts) {
+    double C = v->hidden, I = v->intermediate, p = v->patch_size, N = siglip_num_patches(v);
+    double per_layer = 4 * (C * C + C) + 2 * 2 * C + (C * I + I) + (I * C + C);
+    *weights = esize * (C * 3 * p * p + C + N * C + v->tap * per_layer);
+    *acts = esize * (n_images * N * (3 * p * p + 7 * C + I)) + 4.0 * (N * N + n_images * 3.0 * v->image_size * v->image_size);
+}
+
+void run_memory_of(const asvr_model *m, const optim *o, const asvr_acts *a, int max_images, int tower_bf16,
+                   run_memory *r) {
+    const asvr_config *c = &m->c;
+    size_t v, cp, g;
+    param_set_bytes(&m->ps, &v, &cp, &g);
+    memset(r, 0, sizeof *r);
+    r->values = (double)v, r->compute = (double)cp, r->grads = (double)g;
+    r->optimizer = (double)optim_bytes(o);
+    r->activations = (double)asvr_acts_bytes(a);
+    if (!c->input_discrete) tower_bytes(&c->vision, max_images, tower_bf16 ? 2.0 : 4.0, &r->tower_weights, &r->tower_acts);
+    if (c->has_head || c->input_discrete) r->codebooks = 4.0 * c->head.depth * (double)c->head.codebook_size * c->head.code_dim;
+    if (c->has_app_head) r->codebooks += 4.0 * c->head_app.depth * (double)c->head_app.codebook_size * c->head_app.code_dim;
+    r->total = r->values + r->compute + r->grads + r->optimizer + r->activations + r->tower_weights + r->tower_acts +
+               r->codebooks;
+}
+
+/* ---- the run ------------------------------------------------------------------------------------ */
+
+/* Loads the parameters whose names start with `ours` from st, where they are named
+ * file_prefix + the rest of the name ("llm." ↔ "" for an HF LLaMA checkpoint). */
+static int load_subset(param_set *ps, const safetensors *st, const char *ours, const char *file_prefix, asvr_error *err) {
+    size_t n = strlen(ours);
+    int loaded = 0;
+    for (int i = 0; i < ps->n; i++) {
+        param *p = ps->v[i];
+        if (strncmp(p->name, ours, n) != 0) continue;
+        char key[256];
+        snprintf(key, sizeof key, "%s%s", file_prefix, p->name + n);
+        const st_tensor *t = safetensors_find(st, key);
+        if (!t) return asvr_err_set(err, "tensor '%s' (for %s) is missing", key, p->name);
+        if (t->numel != p->numel || t->ndim != p->ndim)
+            return asvr_err_set(err, "tensor '%s' has %lld elements in %d dims, %s needs %lld", key, (long long)t->numel,
+                                t->ndim, p->name, (long long)p->numel);
+        if (param_tensor_load(p->w, t, err) < 0) return -1;
+        loaded++;
+    }
+    return loaded;
+}
+
+/* 1 when path is a vision tokenizer file (its metadata has the tokenizer config). */
+static int is_tokenizer_file(const char *path) {
+    safetensors *st;
+    asvr_error err;
+    if (safetensors_open(path, &st, &err) < 0) return 0;
+    int has = safetensors_metadata(st, VTOK_META_KEY) != NULL;
+    safetensors_close(st);
+    return has;
+}
+
+/* The model config: --config, or the one recorded in the newest checkpoint. */
+static char *model_config_text(const train_opts *o, const char *ckpt, const asvr_cli *cli) {
+    asvr_error err;
+    if (o->config) {
+        uint8_t *data;
+        size_t n;
+        if (asvr_read_file(o->config, &data, &n, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        return (char *)data;
+    }
+    char *text = NULL;
+    if (ckpt) {
+        char *p = asvr_path_join(ckpt, "state.json");
+        json_t *s = json_load_file(p, 0, NULL);
+        free(p);
+        json_t *cfg = json_object_get(s, "model_config");
+        if (cfg) text = json_dumps(cfg, JSON_COMPACT);
+        json_decref(s);
+    }
+    if (!text) asvr_cli_usage_error(cli, "--config is required for a new run");
+    return text;
+}
+
+/* The codes must come from the tokenizer whose codebooks the head embeds (when the file says). */
+static void check_codes_tokenizer(const char *codebooks, const char *codes, const char *what) {
+    if (!is_tokenizer_file(codebooks)) return;
+    asvr_error err;
+    char fp[17];
+    code_store *cs;
+    if (vision_tokenizer_fingerprint_file(codebooks, fp, &err) < 0 || code_store_open(codes, &cs, &err) < 0)
+        ASVR_FATAL("", "%s", err.msg);
+    if (strcmp(fp, code_store_get_meta(cs)->tokenizer_fingerprint) != 0)
+        ASVR_FATAL("pass the tokenizer file that made the code store", "%s '%s' (tokenizer %s) was not made by '%s' (%s)",
+                   what, codes, code_store_get_meta(cs)->tokenizer_fingerprint, codebooks, fp);
+    code_store_close(cs);
+}
+
+static void load_codebooks(const char *path, int app, asvr_model *m) {
+    asvr_error err;
+    safetensors *st;
+    if (safetensors_open(path, &st, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    const char *name = safetensors_find(st, "codebooks") ? "codebooks" : "quantizer.codebooks.";
+    int r = app ? asvr_model_load_app_codebooks(m, st, name, &err) : asvr_model_load_codebooks(m, st, name, &err);
+    if (r < 0) ASVR_FATAL("", "'%s': %s", path, err.msg);
+    safetensors_close(st);
+}
+
+/* The frozen parts: the input tower, the codebooks (checked against the code stores), and for
+ * --text-only-visual reference the codes the tokenizer gives a zero image. */
+static void load_frozen(trainer *t, const asvr_cli *cli) {
+    const train_opts *o = &t->o;
+    asvr_model *m = &t->m;
+    asvr_error err;
+    if (!t->mc.input_discrete) {
+        if (!o->vision) asvr_cli_usage_error(cli, "--vision is required (or --input discrete)");
+        safetensors *st;
+        if (safetensors_open(o->vision, &st, &err) < 0 || asvr_model_load_tower(m, st, o->vision_prefix, &err) < 0)
+            ASVR_FATAL("check --vision and --vision-prefix", "%s", err.msg);
+        safetensors_close(st);
+    }
+    if (t->mc.has_head || t->mc.input_discrete) {
+        if (!o->codebooks) asvr_cli_usage_error(cli, "--codebooks is required for the visual loss and for --input discrete");
+        load_codebooks(o->codebooks, 0, m);
+    }
+    if (t->mc.has_app_head) {
+        load_codebooks(o->codebooks_app, 1, m);
+        check_codes_tokenizer(o->codebooks_app, o->codes_app, "the appearance code store");
+    }
+    int ref_text_only = !strcmp(o->text_only_visual, "reference");
+    if (!ref_text_only && strcmp(o->text_only_visual, "none")) asvr_cli_usage_error(cli, "--text-only-visual must be none or reference");
+    if (t->mc.has_head || t->mc.input_discrete) check_codes_tokenizer(o->codebooks, o->codes, "the code store");
+    if (ref_text_only && t->mc.has_head) {
+        vision_tokenizer *vt;
+        if (vision_tokenizer_load(o->codebooks, &vt, &err) < 0)
+            ASVR_FATAL("--text-only-visual reference needs --codebooks to be a full tokenizer file", "%s", err.msg);
+        int S = vision_tokenizer_config(vt)->enc.image_size, P = vision_tokenizer_positions(vt);
+        CHECK(P == t->mc.image_positions && vision_tokenizer_config(vt)->depth == t->mc.head.depth, "",
+              "the tokenizer's %d positions x %d depths do not match the model's", P, vision_tokenizer_config(vt)->depth);
+        float *zeros = asvr_calloc((size_t)3 * S * S, sizeof(float), "a zero image");
+        t->zero_codes = asvr_malloc(sizeof(uint16_t) * (size_t)P * t->mc.head.depth, "the zero image's codes");
+        vtok_work *w = vtok_work_new(vt, 1);
+        vision_tokenizer_encode(vt, w, 1, zeros, t->zero_codes);
+        vtok_work_free(w);
+        vision_tokenizer_free(vt);
+        free(zeros);
+    }
+}
+
+/* Initial values of a new run: random (done at build), then --llm for llm.*, then --init for whatever
+ * groups it holds. */
+static void load_initial(trainer *t) {
+    const train_opts *o = &t->o;
+    asvr_model *m = &t->m;
+    asvr_error err;
+    if (o->llm) {
+        safetensors *st;
+        if (safetensors_open(o->llm, &st, &err) < 0 || load_subset(&m->ps, st, "llm.", "", &err) < 0)
+            ASVR_FATAL("pass HF LLaMA weights", "%s", err.msg);
+        safetensors_close(st);
+    }
+    if (!o->init) return;
+    safetensors *st;
+    if (safetensors_open(o->init, &st, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    int got = 0;
+    const char *groups[] = {"llm.", "mm_projector.", "visual_head."};
+    for (int g = 0; g < 3; g++) {
+        int has = 0;
+        for (int i = 0; i < m->ps.n && !has; i++)
+            if (!strncmp(m->ps.v[i]->name, groups[g], strlen(groups[g]))) has = safetensors_find(st, m->ps.v[i]->name) != NULL;
+        if (!has) continue;
+        int r = load_subset(&m->ps, st, groups[g], groups[g], &err);
+        if (r < 0) ASVR_FATAL("", "'%s': %s", o->init, err.msg);
+        got += r;
+    }
+    LOG_INFO("init: %d tensors from '%s'", got, o->init);
+    safetensors_close(st);
+}
+
+static void open_data(trainer *t) {
+    const train_opts *o = &t->o;
+    const asvr_config *mc = &t->mc;
+    data_config dc = {o->packed, o->codes, o->image_root ? o->image_root : "", mc->has_app_head ? o->codes_app : NULL,
+                      (int)o->rows, (uint64_t)o->seed, !mc->input_discrete,
+                      mc->vision.image_size, {0}, {0}, {127, 127, 127}, (int)o->threads};
+    memcpy(dc.mean, mc->image_mean, sizeof dc.mean);
+    memcpy(dc.std, mc->image_std, sizeof dc.std);
+    asvr_error err;
+    if (data_open(&dc, &t->dl, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    int64_t rows = data_rows(t->dl), n_samples = data_samples(t->dl);
+    int64_t steps_per_epoch = o->accum > 0 ? (rows + o->rows * o->accum - 1) / (o->rows * o->accum)
+                                           : (n_samples + o->global_batch - 1) / o->global_batch;
+    t->total = o->steps > 0 ? o->steps : steps_per_epoch * o->epochs;
+    t->T = data_max_len(t->dl);
+}
+
+static void resume(trainer *t) {
+    asvr_error err;
+    json_t *state;
+    if (checkpoint_load(t->ckpt, &t->m.ps, &t->opt, &state, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    t->step = json_integer_value(json_object_get(state, "step"));
+    t->opt.step = t->step;
+    data_set_cursor(t->dl, json_integer_value(json_object_get(state, "data_epoch")),
+                    json_integer_value(json_object_get(state, "data_index")));
+    LOG_INFO("resuming from '%s' at step %lld", t->ckpt, (long long)t->step);
+    json_decref(state);
+}
+
+/* Model FLOPs per token for the MFU column: matmul FLOPs only, 6 per parameter that trains (forward,
+ * input and weight gradients) and 4 per frozen LLM parameter (forward and input gradients), counted
+ * over the LLM (without the embedding lookup), projector and heads as if every parameter saw every
+ * token; attention scores and the frozen tower are left out. An estimate, for comparing runs. */
+static double model_flops_per_token(const param_set *ps) {
+    double f = 0;
+    for (int i = 0; i < ps->n; i++) {
+        const param *p = ps->v[i];
+        if (strstr(p->name, "embed_tokens")) continue;
+        f += (p->g ? 6.0 : 4.0) * (double)p->numel;
+    }
+    return f;
+}
+
+static void print_plan(const trainer *t) {
+    const train_opts *o = &t->o;
+    const run_memory *r = &t->mem;
+    if (asvr_log_get_level() >= ASVR_LOG_INFO) {
+        asvr_model_print(&t->m, stderr);
+        asvr_acts_print_plan(t->acts, stderr);
+    }
+    const double M = 1048576.0;
+    LOG_INFO("memory plan on %s (%s compute) for %lld rows x %d positions, %d images: parameters %.1f MiB (with "
+             "compute copies), gradients %.1f MiB, optimizer state %.1f MiB, codebooks %.1f MiB, activations %.1f MiB "
+             "(input tower apart: about %.1f MiB); total %.2f GiB",
+             nn_device_name(t->dev), t->mc.compute_bf16 ? "bf16" : "f32", (long long)o->rows, t->T, t->max_images,
+             (r->values + r->compute) / M, r->grads / M, r->optimizer / M, r->codebooks / M, r->activations / M,
+             (r->tower_weights + r->tower_acts) / M, (r->total - r->tower_weights - r->tower_acts) / (M * 1024.0));
+    if (o->accum > 0)
+        LOG_INFO("train: stage %s, %lld rows, %lld micro-batches of %lld rows per step, %lld steps (warmup %lld), lr %g, wd %g, clip %g",
+                 o->rc.stage, (long long)data_rows(t->dl), (long long)o->accum, (long long)o->rows, (long long)t->total,
+                 (long long)t->opt.c.warmup_steps, o->lr, o->weight_decay, o->clip_norm);
+    else
+        LOG_INFO("train: stage %s, %lld samples in %lld rows, %lld samples per step (micro-batches of %lld rows), %lld steps "
+                 "(warmup %lld), lr %g, wd %g, clip %g", o->rc.stage, (long long)data_samples(t->dl),
+                 (long long)data_rows(t->dl), (long long)o->global_batch, (long long)o->rows, (long long)t->total,
+                 (long long)t->opt.c.warmup_steps, o->lr, o->weight_decay, o->clip_norm);
+}
+
+void trainer_setup(trainer *t, const train_opts *o, const asvr_cli *cli) {
+    memset(t, 0, sizeof *t);
+    t->o = *o;
+    asvr_error err;
+    const char *why;
+    if (nn_device_from_name(o->device, &t->dev, &why) < 0) asvr_cli_usage_error(cli, "%s", why);
+    if (asvr_mkdir_p(o->out, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    int64_t ckpt_step;
+    checkpoint_find_latest(o->out, &t->ckpt, &ckpt_step);
+    t->config_text = model_config_text(o, t->ckpt, cli);
+    int r = run_choices_apply(&o->rc, t->config_text, t->dev, &t->mc, &err);
+    if (r == -2) asvr_cli_usage_error(cli, "%s", err.msg);
+    if (r < 0) ASVR_FATAL("check the model config and the flags", "%s", err.msg);
+
+    run_build_model(&t->m, &t->mc, !strcmp(o->rc.stage, "it"), t->dev, PARAM_FLAT_ALIGN);
+    param_set_init_random(&t->m.ps, (uint64_t)o->seed);
+    load_frozen(t, cli);
+    if (!t->ckpt) load_initial(t);
+    open_data(t);
+    optim_config oc = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->clip_norm, t->total,
+                       warmup_steps_from_ratio(o->warmup_ratio, t->total)};
+    optim_init(&t->opt, &oc, &t->m.ps);
+    t->max_images = o->max_images > 0 ? (int)o->max_images : asvr_max_images(&t->mc, (int)o->rows, t->T);
+    t->acts = asvr_acts_new(&t->m, (int)o->rows, t->T, t->max_images);
+    if (t->ckpt) resume(t);
+    /* --llm, --init and the resume wrote master values directly: the bf16 copies the GEMMs read follow
+     * them (frozen parameters are never touched again, so this is their only refresh) */
+    param_set_sync_compute(&t->m.ps);
+    run_memory_of(&t->m, &t->opt, t->acts, t->max_images, t->mc.tower_bf16, &t->mem);
+    t->flops_per_token = model_flops_per_token(&t->m.ps);
+    print_plan(t);
+}
+
+void trainer_free(trainer *t) {
+    asvr_acts_free(t->acts);
+    optim_free(&t->opt);
+    data_close(t->dl);
+    asvr_model_free(&t->m);
+    free(t->config_text);
+    free(t->ckpt);
+    free(t->zero_codes);
+    memset(t, 0, sizeof *t);
+}
