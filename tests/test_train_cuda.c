@@ -88,7 +88,7 @@ static void check_resume(nn_device dev) {
     for (int s = 0; s < 3; s++) step(&first);
     asvr_error err;
     json_t *state = json_pack("{s:I}", "step", (json_int_t)3);
-    T_CHECK(checkpoint_save(dir, 3, &first.m.ps, &first.o, state, &err) == 0, "save: %s", err.msg);
+    T_CHECK(checkpoint_save(dir, 3, &first.m.ps, &first.o, state, NULL, &err) == 0, "save: %s", err.msg);
     json_decref(state);
     destroy(&first);
     build(&second, dev);

@@ -40,54 +40,104 @@ static void add_tensor(st_writer *w, const char *name, const tensor *t) {
     else st_writer_add_source(w, name, ST_F32, t->ndim, t->shape, fill_f32, (void *)t);
 }
 
-int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, const optim *o, json_t *state,
-                    asvr_error *err) {
-    char name[64], tmpname[64];
-    snprintf(name, sizeof name, "step-%08lld", (long long)step);
-    snprintf(tmpname, sizeof tmpname, "step-%08lld.tmp", (long long)step);
-    char *dir = asvr_path_join(out_dir, name), *tmp = asvr_path_join(out_dir, tmpname);
-    int rc = -1;
-    rm_rf(tmp);
-    if (asvr_mkdir_p(tmp, err) < 0) goto out;
-    st_writer *w = st_writer_new();
-    for (int i = 0; i < ps->n; i++) add_tensor(w, ps->v[i]->name, ps->v[i]->w);
-    char *p = asvr_path_join(tmp, "model.safetensors");
-    int r = st_writer_write(w, p, err);
+/* state.json and DONE into the finished temporary folder, then the rename that publishes it. */
+static int finish(const char *out_dir, const char *tmp, const char *dir, json_t *state, asvr_error *err) {
+    char *js = json_dumps(state, JSON_INDENT(2) | JSON_SORT_KEYS);
+    char *p = asvr_path_join(tmp, "state.json");
+    int r = asvr_atomic_write(p, js, strlen(js), err);
     free(p);
-    st_writer_free(w);
-    if (r == 0 && o) {
-        w = st_writer_new();
-        for (int i = 0; i < ps->n; i++) {
-            if (!o->m[i]) continue;
-            add_tensor(w, o->m[i]->name, o->m[i]);
-            add_tensor(w, o->v[i]->name, o->v[i]);
-        }
-        p = asvr_path_join(tmp, "optimizer.safetensors");
+    free(js);
+    if (r < 0) return -1;
+    p = asvr_path_join(tmp, "DONE");
+    r = asvr_atomic_write(p, "", 0, err);
+    free(p);
+    if (r < 0) return -1;
+    rm_rf(dir);
+    if (rename(tmp, dir) != 0) return asvr_err_set(err, "renaming '%s' to '%s': %s", tmp, dir, strerror(errno));
+    return asvr_fsync_dir(out_dir, err);
+}
+
+/* One moment (m or v) of one trained tensor, completed across ranks when the state is sharded. */
+typedef struct moment_src {
+    const optim *o;
+    const checkpoint_ranks *ranks;
+    int i, which;
+} moment_src;
+
+static int fill_moment(void *ctx, void *dst, asvr_error *err) {
+    (void)err;
+    const moment_src *m = ctx;
+    int64_t n = m->o->ps->v[m->i]->numel;
+    float *full = dst;
+    if (m->ranks && !optim_holds_all(m->o, m->i)) {
+        for (int64_t k = 0; k < n; k++) full[k] = -0.0f;
+        optim_get(m->o, m->i, m->which, full);
+        m->ranks->gather(m->ranks->ctx, full, n);
+    } else {
+        optim_get(m->o, m->i, m->which, full);
+    }
+    return 0;
+}
+
+static int write_files(const char *tmp, const param_set *ps, const optim *o, const checkpoint_ranks *ranks,
+                       moment_src *srcs, asvr_error *err) {
+    int writer = !ranks || ranks->writer, r = 0;
+    char *p;
+    if (writer) {
+        st_writer *w = st_writer_new();
+        for (int i = 0; i < ps->n; i++) add_tensor(w, ps->v[i]->name, ps->v[i]->w);
+        p = asvr_path_join(tmp, "model.safetensors");
         r = st_writer_write(w, p, err);
         free(p);
         st_writer_free(w);
     }
-    if (r < 0) goto out;
-    char *js = json_dumps(state, JSON_INDENT(2) | JSON_SORT_KEYS);
-    p = asvr_path_join(tmp, "state.json");
-    r = asvr_atomic_write(p, js, strlen(js), err);
-    free(p);
-    free(js);
-    if (r < 0) goto out;
-    p = asvr_path_join(tmp, "DONE");
-    r = asvr_atomic_write(p, "", 0, err);
-    free(p);
-    if (r < 0) goto out;
-    rm_rf(dir);
-    if (rename(tmp, dir) != 0) {
-        asvr_err_set(err, "renaming '%s' to '%s': %s", tmp, dir, strerror(errno));
-        goto out;
+    if (!o) return r;
+    /* every rank runs the optimizer file's fills in file order (they may gather across ranks) */
+    st_writer *w = st_writer_new();
+    char name[NN_NAME_MAX + 8];
+    for (int i = 0; i < ps->n; i++) {
+        const param *q = ps->v[i];
+        if (!q->g) continue;
+        for (int k = 0; k < 2; k++) {
+            srcs[2 * i + k] = (moment_src){o, ranks, i, k};
+            snprintf(name, sizeof name, "%s.%s", k ? "v" : "m", q->name);
+            st_writer_add_source(w, name, ST_F32, q->ndim, q->shape, fill_moment, &srcs[2 * i + k]);
+        }
     }
-    rc = asvr_fsync_dir(out_dir, err);
-out:
+    if (writer && r == 0) {
+        p = asvr_path_join(tmp, "optimizer.safetensors");
+        r = st_writer_write(w, p, err);
+        free(p);
+    } else if (!writer) {
+        r = st_writer_run_fills(w, err);
+    }
+    st_writer_free(w);
+    return r;
+}
+
+int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, const optim *o, json_t *state,
+                    const checkpoint_ranks *ranks, asvr_error *err) {
+    char name[64], tmpname[64];
+    snprintf(name, sizeof name, "step-%08lld", (long long)step);
+    snprintf(tmpname, sizeof tmpname, "step-%08lld.tmp", (long long)step);
+    char *dir = asvr_path_join(out_dir, name), *tmp = asvr_path_join(out_dir, tmpname);
+    int writer = !ranks || ranks->writer, r = 0;
+    moment_src *srcs = asvr_calloc((size_t)(2 * ps->n + 1), sizeof *srcs, "checkpoint sources");
+    if (writer) {
+        rm_rf(tmp);
+        r = asvr_mkdir_p(tmp, err);
+    }
+    if (ranks) r = ranks->agree(ranks->ctx, r); /* the others must not gather for a writer that gave up */
+    if (r == 0) r = write_files(tmp, ps, o, ranks, srcs, err);
+    free(srcs);
+    if (r == 0 && writer) r = finish(out_dir, tmp, dir, state, err);
+    if (ranks) {
+        int all = ranks->agree(ranks->ctx, r);
+        if (all < 0 && r == 0) r = asvr_err_set(err, "checkpoint step %lld: another rank failed", (long long)step);
+    }
     free(dir);
     free(tmp);
-    return rc;
+    return r < 0 ? -1 : 0;
 }
 
 int checkpoint_find_latest(const char *out_dir, char **path, int64_t *step) {
@@ -128,17 +178,23 @@ int checkpoint_load(const char *dir, param_set *ps, optim *o, json_t **state, as
         rc = safetensors_open(p, &st, err);
         free(p);
         if (rc < 0) return -1;
+        char name[NN_NAME_MAX + 8];
+        float *full = NULL;
         for (int i = 0; i < ps->n && rc == 0; i++) {
-            if (!o->m[i]) continue;
-            tensor *mv[2] = {o->m[i], o->v[i]};
+            const param *q = ps->v[i];
+            if (!q->g) continue;
+            full = asvr_realloc(full, sizeof(float) * (size_t)q->numel, "a checkpoint read buffer (one tensor)");
             for (int k = 0; k < 2 && rc == 0; k++) {
-                const st_tensor *t = safetensors_find(st, mv[k]->name);
-                if (!t || t->numel != tensor_numel(mv[k]))
+                snprintf(name, sizeof name, "%s.%s", k ? "v" : "m", q->name);
+                const st_tensor *t = safetensors_find(st, name);
+                if (!t || t->numel != q->numel)
                     rc = asvr_err_set(err, "checkpoint '%s': optimizer state '%s' is missing or mis-shaped (was the stage "
-                                      "or the set of trainable parameters changed?)", dir, mv[k]->name);
-                else rc = param_tensor_load(mv[k], t, err);
+                                      "or the set of trainable parameters changed?)", dir, name);
+                else if ((rc = st_tensor_to_f32(t, full, err)) == 0)
+                    optim_set(o, i, k, full);
             }
         }
+        free(full);
         safetensors_close(st);
         if (rc < 0) return -1;
     }

@@ -15,12 +15,28 @@
 #include "model/params.h"
 #include "optim.h"
 
-/* state: a JSON object the caller fills (it is written as state.json; "step" is required). */
+/* Several ranks saving one checkpoint (data parallelism): every rank calls checkpoint_save with the
+ * same arguments; the writer writes the files. A tensor's optimizer state is completed on the writer
+ * by gather(ctx, full, n): every rank passes n floats holding its own segments and -0.0 elsewhere,
+ * and the writer gets the elementwise sum, which is exact (x + -0.0 = x for every x) — the state
+ * streams through the writer one tensor at a time. agree(ctx, rc) returns the worst rc of all ranks
+ * (a failure on the writer fails every rank). NULL: one process. */
+typedef struct checkpoint_ranks {
+    int writer;
+    void (*gather)(void *ctx, float *full, int64_t n);
+    int (*agree)(void *ctx, int rc);
+    void *ctx;
+} checkpoint_ranks;
+
+/* state: a JSON object the caller fills (it is written as state.json; "step" is required). The files
+ * hold every parameter and the full optimizer state whatever the ranks, so a run saved with N ranks
+ * resumes with any number. */
 int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, const optim *o, json_t *state,
-                    asvr_error *err);
+                    const checkpoint_ranks *ranks, asvr_error *err);
 /* Newest "<out>/step-N" with DONE; returns 1 and its path (malloc'd) and step, 0 when none. */
 int checkpoint_find_latest(const char *out_dir, char **path, int64_t *step);
-/* Loads parameters (all of ps) and, when o is non-NULL, the optimizer moments; *state = state.json. */
+/* Loads parameters (all of ps) and, when o is non-NULL, the optimizer moments (this rank's segments
+ * of them); *state = state.json. */
 int checkpoint_load(const char *dir, param_set *ps, optim *o, json_t **state, asvr_error *err);
 
 #endif

@@ -15,10 +15,8 @@
  * reference's text-only samples counted as P positions each). */
 static asvr_scales step_scales(const trainer *t, const step_batches *sb) {
     const asvr_config *c = &t->mc;
-    int64_t img_pos = sb->image_positions, app_pos = 0;
-    if (t->zero_codes)
-        for (int k = 0; k < sb->n; k++) img_pos += (int64_t)sb->mb[k].n_text_only * c->image_positions;
-    for (int k = 0; k < sb->n; k++) app_pos += sb->mb[k].n_image_positions;
+    int64_t img_pos = sb->image_positions, app_pos = sb->image_positions;
+    if (t->zero_codes) img_pos += sb->text_only * c->image_positions;
     int D = c->has_head ? c->head.depth : 0, Da = c->has_app_head ? c->head_app.depth : 0;
     asvr_scales s = {sb->text_targets ? 1.0 / (double)sb->text_targets : 0,
                      (D && img_pos) ? c->lambda_visual / ((double)D * img_pos) : 0,
@@ -56,7 +54,7 @@ int trainer_save(trainer *t, const step_batches *sb, asvr_error *err) {
                               "model_config", cfg, "visual_loss", o->rc.visual_loss, "input", o->rc.input,
                               "packed_source_fingerprint", data_packed_fingerprint(t->dl),
                               "codes_tokenizer_fingerprint", data_codes_fingerprint(t->dl));
-    int rc = checkpoint_save(o->out, t->step, &t->m.ps, &t->opt, state, err);
+    int rc = checkpoint_save(o->out, t->step, &t->m.ps, &t->opt, state, NULL, err);
     json_decref(state);
     return rc;
 }

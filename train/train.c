@@ -107,7 +107,7 @@ int cmd_train(int argc, char **argv) {
     trainer_setup(&t, &o, &cli);
     train_log_open(&t);
     /* the next step's data is read and its images decoded on a background thread while this one computes */
-    prefetcher *pf = prefetch_new(t.dl, o.accum, o.global_batch, !o.no_prefetch);
+    prefetcher *pf = prefetch_new(t.dl, o.accum, o.global_batch, !o.no_prefetch, 0, 1);
     int rc = ASVR_EXIT_OK;
     int64_t first_step = t.step;
     asvr_error err;

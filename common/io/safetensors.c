@@ -736,6 +736,23 @@ static int valid_utf8_str(const char *s) {
     return utf8_invalid_at((const uint8_t *)s, n) == n;
 }
 
+int st_writer_run_fills(st_writer *w, asvr_error *err) {
+    if (w->error) return asvr_err_set(err, "%s", w->error);
+    wtensor **order = asvr_calloc((size_t)(w->n ? w->n : 1), sizeof *order, "writer order");
+    for (int i = 0; i < w->n; i++) order[i] = &w->t[i];
+    qsort(order, (size_t)w->n, sizeof *order, cmp_wtensor);
+    size_t scratch_n = 0;
+    for (int i = 0; i < w->n; i++)
+        if (order[i]->fill && order[i]->nbytes > scratch_n) scratch_n = order[i]->nbytes;
+    void *scratch = scratch_n ? asvr_malloc(scratch_n, "a safetensors fill buffer (one tensor)") : NULL;
+    int rc = 0;
+    for (int i = 0; i < w->n && rc == 0; i++)
+        if (order[i]->fill) rc = order[i]->fill(order[i]->fill_ctx, scratch, err);
+    free(scratch);
+    free(order);
+    return rc;
+}
+
 int st_writer_write(st_writer *w, const char *path, asvr_error *err) {
     if (w->error) return asvr_err_set(err, "writing '%s': %s", path, w->error);
     for (int i = 0; i < w->n; i++) {

@@ -89,6 +89,9 @@ void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, con
 typedef int (*st_fill_fn)(void *ctx, void *dst, asvr_error *err);
 void st_writer_add_source(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
                           st_fill_fn fill, void *ctx);
+/* Calls the fill functions in file order, as st_writer_write would, without writing anything: for a
+ * process that takes part in collective fills while another one writes the file. */
+int st_writer_run_fills(st_writer *w, asvr_error *err);
 /* Setting a key again replaces its value. "__metadata__" is written only when a key is set. */
 void st_writer_set_metadata(st_writer *w, const char *key, const char *value);
 int st_writer_write(st_writer *w, const char *path, asvr_error *err); /* atomic */

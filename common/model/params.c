@@ -12,6 +12,8 @@ void param_set_init(param_set *ps, const char *label) {
     memset(ps, 0, sizeof *ps);
     snprintf(ps->label, sizeof ps->label, "%s", label);
     ps->flat_pad = PARAM_FLAT_ALIGN;
+    ps->bucket_elems = INT64_MAX;
+    ps->bucket_multiple = PARAM_FLAT_ALIGN;
 }
 
 param *param_add(param_set *ps, int ndim, const int64_t *shape, int decay, param_init init, float init_std,
@@ -82,6 +84,21 @@ void param_set_set_flat_pad(param_set *ps, int64_t multiple) {
     ps->flat_pad = (multiple + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN;
 }
 
+void param_set_set_buckets(param_set *ps, int64_t bucket_elems, int64_t multiple, int grads_in_buckets) {
+    CHECK(!ps->committed, "", "parameter set '%s': buckets changed after commit", ps->label);
+    CHECK(bucket_elems >= 1 && multiple >= 1, "", "parameter set '%s': buckets of %lld, multiple %lld", ps->label,
+          (long long)bucket_elems, (long long)multiple);
+    ps->bucket_elems = bucket_elems;
+    ps->bucket_multiple = (multiple + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN;
+    ps->grads_in_buckets = grads_in_buckets != 0;
+}
+
+int param_set_bucket_of(const param_set *ps, int64_t off) {
+    for (int b = 0; b < ps->n_buckets; b++)
+        if (off >= ps->bucket_off[b] && off < ps->bucket_off[b] + ps->bucket_len[b]) return b;
+    return -1;
+}
+
 /* The index of the first order prefix name starts with (n_order when none). */
 static int order_rank(const param_set *ps, const char *name) {
     for (int i = 0; i < ps->n_order; i++)
@@ -100,31 +117,66 @@ static tensor flat_view(const tensor *flat, const param *p) {
     return tensor_make(p->name, flat->dtype, flat->device, p->ndim, p->shape, data);
 }
 
+/* Slots along the order (trained tensors by order rank, then declaration order), grouped into
+ * buckets closed between order groups; each bucket padded to bucket_multiple, the whole to flat_pad. */
+static void layout(param_set *ps) {
+    ps->flat = asvr_calloc((size_t)(ps->n ? ps->n : 1), sizeof *ps->flat, "the flat layout");
+    ps->bucket_off = asvr_calloc((size_t)(ps->n_order + 2), sizeof(int64_t), "the buckets");
+    ps->bucket_len = asvr_calloc((size_t)(ps->n_order + 2), sizeof(int64_t), "the buckets");
+    ps->bucket_end = asvr_calloc((size_t)(ps->n_order + 2), sizeof(int64_t), "the buckets");
+    ps->n_flat = ps->n_buckets = 0;
+    int64_t off = 0, start = 0; /* next slot; start of the open bucket */
+    for (int r = 0; r <= ps->n_order; r++) {
+        int64_t group = 0;
+        int first = ps->n_flat;
+        for (int i = 0; i < ps->n; i++)
+            if (ps->v[i]->trainable && order_rank(ps, ps->v[i]->name) == r) {
+                ps->flat[ps->n_flat++] = ps->v[i];
+                group += (ps->v[i]->numel + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN;
+            }
+        if (!group) continue;
+        if (off > start && off - start + group > ps->bucket_elems) { /* close the open bucket */
+            int b = ps->n_buckets++;
+            ps->bucket_off[b] = start, ps->bucket_end[b] = off;
+            ps->bucket_len[b] = (off - start + ps->bucket_multiple - 1) / ps->bucket_multiple * ps->bucket_multiple;
+            start = off = start + ps->bucket_len[b];
+        }
+        for (int k = first; k < ps->n_flat; k++) {
+            ps->flat[k]->off = off;
+            off += (ps->flat[k]->numel + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN;
+        }
+    }
+    if (off > start) {
+        int b = ps->n_buckets++;
+        ps->bucket_off[b] = start, ps->bucket_end[b] = off;
+        ps->bucket_len[b] = (off - start + ps->bucket_multiple - 1) / ps->bucket_multiple * ps->bucket_multiple;
+        off = start + ps->bucket_len[b];
+    }
+    ps->flat_n = (off + ps->flat_pad - 1) / ps->flat_pad * ps->flat_pad;
+    if (ps->n_buckets) ps->bucket_len[ps->n_buckets - 1] += ps->flat_n - off; /* the last bucket runs to the end */
+}
+
 void param_set_commit(param_set *ps) {
     CHECK(!ps->committed, "", "parameter set '%s' committed twice", ps->label);
     CHECK(ps->compute_dtype == NN_F32 || ps->device == NN_CUDA || nn_arena_plan_only(), "compute in f32 on the CPU",
           "parameter set '%s': bf16 compute copies need the set on cuda, it is on %s", ps->label,
           nn_device_name(ps->device));
-    /* slots: trained tensors by order rank, then declaration order (a stable counting pass) */
-    ps->flat = asvr_calloc((size_t)(ps->n ? ps->n : 1), sizeof *ps->flat, "the flat layout");
-    ps->n_flat = 0;
-    for (int r = 0; r <= ps->n_order; r++)
-        for (int i = 0; i < ps->n; i++)
-            if (ps->v[i]->trainable && order_rank(ps, ps->v[i]->name) == r) ps->flat[ps->n_flat++] = ps->v[i];
-    int64_t off = 0;
-    for (int i = 0; i < ps->n_flat; i++) {
-        ps->flat[i]->off = off;
-        off += (ps->flat[i]->numel + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN;
-    }
-    ps->flat_n = (off + ps->flat_pad - 1) / ps->flat_pad * ps->flat_pad;
-    int64_t fn = ps->flat_n ? ps->flat_n : PARAM_FLAT_ALIGN;
+    layout(ps);
+    int64_t fn = ps->flat_n ? ps->flat_n : PARAM_FLAT_ALIGN, maxb = PARAM_FLAT_ALIGN;
+    for (int b = 0; b < ps->n_buckets; b++)
+        if (ps->bucket_len[b] > maxb) maxb = ps->bucket_len[b];
     char label[96];
     snprintf(label, sizeof label, "%s values", ps->label);
     ps->values = nn_arena_new(label, ps->device);
     ps->flat_values = nn_arena_add(ps->values, "values", NN_F32, 1, &fn);
     snprintf(label, sizeof label, "%s grads", ps->label);
     ps->grads = nn_arena_new(label, ps->device);
-    ps->flat_grads = nn_arena_add(ps->grads, "grads", NN_F32, 1, &fn);
+    if (ps->grads_in_buckets) {
+        ps->bucket_grads[0] = nn_arena_add(ps->grads, "bucket grads 0", NN_F32, 1, &maxb);
+        if (ps->n_buckets > 1) ps->bucket_grads[1] = nn_arena_add(ps->grads, "bucket grads 1", NN_F32, 1, &maxb);
+    } else {
+        ps->flat_grads = nn_arena_add(ps->grads, "grads", NN_F32, 1, &fn);
+    }
     if (ps->compute_dtype != NN_F32) {
         snprintf(label, sizeof label, "%s %s copies", ps->label, nn_dtype_name(ps->compute_dtype));
         ps->compute = nn_arena_new(label, ps->device);
@@ -150,7 +202,14 @@ void param_set_commit(param_set *ps) {
     for (int i = 0; i < ps->n_flat; i++) {
         param *p = ps->flat[i];
         p->view_w = flat_view(ps->flat_values, p);
-        p->view_g = flat_view(ps->flat_grads, p);
+        if (ps->grads_in_buckets) { /* a view into its bucket's buffer, at its offset in the bucket */
+            int b = param_set_bucket_of(ps, p->off);
+            const tensor *buf = ps->bucket_grads[b % 2];
+            void *data = buf->data ? (char *)buf->data + (size_t)(p->off - ps->bucket_off[b]) * sizeof(float) : NULL;
+            p->view_g = tensor_make(p->name, NN_F32, ps->device, p->ndim, p->shape, data);
+        } else {
+            p->view_g = flat_view(ps->flat_grads, p);
+        }
         p->w = &p->view_w;
         p->g = &p->view_g;
         p->wc = p->w;
@@ -243,7 +302,10 @@ void param_set_init_random(param_set *ps, uint64_t seed) {
 }
 
 void param_set_zero_grads(param_set *ps) {
-    if (ps->n_flat) op_fill(ps->flat_grads, 0.0f);
+    if (!ps->n_flat) return;
+    if (ps->flat_grads) op_fill(ps->flat_grads, 0.0f);
+    for (int k = 0; k < 2; k++)
+        if (ps->bucket_grads[k]) op_fill(ps->bucket_grads[k], 0.0f);
 }
 
 void param_set_set_ready_hook(param_set *ps, param_ready_fn fn, void *ctx) {
@@ -305,6 +367,7 @@ void param_set_free(param_set *ps) {
     for (int i = 0; i < ps->n; i++) free(ps->v[i]);
     free(ps->v);
     free(ps->flat);
+    free(ps->bucket_off), free(ps->bucket_len), free(ps->bucket_end);
     for (int i = 0; i < ps->n_order; i++) free(ps->order[i]);
     free(ps->order);
     if (ps->values) nn_arena_free(ps->values);

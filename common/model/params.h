@@ -78,6 +78,12 @@ typedef struct param_set {
     tensor *flat_values, *flat_grads, *flat_compute;
     param **flat;                       /* the trained parameters in slot order */
     int n_flat;
+    /* buckets: consecutive ranges of the flat buffers (param_set_set_buckets; default one) */
+    int64_t bucket_elems, bucket_multiple;
+    int grads_in_buckets;
+    int n_buckets;
+    int64_t *bucket_off, *bucket_len, *bucket_end; /* start, padded length, end of the last slot */
+    tensor *bucket_grads[2];            /* grads_in_buckets: the two buffers, bucket b in b % 2 */
     char **order;                       /* slot order by name prefix (param_set_set_order) */
     int n_order;
     /* the frozen tensors: values and compute copies, tensor by tensor */
@@ -103,6 +109,17 @@ void param_set_set_order(param_set *ps, int n, const char *const *prefixes);
 /* The flat buffers' length is padded to a multiple of `multiple` elements (before commit; it is
  * rounded up to a multiple of PARAM_FLAT_ALIGN; default PARAM_FLAT_ALIGN). */
 void param_set_set_flat_pad(param_set *ps, int64_t multiple);
+/* Buckets (before commit; for a trainer that reduces gradients bucket by bucket during the backward):
+ * the slots are grouped, along the slot order, into buckets of about bucket_elems elements, closed
+ * only between order groups (the tensors of one prefix of param_set_set_order; a group larger than
+ * bucket_elems is a bucket of its own); each bucket's length is padded to a multiple of `multiple`
+ * elements, so that it can be cut into equal pieces, one per rank. grads_in_buckets = 1: the
+ * gradients live in two buffers of the largest bucket's size, bucket b in buffer b % 2 (flat_grads is
+ * then NULL; the trainer zeroes a buffer before its bucket's gradients are written and reduces it
+ * once they are final), instead of one flat buffer. Default: one bucket, flat gradients. */
+void param_set_set_buckets(param_set *ps, int64_t bucket_elems, int64_t multiple, int grads_in_buckets);
+/* The bucket holding flat element `off` (-1 outside every bucket). */
+int param_set_bucket_of(const param_set *ps, int64_t off);
 /* Allocates the flat buffers and the frozen arena (zeroed) on the set's device. */
 void param_set_commit(param_set *ps);
 /* Copies every master value into its compute copy (nothing to do when there are none). Call it after
@@ -114,7 +131,7 @@ param *param_find(const param_set *ps, const char *name);
 int param_set_load(param_set *ps, const safetensors *st, const char *prefix, asvr_error *err);
 /* Fills every parameter with its declared init, from a seeded generator (deterministic). */
 void param_set_init_random(param_set *ps, uint64_t seed);
-/* Zeroes the flat gradient buffer (one op). */
+/* Zeroes the gradients (the flat buffer, or both bucket buffers). */
 void param_set_zero_grads(param_set *ps);
 /* Backward progress, for a trainer that reduces gradients while the backward goes on: a model's
  * backward calls this after the last write of the gradients of the parameters named `prefix`... in

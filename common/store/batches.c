@@ -190,7 +190,9 @@ static int load_images(data_loader *d, char **keys, int n, float *pixels, asvr_e
 
 /* ---- batches ---- */
 
-int data_next(data_loader *d, train_batch *b, asvr_error *err) {
+int data_next(data_loader *d, train_batch *b, asvr_error *err) { return data_next_ex(d, b, 1, err); }
+
+int data_next_ex(data_loader *d, train_batch *b, int pixels, asvr_error *err) {
     memset(b, 0, sizeof *b);
     const packed_info *I = packed_store_info(d->ps);
     const code_store_meta *m = code_store_get_meta(d->cs);
@@ -266,7 +268,7 @@ int data_next(data_loader *d, train_batch *b, asvr_error *err) {
         }
     }
     d->index += B;
-    if (d->c.need_pixels && b->n_images) {
+    if (pixels && d->c.need_pixels && b->n_images) {
         size_t per = (size_t)3 * b->S * b->S;
         b->pixels = asvr_malloc(sizeof(float) * per * (size_t)b->n_images, "batch images");
         if (load_images(d, keys, b->n_images, b->pixels, err) < 0) goto fail;

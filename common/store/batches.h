@@ -56,6 +56,9 @@ int data_max_len(const data_loader *d);
 /* Next micro-batch at the cursor; advances it (a new epoch reshuffles). -1 with err naming the
  * sample or image on failure (missing code record, bad image). */
 int data_next(data_loader *d, train_batch *b, asvr_error *err);
+/* Same, with pixels = 0: the images are not decoded (b->pixels stays NULL; everything else, counts
+ * included, as data_next gives it): another rank's micro-batch, whose counts this rank needs. */
+int data_next_ex(data_loader *d, train_batch *b, int pixels, asvr_error *err);
 void data_get_cursor(const data_loader *d, int64_t *epoch, int64_t *index);
 void data_set_cursor(data_loader *d, int64_t epoch, int64_t index);
 void train_batch_free(train_batch *b);
