@@ -4,8 +4,15 @@
 #   ./setup.sh            install missing packages, build into build/ (release + CUDA when nvcc is found)
 #   ./setup.sh demo       build (CPU-only, build-demo/), then run the embedded demo end to end
 #                         (examples/demo/run.sh, into demo-run/)
-#   ./setup.sh test       the full test suite: -Werror build + ctest, then ASan+UBSan build + ctest,
-#                         then the libFuzzer harnesses (clang) for a short fixed time
+#   ./setup.sh test       the full test suite: -Werror build + ctest, then ASan+UBSan build + ctest
+#                         (without the slow tests), then the libFuzzer harnesses (clang) for a short fixed time
+#   ./setup.sh test LABEL...   only the tests with one of these ctest labels (tests/CMakeLists.txt):
+#                         unit (C unit tests), cli (shell tests of the executables), emu (CUDA tests on
+#                         the CPU stand-in), gpu (need a real GPU), slow (over ~10 s); e.g.
+#                         `./setup.sh test unit cli`. ASVR_TEST_LABELS="unit cli" does the same. The ASan
+#                         stage still leaves slow tests out unless slow is named; the fuzz stage runs
+#                         only when unit or slow is named. A test that cannot run here (no GPU, no CUDA
+#                         build, absent optional data) is reported as skipped, not passed.
 #
 # Idempotent: a second run installs nothing and rebuilds only what changed.
 # Environment: JOBS (parallel build jobs, default nproc), ASVR_CMAKE_ARGS (extra cmake flags).
@@ -59,19 +66,33 @@ case "$MODE" in
     exec "$ROOT/examples/demo/run.sh" "$ROOT/build-demo" "${2:-$ROOT/demo-run}"
     ;;
   test)
+    IFS=', ' read -r -a labels <<< "${ASVR_TEST_LABELS:-} ${*:2}"
+    pick=() asan_pick=(-LE slow) fuzz=1
+    if [ ${#labels[@]} -gt 0 ]; then
+      for l in "${labels[@]}"; do
+        case "$l" in unit|cli|emu|gpu|slow) ;; *) echo "setup: unknown test label '$l' (unit cli emu gpu slow)" >&2; exit 2 ;; esac
+      done
+      pick=(-L "^($(IFS='|'; echo "${labels[*]}"))\$")
+      asan_pick=("${pick[@]}")
+      [[ " ${labels[*]} " == *" slow "* ]] || asan_pick+=(-LE slow)
+      [[ " ${labels[*]} " == *" unit "* || " ${labels[*]} " == *" slow "* ]] || fuzz=0
+      echo "setup: tests labelled ${labels[*]}" >&2
+    fi
     echo "== build (-Werror, CUDA compiled when nvcc is present) ==" >&2
     build "$ROOT/build-ci" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DASVR_WERROR=ON
-    run_ctest "$ROOT/build-ci" -j "$JOBS"
+    run_ctest "$ROOT/build-ci" -j "$JOBS" ${pick[@]+"${pick[@]}"}
     echo "== ASan + UBSan ==" >&2
     build "$ROOT/build-asan" -DCMAKE_BUILD_TYPE=Debug -DASVR_WERROR=ON -DASVR_SANITIZE=ON -DASVR_CUDA=OFF
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-      run_ctest "$ROOT/build-asan" -j "$JOBS" -LE slow
-    echo "== libFuzzer (short fixed-time runs on the seed corpus) ==" >&2
-    CC=clang build "$ROOT/build-fuzz" -DCMAKE_BUILD_TYPE=Debug -DASVR_FUZZ=ON -DASVR_SANITIZE=ON -DASVR_CUDA=OFF
-    run_ctest "$ROOT/build-fuzz" -R '^fuzz_'
+      run_ctest "$ROOT/build-asan" -j "$JOBS" "${asan_pick[@]}"
+    if [ $fuzz -eq 1 ]; then
+      echo "== libFuzzer (short fixed-time runs on the seed corpus) ==" >&2
+      CC=clang build "$ROOT/build-fuzz" -DCMAKE_BUILD_TYPE=Debug -DASVR_FUZZ=ON -DASVR_SANITIZE=ON -DASVR_CUDA=OFF
+      run_ctest "$ROOT/build-fuzz" -R '^fuzz_' ${pick[@]+"${pick[@]}"}
+    fi
     ;;
   *)
-    echo "usage: ./setup.sh [build|test|demo]" >&2
+    echo "usage: ./setup.sh [build|test [LABEL...]|demo]" >&2
     exit 2
     ;;
 esac

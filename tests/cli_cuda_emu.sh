@@ -4,12 +4,14 @@
 # then one stage-pt step of the emulated asvr-train --device cuda from an --init checkpoint against the
 # CPU's (~1 minute in all; the training-step test, test_train_cuda, is left to run.sh by hand: another
 # two minutes).
-# Skips (passes) on a build without the CUDA backend or on a machine other than x86-64.
+# Reports itself skipped (exit 77) on a build without the CUDA backend, on a machine other than x86-64,
+# or without the stand-in's tools (g++, python3).
 set -u
 B=$(cd "$1" && pwd)
 R=$(cd "$(dirname "$0")/.." && pwd)
-if [ ! -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ]; then echo "skipped: build without the CUDA backend"; exit 0; fi
-if [ "$(uname -m)" != x86_64 ]; then echo "skipped: the stand-in's fiber switch is x86-64 only"; exit 0; fi
+if [ ! -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ]; then echo "SKIPPED: build without the CUDA backend"; exit 77; fi
+if [ "$(uname -m)" != x86_64 ]; then echo "SKIPPED: the stand-in's fiber switch is x86-64 only"; exit 77; fi
+for t in g++ python3; do command -v $t > /dev/null || { echo "SKIPPED: the stand-in needs $t"; exit 77; }; done
 CUDA_EMU_BUILD="$B" CUDA_EMU_NO_BUILD=1 "$R/tools/cuda_emu/run.sh" test_ops_cuda test_ops_extra test_tokenize_cuda \
     test_generate_cuda test_ops_cuda_train test_ops_cuda_fused
 rc=$?
@@ -18,8 +20,8 @@ rc=$?
 # The trainer's command line on the stand-in, in its cuda defaults (bf16 tower, mixed precision):
 # weights given with --init must reach the bf16 copies the GEMMs read, for the frozen LLM of stage pt
 # too. A CPU run trains a checkpoint; one stage-pt step from it on the CPU and on the stand-in must
-# give the same loss to 1e-2 (mixed precision moves it by ~1e-4; stale copies, i.e. the random init,
-# by far more).
+# give the same loss to 1.5e-3 relative (measured 1.4e-4: mixed precision's bf16 rounding; stale
+# copies, i.e. the random init, move it by 36%).
 G=$(cd "$2" && pwd)
 F="$G/train_cli"
 TOK="$G/tokenize/tiny_tokenizer.safetensors"
@@ -40,7 +42,7 @@ lc=$(grep -o '"loss":[0-9.e+-]*' "$TMP/cpu/log.jsonl" | head -1 | cut -d: -f2)
 lg=$(grep -o '"loss":[0-9.e+-]*' "$TMP/cuda/log.jsonl" | head -1 | cut -d: -f2)
 l0=$(grep -o '"loss":[0-9.e+-]*' "$TMP/warm/log.jsonl" | head -1 | cut -d: -f2)
 echo "asvr-train --init, one stage-pt step: cpu loss $lc, cuda (stand-in, mixed precision) $lg; untrained $l0"
-if awk -v a="$lc" -v b="$lg" 'BEGIN{d=a-b; if (d<0) d=-d; exit !(a > 0 && d <= 1e-2 * a)}'; then
+if awk -v a="$lc" -v b="$lg" 'BEGIN{d=a-b; if (d<0) d=-d; exit !(a > 0 && d <= 1.5e-3 * a)}'; then
   echo "asvr-train --init on cuda: ok"
 else
   echo "FAIL: asvr-train --init on cuda: loss $lg vs the cpu's $lc"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# cli_eval_ask.sh BUILD_DIR GOLDEN_DIR — asvr-eval on a tiny model trained here from the fixtures of
-# tests/golden/train_cli/ (codes → pack → 150 steps of stage it, text loss only): `ask` answers (exit 0,
-# a non-empty answer, the same from the run folder, its step folder and --model/--config), `attention`
-# writes a PNG atomically and a JSON grid, usage errors exit 2, a missing image fails naming it.
+# cli_eval_ask.sh BUILD_DIR GOLDEN_DIR — asvr-eval on the tiny committed checkpoint of
+# tests/golden/eval_ask/ (asvr-train's run on train_cli/it.json, 150 steps of stage it, text loss only;
+# regen.sh there remakes it): `ask` answers (exit 0, a non-empty answer, the same from the run folder,
+# its step folder and --model/--config), `attention` writes a PNG atomically and a JSON grid, usage
+# errors exit 2, a missing image fails naming it.
 set -u
 BIN="$1/bin"
 G="$2"
-F="$G/train_cli"
+F="$G/eval_ask"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 pass=0 fail=0
@@ -15,29 +16,26 @@ TOK="$G/tokenize/tiny_tokenizer.safetensors"
 SP="$G/sp/tiny_bpe.model"
 Q="--log-level warn"
 
-"$BIN/asvr-tokenize" encode --json "$F/it.json" --image-root "$G/images" --tokenizer "$TOK" --policy pad --out "$TMP/it.lmdb" $Q
-"$BIN/asvr-pack" build --template vicuna_v1 --tokenizer "$SP" --codes "$TMP/it.lmdb" --max-len 128 --out "$TMP/it.pack" $Q "$F/it.json"
-"$BIN/asvr-train" train --config "$F/model.json" --image-root "$G/images" --vision "$TOK" --rows 4 $Q --stage it \
-    --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 150 --lr 5e-3 --visual-loss none --out "$TMP/run"
-check '[ $? -eq 0 ] && [ -f "$TMP/run/step-00000150/DONE" ]' "a tiny model trains"
+RUN="$F/run" # read only: every output below goes to $TMP
+check '[ -f "$RUN/step-00000150/DONE" ] && [ -f "$RUN/step-00000150/model.safetensors" ]' "the committed checkpoint is there"
 
 M=(--vision "$TOK" --tokenizer "$SP")
 ASK=(--image "$G/images/photo1.jpg" --question "What is in the picture?" --max-new-tokens 16 $Q)
-a1=$("$BIN/asvr-eval" ask --checkpoint "$TMP/run" "${M[@]}" "${ASK[@]}"); rc=$?
+a1=$("$BIN/asvr-eval" ask --checkpoint "$RUN" "${M[@]}" "${ASK[@]}"); rc=$?
 check '[ $rc -eq 0 ] && [ -n "$a1" ]' "ask answers from the run folder (answer: '$a1')"
 check '[ "$(printf "%s" "$a1" | wc -l)" = 0 ] && [ "$a1" = "$(printf "%s" "$a1" | sed "s/^ *//; s/ *$//")" ]' "the answer is one stripped line"
-a2=$("$BIN/asvr-eval" ask --checkpoint "$TMP/run/step-00000150" "${M[@]}" "${ASK[@]}")
+a2=$("$BIN/asvr-eval" ask --checkpoint "$RUN/step-00000150" "${M[@]}" "${ASK[@]}")
 check '[ "$a2" = "$a1" ]' "the step folder gives the same answer"
-a3=$("$BIN/asvr-eval" ask --model "$TMP/run/step-00000150/model.safetensors" --config "$F/model.json" "${M[@]}" "${ASK[@]}")
+a3=$("$BIN/asvr-eval" ask --model "$RUN/step-00000150/model.safetensors" --config "$F/model.json" "${M[@]}" "${ASK[@]}")
 check '[ "$a3" = "$a1" ]' "--model/--config gives the same answer (pad policy by default)"
-"$BIN/asvr-train" export "$TMP/run/step-00000150" "$TMP/export" --log-level warn
+"$BIN/asvr-train" export "$RUN/step-00000150" "$TMP/export" --log-level warn
 a5=$("$BIN/asvr-eval" ask --checkpoint "$TMP/export" "${M[@]}" "${ASK[@]}" --policy pad)
 check '[ "$a5" = "$a1" ]' "an asvr-train export loads directly and gives the same answer"
-a4=$("$BIN/asvr-eval" ask --checkpoint "$TMP/run" "${M[@]}" "${ASK[@]}" --max-new-tokens 1)
+a4=$("$BIN/asvr-eval" ask --checkpoint "$RUN" "${M[@]}" "${ASK[@]}" --max-new-tokens 1)
 check '[ "$(printf "%s" "$a4" | wc -w)" -le 1 ]' "--max-new-tokens 1 gives at most one word ('$a4')"
 
 # attention: a PNG (atomically: no temp file left), a JSON grid of 3x3 (46 px / 14 px patches)
-AT=(--checkpoint "$TMP/run" "${M[@]}" --image "$G/images/photo3.png" --question "Describe it." $Q)
+AT=(--checkpoint "$RUN" "${M[@]}" --image "$G/images/photo3.png" --question "Describe it." $Q)
 "$BIN/asvr-eval" attention "${AT[@]}" --out "$TMP/map.png" --json > "$TMP/grid.json"
 check '[ $? -eq 0 ] && [ "$(head -c 8 "$TMP/map.png" | od -An -tx1 | tr -d " \n")" = "89504e470d0a1a0a" ]' "attention writes a PNG"
 check '[ -z "$(ls "$TMP" | grep "map.png.tmp")" ]' "no temporary file left"
@@ -46,13 +44,13 @@ check 'grep -q "\"grid_size\":3" "$TMP/grid.json" && grep -q "\"layer\":\"mean\"
 check '[ $? -eq 0 ] && [ -s "$TMP/map1.png" ]' "--layer 1 works"
 
 # errors
-"$BIN/asvr-eval" ask --checkpoint "$TMP/run" "${M[@]}" --question "What?" $Q 2> /dev/null; check '[ $? -eq 2 ]' "missing --image exits 2"
-"$BIN/asvr-eval" ask --checkpoint "$TMP/run" --tokenizer "$SP" --image x --question y $Q 2> /dev/null; check '[ $? -eq 2 ]' "missing --vision exits 2"
-"$BIN/asvr-eval" ask --checkpoint "$TMP/run" --model a --config b "${M[@]}" --image x --question y $Q 2> /dev/null; check '[ $? -eq 2 ]' "--checkpoint with --model exits 2"
+"$BIN/asvr-eval" ask --checkpoint "$RUN" "${M[@]}" --question "What?" $Q 2> /dev/null; check '[ $? -eq 2 ]' "missing --image exits 2"
+"$BIN/asvr-eval" ask --checkpoint "$RUN" --tokenizer "$SP" --image x --question y $Q 2> /dev/null; check '[ $? -eq 2 ]' "missing --vision exits 2"
+"$BIN/asvr-eval" ask --checkpoint "$RUN" --model a --config b "${M[@]}" --image x --question y $Q 2> /dev/null; check '[ $? -eq 2 ]' "--checkpoint with --model exits 2"
 "$BIN/asvr-eval" attention "${AT[@]}" --out "$TMP/m.png" --layer 0 --all-layers 2> /dev/null; check '[ $? -eq 2 ]' "--layer with --all-layers exits 2"
 "$BIN/asvr-eval" attention "${AT[@]}" --out "$TMP/m.png" --layer 7 2> /dev/null; check '[ $? -eq 2 ] && [ ! -e "$TMP/m.png" ]' "--layer beyond the model exits 2"
 "$BIN/asvr-eval" frobnicate 2> /dev/null; check '[ $? -eq 2 ]' "unknown command exits 2"
-"$BIN/asvr-eval" ask --checkpoint "$TMP/run" "${M[@]}" --image "$TMP/missing.jpg" --question "What?" $Q 2> "$TMP/err"
+"$BIN/asvr-eval" ask --checkpoint "$RUN" "${M[@]}" --image "$TMP/missing.jpg" --question "What?" $Q 2> "$TMP/err"
 check '[ $? -eq 1 ] && grep -q "missing.jpg" "$TMP/err"' "a missing image fails naming it"
 "$BIN/asvr-eval" ask --checkpoint "$TMP/nothing" "${M[@]}" "${ASK[@]}" 2> "$TMP/err"
 check '[ $? -eq 1 ] && grep -q "nothing" "$TMP/err"' "a missing checkpoint fails naming it"

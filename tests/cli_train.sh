@@ -126,8 +126,9 @@ check '[ -s "$TMP/plan_n.txt" ] && cmp -s "$TMP/plan_n.txt" "$TMP/plan_l.txt" &&
 for a in kept flash; do
     "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 3 --attention $a --out "$TMP/att_$a"
 done
+# measured 5.8e-10 relative (flash vs kept; --recompute: 0): bound 6e-9
 same_losses() { paste <(grep -o '"text_loss":[-0-9.e]*' "$1" | cut -d: -f2) <(grep -o '"text_loss":[-0-9.e]*' "$2" | cut -d: -f2) |
-    awk 'BEGIN{ok=0} {n++; d=$1-$2; if (d<0) d=-d; if (d > 1e-4*($1<0?-$1:$1)) bad=1} END{exit !(n==3 && !bad)}'; }
+    awk 'BEGIN{ok=0} {n++; d=$1-$2; if (d<0) d=-d; if (d > 6e-9*($1<0?-$1:$1)) bad=1} END{exit !(n==3 && !bad)}'; }
 check 'same_losses "$TMP/att_kept/log.jsonl" "$TMP/att_flash/log.jsonl"' "--attention flash gives the losses of --attention kept"
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 3 --attention kept --recompute 2 --out "$TMP/att_rc"
 check 'same_losses "$TMP/att_kept/log.jsonl" "$TMP/att_rc/log.jsonl"' "--recompute 2 gives the same losses"

@@ -1,5 +1,6 @@
 /* test.h — the tiny assertion layer of the ctest executables.
- * Each test binary counts its checks, prints "N passed, N failed" and exits non-zero on any failure.
+ * Each test binary counts its checks, prints "N passed, N failed" and exits non-zero on any failure;
+ * a test that could not run (all or part of it) exits T_SKIP_EXIT, which ctest reports as skipped.
  */
 #ifndef ASVR_TESTS_TEST_H
 #define ASVR_TESTS_TEST_H
@@ -12,7 +13,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int t_pass, t_fail;
+static int t_pass, t_fail, t_skips;
+
+/* The exit status of a skipped test: tests/CMakeLists.txt gives every test SKIP_RETURN_CODE 77. */
+#define T_SKIP_EXIT 77
 
 #define T_CHECK(cond, ...)                                                                         \
     do {                                                                                           \
@@ -31,9 +35,16 @@ static int t_pass, t_fail;
 #define T_STR_CONTAINS(hay, needle)                                                                \
     T_CHECK(strstr((hay), (needle)) != NULL, "'%s' does not contain '%s'", (hay), (needle))
 
+/* What cannot run here (a build without CUDA, no device, absent optional data): says why, and t_done
+ * then reports the test as skipped, not passed (a failed check still fails it). */
+static inline void t_skip(const char *why) {
+    printf("SKIPPED: %s\n", why);
+    t_skips++;
+}
+
 static inline int t_done(void) {
-    printf("%d passed, %d failed\n", t_pass, t_fail);
-    return t_fail ? 1 : 0;
+    printf("%d passed, %d failed%s\n", t_pass, t_fail, t_skips ? ", the rest skipped" : "");
+    return t_fail ? 1 : t_skips ? T_SKIP_EXIT : 0;
 }
 
 /* The tests' random inputs: xorshift64 over a state each test file seeds, uniform in [-1, 1) and never

@@ -5,8 +5,8 @@
  * Checks: the 12 greedy tokens of three prompts (image in the middle, image first, text only) equal
  * PyTorch's, with the KV cache and with the full recompute, in one batch of rows of different lengths
  * and one prompt at a time; every step's logits written (NaN-filled first) and equal between cache and
- * recompute and between batched and single runs, and within 1e-4 of PyTorch's; the last prompt
- * token's attention over the image positions per layer (mean over heads) within 1e-4 of PyTorch's
+ * recompute and between batched and single runs, and within 5e-6 of PyTorch's; the last prompt
+ * token's attention over the image positions per layer (mean over heads) within 4e-6 of PyTorch's
  * eager attentions, 0 for a row without an image; a stop token ends its row only; prompt errors
  * name the sample; llama_prefill's last states equal the training forward's.
  */
@@ -145,9 +145,10 @@ static void check_golden(asvr_model *m, const golden *g) {
     double e_torch = relerr(bc.logits, g->step_logits, (int64_t)g->steps0 * V);
     printf("logits: cache vs recompute %.2e, batched vs single %.2e, vs PyTorch (prompt 0, %d steps) %.2e\n", e_cache,
            e_single, g->steps0, e_torch);
-    T_CHECK(e_cache < 1e-5, "cache vs recompute logits %.3e", e_cache);
-    T_CHECK(e_single < 1e-5, "batched vs single logits %.3e", e_single);
-    T_CHECK(e_torch < 1e-4, "logits vs PyTorch %.3e", e_torch);
+    /* measured 3.2e-7, 3.9e-7 (f32, this CPU) and 4.0e-7 (vs the PyTorch golden) */
+    T_CHECK(e_cache < 4e-6, "cache vs recompute logits %.3e", e_cache);
+    T_CHECK(e_single < 4e-6, "batched vs single logits %.3e", e_single);
+    T_CHECK(e_torch < 5e-6, "logits vs PyTorch %.3e", e_torch);
     /* attention maps */
     double worst = 0;
     for (int i = 0; i < NP; i++)
@@ -166,7 +167,7 @@ static void check_golden(asvr_model *m, const golden *g) {
             if (e3 > worst) worst = e3;
         }
     printf("attention maps vs PyTorch: worst relative error %.2e\n", worst);
-    T_CHECK(worst < 1e-4, "attention map error %.3e", worst);
+    T_CHECK(worst < 4e-6, "attention map error %.3e", worst); /* measured 3.2e-7 (vs the PyTorch golden) */
     outcome_free(&bc);
     outcome_free(&bn);
     for (int i = 0; i < NP; i++) outcome_free(&one[i][0]), outcome_free(&one[i][1]);
@@ -239,7 +240,7 @@ static void check_prefill_vs_forward(asvr_model *m) {
         if (eb > e) e = eb;
     }
     printf("prefill vs training forward (last states): %.2e\n", e);
-    T_CHECK(e < 1e-6, "prefill vs forward %.3e", e);
+    T_CHECK(e < 1e-6, "prefill vs forward %.3e", e); /* measured 0 (bit-identical here); ~ten f32 roundings */
     T_EQ_INT(llama_cache_len(kv, 0), 7);
     T_EQ_INT(llama_cache_len(kv, 1), 4);
     llama_cache_free(kv);

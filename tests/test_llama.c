@@ -3,8 +3,8 @@
  * tools/gen_train_fixtures.py; HF LlamaForCausalLM, d 32, 2 layers, 4 heads x 8 over 2 kv heads).
  * Checks: config.json parsing and refusals; the forward (final-norm hidden states and logits at
  * every non-padding position of a batch with two samples packed in one row and restarting
- * positions) within 1e-5 relative error; the step-0 text loss within 1e-6 and every llm.*
- * gradient within 1e-4 per tensor (text loss only: CE with scale 1/count, lm_head backward, decoder
+ * positions) within 3e-6 relative error; the step-0 text loss within 7e-7 and every llm.*
+ * gradient within 9e-6 per tensor (text loss only: CE with scale 1/count, lm_head backward, decoder
  * backward, embedding backward at text positions); a fully frozen and a partly frozen decoder give
  * the same input gradient, leave other gradient buffers alone and, where trainable, the same
  * gradients; outputs are NaN-filled first so every element must be written; the targets skip the
@@ -23,8 +23,8 @@
 #include "test.h"
 
 #define GOLD ASVR_GOLDEN "/train"
-#define FWD_TOL 1e-5
-#define GRAD_TOL 1e-4
+#define FWD_TOL 3e-6  /* measured 2.7e-7 (f32 vs the PyTorch golden, logits) */
+#define GRAD_TOL 9e-6 /* measured 8.1e-7 (f32 vs the PyTorch golden) */
 
 static safetensors *open_or_die(const char *path) {
     asvr_error err = {{0}};
@@ -345,7 +345,8 @@ static void test_forward(const run *r, const fixture *fx) {
     double el = relerr_rows(r->logits->data, fx->text_logits, B * T, V, fx->scored_rows, &nf);
     T_CHECK(el < FWD_TOL && nf == 0, "text_logits rel err %.3g", el);
     double lerr = fabs(r->loss - fx->text_loss_ref) / fx->text_loss_ref;
-    T_CHECK(lerr < 1e-6, "text loss %.9g vs %.9g (rel %.3g)", r->loss, fx->text_loss_ref, lerr);
+    /* measured 6.5e-8 (f32 vs the PyTorch golden) */
+    T_CHECK(lerr < 7e-7, "text loss %.9g vs %.9g (rel %.3g)", r->loss, fx->text_loss_ref, lerr);
     printf("forward: hidden_final rel err %.3g, text_logits rel err %.3g; text loss %.9f vs %.9f (rel %.3g)\n", eh,
            el, r->loss, fx->text_loss_ref, lerr);
 }
@@ -421,7 +422,7 @@ static void test_frozen(const run *full, const fixture *fx) {
 /* A decoder whose heads are not dim / n_heads wide (4 query heads x 16 over 2 kv heads on dim 32,
  * so q is 64 wide), seeded init, two samples packed in one row: the directional derivative of
  * L = <h_final, R> along a fixed direction of the input and of three weights matches central
- * differences (fp32 forward, so within 1e-2). */
+ * differences (fp32 forward, so within 4e-3 and 6e-3). */
 static double dot(const float *a, const float *b, int64_t n) {
     double s = 0;
     for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
@@ -483,7 +484,8 @@ static void test_wide_heads_fd(void) {
     llama_forward(m, a, x, pos, seg, h);
     lm = dot(h->data, Rd, n);
     double fd = (lp - lm) / (2.0 * eps), e = fabs(fd - an) / fabs(an);
-    T_CHECK(e < 1e-2, "wide heads: d/dx along a direction %.6g vs central difference %.6g (rel %.3g)", an, fd, e);
+    /* measured 4.0e-4 (f32 forward, eps 1e-2: truncation and rounding of the difference) */
+    T_CHECK(e < 4e-3, "wide heads: d/dx along a direction %.6g vs central difference %.6g (rel %.3g)", an, fd, e);
     printf("wide heads (4 x 16 on dim 32): input directional derivative rel err %.3g vs central differences\n", e);
     memcpy(xd, x0, sizeof(float) * (size_t)n);
     const char *wn[] = {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
@@ -505,7 +507,8 @@ static void test_wide_heads_fd(void) {
         lm = dot(h->data, Rd, n);
         memcpy(wd, w0, sizeof(float) * (size_t)nw);
         double fdw = (lp - lm) / (2.0 * ew), ewr = fabs(fdw - ga) / fabs(ga);
-        T_CHECK(ewr < 1e-2, "wide heads: d/d %s along a direction %.6g vs central difference %.6g (rel %.3g)", wn[w],
+        T_CHECK(ewr < 6e-3, /* measured 5.8e-4, the worst of the three (as above) */
+                "wide heads: d/d %s along a direction %.6g vs central difference %.6g (rel %.3g)", wn[w],
                 ga, fdw, ewr);
         printf("wide heads: %s directional derivative rel err %.3g\n", wn[w], ewr);
         free(w0);
@@ -589,7 +592,8 @@ int main(void) {
         for (int64_t i = 0; i < ne; i++) e1[i] *= 2;
         int nf;
         double eq = relerr_rows(q->g->data, q1, 1, nq, NULL, &nf), ee = relerr_rows(e->g->data, e1, 1, ne, NULL, &nf);
-        T_CHECK(eq < 1e-6 && ee < 1e-6, "gradients accumulate over two backward passes (%.3g, %.3g)", eq, ee);
+        /* measured 9.7e-10 (f32, two passes against twice one pass) */
+        T_CHECK(eq < 1e-8 && ee < 1e-8, "gradients accumulate over two backward passes (%.3g, %.3g)", eq, ee);
         free(q1);
         free(e1);
     }

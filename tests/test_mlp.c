@@ -1,8 +1,8 @@
 /* test_mlp.c — the two-layer MLP (model/mlp.h):
  *  - mm_projector forward on the golden SigLIP tap features equals PyTorch's image_embeds
- *    (tests/golden/train/, within 1e-5 relative), every output element written;
+ *    (tests/golden/train/, within 2e-6 relative), every output element written;
  *  - backward against central finite differences of a double-precision forward on a small random
- *    case (dW1, db1, dW2, db2, dx within 1e-4 relative), dx accumulate and NULL, frozen parameters
+ *    case (dW1, db1, dW2, db2, dx within 2e-6 relative), dx accumulate and NULL, frozen parameters
  *    untouched.
  */
 #include <math.h>
@@ -113,7 +113,7 @@ int main(void) {
         double e = sqrt(num / den);
         printf("mm_projector forward: relative error %.3g over %lld values\n", e, (long long)(M * d));
         T_EQ_INT(nonfinite, 0);
-        T_CHECK(e < 1e-5, "mm_projector relative error %.3g", e);
+        T_CHECK(e < 2e-6, "mm_projector relative error %.3g", e); /* measured 1.6e-7 (f32 vs the PyTorch golden) */
         free(buf);
         free(feat);
         free(want);
@@ -166,7 +166,7 @@ int main(void) {
                          loss_dbl(z, xb, W1, B1, W2, B2, R, chk[c].val, i, -eps)) / (2 * eps);
             double e = relerr_fd(chk[c].grad, fd, chk[c].n);
             printf("mlp2 backward %s vs central differences: relative error %.3g\n", chk[c].name, e);
-            T_CHECK(e < 1e-4, "%s relative error %.3g", chk[c].name, e);
+            T_CHECK(e < 2e-6, "%s relative error %.3g", chk[c].name, e); /* measured 1.1e-7 (vs double differences) */
             free(fd);
         }
 
@@ -176,12 +176,14 @@ int main(void) {
         memcpy(gw1, m.w1->g->data, sizeof gw1);
         mlp2_backward(&m, &dy, &x, &pre, &h, &dh, &dx, 1);
         int ok = 1;
+        /* measured 0 (exact here); 1e-6 is about ten f32 roundings */
         for (int i = 0; i < 30; i++) ok &= fabsf(dx_b[i] - 2 * dx1[i]) <= 1e-6f * (1 + fabsf(dx1[i]));
         T_CHECK(ok, "accumulate_dx does not add");
         mlp2_backward(&m, &dy, &x, &pre, &h, &dh, NULL, 0);
         const float *g = m.w1->g->data;
         ok = 1;
-        for (int i = 0; i < 54; i++) ok &= fabsf(g[i] - 3 * gw1[i]) <= 1e-5f * (1 + fabsf(gw1[i]));
+        /* measured 0 (exact here); 1e-6 is about ten f32 roundings */
+        for (int i = 0; i < 54; i++) ok &= fabsf(g[i] - 3 * gw1[i]) <= 1e-6f * (1 + fabsf(gw1[i]));
         T_CHECK(ok, "parameter gradients do not accumulate");
 
         /* frozen: dx identical, the gradients of another parameter untouched */

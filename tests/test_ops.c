@@ -1,5 +1,6 @@
 /* test_ops.c — every CPU op against a naive double-precision loop on seeded random inputs,
- * plus the tensor arena (plan, alignment, lookup). */
+ * plus the tensor arena (plan, alignment, lookup). Each bound is about ten times the relative error
+ * measured against the double loop, written beside it. */
 #include <math.h>
 #include <stdint.h>
 
@@ -82,8 +83,8 @@ static void test_matmul(int M, int N, int K, int bias, nn_act act) {
             refpre[i * N + j] = s;
             ref[i * N + j] = act == NN_ACT_GELU_TANH ? gelu_tanh_d(s) : act == NN_ACT_GELU_ERF ? gelu_erf_d(s) : s;
         }
-    T_REL(P(y), ref, M * N, 1e-5);
-    T_REL(P(pre), refpre, M * N, 1e-5);
+    T_REL(P(y), ref, M * N, 2e-6);     /* measured 1.6e-7 (f32 vs double loop) */
+    T_REL(P(pre), refpre, M * N, 2e-6); /* measured 1.5e-7 */
     free(ref), free(refpre);
 }
 
@@ -98,15 +99,15 @@ static void test_elementwise(void) {
         op_fill(y, NAN);
         op_gelu(y, x, act);
         for (int i = 0; i < n; i++) ref[i] = a ? gelu_erf_d(P(x)[i]) : gelu_tanh_d(P(x)[i]);
-        T_REL(P(y), ref, n, 2e-7);
+        T_REL(P(y), ref, n, 2e-7); /* measured 3.5e-8 */
     }
     op_fill(y, NAN);
     op_add(y, x, z);
     for (int i = 0; i < n; i++) ref[i] = (double)P(x)[i] + P(z)[i];
-    T_REL(P(y), ref, n, 1e-7);
+    T_REL(P(y), ref, n, 1e-7); /* measured 2.2e-8 */
     op_add(y, y, x); /* in place */
     for (int i = 0; i < n; i++) ref[i] += P(x)[i];
-    T_REL(P(y), ref, n, 1e-6);
+    T_REL(P(y), ref, n, 3e-7); /* measured 2.9e-8 */
     op_copy(y, z);
     T_CHECK(memcmp(y->data, z->data, tensor_nbytes(z)) == 0, "copy");
     free(ref);
@@ -132,9 +133,9 @@ static void test_norms(void) {
         rm[r] = m, rr[r] = 1.0 / sqrt(v + eps);
         for (int j = 0; j < C; j++) ref[r * C + j] = (P(x)[r * C + j] - m) * rr[r] * P(w)[j] + P(b)[j];
     }
-    T_REL(P(y), ref, R * C, 1e-6);
-    T_REL(P(mean), rm, R, 1e-6);
-    T_REL(P(rstd), rr, R, 1e-6);
+    T_REL(P(y), ref, R * C, 5e-7); /* measured 4.9e-8 */
+    T_REL(P(mean), rm, R, 3e-7);   /* measured 2.6e-8 */
+    T_REL(P(rstd), rr, R, 4e-7);   /* measured 3.2e-8 */
     op_fill(y, NAN), op_fill(rstd, NAN);
     op_rmsnorm(y, x, w, 1e-5f, rstd);
     for (int r = 0; r < R; r++) {
@@ -143,8 +144,8 @@ static void test_norms(void) {
         rr[r] = 1.0 / sqrt(ss / C + 1e-5);
         for (int j = 0; j < C; j++) ref[r * C + j] = P(x)[r * C + j] * rr[r] * P(w)[j];
     }
-    T_REL(P(y), ref, R * C, 1e-6);
-    T_REL(P(rstd), rr, R, 1e-6);
+    T_REL(P(y), ref, R * C, 4e-7); /* measured 4.0e-8 */
+    T_REL(P(rstd), rr, R, 2e-7);   /* measured 1.9e-8 */
     free(ref), free(rm), free(rr);
 }
 
@@ -181,8 +182,8 @@ static void test_attention(int B, int Tn, int H, int Hkv, int Dh, int causal, in
                 }
             }
         }
-    T_REL(P(o), ref, B * Tn * HD, 1e-5);
-    if (keep) T_REL(P(att), refatt, B * H * Tn * Tn, 1e-5);
+    T_REL(P(o), ref, B * Tn * HD, 9e-7);                      /* measured 8.8e-8 */
+    if (keep) T_REL(P(att), refatt, B * H * Tn * Tn, 5e-7); /* measured 4.9e-8 */
     free(ref), free(p), free(refatt);
 }
 
@@ -208,7 +209,7 @@ static void test_patch_embed(void) {
                                      P(img)[((bi * Cin + ci) * Hh + py * p + ky) * Ww + px * p + kx];
                     ref[(bi * NP + py * Wp + px) * C + co] = s;
                 }
-    T_REL(P(y), ref, B * NP * C, 1e-5);
+    T_REL(P(y), ref, B * NP * C, 3e-6); /* measured 2.3e-7 */
     free(ref);
 }
 
@@ -237,7 +238,7 @@ static void test_vq(void) {
         for (int j = 0; j < C; j++) s += (double)P(cb)[k * C + j] * P(cb)[k * C + j];
         ref[k] = s;
     }
-    T_REL(P(cn), ref, K, 1e-6);
+    T_REL(P(cn), ref, K, 7e-7); /* measured 6.9e-8 */
     for (int i = 0; i < N * D; i++) ((uint16_t *)codes->data)[i] = 0xFFFF;
     double *res = malloc(sizeof(double) * N * C);
     for (int i = 0; i < N * C; i++) res[i] = P(x)[i];
@@ -263,7 +264,7 @@ static void test_vq(void) {
     T_EQ_INT(bad, 0);
     T_EQ_INT(((uint16_t *)codes->data)[5 * D + 0], 9);
     T_EQ_INT(((uint16_t *)codes->data)[6 * D + 0], 4);
-    T_REL(P(x), res, N * C, 1e-6);
+    T_REL(P(x), res, N * C, 4e-7); /* measured 3.9e-8 */
     free(ref), free(res);
 }
 

@@ -2,7 +2,7 @@
  *
  * Every forward is compared with a naive double-precision loop. Every backward is compared with
  * central finite differences of that double forward under the scalar loss L = sum(wl * y) (wl random):
- * the analytic fp32 gradient must be within 1e-4 relative error (||a - b|| / ||b||). Parameter
+ * the analytic fp32 gradient must be within 3e-6 relative error (||a - b|| / ||b||). Parameter
  * gradients are pre-filled with random values and must come back as that value plus the gradient
  * (+= semantics); written gradients are pre-filled with NaN. AdamW is checked against three steps
  * of torch's documented algorithm in double.
@@ -105,8 +105,8 @@ static double gelu_d(double x, nn_act act) {
     return x;
 }
 
-#define GRAD_TOL 1e-4
-#define FWD_TOL 1e-5
+#define GRAD_TOL 3e-6 /* measured 2.7e-7 (flash attention dk vs double central differences) */
+#define FWD_TOL 2e-6  /* measured 1.2e-7 (matmul forward vs the double loop; flash attention has its own) */
 
 /* ---- matmul ----------------------------------------------------------------------------------- */
 typedef struct {
@@ -308,7 +308,7 @@ static void test_rope(void) {
     op_rope(y, y, pos, H, 10000.0f);
     op_rope_backward(y, y, pos, H, 10000.0f);
     double *xd = dcopy(x);
-    T_GRAD("rope backward(rope(x)) = x", P(y), NULL, xd, n, 1e-6);
+    T_GRAD("rope backward(rope(x)) = x", P(y), NULL, xd, n, 5e-7); /* measured 5.0e-8 */
     free(c.x), free(c.wl), free(c.y), free(g), free(xd);
 }
 
@@ -422,7 +422,7 @@ static void test_attention_backward(const char *label, int B, int Tn, int H, int
     /* The flash form (no T x T buffer) gives the same forward and gradients. */
     op_fill(fo, NAN), op_fill(lse, NAN);
     op_flash_attention(fo, lse, q, k, v, H, Hkv, scale, causal, sg);
-    T_GRAD("flash attention forward", P(fo), NULL, c.o, nq, FWD_TOL);
+    T_GRAD("flash attention forward", P(fo), NULL, c.o, nq, 1e-5); /* measured 1.7e-6 (f32 vs the double loop) */
     double lerr = 0.0; /* exp(scale q_i·k_j - lse_i) = P_ij */
     for (int bh = 0; bh < B * H; bh++)
         for (int i = 0; i < Tn; i++)
@@ -436,7 +436,7 @@ static void test_attention_backward(const char *label, int B, int Tn, int H, int
                 double e = fabs(exp(scale * sc - P(lse)[bh * Tn + i]) - pij);
                 lerr = e > lerr ? e : lerr;
             }
-    T_CHECK(lerr < 1e-5, "flash lse: max |exp(s - lse) - P| = %.3g", lerr);
+    T_CHECK(lerr < 2e-6, "flash lse: max |exp(s - lse) - P| = %.3g", lerr); /* measured 1.2e-7 */
     op_fill(fdq, NAN), op_fill(fdk, NAN), op_fill(fdv, NAN);
     op_flash_attention_backward(fdq, fdk, fdv, dout, q, k, v, fo, lse, H, Hkv, scale, causal, sg);
     T_GRAD("flash attention dq", P(fdq), NULL, gq, nq, GRAD_TOL);
@@ -478,6 +478,7 @@ static void test_packed_equals_separate(void) {
     op_attention_seg(o, q, k, v, H, Hkv, scale, 1, sg, att);
     op_attention(o1, q1, k1, v1, H, Hkv, scale, 1, att1);
     double *ref = dcopy(o1);
+    /* measured 0 (bit-identical here); 1e-6 is about ten f32 roundings */
     T_GRAD("packed sample = sample alone", P(o) + s0 * HD, NULL, ref, len * HD, 1e-6);
     free(ref);
 }
@@ -622,7 +623,8 @@ static void test_cross_entropy(float offset) {
     op_fill(dl, NAN);
     op_cross_entropy(dl, &lsum, &count, lg, t, scale);
     T_EQ_INT(count, rcount);
-    T_CHECK(fabs(lsum - rsum) <= 1e-5 * fabs(rsum), "loss sum %.9g vs %.9g (offset %g)", lsum, rsum,
+    /* measured 4.6e-10 relative (f32 vs the double loop) */
+    T_CHECK(fabs(lsum - rsum) <= 5e-9 * fabs(rsum), "loss sum %.9g vs %.9g (offset %g)", lsum, rsum,
             (double)offset);
     double *g = fd_of(c.x, M * V, ce_loss, &c);
     T_GRAD(offset != 0.0f ? "dlogits, logits + 1000" : "dlogits", P(dl), NULL,
@@ -667,9 +669,9 @@ static void test_adamw(float wd) {
             rp[i] -= lr * mh / (sqrt(vh) + eps);
         }
     }
-    T_GRAD(wd > 0 ? "adamw p (wd 0.5)" : "adamw p (wd 0)", P(p), NULL, rp, n, 1e-6);
-    T_GRAD("adamw m", P(m), NULL, rm, n, 1e-6);
-    T_GRAD("adamw v", P(v), NULL, rv, n, 1e-6);
+    T_GRAD(wd > 0 ? "adamw p (wd 0.5)" : "adamw p (wd 0)", P(p), NULL, rp, n, 1e-6); /* measured 9.3e-8 */
+    T_GRAD("adamw m", P(m), NULL, rm, n, 6e-7);                                      /* measured 5.0e-8 */
+    T_GRAD("adamw v", P(v), NULL, rv, n, 5e-7);                                      /* measured 4.2e-8 */
 }
 
 static void test_norm_scale(void) {
@@ -681,11 +683,12 @@ static void test_norm_scale(void) {
     double ref = 0, acc = 2.5;
     for (int i = 0; i < 63; i++) ref += (double)P(g)[i] * P(g)[i];
     op_grad_sqnorm(&acc, g);
+    /* measured 0 (double; 1e-12 allows another summation order) */
     T_CHECK(fabs(acc - (2.5 + ref)) < 1e-12 * ref, "sqnorm accumulates: %.17g vs %.17g", acc, 2.5 + ref);
     double *before = dcopy(g);
     op_scale(g, 0.25f);
     for (int i = 0; i < 63; i++) before[i] *= 0.25;
-    T_GRAD("scale", P(g), NULL, before, 63, 1e-7);
+    T_GRAD("scale", P(g), NULL, before, 63, 1e-7); /* measured 0 */
     free(before);
 }
 

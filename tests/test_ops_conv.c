@@ -78,10 +78,11 @@ static void test_groupnorm(int64_t B, int64_t Pn, int64_t C, int G, float offset
     op_fill(y, NAN);
     op_groupnorm(y, x, w, b, G, 1e-6f);
     double e = relerr(P(y), ref, n);
-    T_CHECK(e < 1e-6, "groupnorm B=%lld P=%lld C=%lld G=%d offset %g: relative error %.3g", (long long)B,
+    T_CHECK(e < 9e-7, /* measured 8.8e-8 (f32 vs the double loop) */
+            "groupnorm B=%lld P=%lld C=%lld G=%d offset %g: relative error %.3g", (long long)B,
             (long long)Pn, (long long)C, G, (double)offset, e);
     op_groupnorm(x, x, w, b, G, 1e-6f); /* in place */
-    T_REL(P(x), ref, n, 1e-6);
+    T_REL(P(x), ref, n, 9e-7); /* measured 8.8e-8 */
     free(ref);
 }
 
@@ -96,14 +97,14 @@ static void test_silu(void) {
     for (int i = 0; i < n; i++) ref[i] = P(x)[i] / (1.0 + exp(-(double)P(x)[i]));
     op_fill(y, NAN);
     op_silu(y, x);
-    T_REL(P(y), ref, n, 2e-7);
+    T_REL(P(y), ref, n, 2e-7); /* measured 3.8e-8 */
     int finite = 1;
     for (int i = 0; i < n; i++) finite &= isfinite(P(y)[i]);
     T_CHECK(finite, "silu stays finite at +-100");
     T_CHECK(P(y)[0] == 0.0f || fabsf(P(y)[0]) < 1e-30f, "silu(-100) ~ 0, got %g", (double)P(y)[0]);
     T_CHECK(P(y)[1] == 100.0f, "silu(100) = 100, got %g", (double)P(y)[1]);
     op_silu(x, x); /* in place */
-    T_REL(P(x), ref, n, 2e-7);
+    T_REL(P(x), ref, n, 2e-7); /* measured 3.8e-8 */
     free(ref);
 }
 
@@ -136,7 +137,8 @@ static void test_conv(int64_t B, int H, int W, int64_t Cin, int64_t Cout, int k,
     op_fill(cols, NAN); /* every used scratch element must be written */
     op_conv2d_same(y, x, w, bias ? b : NULL, H, W, cols);
     double e = relerr(P(y), ref, n);
-    T_CHECK(e < 1e-5, "conv B=%lld %dx%d Cin=%lld Cout=%lld k=%d bias=%d: relative error %.3g", (long long)B, H,
+    T_CHECK(e < 3e-6, /* measured 2.5e-7 (f32 vs the double loop) */
+            "conv B=%lld %dx%d Cin=%lld Cout=%lld k=%d bias=%d: relative error %.3g", (long long)B, H,
             W, (long long)Cin, (long long)Cout, k, bias, e);
     free(ref);
 }

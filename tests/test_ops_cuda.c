@@ -1,9 +1,8 @@
 /* test_ops_cuda.c — every CUDA op against the CPU op on the same seeded random inputs:
- * ||cuda - cpu|| / ||cpu|| < 1e-5 with f32 storage (GEMMs may use TF32-free fp32 compute) and < 1e-2
+ * ||cuda - cpu|| / ||cpu|| < 5e-6 with f32 storage (GEMMs may use TF32-free fp32 compute) and < 1e-2
  * with bf16 storage; codes of the VQ step equal (f32), and of the fused VQ kernel too. The
  * convolutional-block ops (GroupNorm, SiLU, conv2d same) write into NaN-filled outputs, so an element
- * left unwritten fails. Without a CUDA build or a visible device the test reports that it was skipped
- * and passes.
+ * left unwritten fails. Without a CUDA build or a visible device the test reports itself skipped.
  */
 #include <math.h>
 #include <stdint.h>
@@ -54,7 +53,9 @@ static void release(void) {
 }
 
 static void run(nn_dtype dt) {
-    double tol = dt == NN_BF16 ? 1e-2 : 1e-5;
+    /* measured on the stand-in: f32 4.2e-7 (conv2d_same; the element-wise ops 0), bf16 3.5e-3 (the f32
+     * inputs' rounding to bf16 alone is ~1e-3 per op: the bf16 bound stays) */
+    double tol = dt == NN_BF16 ? 1e-2 : 5e-6;
     const char *dn = nn_dtype_name(dt);
     { /* matmul with bias + gelu, and pre */
         tensor x = host("x", 2, 33, 80, 0, 0, 1), w = host("w", 2, 45, 80, 0, 0, 0.2f), b = host("b", 1, 45, 0, 0, 0, 0.5f);
@@ -179,7 +180,7 @@ static void run(nn_dtype dt) {
         if (dt == NN_F32) {
             T_EQ_INT(bad, 0);
             double e = cmp(&dx, &x);
-            T_CHECK(e < 1e-5, "fused vq residual %.3g", e);
+            T_CHECK(e < 1e-6, "fused vq residual %.3g", e); /* measured 0 (stand-in); ~ten f32 roundings */
         } else {
             T_CHECK(bad <= N * D / 10, "bf16 fused vq: %d of %d codes differ from the f32 CPU codes", bad, N * D);
             nn_cuda_free(dx.data);
@@ -207,7 +208,7 @@ static void run(nn_dtype dt) {
         for (int i = 0; i < N * D; i++) bad += hc[i] != dc_host[i];
         T_EQ_INT(bad, 0);
         double e = cmp(&dx, &x);
-        T_CHECK(e < 1e-5, "vq residual %.3g", e);
+        T_CHECK(e < 1e-6, "vq residual %.3g", e); /* measured 0 (stand-in); ~ten f32 roundings */
         nn_cuda_free(dcb.data), nn_cuda_free(dcn.data), nn_cuda_free(dd.data), nn_cuda_free(dcodes.data);
     }
     release();
@@ -217,13 +218,13 @@ static void run(nn_dtype dt) {
 int main(void) {
 #ifdef ASVR_HAVE_CUDA
     if (!nn_cuda_available()) {
-        printf("skipped: no CUDA device\n");
+        t_skip("no CUDA device");
         return t_done();
     }
     run(NN_F32);
     run(NN_BF16);
 #else
-    printf("skipped: built without the CUDA backend\n");
+    t_skip("built without the CUDA backend");
 #endif
     return t_done();
 }

@@ -3,7 +3,7 @@
  * to 1e-6: same sums in the same order), op_matmul_batched and its backward, and op_matmul on its
  * cuBLASLt path (bias and/or tanh GELU as the GEMM's epilogue, pre from the GELU aux output) and on
  * the path ASVR_NO_CUBLASLT=1 forces (cuBLAS GemmEx + the epilogue kernel). Relative error
- * ||cuda - cpu|| / ||cpu|| < 1e-5 with f32 storage and < 2e-2 with bf16 storage (inputs rounded to bf16
+ * ||cuda - cpu|| / ||cpu|| < 2e-6 with f32 storage and < 2e-2 with bf16 storage (inputs rounded to bf16
  * values first, so both backends see the same numbers). Which path each op_matmul took is read from
  * nn_cuda_matmul_lt_count: never cuBLASLt where ops_cuda.cu rules it out (the erf GELU, pre other than
  * the GELU aux output with N % 8 == 0, a bias in another dtype than y, ASVR_NO_CUBLASLT=1); where it is
@@ -127,7 +127,8 @@ static void t_add_rmsnorm(int R, int C, int mode) {
     CMP(L("add_rmsnorm %dx%d %s: r vs cpu", R, C, how), err_vs(pr, &r, NULL), TOL);
     CMP(L("add_rmsnorm %dx%d %s: y vs cpu", R, C, how), err_vs(py, &y, NULL), TOL);
     /* rstd is f32 on both, but in the bf16 pass it is the statistic of the bf16-rounded r */
-    CMP(L("add_rmsnorm %dx%d %s: rstd vs cpu", R, C, how), err_vs(&grs, &rs, NULL), DT == NN_BF16 ? 1e-3 : 1e-5);
+    /* measured on the stand-in: rstd 6.3e-8 (f32) and 2.6e-4 (bf16); the fused against the unfused 0 */
+    CMP(L("add_rmsnorm %dx%d %s: rstd vs cpu", R, C, how), err_vs(&grs, &rs, NULL), DT == NN_BF16 ? 1e-3 : 7e-7);
     CMP(L("add_rmsnorm %dx%d %s: r vs cuda op_add", R, C, how), err_dd(pr, &gr2), 1e-6);
     CMP(L("add_rmsnorm %dx%d %s: y vs cuda op_add + op_rmsnorm", R, C, how), err_dd(py, &gy2), 1e-6);
     release();
@@ -235,7 +236,8 @@ static void t_matmul_lt_misaligned(int M, int K, int N) {
 static void run(nn_dtype dt) {
     DT = dt;
     dn = nn_dtype_name(dt);
-    TOL = dt == NN_BF16 ? 2e-2 : 1e-5;
+    /* measured on the stand-in: f32 1.5e-7, bf16 3.6e-3 (bf16: ~10x would pass 3.6e-2; the bound stays) */
+    TOL = dt == NN_BF16 ? 2e-2 : 2e-6;
     printf("%s storage\n", dn);
     for (int mode = 0; mode < 3; mode++) t_add_rmsnorm(6, 300, mode);
     t_add_rmsnorm(3, 2048, 0);
@@ -268,13 +270,13 @@ static void run(nn_dtype dt) {
 int main(void) {
 #ifdef ASVR_HAVE_CUDA
     if (!nn_cuda_available()) {
-        printf("skipped: no CUDA device visible\n");
+        t_skip("no CUDA device visible");
         return t_done();
     }
     run(NN_F32);
     run(NN_BF16);
 #else
-    printf("skipped: built without the CUDA backend\n");
+    t_skip("built without the CUDA backend");
 #endif
     return t_done();
 }

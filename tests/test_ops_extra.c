@@ -1,8 +1,8 @@
 /* test_ops_extra.c — the ops of nn/ops_extra.h: on the CPU against hand-computed values (embedding
  * that skips negative ids and its scatter-add, one query over a cache against op_attention's last row,
  * argmax with ties and NaNs, transfers); then, with a CUDA build and a visible device, every op on CUDA
- * against the CPU on the same inputs (relative 1e-5; indices equal). Without a device the CUDA part
- * prints "skipped: no CUDA device" and the test passes.
+ * against the CPU on the same inputs (relative 4e-7; indices equal). Without a device the CUDA part
+ * cannot run and the test reports itself skipped.
  */
 #include <math.h>
 #include <stdint.h>
@@ -75,7 +75,7 @@ static void cpu_checks(void) {
         tensor fa = t_host("att", NN_F32, 1, (int64_t[]){n * n}, att);
         op_attention(&fo, &fq, &fk, &fv, H, HKV, scale, 1, &fa);
         double e = rel(out + b * H * DH, of + (n - 1) * H * DH, H * DH);
-        T_CHECK(e < 1e-6, "attention_decode row %d vs op_attention: %.2e", b, e);
+        T_CHECK(e < 1e-6, "attention_decode row %d vs op_attention: %.2e", b, e); /* measured 9.1e-8 (f32) */
     }
 
     tensor tlg = t_host("logits", NN_F32, 2, (int64_t[]){4, 6}, logits), tam = t_host("idx", NN_I32, 1, (int64_t[]){4}, amax);
@@ -117,6 +117,7 @@ static void cuda_checks(void) {
     op_embedding_skip_backward(&tdt, &tdy, &ti);
     op_embedding_skip_backward(&ddt, &ddy, &di);
     op_read_f32(&ddt, back);
+    /* measured 0 (stand-in); 1e-6 is about ten f32 roundings (a GPU may contract to FMA) */
     T_CHECK(rel(back, dtab, 15) < 1e-6, "cuda embedding_skip_backward");
 
     tensor tq = t_host("q", NN_F32, 3, (int64_t[]){B, 1, H * DH}, q), to = t_host("out", NN_F32, 3, (int64_t[]){B, 1, H * DH}, out);
@@ -128,7 +129,7 @@ static void cuda_checks(void) {
     float ob[B * H * DH];
     op_read_f32(&dout, ob);
     double e = rel(ob, out, B * H * DH);
-    T_CHECK(e < 1e-5, "cuda attention_decode off by %.2e", e);
+    T_CHECK(e < 4e-7, "cuda attention_decode off by %.2e", e); /* measured 3.9e-8 (f32, stand-in) */
 
     tensor tlg = t_host("logits", NN_F32, 2, (int64_t[]){4, 6}, logits), tam = t_host("idx", NN_I32, 1, (int64_t[]){4}, amax);
     tensor dlg = dcopy(&tlg), dam = dcopy(&tam);
@@ -148,9 +149,9 @@ int main(void) {
     cpu_checks();
 #ifdef ASVR_HAVE_CUDA
     if (nn_cuda_available()) cuda_checks();
-    else printf("skipped: no CUDA device\n");
+    else t_skip("no CUDA device (the CPU checks ran)");
 #else
-    printf("skipped: no CUDA device (CPU-only build)\n");
+    t_skip("no CUDA device (CPU-only build; the CPU checks ran)");
 #endif
     return t_done();
 }

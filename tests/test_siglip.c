@@ -1,6 +1,6 @@
 /* test_siglip.c — the SigLIP encoder (to the tap layer) and the greedy RVQ against HF transformers /
  * PyTorch outputs (tests/golden/siglip/, made by tools/gen_siglip_fixtures.py): features within
- * 1e-5 relative error (measured ~4e-7), codes exactly (including planted exact ties: lowest index
+ * 5e-6 relative error (measured 4.9e-7), codes exactly (including planted exact ties: lowest index
  * wins, padding row never chosen), every output element written, and clear errors for a checkpoint that does not fit.
  */
 #include <jansson.h>
@@ -115,7 +115,7 @@ int main(void) {
     double e = relerr(outbuf, feat, n_feat, &nonfinite);
     printf("siglip tap-layer features: relative error %.3g over %lld values\n", e, (long long)n_feat);
     T_EQ_INT(nonfinite, 0);
-    T_CHECK(e < 1e-5, "relative error %.3g", e); /* measured ~4e-7; gelu erf-vs-tanh alone is 1.4e-4 */
+    T_CHECK(e < 5e-6, "relative error %.3g", e); /* measured 4.9e-7 (vs the golden); gelu erf-vs-tanh alone is 1.4e-4 */
 
     /* A smaller batch than planned: image 1 alone gives the same features. */
     tensor img1 = tensor_make("image1", NN_F32, NN_CPU, 4, (int64_t[]){1, 3, S, S}, pix + 3 * S * S);
@@ -124,7 +124,7 @@ int main(void) {
     siglip_forward(m, acts, &img1, &out1);
     e = relerr(outbuf, feat + N * C, (int64_t)N * C, &nonfinite);
     T_EQ_INT(nonfinite, 0);
-    T_CHECK(e < 1e-5, "batch-1 relative error %.3g", e);
+    T_CHECK(e < 5e-6, "batch-1 relative error %.3g", e); /* measured 4.9e-7 (vs the golden) */
 
     /* RVQ: codes of torch's features must match exactly; so must codes of our features. */
     rvq *q = NULL;
@@ -151,7 +151,8 @@ int main(void) {
     T_EQ_INT(bad, 0);
     double fsum = 0; /* the input was not modified */
     for (int64_t i = 0; i < n_feat; i++) fsum += fabs((double)outbuf[i] - feat[i]);
-    T_CHECK(fsum / (double)n_feat < 1e-2, "features unchanged by rvq_encode");
+    /* measured 7.9e-7: our features' own distance from the golden ones (a residual left in place is O(1)) */
+    T_CHECK(fsum / (double)n_feat < 8e-6, "features unchanged by rvq_encode");
 
     int M = (int)(n_tie / C);
     int32_t tie_codes[64];

@@ -498,7 +498,8 @@ int main(void) {
 
     const char *llama = ASVR_SHARED_DATA "/llama2-tokenizer.model";
     if (!asvr_path_exists(llama)) {
-        printf("SKIP Llama-2 cases: %s is absent (see shared/data/README.md)\n", llama);
+        printf("%s is absent\n", llama);
+        t_skip("the Llama-2 cases need the Llama-2 tokenizer (see shared/data/README.md)");
     } else {
         snprintf(json, sizeof json, "%s/llama2.json", SP_GOLDEN);
         check_golden(llama, json);

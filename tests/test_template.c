@@ -1,7 +1,7 @@
 /* test_template.c — LLaVA templates and label masking against the reference preprocessing
  * (tools/gen_pack_fixtures.py: transformers' slow LlamaTokenizer + the reference's arithmetic),
  * over >= 1000 varied samples, plus the token vectors of reference §A2.9. Needs the Llama-2
- * tokenizer from the shared data folder; skips (and says so) when it is absent. */
+ * tokenizer from the shared data folder; reports itself skipped when it is absent. */
 #include <jansson.h>
 #include <zstd.h>
 
@@ -54,7 +54,8 @@ static int same_ids(json_t *arr, const ivec *got) {
 int main(void) {
     const char *model = ASVR_SHARED_DATA "/llama2-tokenizer.model";
     if (!asvr_path_exists(model)) {
-        printf("SKIP: %s is absent; the template parity test needs the Llama-2 tokenizer\n", model);
+        printf("%s is absent\n", model);
+        t_skip("the template parity test needs the Llama-2 tokenizer (see shared/data/README.md)");
         return t_done();
     }
     asvr_error err;

@@ -2,8 +2,8 @@
  * (tools/gen_appearance_fixtures.py: HF SiglipVisionModel to the tap, the ProjectResnetBlock written
  * from its definition, torch RVQ):
  *   - asvr-tokenize encode on real images, both policies: every code equal;
- *   - on fixed inputs: tap features and block outputs within 1e-4 relative, codes equal;
- *   - an identity-shortcut block (C_in == C_out) on a non-square grid within 1e-4;
+ *   - on fixed inputs: tap features and block outputs within 5e-6 relative, codes equal;
+ *   - an identity-shortcut block (C_in == C_out) on a non-square grid within 8e-7;
  *   - refusals: a missing block tensor is named, bad appearance configs are rejected. */
 #include <jansson.h>
 #include <math.h>
@@ -126,8 +126,8 @@ static void test_features(void) {
         vision_tokenizer_quant_input(vt, w, B, img, got);
         double e_blk = relerr(got, blk, (int64_t)B * N * E);
         printf("appearance features vs PyTorch: tap layer %.3g, projection block %.3g (relative)\n", e_tap, e_blk);
-        T_CHECK(e_tap < 1e-4, "tap features relative error %.3g", e_tap);
-        T_CHECK(e_blk < 1e-4, "block output relative error %.3g", e_blk);
+        T_CHECK(e_tap < 4e-6, "tap features relative error %.3g", e_tap); /* measured 3.7e-7 (vs the golden) */
+        T_CHECK(e_blk < 5e-6, "block output relative error %.3g", e_blk); /* measured 4.8e-7 (vs the golden) */
         uint16_t *codes = malloc(sizeof(uint16_t) * (size_t)(B * N * D));
         vision_tokenizer_encode(vt, w, B, img, codes);
         const int32_t *want = (const int32_t *)ct->data;
@@ -162,7 +162,7 @@ static void test_features(void) {
         proj_block_forward(pb, a, &x, &y);
         double e = relerr(out, yo, 24 * 32);
         printf("identity-shortcut block vs PyTorch: %.3g (relative)\n", e);
-        T_CHECK(e < 1e-4, "identity block relative error %.3g", e);
+        T_CHECK(e < 8e-7, "identity block relative error %.3g", e); /* measured 7.5e-8 (vs the golden) */
         proj_block_acts_free(a);
     }
     proj_block_free(pb);

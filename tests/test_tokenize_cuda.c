@@ -1,11 +1,11 @@
 /* test_tokenize_cuda.c — the tokenizer on the CUDA backend against the CPU one, on the tiny test
  * tokenizers of tests/golden (semantic and appearance) and seeded random normalised images:
- *   - cuda f32: tap features and RVQ inputs within 1e-4 relative, every code equal;
+ *   - cuda f32: tap features and RVQ inputs within 6e-6 relative, every code equal;
  *   - cuda bf16: features within 2e-2 relative, codes agreeing on >= 90% of positions at depth 1
  *     (the agreement at every depth is printed);
  *   - asvr-tokenize encode --device cuda --dtype f32 on the golden images: the store records
  *     backend cuda-f32 and holds the CPU run's codes.
- * Without a CUDA build or a visible device it prints "skipped: no CUDA device" and passes. */
+ * Without a CUDA build or a visible device it reports itself skipped (after the CPU-side refusals). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -64,7 +64,8 @@ static void compare(const char *path) {
     vtok_work_free(w);
     for (int pass = 0; pass < 2; pass++) {
         nn_dtype dt = pass ? NN_BF16 : NN_F32;
-        double ftol = pass ? 2e-2 : 1e-4;
+        /* measured on the stand-in: f32 5.6e-7; bf16 8.0e-3, bf16 rounding through the tower (the bound stays) */
+        double ftol = pass ? 2e-2 : 6e-6;
         vision_tokenizer *g = load(path, NN_CUDA, dt);
         if (!g) continue;
         T_CHECK(strcmp(vision_tokenizer_backend(g), pass ? "cuda-bf16" : "cuda-f32") == 0, "backend %s",
@@ -192,7 +193,7 @@ int main(void) {
 #ifdef ASVR_HAVE_CUDA
     refusals(nn_cuda_available());
     if (!nn_cuda_available()) {
-        printf("skipped: no CUDA device (the CPU-side refusals were checked)\n");
+        t_skip("no CUDA device (the CPU-side refusals were checked)");
         return t_done();
     }
     compare(ASVR_GOLDEN "/tokenize/tiny_tokenizer.safetensors");
@@ -200,7 +201,7 @@ int main(void) {
     encode_cli();
 #else
     refusals(0);
-    printf("skipped: no CUDA device (built without the CUDA backend)\n");
+    t_skip("no CUDA device (built without the CUDA backend)");
 #endif
     return t_done();
 }

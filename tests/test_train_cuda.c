@@ -1,11 +1,11 @@
 /* test_train_cuda.c — the training step on the CUDA backend against the CPU, on the tiny model and
  * batch of test_train_golden.c (tests/golden/train/: stage it, text + visual loss, 2 packed rows of 28
  * with 2 images): from the same init and data, 20 AdamW steps (warmup, weight decay, clipping) on CPU
- * and CUDA give losses within relative 1e-2 (f32 everywhere: expect ~1e-5; the max is printed), every
- * gradient of step 1 within relative 2e-2; two CUDA runs give the same losses (determinism); and
+ * and CUDA give losses within relative 5e-7 (f32 everywhere; the max is printed), every gradient of
+ * step 1 within relative 2e-5; two CUDA runs give the same losses (determinism); and
  * 3 steps + checkpoint + resume + 3 steps equal 6 straight steps. The resume check also runs on the CPU
- * (it covers the checkpoint's download path); the CUDA parts print "skipped: no CUDA device" and pass
- * without a CUDA build or a visible device.
+ * (it covers the checkpoint's download path); without a CUDA build or a visible device the CUDA parts
+ * cannot run and the test reports itself skipped.
  */
 #include <unistd.h>
 
@@ -54,8 +54,9 @@ static double step(ctx *c) {
 }
 
 /* every parameter of a against b (host copies), worst relative error; with grads, each gradient must be
- * within grad_tol */
-static double grad_tol = 2e-2;
+ * within grad_tol: f32 everywhere, measured 1.2e-6 (stand-in); the bf16 runs set their own */
+#define GRAD_TOL_F32 2e-5
+static double grad_tol = GRAD_TOL_F32;
 static double params_diff(const ctx *a, const ctx *b, int grads) {
     double worst = 0;
     for (int i = 0; i < a->m.ps.n; i++) {
@@ -103,10 +104,11 @@ static void check_resume(nn_device dev) {
     for (int s = 3; s < 6; s++) {
         double l = step(&second), e = fabs(l - want[s]) / fabs(want[s]);
         if (e > worst) worst = e;
+        /* measured 0 (bit-identical, CPU and stand-in); ~ten f32 roundings */
         T_CHECK(e <= 1e-6, "%s resume: step %d loss %.9f vs straight %.9f", nn_device_name(dev), s + 1, l, want[s]);
     }
     double pd = params_diff(&second, &straight, 0);
-    T_CHECK(pd <= 1e-6, "%s resume: parameters after 6 steps off by %.2e", nn_device_name(dev), pd);
+    T_CHECK(pd <= 1e-6, "%s resume: parameters after 6 steps off by %.2e", nn_device_name(dev), pd); /* measured 0 */
     printf("%s: 3 steps + checkpoint + 3 == 6 straight (worst loss difference %.2e, parameters %.2e)\n",
            nn_device_name(dev), worst, pd);
     destroy(&second);
@@ -121,11 +123,14 @@ static void check_resume(nn_device dev) {
 #ifdef ASVR_HAVE_CUDA
 /* asvr-train's default on cuda: the bf16 tower and mixed precision (bf16 weight copies for the GEMMs,
  * bf16 GEMM-side activations and logits; f32 master weights, gradients, AdamW state and residual
- * streams) against the f32 CPU run: 20 steps of losses within the issue's 1e-2 relative; step-1
+ * streams) against the f32 CPU run: step-1 loss within 1.5e-3 relative (measured 1.3e-4 on the CUDA
+ * stand-in) and 20 steps of losses within 4e-3 (measured 3.4e-4; the issue asked 1e-2); step-1
  * gradients within 5e-2 (the issue asks 2e-2 of a GPU run; on this tiny model — widths 32 to 48 —
  * bf16 rounding alone moves the worst tensor, a visual-head norm weight, by 2.7e-2 on the CUDA
- * stand-in, so 2e-2 would fail for rounding that is by design; the figure is printed). Then
- * determinism and resume of the mixed-precision run itself, exactly. */
+ * stand-in, so 2e-2 would fail for rounding that is by design; the figure is printed). The stand-in
+ * rounds to bf16 where the GPU does, so its figures stand for the GPU's; only the f32 summation
+ * order differs, far below bf16 rounding. Then determinism and resume of the mixed-precision run
+ * itself, exactly. */
 static void check_mixed_precision(void) {
     ctx cpu, gpu, gpu2;
     tower_bf16 = 1;
@@ -137,10 +142,10 @@ static void check_mixed_precision(void) {
     T_CHECK(gpu.m.ps.compute != NULL && q && q->wc != q->w && q->wc->dtype == NN_BF16 && cpu.m.ps.compute == NULL,
             "bf16 compute copies on cuda only");
     double lc = fwd_bwd(&cpu), lg = fwd_bwd(&gpu);
-    T_CHECK(fabs(lg - lc) <= 1e-2 * fabs(lc), "mixed precision: step 1 loss cuda %.7f vs cpu %.7f", lg, lc);
+    T_CHECK(fabs(lg - lc) <= 1.5e-3 * fabs(lc), "mixed precision: step 1 loss cuda %.7f vs cpu %.7f", lg, lc);
     grad_tol = 5e-2; /* see above */
     double gw = params_diff(&gpu, &cpu, 1);
-    grad_tol = 2e-2;
+    grad_tol = GRAD_TOL_F32;
     printf("mixed precision: step 1 loss %.7f vs cpu %.7f, worst gradient relative error %.2e\n", lg, lc, gw);
     optim_step(&cpu.o, NULL, NULL);
     optim_step(&gpu.o, NULL, NULL);
@@ -150,7 +155,7 @@ static void check_mixed_precision(void) {
     for (int s = 1; s < STEPS; s++) {
         double a = step(&cpu), b = step(&gpu), b2 = step(&gpu2), e = fabs(b - a) / fabs(a);
         if (e > worst) worst = e;
-        T_CHECK(e <= 1e-2, "mixed precision: step %d loss cuda %.7f vs cpu %.7f", s + 1, b, a);
+        T_CHECK(e <= 4e-3, "mixed precision: step %d loss cuda %.7f vs cpu %.7f", s + 1, b, a);
         T_CHECK(b2 == b, "mixed precision determinism step %d: %.9f vs %.9f", s + 1, b2, b);
     }
     printf("mixed precision: %d steps, max relative loss difference cuda vs cpu %.2e; two cuda runs identical\n",
@@ -169,21 +174,23 @@ static void check_cuda(void) {
     build(&gpu2, NN_CUDA);
     /* step 1: losses and every gradient */
     double lc = fwd_bwd(&cpu), lg = fwd_bwd(&gpu);
-    T_CHECK(fabs(lg - lc) <= 1e-2 * fabs(lc), "step 1 loss cuda %.7f vs cpu %.7f", lg, lc);
+    /* f32 everywhere, measured on the stand-in: step-1 loss 1.0e-8 relative, 20 steps 4.4e-8, step-1
+     * gradients 1.2e-6 (GRAD_TOL_F32), two runs and resume 0 */
+    T_CHECK(fabs(lg - lc) <= 1.5e-7 * fabs(lc), "step 1 loss cuda %.7f vs cpu %.7f", lg, lc);
     double gw = params_diff(&gpu, &cpu, 1);
     printf("step 1: worst gradient relative error cuda vs cpu %.2e\n", gw);
     optim_step(&cpu.o, NULL, NULL);
     optim_step(&gpu.o, NULL, NULL);
     double l2 = step(&gpu2);
-    T_CHECK(l2 == lg || fabs(l2 - lg) <= 1e-6 * fabs(lg), "determinism step 1: %.9f vs %.9f", l2, lg);
+    T_CHECK(l2 == lg || fabs(l2 - lg) <= 1e-6 * fabs(lg), "determinism step 1: %.9f vs %.9f", l2, lg); /* measured 0 */
     double worst = 0, worst_det = 0;
     for (int s = 1; s < STEPS; s++) {
         double a = step(&cpu), b = step(&gpu), b2 = step(&gpu2);
         double e = fabs(b - a) / fabs(a), ed = fabs(b2 - b) / fabs(b);
         if (e > worst) worst = e;
         if (ed > worst_det) worst_det = ed;
-        T_CHECK(e <= 1e-2, "step %d loss cuda %.7f vs cpu %.7f", s + 1, b, a);
-        T_CHECK(ed <= 1e-6, "determinism step %d: %.9f vs %.9f", s + 1, b2, b);
+        T_CHECK(e <= 5e-7, "step %d loss cuda %.7f vs cpu %.7f", s + 1, b, a);
+        T_CHECK(ed <= 1e-6, "determinism step %d: %.9f vs %.9f", s + 1, b2, b); /* measured 0 */
     }
     printf("%d steps: max relative loss difference cuda vs cpu %.2e; between two cuda runs %.2e\n", STEPS, worst,
            worst_det);
@@ -195,20 +202,22 @@ static void check_cuda(void) {
     /* the bf16 tower (asvr-train's default on cuda) against the f32 CPU run. Its rounding alone moves
      * the step-1 gradients by up to 1.25e-2 relative on this tiny model (measured on the CUDA
      * stand-in, where everything else is exact to 1e-6; 1.99e-2 before the tower's bias + GELU ran as
-     * one cuBLASLt epilogue), near the 2e-2 the f32 comparison above must meet; so this check allows
-     * 5e-2 and prints the figure. */
+     * one cuBLASLt epilogue), near the 2e-2 each gradient must meet here; so this check allows
+     * 5e-2 and prints the figure. The step-1 loss: measured 1.7e-6 relative. */
     tower_bf16 = 1;
+    grad_tol = 2e-2;
     build(&cpu, NN_CPU);
     build(&gpu, NN_CUDA);
     T_CHECK(siglip_dtype(gpu.m.tower) == NN_BF16 && siglip_dtype(cpu.m.tower) == NN_F32, "bf16 tower on cuda only");
     lc = fwd_bwd(&cpu), lg = fwd_bwd(&gpu);
-    T_CHECK(fabs(lg - lc) <= 1e-2 * fabs(lc), "bf16 tower: step 1 loss cuda %.7f vs cpu %.7f", lg, lc);
+    T_CHECK(fabs(lg - lc) <= 2e-5 * fabs(lc), "bf16 tower: step 1 loss cuda %.7f vs cpu %.7f", lg, lc);
     gw = params_diff(&gpu, &cpu, 1);
     T_CHECK(gw <= 5e-2, "bf16 tower: worst step-1 gradient relative error %.2e", gw);
     printf("bf16 tower: step 1 loss %.7f vs cpu %.7f, worst gradient relative error %.2e\n", lg, lc, gw);
     destroy(&cpu);
     destroy(&gpu);
 
+    grad_tol = GRAD_TOL_F32;
     check_mixed_precision();
     tower_bf16 = 0;
 }
@@ -219,9 +228,9 @@ int main(void) {
     check_resume(NN_CPU);
 #ifdef ASVR_HAVE_CUDA
     if (nn_cuda_available()) check_cuda();
-    else printf("skipped: no CUDA device\n");
+    else t_skip("no CUDA device (the CPU resume check ran)");
 #else
-    printf("skipped: no CUDA device (CPU-only build)\n");
+    t_skip("no CUDA device (CPU-only build; the CPU resume check ran)");
 #endif
     fixture_close();
     return t_done();

@@ -40,7 +40,7 @@ static void check_grads(ctx *c, const char *file, const char *what) {
         T_CHECK(t && t->numel == tensor_numel(p->g), "%s: golden gradient %s", what, p->name);
         if (!t) continue;
         double e = rel_err(p->g->data, t->data, t->numel);
-        T_CHECK(e < 1e-4, "%s: gradient of %s off by %.2e", what, p->name, e);
+        T_CHECK(e < 3e-5, "%s: gradient of %s off by %.2e", what, p->name, e); /* measured 2.1e-6 (vs the golden) */
         if (e > worst) worst = e, worst_name = p->name;
         n++;
     }
@@ -52,10 +52,11 @@ static void check_losses(asvr_losses *L, const char *run, int D) {
     json_t *l = json_object_get(json_object_get(json_object_get(manifest, "runs"), run), "losses_step0");
     double text = L->text_sum / (double)L->text_count;
     T_EQ_INT(L->text_count, json_integer_value(json_object_get(l, "n_text_tokens")));
-    T_CHECK(fabs(text - json_real_value(json_object_get(l, "text"))) < 1e-5, "%s text loss %.7f", run, text);
+    /* measured 3.2e-7 (text) and 6.3e-7 (visual) against the golden losses */
+    T_CHECK(fabs(text - json_real_value(json_object_get(l, "text"))) < 4e-6, "%s text loss %.7f", run, text);
     for (int d = 0; d < D; d++) {
         double v = L->vis_sum[d] / (double)L->vis_count, w = json_real_value(json_array_get(json_object_get(l, "visual_per_depth"), (size_t)d));
-        T_CHECK(fabs(v - w) < 1e-5, "%s visual loss depth %d: %.7f vs %.7f", run, d, v, w);
+        T_CHECK(fabs(v - w) < 7e-6, "%s visual loss depth %d: %.7f vs %.7f", run, d, v, w);
     }
 }
 
@@ -77,8 +78,9 @@ static void check_three_steps(const char *run, const char *variant, int with_hea
         double wl = json_real_value(json_array_get(json_object_get(v, "loss"), (size_t)s));
         double wg = json_real_value(json_array_get(json_object_get(v, "grad_norm_preclip"), (size_t)s));
         double wlr = json_real_value(json_array_get(json_object_get(v, "lr"), (size_t)s));
-        T_CHECK(fabs(loss - wl) < 2e-5 * fabs(wl), "%s/%s step %d loss %.7f vs %.7f", run, variant, s, loss, wl);
-        T_CHECK(fabs(gn - wg) < 1e-4 * fabs(wg), "%s/%s step %d grad norm %.7f vs %.7f", run, variant, s, gn, wg);
+        /* measured against the golden run: loss 1.8e-7 and grad norm 2.2e-7 relative, lr 0 (double) */
+        T_CHECK(fabs(loss - wl) < 2e-6 * fabs(wl), "%s/%s step %d loss %.7f vs %.7f", run, variant, s, loss, wl);
+        T_CHECK(fabs(gn - wg) < 3e-6 * fabs(wg), "%s/%s step %d grad norm %.7f vs %.7f", run, variant, s, gn, wg);
         T_CHECK(fabs(lr - wlr) < 1e-12, "%s/%s step %d lr %.9g vs %.9g", run, variant, s, lr, wlr);
     }
     /* parameters (and their updates) against the recorded file, or the recorded update norms */
@@ -113,7 +115,7 @@ static void check_three_steps(const char *run, const char *variant, int with_hea
                 }
                 double e = rel_err(upd, want, n);
                 if (e > worst) worst = e;
-                T_CHECK(e < 1e-3, "%s/%s: update of %s off by %.2e", run, variant, p->name, e);
+                T_CHECK(e < 4e-4, "%s/%s: update of %s off by %.2e", run, variant, p->name, e); /* measured 3.8e-5 */
             }
         } else {
             double nrm = 0, w = json_real_value(json_object_get(un, p->name));
@@ -121,6 +123,7 @@ static void check_three_steps(const char *run, const char *variant, int with_hea
             nrm = sqrt(nrm);
             double e = fabs(nrm - w) / (w > 0 ? w : 1);
             if (e > worst) worst = e;
+            /* not reached: every variant main() runs has a params_file */
             T_CHECK(e < 1e-3, "%s/%s: update norm of %s %.6g vs %.6g", run, variant, p->name, nrm, w);
         }
         free(upd);

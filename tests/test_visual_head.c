@@ -1,9 +1,9 @@
 /* test_visual_head.c — the ASVR visual head (model/visual_head.h) against PyTorch golden data
  * (tests/golden/train/, made by tools/gen_train_fixtures.py):
  *  - forward: logits per depth from the golden final-norm states at the image positions, the codes
- *    and the frozen codebooks, within 1e-5 relative; per-depth and mean visual loss within 1e-6;
+ *    and the frozen codebooks, within 4e-6 relative; per-depth and mean visual loss within 1.5e-6;
  *    top-1 hits equal to the argmax of the golden logits;
- *  - backward at scale 1/(D·N): every visual_head.* gradient within 1e-4 relative (worst printed);
+ *  - backward at scale 1/(D·N): every visual_head.* gradient within 1e-5 relative (worst printed);
  *    dh_img against a central difference of the loss along a random direction;
  *  - every output element written (activations, logits and dh_img start as NaN), a smaller call
  *    than planned, u16 codes, gradient accumulation over two backward passes;
@@ -181,7 +181,7 @@ int main(void) {
         int nf;
         double e = relerr(lg->data, want_logits + (size_t)d * N * K, (int64_t)N * K, &nf);
         T_EQ_INT(nf, 0);
-        T_CHECK(e < 1e-5, "depth %d logits: relative error %.3g", d, e);
+        T_CHECK(e < 4e-6, "depth %d logits: relative error %.3g", d, e); /* measured 3.7e-7 (vs the golden) */
         if (e > worst_logit) worst_logit = e;
         int64_t want_hits = 0;
         for (int n = 0; n < N; n++) {
@@ -200,14 +200,14 @@ int main(void) {
     for (int d = 0; d < D; d++) {
         double want = json_number_value(json_array_get(vpd, (size_t)d)), got = loss[d] / N;
         double e = fabs(got - want) / fabs(want);
-        T_CHECK(e < 1e-6, "depth %d loss %.9g vs %.9g (rel %.3g)", d, got, want, e);
+        T_CHECK(e < 1.5e-6, "depth %d loss %.9g vs %.9g (rel %.3g)", d, got, want, e); /* measured 1.2e-7 (golden) */
         if (e > worst_loss) worst_loss = e;
         printf("depth %d: loss %.9f (torch %.9f), top-1 %lld/%d\n", d, got, want, (long long)hits[d], N);
     }
     double want_visual = json_number_value(jget(man, "runs.it_default.losses_step0.visual"));
     double got_visual = mean_loss(loss, D, N);
     double ev = fabs(got_visual - want_visual) / want_visual;
-    T_CHECK(ev < 1e-6, "visual loss %.9g vs %.9g (rel %.3g)", got_visual, want_visual, ev);
+    T_CHECK(ev < 1.5e-6, "visual loss %.9g vs %.9g (rel %.3g)", got_visual, want_visual, ev); /* measured 1.2e-7 */
     printf("visual loss %.9f (torch %.9f): relative error %.3g; worst per depth %.3g\n", got_visual,
            want_visual, ev, worst_loss);
 
@@ -231,7 +231,7 @@ int main(void) {
         int nf;
         double e = relerr(p->g->data, want, ng, &nf);
         T_EQ_INT(nf, 0);
-        T_CHECK(e < 1e-4, "gradient %s: relative error %.3g", p->name, e);
+        T_CHECK(e < 1e-5, "gradient %s: relative error %.3g", p->name, e); /* measured 9.5e-7 (vs the golden) */
         if (e > worst_g) worst_g = e, worst_name = p->name;
         n_checked++;
         free(want);
@@ -258,7 +258,8 @@ int main(void) {
         double fd = (mean_loss(lp, D, N) - mean_loss(lm, D, N)) / (2 * eps);
         double e = fabs(fd - dir) / fabs(dir);
         printf("dh_img: directional derivative %.6g, central difference %.6g (relative %.3g)\n", dir, fd, e);
-        T_CHECK(e < 5e-3, "dh_img directional derivative %.6g vs central difference %.6g", dir, fd);
+        /* measured 2.7e-5 (f32 forward, eps 1e-2) */
+        T_CHECK(e < 3e-4, "dh_img directional derivative %.6g vs central difference %.6g", dir, fd);
         free(hp);
         free(u);
     }
@@ -275,7 +276,7 @@ int main(void) {
         for (int64_t i = 0; i < ng; i++) want[i] *= 2.0f;
         int nf;
         double e = relerr(p->g->data, want, ng, &nf);
-        T_CHECK(e < 1e-4, "accumulated gradient: relative error %.3g", e);
+        T_CHECK(e < 7e-6, "accumulated gradient: relative error %.3g", e); /* measured 6.1e-7 (vs twice the golden) */
         free(want);
     }
 
@@ -317,7 +318,7 @@ int main(void) {
             T_EQ_INT(tensor_rows(lg), N1);
             double e = relerr(lg->data, want_logits + ((size_t)d * N + 9) * K, (int64_t)N1 * K, &nf);
             T_EQ_INT(nf, 0);
-            T_CHECK(e < 1e-5, "9-position call, depth %d: relative error %.3g", d, e);
+            T_CHECK(e < 4e-6, "9-position call, depth %d: relative error %.3g", d, e); /* measured 3.9e-7 (golden) */
         }
         vhead_loss(head, acts, 1.0f, l1);
     }
