@@ -5,6 +5,9 @@
  *                                 (f32, bf16, i32; sizes 1 to 2^20; outputs NaN-filled first, so an
  *                                 element left unwritten fails), in-place forms, roots, the host
  *                                 helpers, the counters, and on cuda the deferred ordering
+ *   comm_check order [cpu|cuda]   a buffer written by a kernel queued behind a delay spin right before
+ *                                 each all-reduce and read by a kernel right after it (or after
+ *                                 comm_wait when deferred): the event ordering of the NCCL backend
  *   comm_check info               one line: rank, size, local rank and size, device, launcher, MPI
  *   comm_check delay US COUNT     COUNT all-reduces under ASVR_COMM_DELAY_US=US: each rank must take
  *                                 at least US*COUNT and the sums stay right
@@ -30,6 +33,7 @@
 
 #include "base/error.h"
 #include "nn/comm.h"
+#include "nn/ops.h"
 #include "nn/ops_extra.h"
 #include "nn/tensor.h"
 #include "test.h"
@@ -390,6 +394,41 @@ static void run_checks(void) {
     case_deferred();
 }
 
+/* ---- ordering against the compute stream ----------------------------------------------------- */
+
+/* The buffer is written by a kernel queued behind a spin of ASVR_COMM_DELAY_US (comm_inject_delay)
+ * just before each all-reduce, and read by a kernel right after it (in order), or after comm_wait
+ * (deferred): a collective that did not wait for the compute stream would sum the old contents, and a
+ * read that did not wait for the collective would copy the unsummed ones. */
+static int mode_order(int rounds) {
+    int64_t n = 1 << 16;
+    buf a = buf_new("order_a", NN_F32, n), b = buf_new("order_b", NN_F32, n);
+    for (int i = 0; i < rounds; i++) {
+        int deferred = i % 2;
+        comm_set_deferred(C, deferred);
+        memset(a.host, 0, (size_t)n * 4);
+        buf_push(&a);
+        comm_inject_delay(C, DEV);
+        op_fill(&a.t, (float)(i + 1));
+        comm_ticket t = comm_allreduce(C, &a.t);
+        if (deferred) comm_wait(C, t);
+        op_copy(&b.t, &a.t);
+        comm_sync(C);
+        buf_pull(&b);
+        int64_t bad = 0;
+        for (int64_t k = 0; k < n; k++) bad += ((float *)b.host)[k] != (float)(S * (i + 1));
+        T_CHECK(bad == 0, "rank %d: round %d (%s): %lld of %lld elements are not %d", R, i,
+                deferred ? "deferred" : "in order", (long long)bad, (long long)n, S * (i + 1));
+    }
+    comm_set_deferred(C, 0);
+    buf_free(&a);
+    buf_free(&b);
+    int64_t tally[2] = {t_pass, t_fail};
+    comm_allreduce_i64(C, tally, 2);
+    if (R == 0) printf("order: %lld passed, %lld failed\n", (long long)tally[0], (long long)tally[1]);
+    return tally[1] > 0;
+}
+
 /* ---- fault and delay modes ------------------------------------------------------------------ */
 
 static float one_allreduce(void) {
@@ -435,14 +474,14 @@ static int mode_kill(int dead) {
 /* ---- main ------------------------------------------------------------------------------------ */
 
 static int usage(void) {
-    fprintf(stderr, "usage: comm_check check [cpu|cuda] | info | delay US COUNT | timeout RANK SECS | kill RANK\n");
+    fprintf(stderr, "usage: comm_check check|order [cpu|cuda] | info | delay US COUNT | timeout RANK SECS | kill RANK\n");
     return 2;
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) return usage();
     const char *mode = argv[1];
-    if (strcmp(mode, "check") == 0 && argc > 2 && strcmp(argv[2], "cuda") == 0) {
+    if ((strcmp(mode, "check") == 0 || strcmp(mode, "order") == 0) && argc > 2 && strcmp(argv[2], "cuda") == 0) {
 #ifdef ASVR_HAVE_CUDA
         if (!nn_cuda_available()) {
             printf("skipped: no CUDA device\n");
@@ -483,6 +522,8 @@ int main(int argc, char **argv) {
             printf("%lld passed, %lld failed\n", (long long)tally[0], (long long)tally[1]);
         }
         rc = tally[1] > 0;
+    } else if (strcmp(mode, "order") == 0) {
+        rc = mode_order(6);
     } else if (strcmp(mode, "delay") == 0 && argc == 4) {
         rc = mode_delay(atol(argv[2]), atoi(argv[3]));
         int64_t f = t_fail;
