@@ -71,7 +71,7 @@ __attribute__((noreturn, format(printf, 3, 4))) void comm_die(comm *c, const cha
 /* "4.0 MiB" into buf. */
 const char *comm_fmt_bytes(size_t bytes, char *buf, size_t n);
 
-/* ---- nn/cuda/comm_cuda.cu (stubs that exit in a build without CUDA: comm_nocuda.c) ------------ */
+/* ---- nn/cuda/comm_cuda.cu (in a build without CUDA: stubs at the end of comm.c that exit) ------ */
 int comm_cuda_device_count(void);
 /* Makes the device current and returns the CUDA side's state. */
 struct comm_cuda *comm_cuda_open(comm *c);
