@@ -317,14 +317,14 @@ static void check_sum_dtype(const char *fn, const tensor *t) {
           nn_dtype_name(t->dtype));
 }
 
-/* Whether piece [p, p+pn) overlaps [q, q+qn); if so it must be piece `rank` of the larger one. */
+/* Whether piece's bytes overlap full's; if they do, piece must be exactly piece `rank` of full. */
 static int check_overlap(const char *fn, const tensor *piece, const tensor *full, int rank) {
-    const char *p = piece->data, *f = full->data;
+    uintptr_t p = (uintptr_t)piece->data, f = (uintptr_t)full->data;
     size_t pn = tensor_nbytes(piece), fn_bytes = tensor_nbytes(full);
     if (p + pn <= f || f + fn_bytes <= p) return 0;
     CHECK(p == f + (size_t)rank * pn, BUG_HINT,
-          "comm_%s: '%s' overlaps '%s' but is not this rank's piece (offset %zu bytes, expected %zu)", fn,
-          piece->name, full->name, (size_t)(p - f), (size_t)rank * pn);
+          "comm_%s: '%s' overlaps '%s' but is not this rank's piece (offset %lld bytes, expected %zu)", fn,
+          piece->name, full->name, (long long)((intptr_t)p - (intptr_t)f), (size_t)rank * pn);
     return 1;
 }
 
