@@ -24,7 +24,7 @@ MODE=${1:-build}
 
 PACKAGES=(build-essential cmake pkg-config
           libturbojpeg0-dev libpng-dev libzstd-dev liblmdb-dev libjansson-dev libopenblas-dev libxxhash-dev libwebp-dev
-          clang libclang-rt-dev gfortran)
+          clang libclang-rt-dev gfortran openmpi-bin libopenmpi-dev)
 
 install_packages() {
   local missing=()

@@ -10,6 +10,9 @@
 #   3. Benchmarks against PyTorch in the same run: the tokenizer (tools/bench_tokenize_gpu.py) and the
 #      training step (tools/bench_train_gpu.py), with MFU against a measured bf16 GEMM peak; and
 #      asvr-tokenize encode --device cuda end to end (decoding, GPU, LMDB; raw and zstd store sizes).
+#   4. The communication layer (common/nn/comm.h): NCCL with one rank against copies, the event
+#      ordering against the compute stream under delay spins, and the MPI backend staged through host
+#      memory with two ranks sharing the GPU (skipped without libnccl.so.2 or mpirun on the machine).
 # Each item has its own time limit (seconds; GPU_CHECK_LIMIT scales them) so one hang cannot eat the
 # machine's time; GPU_CHECK_ONLY="name ..." runs a subset.
 set -uo pipefail
@@ -92,6 +95,26 @@ run bench_tokenize 300 python3 "$root/tools/bench_tokenize_gpu.py" --ours ./benc
     --json "$out/bench_tokenize.json"
 run bench_train 420 python3 "$root/tools/bench_train_gpu.py" --steps 6 --warmup 2 \
     --ours "./bench_train_cuda $tok --steps 3 --warmup 1" --json "$out/bench_train.json"
+
+# ---- 4. the communication layer (tests/comm_check.c; docs/multi_gpu.md) ---------------------------
+# comm_nccl* need libnccl.so.2 (the library path, ASVR_NCCL_LIB, or the toolkit the kit was built
+# with): without it they report "skipped". comm_staged needs mpirun (Open MPI) and the kit's plugin.
+comm_nccl() { # comm_nccl ARGS...: comm_check with a one-rank NCCL communicator, skipped without NCCL
+    local o
+    o=$(ASVR_COMM_DEVICE=nccl ./comm_check "$@" 2>&1); local rc=$?
+    echo "$o"
+    if [ $rc -ne 0 ] && grep -q "libnccl.so.2, which does not load" <<< "$o"; then echo "skipped: no libnccl.so.2"; return 0; fi
+    return $rc
+}
+comm_staged() { # two ranks on device 0 through host memory, skipped without mpirun
+    command -v mpirun > /dev/null || { echo "skipped: no mpirun on this machine"; return 0; }
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 2 --oversubscribe -x ASVR_COMM_DEVICE=mpi \
+        -x ASVR_LOCAL_DEVICE=0 -x ASVR_COMM_DELAY_US=20000 ./comm_check "$@"
+}
+export -f comm_nccl comm_staged
+run comm_nccl_n1 120 bash -c 'comm_nccl check cuda'
+run comm_nccl_order 60 bash -c 'ASVR_COMM_DELAY_US=50000 comm_nccl order cuda'
+run comm_staged_n2 180 bash -c 'comm_staged check cuda && comm_staged order cuda'
 
 {
     echo

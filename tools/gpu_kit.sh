@@ -10,7 +10,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$root/build-gpu
 progs="test_ops_cuda test_ops_cuda_train test_ops_extra test_tokenize_cuda test_train_cuda test_generate_cuda
-       check_tokenize_real_cuda bench_tokenize_cuda bench_train_cuda"
+       check_tokenize_real_cuda bench_tokenize_cuda bench_train_cuda comm_check"
 tools="asvr-tokenize asvr-pack asvr-train asvr-eval"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DASVR_CUDA=ON -DASVR_STATIC_DEPS=ON >/dev/null
 # shellcheck disable=SC2086
@@ -21,6 +21,7 @@ mkdir -p "$kit"
 files=()
 for p in $progs; do files+=("tests/$p"); done
 for t in $tools; do files+=("bin/$t"); done
+[ -f "$build/lib/libasvr_comm_mpi.so" ] && files+=("lib/libasvr_comm_mpi.so") # for mpirun runs, when MPI was found
 (cd "$build" && tar -cf - "${files[@]}" | xz -T0 -6 > "$kit/kit.tar.xz")
 echo "$root" > "$kit/SOURCE_DIR"
 git -C "$root" rev-parse --short HEAD > "$kit/COMMIT" 2>/dev/null || echo unknown > "$kit/COMMIT"
