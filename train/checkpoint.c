@@ -69,7 +69,7 @@ static int fill_moment(void *ctx, void *dst, asvr_error *err) {
     const moment_src *m = ctx;
     int64_t n = m->o->ps->v[m->i]->numel;
     float *full = dst;
-    if (m->ranks && !optim_holds_all(m->o, m->i)) {
+    if (m->ranks) { /* every rank takes part, whatever it holds */
         for (int64_t k = 0; k < n; k++) full[k] = -0.0f;
         optim_get(m->o, m->i, m->which, full);
         m->ranks->gather(m->ranks->ctx, full, n);

@@ -11,6 +11,7 @@
 #include "trainer.h"
 
 void train_log_open(trainer *t) {
+    if (t->rank != 0) return; /* rank 0 keeps the log */
     asvr_error err;
     t->log_path = asvr_path_join(t->o.out, "log.jsonl");
     /* keep the lines of steps the checkpoint covers (a crash may have logged more) */
@@ -61,6 +62,7 @@ static double head_json(int D, const double *sum, const int64_t *correct, int64_
 }
 
 void train_log_step(trainer *t, const step_stats *st) {
+    if (t->rank != 0) return;
     const asvr_config *mc = &t->mc;
     const asvr_losses *L = &st->L;
     int D = mc->has_head ? mc->head.depth : 0, Da = mc->has_app_head ? mc->head_app.depth : 0;
@@ -69,7 +71,7 @@ void train_log_step(trainer *t, const step_stats *st) {
     double vis = head_json(D, L->vis_sum, L->vis_correct, L->vis_count, &vd, &acc);
     double app = head_json(Da, L->app_sum, L->app_correct, L->app_count, &ad, &aacc);
     double loss = text + mc->lambda_visual * (vis + app);
-    double mfu = dt > 0 ? t->flops_per_token * (double)st->tokens / dt / (t->o.peak_tflops * 1e12) : 0;
+    double mfu = dt > 0 ? t->flops_per_token * (double)st->tokens / dt / (t->o.peak_tflops * 1e12 * t->world) : 0;
     /* a loss with nothing to score in this step (no supervised token, no image) is logged as null */
     json_t *line = json_pack("{s:I, s:f, s:o, s:o, s:o, s:o, s:f, s:f, s:I, s:I, s:f, s:f}", "step", (json_int_t)t->step,
                              "loss", loss, "text_loss", L->text_count ? json_real(text) : json_null(),
@@ -78,6 +80,15 @@ void train_log_step(trainer *t, const step_stats *st) {
                              (json_int_t)st->tokens, "samples", (json_int_t)st->samples, "seconds", dt, "tokens_per_s",
                              dt > 0 ? st->tokens / dt : 0);
     if (t->dev != NN_CPU) json_object_set_new(line, "mfu", json_real(mfu));
+    if (t->world > 1) {
+        json_object_set_new(line, "tokens_per_s_per_rank", json_real(dt > 0 ? st->tokens / dt / t->world : 0));
+        json_t *cc = json_object(); /* rank 0's collectives of the step, by kind, and the buckets they reduce */
+        for (int k = 0; k < COMM_NKINDS; k++)
+            if (st->collectives[k]) json_object_set_new(cc, comm_kind_name((comm_kind)k), json_integer(st->collectives[k]));
+        json_object_set_new(cc, "buckets", json_integer(t->m.ps.n_buckets));
+        json_object_set_new(cc, "rounds", json_integer(st->rounds));
+        json_object_set_new(line, "collectives", cc);
+    }
     size_t mem_used, mem_total;
     if (nn_device_mem_used(t->dev, &mem_used, &mem_total)) {
         const double G = 1024.0 * 1024.0 * 1024.0;

@@ -24,7 +24,7 @@ int cmd_plan(int argc, char **argv) {
     run_choices rc;
     run_choices_default(&rc);
     rc.stage = "it";
-    int64_t rows = 1, seq = 2048, max_images = 0;
+    int64_t rows = 1, seq = 2048, max_images = 0, world = 1, zero = -1, bucket = DP_BUCKET_DEFAULT, accum = 1;
     double gpu_gib = 0;
     int verbose = 0;
     asvr_opt opts[32];
@@ -34,6 +34,10 @@ int cmd_plan(int argc, char **argv) {
         {"rows", ASVR_OPT_INT, &rows, "N", "rows per micro-batch (default 1)"},
         {"seq", ASVR_OPT_INT, &seq, "T", "positions per row (default 2048)"},
         {"max-images", ASVR_OPT_INT, &max_images, "N", "images per micro-batch (default rows x (T / positions + 1))"},
+        {"world", ASVR_OPT_INT, &world, "N", "ranks of a data-parallel run: the plan is per rank (default 1)"},
+        {"zero", ASVR_OPT_INT, &zero, "0|1|2", "as asvr-train train --zero (default 2 with several ranks, 0 with one)"},
+        {"bucket-elems", ASVR_OPT_INT, &bucket, "N", "as asvr-train train --bucket-elems"},
+        {"accum", ASVR_OPT_INT, &accum, "N", "micro-batches per step and rank (1, the default, needs no step gradient at zero 0)"},
         {"gpu-gib", ASVR_OPT_F64, &gpu_gib, "X", "say whether the plan fits in X GiB (e.g. 139 for an H200, 79 for an H100)"},
         {"verbose", ASVR_OPT_FLAG, &verbose, NULL, "also print every activation tensor"},
     };
@@ -49,6 +53,10 @@ int cmd_plan(int argc, char **argv) {
     free(pos);
     if (!config) asvr_cli_usage_error(&cli, "--config is required");
     if (rows < 1 || seq < 2) asvr_cli_usage_error(&cli, "--rows must be >= 1 and --seq >= 2");
+    if (world < 1 || world > 65536) asvr_cli_usage_error(&cli, "--world must be 1 .. 65536");
+    if (zero < -1 || zero > 2) asvr_cli_usage_error(&cli, "--zero must be 0, 1 or 2");
+    if (zero < 0) zero = world > 1 ? 2 : 0;
+    if (bucket < 1 || accum < 0) asvr_cli_usage_error(&cli, "--bucket-elems must be >= 1 and --accum >= 0");
 
     asvr_error err;
     uint8_t *text;
@@ -64,24 +72,27 @@ int cmd_plan(int argc, char **argv) {
 
     nn_arena_set_plan_only(1);
     asvr_model m;
-    run_build_model(&m, &mc, !strcmp(rc.stage, "it"), NN_CPU, PARAM_FLAT_ALIGN);
+    run_build_model(&m, &mc, !strcmp(rc.stage, "it"), NN_CPU, (int)world, (int)zero, bucket);
     optim_config oc = {.lr = 1e-5, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .total_steps = 1};
     optim opt;
-    optim_init(&opt, &oc, &m.ps);
+    dp d;
+    dp_init(&d, NULL, 0, (int)world, &m.ps, (int)zero, accum != 1, &opt, &oc); /* rank 0's plan: all ranks' are alike */
     asvr_acts *acts = asvr_acts_new(&m, (int)rows, (int)seq, (int)max_images);
     nn_arena_set_plan_only(0);
 
     asvr_model_print(&m, stdout);
     if (verbose) asvr_acts_print_plan(acts, stdout);
     run_memory mem;
-    run_memory_of(&m, &opt, acts, (int)max_images, mc.tower_bf16, &mem);
+    run_memory_of(&m, &opt, &d, acts, (int)max_images, mc.tower_bf16, &mem);
     const double G = 1024.0 * 1024.0 * 1024.0;
-    printf("memory plan (%s compute, %s tower; stage %s, %lld x %lld positions, %lld images, %s attention, %d layers "
-           "recomputed):\n",
+    printf("memory plan per rank (%s compute, %s tower; stage %s, %lld x %lld positions, %lld images, %s attention, %d "
+           "layers recomputed; %lld rank%s, ZeRO stage %lld):\n",
            mc.compute_bf16 ? "bf16" : "f32", mc.tower_bf16 ? "bf16" : "f32", rc.stage, (long long)rows, (long long)seq,
-           (long long)max_images, mc.flash_attention ? "flash" : "kept", mc.recompute_layers);
+           (long long)max_images, mc.flash_attention ? "flash" : "kept", mc.recompute_layers, (long long)world,
+           world > 1 ? "s" : "", (long long)zero);
     const struct { const char *name; double bytes; } part[] = {
         {"parameters", mem.values}, {"bf16 copies", mem.compute}, {"gradients", mem.grads}, {"optimizer state", mem.optimizer},
+        {"step gradient", mem.step_grad},
         {"activations", mem.activations}, {"input tower", mem.tower_weights + mem.tower_acts}, {"codebooks", mem.codebooks},
         {"total", mem.total}};
     for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
@@ -99,6 +110,7 @@ int cmd_plan(int argc, char **argv) {
         ret = fits ? 0 : 1;
     }
     asvr_acts_free(acts);
+    dp_free(&d);
     optim_free(&opt);
     asvr_model_free(&m);
     return ret;

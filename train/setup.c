@@ -64,12 +64,13 @@ int run_choices_apply(const run_choices *c, const char *config_json, nn_device d
     return 0;
 }
 
-void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int64_t flat_pad) {
+void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int world, int zero,
+                     int64_t bucket_elems) {
     asvr_model_init(m, mc);
     param_set_trainable(&m->ps, "", 1);
     if (!stage_it) param_set_trainable(&m->ps, "llm.", 0);
     param_set_set_device(&m->ps, dev);
-    param_set_set_flat_pad(&m->ps, flat_pad);
+    dp_configure(&m->ps, world, zero, bucket_elems);
     param_set_commit(&m->ps);
 }
 
@@ -84,20 +85,21 @@ static void tower_bytes(const siglip_config *v, int n_images, double esize, doub
     *acts = esize * (n_images * N * (3 * p * p + 7 * C + I)) + 4.0 * (N * N + n_images * 3.0 * v->image_size * v->image_size);
 }
 
-void run_memory_of(const asvr_model *m, const optim *o, const asvr_acts *a, int max_images, int tower_bf16,
-                   run_memory *r) {
+void run_memory_of(const asvr_model *m, const optim *o, const dp *d, const asvr_acts *a, int max_images,
+                   int tower_bf16, run_memory *r) {
     const asvr_config *c = &m->c;
     size_t v, cp, g;
     param_set_bytes(&m->ps, &v, &cp, &g);
     memset(r, 0, sizeof *r);
     r->values = (double)v, r->compute = (double)cp, r->grads = (double)g;
     r->optimizer = (double)optim_bytes(o);
+    r->step_grad = d ? (double)dp_bytes(d) : 0;
     r->activations = (double)asvr_acts_bytes(a);
     if (!c->input_discrete) tower_bytes(&c->vision, max_images, tower_bf16 ? 2.0 : 4.0, &r->tower_weights, &r->tower_acts);
     if (c->has_head || c->input_discrete) r->codebooks = 4.0 * c->head.depth * (double)c->head.codebook_size * c->head.code_dim;
     if (c->has_app_head) r->codebooks += 4.0 * c->head_app.depth * (double)c->head_app.codebook_size * c->head_app.code_dim;
-    r->total = r->values + r->compute + r->grads + r->optimizer + r->activations + r->tower_weights + r->tower_acts +
-               r->codebooks;
+    r->total = r->values + r->compute + r->grads + r->optimizer + r->step_grad + r->activations + r->tower_weights +
+               r->tower_acts + r->codebooks;
 }
 
 /* ---- the run ------------------------------------------------------------------------------------ */
@@ -261,7 +263,8 @@ static void open_data(trainer *t) {
     asvr_error err;
     if (data_open(&dc, &t->dl, &err) < 0) ASVR_FATAL("", "%s", err.msg);
     int64_t rows = data_rows(t->dl), n_samples = data_samples(t->dl);
-    int64_t steps_per_epoch = o->accum > 0 ? (rows + o->rows * o->accum - 1) / (o->rows * o->accum)
+    int64_t per_step = o->rows * o->accum * t->world; /* rows of a step with a fixed accumulation */
+    int64_t steps_per_epoch = o->accum > 0 ? (rows + per_step - 1) / per_step
                                            : (n_samples + o->global_batch - 1) / o->global_batch;
     t->total = o->steps > 0 ? o->steps : steps_per_epoch * o->epochs;
     t->T = data_max_len(t->dl);
@@ -302,10 +305,10 @@ static void print_plan(const trainer *t) {
     }
     const double M = 1048576.0;
     LOG_INFO("memory plan on %s (%s compute) for %lld rows x %d positions, %d images: parameters %.1f MiB (with "
-             "compute copies), gradients %.1f MiB, optimizer state %.1f MiB, codebooks %.1f MiB, activations %.1f MiB "
-             "(input tower apart: about %.1f MiB); total %.2f GiB",
+             "compute copies), gradients %.1f MiB, optimizer state %.1f MiB, step gradient %.1f MiB, codebooks %.1f MiB, "
+             "activations %.1f MiB (input tower apart: about %.1f MiB); total %.2f GiB per rank",
              nn_device_name(t->dev), t->mc.compute_bf16 ? "bf16" : "f32", (long long)o->rows, t->T, t->max_images,
-             (r->values + r->compute) / M, r->grads / M, r->optimizer / M, r->codebooks / M, r->activations / M,
+             (r->values + r->compute) / M, r->grads / M, r->optimizer / M, r->step_grad / M, r->codebooks / M, r->activations / M,
              (r->tower_weights + r->tower_acts) / M, (r->total - r->tower_weights - r->tower_acts) / (M * 1024.0));
     if (o->accum > 0)
         LOG_INFO("train: stage %s, %lld rows, %lld micro-batches of %lld rows per step, %lld steps (warmup %lld), lr %g, wd %g, clip %g",
@@ -318,12 +321,30 @@ static void print_plan(const trainer *t) {
                  (long long)t->opt.c.warmup_steps, o->lr, o->weight_decay, o->clip_norm);
 }
 
+/* The ranks: one process, or one of a launcher's (comm.h); on cuda each rank takes its device. */
+static void start_ranks(trainer *t, const asvr_cli *cli) {
+    const train_opts *o = &t->o;
+    comm_options co = {.device = -1, .timeout_s = o->comm_timeout, .device_backend = NULL};
+    t->comm = comm_init(&co);
+    t->rank = comm_rank(t->comm);
+    t->world = comm_size(t->comm);
+    t->zero = o->zero >= 0 ? (int)o->zero : t->world > 1 ? 2 : 0;
+    if (t->zero > 2) asvr_cli_usage_error(cli, "--zero must be 0, 1 or 2");
+    if (t->rank > 0 && asvr_log_get_level() == ASVR_LOG_INFO) asvr_log_set_level(ASVR_LOG_WARN); /* rank 0 speaks */
+    if (t->dev == NN_CUDA) comm_cuda_setup(t->comm);
+    if (t->world > 1 || t->zero) {
+        if (t->rank == 0) comm_print(t->comm, stderr);
+        LOG_INFO("data parallel: %d ranks, ZeRO stage %d", t->world, t->zero);
+    }
+}
+
 void trainer_setup(trainer *t, const train_opts *o, const asvr_cli *cli) {
     memset(t, 0, sizeof *t);
     t->o = *o;
     asvr_error err;
     const char *why;
     if (nn_device_from_name(o->device, &t->dev, &why) < 0) asvr_cli_usage_error(cli, "%s", why);
+    start_ranks(t, cli);
     if (asvr_mkdir_p(o->out, &err) < 0) ASVR_FATAL("", "%s", err.msg);
     int64_t ckpt_step;
     checkpoint_find_latest(o->out, &t->ckpt, &ckpt_step);
@@ -332,32 +353,34 @@ void trainer_setup(trainer *t, const train_opts *o, const asvr_cli *cli) {
     if (r == -2) asvr_cli_usage_error(cli, "%s", err.msg);
     if (r < 0) ASVR_FATAL("check the model config and the flags", "%s", err.msg);
 
-    run_build_model(&t->m, &t->mc, !strcmp(o->rc.stage, "it"), t->dev, PARAM_FLAT_ALIGN);
+    run_build_model(&t->m, &t->mc, !strcmp(o->rc.stage, "it"), t->dev, t->world, t->zero, o->bucket_elems);
     param_set_init_random(&t->m.ps, (uint64_t)o->seed);
     load_frozen(t, cli);
     if (!t->ckpt) load_initial(t);
     open_data(t);
     optim_config oc = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->clip_norm, t->total,
                        warmup_steps_from_ratio(o->warmup_ratio, t->total)};
-    optim_init(&t->opt, &oc, &t->m.ps);
+    dp_init(&t->dp, t->comm, 0, 1, &t->m.ps, t->zero, o->accum != 1, &t->opt, &oc);
     t->max_images = o->max_images > 0 ? (int)o->max_images : asvr_max_images(&t->mc, (int)o->rows, t->T);
     t->acts = asvr_acts_new(&t->m, (int)o->rows, t->T, t->max_images);
     if (t->ckpt) resume(t);
     /* --llm, --init and the resume wrote master values directly: the bf16 copies the GEMMs read follow
      * them (frozen parameters are never touched again, so this is their only refresh) */
     param_set_sync_compute(&t->m.ps);
-    run_memory_of(&t->m, &t->opt, t->acts, t->max_images, t->mc.tower_bf16, &t->mem);
+    run_memory_of(&t->m, &t->opt, &t->dp, t->acts, t->max_images, t->mc.tower_bf16, &t->mem);
     t->flops_per_token = model_flops_per_token(&t->m.ps);
     print_plan(t);
 }
 
 void trainer_free(trainer *t) {
     asvr_acts_free(t->acts);
+    dp_free(&t->dp);
     optim_free(&t->opt);
     data_close(t->dl);
     asvr_model_free(&t->m);
     free(t->config_text);
     free(t->ckpt);
     free(t->zero_codes);
+    comm_free(t->comm);
     memset(t, 0, sizeof *t);
 }

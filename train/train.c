@@ -41,11 +41,21 @@ int cmd_train(int argc, char **argv) {
     train_opts o = {.text_only_visual = "none", .vision_prefix = "vision_model.", .rows = 1, .accum = 0,
                     .global_batch = 0, .epochs = 1, .save_every = 0, .seed = 0, .max_images = 0, .lr = -1,
                     .warmup_ratio = 0.03, .weight_decay = 0, .clip_norm = 0, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
-                    .device = "cpu", .peak_tflops = 989};
+                    .device = "cpu", .peak_tflops = 989, .zero = -1, .bucket_elems = DP_BUCKET_DEFAULT};
     run_choices_default(&o.rc);
     asvr_opt opts[64];
     int n = run_choices_options(&o.rc, opts);
     const asvr_opt own[] = {
+        {"zero", ASVR_OPT_INT, &o.zero, "0|1|2",
+         "with several ranks (mpirun/srun): 0 = every rank keeps the whole optimizer state (all-reduce), 1 = AdamW "
+         "state sharded, gradients reduce-scattered once per step, 2 = AdamW state and gradients sharded, buckets "
+         "reduce-scattered during every backward (default 2 with several ranks, 0 with one)"},
+        {"bucket-elems", ASVR_OPT_INT, &o.bucket_elems, "N",
+         "gradient bucket size in elements for the reductions between ranks (default 16777216)"},
+        {"comm-timeout", ASVR_OPT_F64, &o.comm_timeout, "SECONDS",
+         "a collective that waits longer ends every rank with an error naming the missing ranks (default 600)"},
+        {"check-replicas", ASVR_OPT_INT, &o.check_replicas, "N",
+         "every N steps, check that every rank holds the same parameters (a hash compared across ranks)"},
         {"config", ASVR_OPT_STR, &o.config, "FILE", "model config JSON (llm, vision, visual_head); default: the checkpoint's"},
         {"packed", ASVR_OPT_STR, &o.packed, "FILE", "packed store (asvr-pack build)"},
         {"codes", ASVR_OPT_STR, &o.codes, "STORE", "code store of the same images and policy (asvr-tokenize encode)"},
@@ -102,12 +112,16 @@ int cmd_train(int argc, char **argv) {
     if (o.lr < 0) o.lr = stage_it ? 2e-5 : 1e-3;
     if (o.threads <= 0) o.threads = asvr_num_cores();
     if (!(o.peak_tflops > 0)) asvr_cli_usage_error(&cli, "--peak-tflops must be > 0");
+    if (o.zero < -1 || o.zero > 2) asvr_cli_usage_error(&cli, "--zero must be 0, 1 or 2");
+    if (o.bucket_elems < 1) asvr_cli_usage_error(&cli, "--bucket-elems must be >= 1");
+    if (o.comm_timeout < 0 || o.comm_timeout != o.comm_timeout) asvr_cli_usage_error(&cli, "--comm-timeout must be >= 0");
+    if (o.check_replicas < 0) asvr_cli_usage_error(&cli, "--check-replicas must be >= 0");
 
     trainer t;
     trainer_setup(&t, &o, &cli);
     train_log_open(&t);
     /* the next step's data is read and its images decoded on a background thread while this one computes */
-    prefetcher *pf = prefetch_new(t.dl, o.accum, o.global_batch, !o.no_prefetch, 0, 1);
+    prefetcher *pf = prefetch_new(t.dl, o.accum, o.global_batch, !o.no_prefetch, t.rank, t.world);
     int rc = ASVR_EXIT_OK;
     int64_t first_step = t.step;
     asvr_error err;

@@ -17,7 +17,9 @@
 
 #include "base/cli.h"
 #include "base/error.h"
+#include "dp.h"
 #include "model/asvr.h"
+#include "nn/comm.h"
 #include "optim.h"
 #include "prefetch.h"
 #include "store/batches.h"
@@ -43,22 +45,26 @@ int run_choices_options(run_choices *c, asvr_opt *out);
  * bad choice (a usage error); -1 with err for a config that cannot do what was asked. */
 int run_choices_apply(const run_choices *c, const char *config_json, nn_device dev, asvr_config *mc, asvr_error *err);
 /* Declares the model of mc, marks what trains in the stage (pt: all but the LLM; it: all), puts it on
- * dev with the flat buffers padded to a multiple of flat_pad, and commits it. */
-void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int64_t flat_pad);
+ * dev with the flat layout of `world` ranks at ZeRO stage `zero` (dp.h), and commits it. */
+void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int world, int zero,
+                     int64_t bucket_elems);
 
 /* A run's memory: what the trainer allocates (from its arenas' plans) plus the frozen input tower's
  * weights and activations and the codebooks, estimated from the config. Bytes. */
 typedef struct run_memory {
-    double values, compute, grads, optimizer, activations, tower_weights, tower_acts, codebooks, total;
+    double values, compute, grads, optimizer, step_grad, activations, tower_weights, tower_acts, codebooks, total;
 } run_memory;
-void run_memory_of(const asvr_model *m, const optim *o, const asvr_acts *a, int max_images, int tower_bf16,
-                   run_memory *r);
+void run_memory_of(const asvr_model *m, const optim *o, const dp *d, const asvr_acts *a, int max_images,
+                   int tower_bf16, run_memory *r);
 
 typedef struct train_opts {
     run_choices rc;
     const char *config, *packed, *codes, *codes_app, *codebooks_app, *image_root, *vision, *vision_prefix,
         *codebooks, *llm, *init, *out, *log_path, *text_only_visual, *device;
     int64_t rows, accum, global_batch, steps, epochs, save_every, threads, seed, max_images, stop_after;
+    int64_t zero, bucket_elems, check_replicas; /* data parallelism: ZeRO stage (-1: 2 with several ranks, else
+                                                   0), gradient bucket size, replica check period */
+    double comm_timeout;
     double lr, warmup_ratio, weight_decay, clip_norm, beta1, beta2, eps, peak_tflops;
     int no_prefetch;
 } train_opts;
@@ -67,6 +73,9 @@ typedef struct train_opts {
 typedef struct trainer {
     train_opts o;
     nn_device dev;
+    comm *comm;               /* the ranks (one, without a launcher) */
+    int rank, world, zero;
+    dp dp;
     char *config_text;        /* the model config JSON (recorded in every checkpoint) */
     asvr_config mc;
     asvr_model m;
@@ -92,7 +101,9 @@ typedef struct step_stats {
     asvr_losses L;
     double lr, grad_norm, clip_coef, seconds;
     int64_t tokens, samples;
+    int rounds; /* micro-batch rounds of every rank */
     int first; /* the first step of this invocation */
+    int64_t collectives[COMM_NKINDS]; /* this rank's collectives during the step, by kind */
 } step_stats;
 /* One optimizer step over the micro-batches of sb; t->step += 1. */
 void trainer_step(trainer *t, step_batches *sb, step_stats *st);
