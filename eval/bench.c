@@ -2,6 +2,8 @@
  * scorers (bench.h). Per-answer rules come from metrics.h. */
 #include "bench.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -1129,16 +1131,10 @@ int bench_load_questions(const char *path, const bench_def *b, bench_set *s, asv
     return 0;
 }
 
-int bench_attach_answers(bench_set *s, const char *path, int allow_missing, asvr_error *err) {
+/* Reads one answer file into s (x indexes s's ids); the missing-answer check is the caller's. */
+static int attach_one(bench_set *s, const qindex *x, const char *path, asvr_error *err) {
     FILE *f = fopen(path, "r");
     if (!f) return asvr_err_set(err, "cannot open answer file '%s': %s", path, strerror(errno));
-    qindex x;
-    qindex_init(&x, s->n);
-    for (size_t i = 0; i < s->n; i++) {
-        size_t sl = qindex_slot(&x, s->items[i].qid);
-        x.keys[sl] = s->items[i].qid;
-        x.pos[sl] = i;
-    }
     char *line = NULL;
     size_t cap = 0, len;
     long lineno = 0;
@@ -1162,13 +1158,13 @@ int bench_attach_answers(bench_set *s, const char *path, int allow_missing, asvr
             bad++;
             continue;
         }
-        size_t sl = qindex_slot(&x, qid);
-        if (!x.keys[sl]) {
+        size_t sl = qindex_slot(x, qid);
+        if (!x->keys[sl]) {
             if (unknown++ < 5) LOG_WARN("%s:%ld: question_id %s is not in '%s'; ignored", path, lineno, qid, s->path);
             json_decref(o);
             continue;
         }
-        bench_item *it = &s->items[x.pos[sl]];
+        bench_item *it = &s->items[x->pos[sl]];
         if (it->answered) {
             repeated++;
             free((char *)it->pred);
@@ -1182,11 +1178,25 @@ int bench_attach_answers(bench_set *s, const char *path, int allow_missing, asvr
     int rerr = ferror(f);
     free(line);
     fclose(f);
-    qindex_free(&x);
     if (rerr) return asvr_err_set(err, "reading '%s' failed", path);
     if (unknown > 5) LOG_WARN("%s: %d answers in all for ids not in the question file", path, unknown);
     if (repeated) LOG_WARN("%s: %d question ids answered more than once; the last answer is used", path, repeated);
     if (bad) return asvr_err_set(err, "'%s': %d malformed line(s), listed above", path, bad);
+    return 0;
+}
+
+int bench_attach_answer_files(bench_set *s, const char *const *paths, int n, int allow_missing, asvr_error *err) {
+    qindex x;
+    qindex_init(&x, s->n);
+    for (size_t i = 0; i < s->n; i++) {
+        size_t sl = qindex_slot(&x, s->items[i].qid);
+        x.keys[sl] = s->items[i].qid;
+        x.pos[sl] = i;
+    }
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) rc = attach_one(s, &x, paths[i], err);
+    qindex_free(&x);
+    if (rc < 0) return -1;
     size_t missing = s->n - s->answered;
     if (missing && !allow_missing) {
         for (size_t i = 0, shown = 0; i < s->n && shown < 5; i++)
@@ -1194,11 +1204,85 @@ int bench_attach_answers(bench_set *s, const char *path, int allow_missing, asvr
                 LOG_ERROR("no answer for question_id %s (%s:%ld)", s->items[i].qid, s->path, s->items[i].line);
                 shown++;
             }
-        return asvr_err_set(err, "%zu of %zu questions have no answer in '%s' (finish the generation, or pass "
+        char where[1024];
+        if (n == 1) snprintf(where, sizeof where, "'%s'", paths[0]);
+        else snprintf(where, sizeof where, "the %d answer files ('%s', ...)", n, n ? paths[0] : "");
+        return asvr_err_set(err, "%zu of %zu questions have no answer in %s (finish the generation, or pass "
                                  "--allow-missing to score them as wrong)",
-                            missing, s->n, path);
+                            missing, s->n, where);
     }
     return 0;
+}
+
+int bench_attach_answers(bench_set *s, const char *path, int allow_missing, asvr_error *err) {
+    return bench_attach_answer_files(s, &path, 1, allow_missing, err);
+}
+
+/* "<bench>.part-K-of-N.jsonl" (K < N): 1 with k and n set. */
+static int part_name(const char *name, const char *bench, int *k, int *n) {
+    size_t bl = strlen(bench);
+    if (strncmp(name, bench, bl) != 0 || strncmp(name + bl, ".part-", 6) != 0) return 0;
+    const char *p = name + bl + 6;
+    char *end;
+    if (*p < '0' || *p > '9') return 0;
+    long kk = strtol(p, &end, 10);
+    if (strncmp(end, "-of-", 4) != 0 || end[4] < '0' || end[4] > '9') return 0;
+    long nn = strtol(end + 4, &end, 10);
+    if (strcmp(end, ".jsonl") != 0 || kk < 0 || kk >= nn || nn > 1000000) return 0;
+    *k = (int)kk, *n = (int)nn;
+    return 1;
+}
+
+int bench_find_answer_files(const char *dir, const char *bench, char ***paths_out, int *n_out, asvr_error *err) {
+    *paths_out = NULL, *n_out = 0;
+    DIR *d = opendir(dir);
+    if (!d) return asvr_err_set(err, "cannot open the answers folder '%s': %s", dir, strerror(errno));
+    char whole[512];
+    snprintf(whole, sizeof whole, "%s.jsonl", bench);
+    int have_whole = 0, N = 0, other_n = 0;
+    char **part = NULL; /* part[k] = file name */
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) != NULL && rc == 0) {
+        int k, nn;
+        if (strcmp(e->d_name, whole) == 0) {
+            have_whole = 1;
+        } else if (part_name(e->d_name, bench, &k, &nn)) {
+            if (!N) {
+                N = nn;
+                part = asvr_calloc((size_t)N, sizeof *part, "answer parts");
+            }
+            if (nn != N) other_n = nn;
+            else part[k] = asvr_strdup(e->d_name);
+        }
+    }
+    closedir(d);
+    if (other_n) {
+        rc = asvr_err_set(err, "'%s' holds answers of %s in parts of %d and of %d (%s.part-K-of-N.jsonl): remove the "
+                               "stale set",
+                          dir, bench, N, other_n, bench);
+    } else if (!have_whole && !N) {
+        asvr_err_set(err, "'%s' holds no answers of %s (%s or %s.part-K-of-N.jsonl)", dir, bench, whole, bench);
+        rc = 1;
+    } else {
+        for (int k = 0; k < N; k++)
+            if (!part[k]) {
+                rc = asvr_err_set(err, "'%s' lacks part %d of %d of the answers of %s (%s.part-%d-of-%d.jsonl): finish "
+                                       "that part's run (asvr-eval run --shard %d/%d)",
+                                  dir, k, N, bench, bench, k, N, k, N);
+                break;
+            }
+    }
+    if (rc == 0) {
+        char **paths = asvr_malloc(sizeof(char *) * (size_t)(N + 1), "answer files");
+        int n = 0;
+        if (have_whole) paths[n++] = asvr_path_join(dir, whole);
+        for (int k = 0; k < N; k++) paths[n++] = asvr_path_join(dir, part[k]);
+        *paths_out = paths, *n_out = n;
+    }
+    for (int k = 0; k < N; k++) free(part[k]);
+    free(part);
+    return rc;
 }
 
 json_t *bench_score(const bench_def *b, bench_set *s, asvr_error *err) {

@@ -14,7 +14,8 @@
  *                hint, ocr_tokens, question_type, type, dataset, options_raw, pair_id, subcategory,
  *                set_id, figure_id, hb_question_id.
  * Answer file (JSONL): {"question_id": ..., "answer": "<decoded output, stripped>"}; other fields
- * are ignored; the last line wins for a repeated id.
+ * are ignored; the last line wins for a repeated id. A run split over processes (asvr-eval run --shard
+ * K/N) writes its part to <bench>.part-K-of-N.jsonl; scoring reads every part.
  *
  * Scores (bench_score): one JSON object:
  *   {"benchmark", "title", "group", "questions", "answered", "missing",
@@ -101,6 +102,14 @@ int bench_load_questions(const char *path, const bench_def *b, bench_set *s, asv
 /* Reads an answer file into s. Unknown ids are warned about; with allow_missing a question without
  * an answer is scored as the empty answer, otherwise any missing answer fails (-1). */
 int bench_attach_answers(bench_set *s, const char *path, int allow_missing, asvr_error *err);
+/* The same over several answer files read in order (the last answer wins for an id answered more than
+ * once, with a warning); missing answers are counted once, over all of them. */
+int bench_attach_answer_files(bench_set *s, const char *const *paths, int n, int allow_missing, asvr_error *err);
+/* The answer files of benchmark `bench` in dir (a run's answers/ folder): <bench>.jsonl and every
+ * <bench>.part-K-of-N.jsonl (asvr-eval run --shard), the whole file first, then the parts by K. The
+ * parts must be one complete set (every K of one N). Paths malloc'd (free each and the array); 1 (err
+ * set) when there are none; -1 with err when a part is missing or parts of two different N are there. */
+int bench_find_answer_files(const char *dir, const char *bench, char ***paths, int *n, asvr_error *err);
 /* Scores s with b; NULL with err when rows were malformed. */
 json_t *bench_score(const bench_def *b, bench_set *s, asvr_error *err);
 void bench_set_free(bench_set *s);

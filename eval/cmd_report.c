@@ -120,6 +120,29 @@ static int load_cell(const char *dir, const bench_def *b, const char *metric, ce
     return 0;
 }
 
+/* A benchmark without scores whose answers are in RUN/answers (one file or the parts of run --shard):
+ * say how to score them rather than show a silent dash. */
+static void warn_unscored(const char *dir, const bench_def *b) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "scores/%s.json", b->name);
+    char *sp = asvr_path_join(dir, rel), *ad = asvr_path_join(dir, "answers");
+    if (!asvr_path_exists(sp) && asvr_path_exists(ad)) {
+        char **files = NULL;
+        int n = 0;
+        asvr_error err;
+        int r = bench_find_answer_files(ad, b->name, &files, &n, &err);
+        if (r == 0)
+            LOG_WARN("'%s' has answers of %s (%d file(s)) but no %s: score them with asvr-eval score --bench %s "
+                     "--questions Q.jsonl --answers %s --out %s",
+                     dir, b->name, n, rel, b->name, ad, sp);
+        else if (r < 0)
+            LOG_WARN("%s (so %s shows " DASH ")", err.msg, b->name);
+        for (int i = 0; i < n; i++) free(files[i]);
+        free(files);
+    }
+    free(sp), free(ad);
+}
+
 static double round1(double v) { return round(v * 10.0) / 10.0; }
 
 static char *fmt_cell(const cell *c, const cell *base) {
@@ -204,9 +227,12 @@ int cmd_report(int argc, char **argv) {
         free(sd);
         for (int k = 0; k < nb && rc == ASVR_EXIT_OK; k++) {
             json_t *o = NULL;
-            if (load_cell(pos[r], &all[k], picks[k], &rows[r].cells[k], &o, &err) < 0) {
+            int lc = load_cell(pos[r], &all[k], picks[k], &rows[r].cells[k], &o, &err);
+            if (lc < 0) {
                 LOG_ERROR("%s", err.msg);
                 rc = ASVR_EXIT_FAIL;
+            } else if (lc == 1) {
+                warn_unscored(pos[r], &all[k]);
             }
             if (o) json_array_append_new(kept, o);
         }

@@ -1,6 +1,10 @@
 /* asvr-eval run — answers every question of a benchmark file with greedy decoding and scores them:
  * RUN/answers/<bench>.jsonl (one {question_id, answer} per line, appended batch by batch, so a rerun
- * skips what is answered) and RUN/scores/<bench>.json (every metric variant, atomically). */
+ * skips what is answered) and RUN/scores/<bench>.json (every metric variant, atomically).
+ * --shard K/N answers part K of N (question i of the file, counting non-blank lines from 0, goes to
+ * part i mod N) into RUN/answers/<bench>.part-K-of-N.jsonl and does not score: `asvr-eval score
+ * --answers RUN/answers` reads every part. --shard auto takes K, N and (with --device cuda) the local
+ * rank's GPU from mpirun/srun (base/shard.h). */
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -12,9 +16,11 @@
 #include "base/fsutil.h"
 #include "base/log.h"
 #include "base/progress.h"
+#include "base/shard.h"
 #include "bench.h"
 #include "commands.h"
 #include "eval_model.h"
+#include "nn/device.h"
 
 /* Keeps the well-formed lines of an existing answers file (a killed run may leave a partial last
  * line) and returns the set of answered question ids. */
@@ -62,9 +68,9 @@ static json_t *load_answered(const char *path, asvr_error *err) {
 int cmd_run(int argc, char **argv) {
     eval_model_opts mo;
     eval_model_opts_default(&mo);
-    const char *bench = NULL, *questions = NULL, *image_root = "", *out = NULL;
+    const char *bench = NULL, *questions = NULL, *image_root = "", *out = NULL, *shard_s = NULL;
     int64_t batch = 8, limit = 0, max_new = 0;
-    asvr_opt opts[EVAL_MODEL_NOPTS + 7];
+    asvr_opt opts[EVAL_MODEL_NOPTS + 8];
     eval_model_opts_table(&mo, opts);
     int k = EVAL_MODEL_NOPTS;
     opts[k++] = (asvr_opt){"bench", ASVR_OPT_STR, &bench, "NAME", "benchmark (asvr-eval benchmarks lists them)"};
@@ -74,12 +80,17 @@ int cmd_run(int argc, char **argv) {
     opts[k++] = (asvr_opt){"batch", ASVR_OPT_INT, &batch, "N", "questions decoded together (default 8)"};
     opts[k++] = (asvr_opt){"limit", ASVR_OPT_INT, &limit, "N", "answer only the first N questions (a quick look; scores then need all)"};
     opts[k++] = (asvr_opt){"max-new-tokens", ASVR_OPT_INT, &max_new, "N", "override the benchmark's token limit"};
+    opts[k++] = (asvr_opt){"shard", ASVR_OPT_STR, &shard_s, "K/N|auto",
+                           "answer part K of N (question i goes to part i mod N) into answers/<bench>.part-K-of-N.jsonl, "
+                           "unscored; auto: K, N and the GPU from mpirun/srun"};
     const asvr_cli cli = {"asvr-eval run",
                           "(--checkpoint DIR | --model FILE --config FILE) --vision FILE --tokenizer FILE --bench NAME "
                           "--questions Q.jsonl --image-root DIR --out RUN_DIR [options]",
                           "Answers a benchmark's questions with the evaluation prompt (vicuna_v1, image first) and greedy\n"
                           "decoding, appending to RUN_DIR/answers/<bench>.jsonl (a rerun skips answered questions), then\n"
-                          "scores them into RUN_DIR/scores/<bench>.json for asvr-eval report.",
+                          "scores them into RUN_DIR/scores/<bench>.json for asvr-eval report. With --shard K/N it answers\n"
+                          "part K of N into RUN_DIR/answers/<bench>.part-K-of-N.jsonl and leaves the scoring to\n"
+                          "asvr-eval score --answers RUN_DIR/answers (every part, the same scores as one run).",
                           opts, k, 0, 0};
     int npos;
     char **pos;
@@ -89,6 +100,10 @@ int cmd_run(int argc, char **argv) {
     const bench_def *b = bench_find(bench);
     if (!b) asvr_cli_usage_error(&cli, "unknown benchmark '%s' (known: %s)", bench, bench_names());
     if (batch < 1 || batch > 1024 || limit < 0 || max_new < 0) asvr_cli_usage_error(&cli, "bad --batch, --limit or --max-new-tokens");
+    asvr_shard shard;
+    char shard_why[256], tag[64] = "";
+    if (asvr_shard_parse(shard_s, &shard, shard_why, sizeof shard_why) < 0) asvr_cli_usage_error(&cli, "%s", shard_why);
+    if (shard_s) asvr_shard_tag(&shard, tag, sizeof tag);
 
     asvr_error err = {{0}};
     bench_set s;
@@ -98,7 +113,8 @@ int cmd_run(int argc, char **argv) {
         return ASVR_EXIT_FAIL;
     }
     char ans_name[256], sc_name[256];
-    snprintf(ans_name, sizeof ans_name, "answers/%s.jsonl", b->name);
+    if (shard_s) snprintf(ans_name, sizeof ans_name, "answers/%s.part-%s.jsonl", b->name, tag);
+    else snprintf(ans_name, sizeof ans_name, "answers/%s.jsonl", b->name);
     snprintf(sc_name, sizeof sc_name, "scores/%s.json", b->name);
     char *ans_path = asvr_path_join(out, ans_name), *sc_path = asvr_path_join(out, sc_name), *ans_dir = asvr_path_dirname(ans_path);
     int rc = ASVR_EXIT_FAIL;
@@ -110,13 +126,22 @@ int cmd_run(int argc, char **argv) {
         LOG_ERROR("%s", err.msg);
         goto done;
     }
-    size_t todo_n = 0, upto = limit > 0 && (size_t)limit < s.n ? (size_t)limit : s.n;
+    size_t todo_n = 0, mine = 0, upto = limit > 0 && (size_t)limit < s.n ? (size_t)limit : s.n;
     size_t *todo = asvr_malloc(sizeof(size_t) * (s.n ? s.n : 1), "the question list");
-    for (size_t i = 0; i < upto; i++)
+    for (size_t i = 0; i < upto; i++) {
+        if (!asvr_shard_owns(&shard, i)) continue;
+        mine++;
         if (!json_object_get(seen, s.items[i].qid)) todo[todo_n++] = i;
-    LOG_INFO("%s: %zu questions, %zu already answered in '%s', %zu to answer", b->name, s.n, s.n - todo_n - (s.n - upto),
-             ans_path, todo_n);
+    }
+    if (shard_s)
+        LOG_INFO("%s: %zu questions, part %d of %d (launcher %s) holds %zu: %zu already answered in '%s', %zu to answer",
+                 b->name, s.n, shard.index, shard.count, shard.launcher, mine, mine - todo_n, ans_path, todo_n);
+    else
+        LOG_INFO("%s: %zu questions, %zu already answered in '%s', %zu to answer", b->name, s.n, mine - todo_n, ans_path,
+                 todo_n);
     if (todo_n > 0) {
+        if (shard_s && strcmp(mo.device, "cuda") == 0 && nn_use_cuda_device(shard.device, &err) < 0)
+            asvr_cli_usage_error(&cli, "--shard %s: %s", shard_s, err.msg);
         if (eval_model_load(&cli, &mo, &em, &err) < 0) {
             LOG_ERROR("%s", err.msg);
             free(todo);
@@ -196,6 +221,13 @@ int cmd_run(int argc, char **argv) {
         }
     } else {
         free(todo);
+    }
+    if (shard_s) {
+        LOG_INFO("%s: part %d of %d answered in '%s'; once every part is, score them all with: asvr-eval score --bench %s "
+                 "--questions %s --answers %s --out %s",
+                 b->name, shard.index, shard.count, ans_path, b->name, questions, ans_dir, sc_path);
+        rc = ASVR_EXIT_OK;
+        goto done;
     }
     if (upto < s.n) {
         LOG_INFO("--limit %lld: %zu of %zu questions answered; not scoring", (long long)limit, upto, s.n);

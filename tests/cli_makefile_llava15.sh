@@ -2,7 +2,8 @@
 # cli_makefile_llava15.sh BUILD_DIR GOLDEN_DIR — dry runs of examples/llava15/Makefile over stand-in
 # inputs: the planned commands come in the recipe's order (codes → pack → train pt → train it → eval
 # → report), every target is a file, and once the targets exist and are newer than their inputs,
-# `make -q` / `make -n` have nothing to do.
+# `make -q` / `make -n` have nothing to do. GPUS=8 and MPIRUN=... plan the parallel steps under the
+# launcher (codes in parts + merge, both trainings, eval in parts + score); GPUS=1 plans today's commands.
 set -u
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 MK="$HERE/examples/llava15/Makefile"
@@ -33,6 +34,37 @@ check '[ "$(grep -c "asvr-tokenize encode" "$TMP/plan.txt")" = 2 ] && grep -q --
 check 'grep -q -- "--template plain" "$TMP/plan.txt" && grep -q -- "--template vicuna_v1" "$TMP/plan.txt"' "both templates"
 check '[ "$(grep -c "asvr-eval run" "$TMP/plan.txt")" = 2 ]' "one eval run per benchmark"
 check 'grep -q "^\.DELETE_ON_ERROR:" "$MK"' ".DELETE_ON_ERROR is set"
+check '! grep -qE -- "--shard|merge|mpirun|--device|asvr-eval score" "$TMP/plan.txt"' "GPUS=1 (default): one process per step, today's commands"
+
+# GPUS=8: every parallel step under mpirun -np 8, one GPU each; codes in parts then merged; eval parts then scored.
+make -n "${VARS[@]}" GPUS=8 > "$TMP/plan8.txt" 2> "$TMP/plan8.err"
+check '[ $? -eq 0 ]' "make -n GPUS=8 plans the recipe ($(head -c 300 "$TMP/plan8.err"))"
+O="$TMP/out"
+l8() { grep -n -F -- "$1" "$TMP/plan8.txt" | head -1 | cut -d: -f1; }
+for p in pt it; do
+  check '[ "$(grep -c -F -- "mpirun -np 8 /nonexistent/bin/asvr-tokenize encode --shard auto" "$TMP/plan8.txt")" = 2 ] && grep -F -- "--out $O/codes-$p.lmdb --device cuda" "$TMP/plan8.txt" | grep -q "^mpirun -np 8 "' \
+        "GPUS=8: codes-$p encoded in 8 parts on cuda"
+  check '[ -n "$(l8 "asvr-tokenize merge --shards $O/codes-$p.lmdb")" ] && [ "$(l8 "codes-$p.lmdb --device cuda")" -lt "$(l8 "asvr-tokenize merge --shards $O/codes-$p.lmdb")" ] && [ "$(l8 "asvr-tokenize merge --shards $O/codes-$p.lmdb")" -lt "$(l8 "--codes $O/codes-$p.lmdb --out $O/$p.pack")" ]' \
+        "GPUS=8: the parts of codes-$p are merged before pack reads the store"
+  check 'grep -q -- "^mpirun -np 8 /nonexistent/bin/asvr-train train --stage $p " "$TMP/plan8.txt" && grep -A1 -- "--stage $p " "$TMP/plan8.txt" | grep -q -- "--out $O/runs/$p --device cuda"' \
+        "GPUS=8: mpirun -np 8 asvr-train train --stage $p --device cuda"
+done
+for b in textvqa pope; do
+  check 'grep -q -- "^mpirun -np 8 /nonexistent/bin/asvr-eval run --shard auto .* --bench $b " "$TMP/plan8.txt" && grep -q -F -- "/nonexistent/bin/asvr-eval score --bench $b --questions $D/eval/$b.jsonl --answers $O/eval/asvr/answers --out $O/eval/asvr/scores/$b.json" "$TMP/plan8.txt"' \
+        "GPUS=8: $b answered in parts, then every part scored"
+  check '[ "$(l8 "--bench $b ")" -lt "$(l8 "asvr-eval score --bench $b ")" ] && [ "$(l8 "asvr-eval score --bench $b ")" -lt "$(l8 "asvr-eval report")" ]' \
+        "GPUS=8: $b scored after its parts, before the report"
+done
+check '[ "$(grep -c "^mpirun -np 8 " "$TMP/plan8.txt")" = 6 ] && ! grep -q "^mpirun.*asvr-pack" "$TMP/plan8.txt" && ! grep -q "^mpirun.*asvr-eval report" "$TMP/plan8.txt"' \
+      "GPUS=8: 2 encodes, 2 trainings and 2 evals under mpirun; pack and report once"
+# MPIRUN replaces the prefix (srun inside a Slurm allocation), whatever GPUS says.
+make -n "${VARS[@]}" MPIRUN=srun GPUS=8 > "$TMP/plans.txt" 2> /dev/null
+check '[ "$(grep -c "^srun /nonexistent/bin/" "$TMP/plans.txt")" = 6 ] && ! grep -q mpirun "$TMP/plans.txt" && [ "$(grep -c "asvr-tokenize merge --shards" "$TMP/plans.txt")" = 2 ] && [ "$(grep -c "asvr-eval score" "$TMP/plans.txt")" = 2 ]' \
+      "MPIRUN=srun: the same plan under srun"
+make -n "${VARS[@]}" MPIRUN="mpirun -np 16 --hostfile hosts" > "$TMP/planh.txt" 2> /dev/null
+check '[ "$(grep -c "^mpirun -np 16 --hostfile hosts /nonexistent/bin/" "$TMP/planh.txt")" = 6 ]' "MPIRUN with its own options"
+make -n "${VARS[@]}" GPUS=2 DEVICE=cpu > "$TMP/plancpu.txt" 2> /dev/null
+check 'grep -q -- "--device cpu" "$TMP/plancpu.txt" && ! grep -q -- "--device cuda" "$TMP/plancpu.txt"' "DEVICE overrides the device of the parts"
 
 # After a successful run (targets made in order, each newer than its inputs) there is nothing to do.
 O="$TMP/out"

@@ -9,6 +9,7 @@ int cmd_encode(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_dump(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 int cmd_fit(int argc, char **argv);
 
 #endif

@@ -9,7 +9,10 @@
  * batches are assembled in pinned host memory, uploaded, encoded, and the codes copied back. The
  * store records the backend (cpu-f32, cuda-bf16, cuda-f32) and refuses to mix them without --force.
  * Time per stage (decode/preprocess, waits, upload, model, download, write) goes to the last log
- * line and to --stats, with the stage that bounded the run. */
+ * line and to --stats, with the stage that bounded the run.
+ * --shard K/N encodes part K of N of the deduplicated list (image i goes to part i mod N) into
+ * "<out>.shard-K-of-N", which records the part (shards.h); `merge` combines the parts. --shard auto
+ * takes K and N from mpirun/srun and, with --device cuda, the local rank's GPU (base/shard.h). */
 #include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -27,7 +30,9 @@
 #include "image_list.h"
 #include "io/image.h"
 #include "io/json_stream.h"
+#include "nn/device.h"
 #include "model/vision_tokenizer.h"
+#include "shards.h"
 #include "store/code_store.h"
 #ifdef ASVR_HAVE_CUDA
 #include "nn/cuda/ops_cuda.h"
@@ -138,7 +143,8 @@ static void *writer_thread(void *arg) {
 
 int cmd_encode(int argc, char **argv) {
     const char *json = NULL, *list = NULL, *root = "", *tok_path = NULL, *out = NULL, *policy_s = NULL,
-               *pad_s = NULL, *rejects = NULL, *stats = NULL, *device = "cpu", *dtype_s = NULL, *vq_s = "gemm";
+               *pad_s = NULL, *rejects = NULL, *stats = NULL, *device = "cpu", *dtype_s = NULL, *vq_s = "gemm",
+               *shard_s = NULL;
     int64_t batch_size = 8, threads = 0, max_errors = -1, map_mib = 1024, max_pixels = (int64_t)IMAGE_DEFAULT_MAX_PIXELS;
     int compress = 0, accept = 0, exif = 0, force = 0;
     const asvr_opt opts[] = {
@@ -148,6 +154,8 @@ int cmd_encode(int argc, char **argv) {
         {"tokenizer", ASVR_OPT_STR, &tok_path, "FILE", "tokenizer file (tools/convert_tokenizer.py makes one)"},
         {"policy", ASVR_OPT_STR, &policy_s, "pad|squash", "pad to square (stage it) or squash (stage pt); required"},
         {"out", ASVR_OPT_STR, &out, "STORE", "the code store (built as STORE.partial, renamed when complete)"},
+        {"shard", ASVR_OPT_STR, &shard_s, "K/N|auto", "encode part K of N (image i of the list goes to part i mod N) into "
+                                                     "STORE.shard-K-of-N; auto: K, N and the GPU from mpirun/srun"},
         {"pad", ASVR_OPT_STR, &pad_s, "R,G,B", "pad colour (default: the tokenizer's, 127,127,127 for SigLIP)"},
         {"batch", ASVR_OPT_INT, &batch_size, "N", "images per forward pass and per LMDB transaction (default 8)"},
         {"threads", ASVR_OPT_INT, &threads, "N", "decode threads (default: the number of cores)"},
@@ -168,7 +176,8 @@ int cmd_encode(int argc, char **argv) {
                           "(--json FILE | --list FILE) [--image-root DIR] --tokenizer FILE --policy pad|squash --out STORE [options]",
                           "Encodes every image into D codes per position with the tokenizer and stores them under the\n"
                           "image path as written in the input. Resumes a killed run; a rerun on a finished store whose\n"
-                          "images are all present does nothing.",
+                          "images are all present does nothing. With --shard, each process encodes its part of the\n"
+                          "deduplicated list into STORE.shard-K-of-N; `asvr-tokenize merge STORE --shards` combines them.",
                           opts, (int)(sizeof opts / sizeof opts[0]), 0, 0};
     int npos;
     char **pos;
@@ -198,6 +207,15 @@ int cmd_encode(int argc, char **argv) {
         asvr_cli_usage_error(&cli, "--device cuda: no CUDA device is visible (check nvidia-smi and "
                                    "CUDA_VISIBLE_DEVICES), or use --device cpu");
 #endif
+    asvr_shard shard;
+    char shard_why[256];
+    if (asvr_shard_parse(shard_s, &shard, shard_why, sizeof shard_why) < 0) asvr_cli_usage_error(&cli, "%s", shard_why);
+    char *out_path = shard_s ? encode_part_out(out, &shard) : asvr_strdup(out);
+    out = out_path;
+    if (shard_s && use_cuda) {
+        asvr_error derr;
+        if (nn_use_cuda_device(shard.device, &derr) < 0) asvr_cli_usage_error(&cli, "--shard %s: %s", shard_s, derr.msg);
+    }
     if (threads <= 0) threads = asvr_num_cores();
     uint8_t pad[3];
     if (pad_s && image_list_parse_rgb(pad_s, pad) < 0) asvr_cli_usage_error(&cli, "--pad expects R,G,B with values 0..255");
@@ -208,6 +226,11 @@ int cmd_encode(int argc, char **argv) {
     if ((json ? image_list_read_json(json, &keys, &err) : image_list_read_file(list, &keys, &err)) < 0)
         ASVR_FATAL("check the input path", "%s", err.msg);
     LOG_INFO("encode: %zu distinct images from %s", keys.n, json ? json : list);
+    encode_part part;
+    encode_part_select(&part, &keys, shard_s ? &shard : NULL);
+    if (shard_s)
+        LOG_INFO("--shard %s: part %d of %d (launcher %s%s), %zu of the images -> '%s'", shard_s, shard.index,
+                 shard.count, shard.launcher, use_cuda ? ", its local rank's GPU" : "", part.n, out);
 
     /* Cheap checks first: the tokenizer's fingerprint and an up-to-date store need no model. */
     code_store_meta meta = {0};
@@ -239,13 +262,17 @@ int cmd_encode(int argc, char **argv) {
             if (force) memcpy(want.backend, code_store_get_meta(fin)->backend, sizeof want.backend);
             if (code_store_meta_diff(code_store_get_meta(fin), &want, why, sizeof why))
                 ASVR_FATAL("write to a new store (one store per tokenizer, policy and backend)", "'%s' was made differently, refusing to mix: %s", out, why);
+            if (encode_part_check(fin, out, &part, 0, &err) < 0)
+                ASVR_FATAL("write each part to its own store (--shard names it STORE.shard-K-of-N)", "%s", err.msg);
             size_t missing = 0;
-            for (size_t i = 0; i < keys.n && !missing; i++) missing += !code_store_has(fin, keys.keys[i]);
+            for (size_t i = 0; i < part.n && !missing; i++) missing += !code_store_has(fin, part.keys[i]);
             code_store_close(fin);
             if (!missing) {
-                LOG_INFO("'%s' is complete: all %zu images are in it; nothing to do", out, keys.n);
+                LOG_INFO("'%s' is complete: all %zu images are in it; nothing to do", out, part.n);
                 vision_tokenizer_free(vt);
+                encode_part_free(&part);
                 image_list_free(&keys);
+                free(out_path);
                 return ASVR_EXIT_OK;
             }
         }
@@ -253,15 +280,19 @@ int cmd_encode(int argc, char **argv) {
     code_store *cs;
     if (code_store_open_writer_ex(out, &meta, (size_t)map_mib << 20, force, &cs, &err) < 0)
         ASVR_FATAL("write to a new store, or pass --force to append codes from another backend", "%s", err.msg);
+    if (encode_part_check(cs, out, &part, 1, &err) < 0) {
+        code_store_close(cs);
+        ASVR_FATAL("write each part to its own store (--shard names it STORE.shard-K-of-N)", "%s", err.msg);
+    }
     if (strcmp(code_store_get_meta(cs)->backend, meta.backend) != 0)
         LOG_WARN("--force: appending %s codes to '%s', which now records backend '%s'", meta.backend, out,
                  code_store_get_meta(cs)->backend);
-    char **todo = asvr_malloc(sizeof(char *) * (keys.n ? keys.n : 1), "the work list");
+    char **todo = asvr_malloc(sizeof(char *) * (part.n ? part.n : 1), "the work list");
     size_t n_todo = 0;
-    for (size_t i = 0; i < keys.n; i++)
-        if (!code_store_has(cs, keys.keys[i])) todo[n_todo++] = keys.keys[i];
+    for (size_t i = 0; i < part.n; i++)
+        if (!code_store_has(cs, part.keys[i])) todo[n_todo++] = part.keys[i];
     LOG_INFO("%zu already in '%s.partial', %zu to encode; policy %s, %dx%d, batch %lld, %lld decode threads, backend %s%s",
-             keys.n - n_todo, out, n_todo, meta.policy, meta.image_size, meta.image_size, (long long)batch_size,
+             part.n - n_todo, out, n_todo, meta.policy, meta.image_size, meta.image_size, (long long)batch_size,
              (long long)threads, meta.backend, lo.fused_vq ? " (fused VQ kernel)" : "");
     if (asvr_log_get_level() >= ASVR_LOG_INFO) vision_tokenizer_print(vt, stderr);
 
@@ -412,8 +443,8 @@ int cmd_encode(int argc, char **argv) {
              write_wait_s, bottleneck);
     if (stats) {
         json_t *s = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:b}",
-                              "store", out, "tokenizer", tok_path, "policy", meta.policy, "images", (json_int_t)keys.n,
-                              "encoded", (json_int_t)n_ok, "already_present", (json_int_t)(keys.n - n_todo),
+                              "store", out, "tokenizer", tok_path, "policy", meta.policy, "images", (json_int_t)part.n,
+                              "encoded", (json_int_t)n_ok, "already_present", (json_int_t)(part.n - n_todo),
                               "rejected", (json_int_t)n_err, "store_records", (json_int_t)total, "seconds", elapsed,
                               "images_per_s", elapsed > 0 ? (double)n_ok / elapsed : 0.0, "compute_s", compute_s,
                               "decode_s", decode_s, "write_s", p.write_s, "compute_wait_s", wait_s,
@@ -422,6 +453,10 @@ int cmd_encode(int argc, char **argv) {
         json_object_set_new(s, "dtype", json_string(dtype_s));
         json_object_set_new(s, "backend", json_string(meta.backend));
         json_object_set_new(s, "vq_kernel", json_string(vq_s));
+        if (shard_s) {
+            json_object_set_new(s, "shard", json_pack("{s:i, s:i, s:I}", "index", shard.index, "count", shard.count,
+                                                      "list_images", (json_int_t)keys.n));
+        }
         json_object_set_new(s, "batch", json_integer((json_int_t)B));
         /* seconds per stage; decode_preprocess_s is summed over the decode threads */
         json_t *st = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "decode_preprocess_s", decode_s,
@@ -447,6 +482,8 @@ int cmd_encode(int argc, char **argv) {
     free(todo);
     vtok_work_free(work);
     vision_tokenizer_free(vt);
+    encode_part_free(&part);
     image_list_free(&keys);
+    free(out_path);
     return failed ? ASVR_EXIT_FAIL : ASVR_EXIT_OK;
 }

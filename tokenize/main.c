@@ -4,6 +4,7 @@
 
 static const asvr_command COMMANDS[] = {
     {"encode", cmd_encode, "encode the images of a LLaVA JSON or a list into a code store"},
+    {"merge", cmd_merge, "combine code stores (e.g. the parts of encode --shard) into one new store"},
     {"verify", cmd_verify, "check every record of a code store (checksums, shapes, code range)"},
     {"stats", cmd_stats, "summarise a code store (meta, size, codebook use per depth)"},
     {"dump", cmd_dump, "print records as JSON lines"},

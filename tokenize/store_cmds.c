@@ -89,8 +89,9 @@ int cmd_stats(int argc, char **argv) {
     int as_json = 0;
     const asvr_opt opts[] = {{"json", ASVR_OPT_FLAG, &as_json, NULL, "print JSON on stdout"}};
     const asvr_cli cli = {"asvr-tokenize stats", "[--json] STORE",
-                          "Summarises a code store: its meta record, record count and size, and per depth the\n"
-                          "number of codebook rows used and the code perplexity (exp of the entropy).",
+                          "Summarises a code store: its meta record, record count and size, per depth the number of\n"
+                          "codebook rows used and the code perplexity (exp of the entropy), and where it came from\n"
+                          "(the part of a list that encode --shard wrote, or the inputs of a merge).",
                           opts, 1, 1, 1};
     int npos;
     char **pos;
@@ -122,6 +123,17 @@ int cmd_stats(int argc, char **argv) {
                                                 "perplexity", exp(h)));
     }
     json_object_set_new(o, "per_depth", depths);
+    /* provenance: the part of a list (encode --shard) or the inputs of a merge */
+    const char *info_names[2] = {"shard", "merged"};
+    for (int i = 0; i < 2; i++) {
+        char *js = NULL;
+        int r = code_store_get_info(cs, info_names[i], &js, &err);
+        if (r < 0) ASVR_FATAL("", "%s", err.msg);
+        json_t *x = r == 0 ? json_loads(js, 0, NULL) : NULL;
+        if (r == 0 && !x) LOG_WARN("'%s': the %s record is not JSON", pos[0], info_names[i]);
+        if (x) json_object_set_new(o, info_names[i], x);
+        free(js);
+    }
     if (as_json) {
         char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
         printf("%s\n", s);
@@ -132,6 +144,20 @@ int cmd_stats(int argc, char **argv) {
         printf("tokenizer %s (%s), policy %s, %dx%d input, %d positions x %d depths, K = %d, compression %s\n",
                m->tokenizer, m->tokenizer_fingerprint, m->policy, m->image_size, m->image_size, m->positions, m->depth,
                m->codebook_size, m->compression ? "zstd" : "none");
+        json_t *sh = json_object_get(o, "shard"), *mg = json_object_get(o, "merged");
+        if (sh)
+            printf("part %lld of %lld (encode --shard) of a list of %lld images (list %s)\n",
+                   (long long)json_integer_value(json_object_get(sh, "index")),
+                   (long long)json_integer_value(json_object_get(sh, "count")),
+                   (long long)json_integer_value(json_object_get(sh, "list_images")),
+                   json_string_value(json_object_get(sh, "list_fingerprint")));
+        if (mg) {
+            json_t *ins = json_object_get(mg, "inputs");
+            printf("merged from %zu store(s):", json_array_size(ins));
+            for (size_t i = 0; i < json_array_size(ins); i++)
+                printf(" %s", json_string_value(json_object_get(json_array_get(ins, i), "store")));
+            printf("\n");
+        }
         for (size_t d = 0; d < json_array_size(depths); d++) {
             json_t *x = json_array_get(depths, d);
             printf("  depth %zu: %lld of %d codes used, perplexity %.1f\n", d,

@@ -414,6 +414,19 @@ int code_store_finish(code_store *cs, asvr_error *err) {
     return ret;
 }
 
+void code_store_discard(code_store *cs) {
+    if (!cs) return;
+    if (cs->env) mdb_env_close(cs->env);
+    cs->env = NULL;
+    if (cs->writable) {
+        char lock[4096];
+        lock_path(lock, sizeof lock, cs->open_path);
+        unlink(cs->open_path);
+        unlink(lock);
+    }
+    code_store_close(cs);
+}
+
 const code_store_meta *code_store_get_meta(const code_store *cs) { return &cs->meta; }
 int64_t code_store_count(const code_store *cs) { return cs->count; }
 
@@ -518,5 +531,175 @@ int code_store_foreach(code_store *cs, code_store_visit_fn fn, void *ctx, asvr_e
     if (rc && rc != MDB_NOTFOUND) ret = mdb_fail(err, rc, cs->open_path, "iterating");
     mdb_cursor_close(cur);
     mdb_txn_abort(txn);
+    return ret;
+}
+
+/* ---- provenance records and merging ----------------------------------------------------------- */
+
+const char *code_store_path(const code_store *cs) { return cs->open_path; }
+
+int code_store_get_info(code_store *cs, const char *name, char **json, asvr_error *err) {
+    *json = NULL;
+    if (strcmp(name, "meta") == 0) return asvr_err_set(err, "'meta' is the meta record, not a provenance record");
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(cs->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return mdb_fail(err, rc, cs->open_path, "starting a read transaction");
+    MDB_val k = {strlen(name), (void *)name}, v;
+    rc = mdb_get(txn, cs->meta_dbi, &k, &v);
+    int ret = 1;
+    if (rc == 0) {
+        char *s = asvr_malloc(v.mv_size + 1, "a provenance record");
+        memcpy(s, v.mv_data, v.mv_size);
+        s[v.mv_size] = 0;
+        *json = s;
+        ret = 0;
+    } else if (rc != MDB_NOTFOUND) {
+        ret = mdb_fail(err, rc, cs->open_path, "reading a provenance record");
+    }
+    mdb_txn_abort(txn);
+    return ret;
+}
+
+int code_store_put_info(code_store *cs, const char *name, const char *json, asvr_error *err) {
+    if (!cs->writable) return asvr_err_set(err, "'%s' is open read-only", cs->open_path);
+    if (strcmp(name, "meta") == 0) return asvr_err_set(err, "'meta' is the meta record, not a provenance record");
+    for (;;) {
+        MDB_txn *txn;
+        int rc = mdb_txn_begin(cs->env, NULL, 0, &txn);
+        if (rc) return mdb_fail(err, rc, cs->open_path, "starting a write transaction");
+        MDB_val k = {strlen(name), (void *)name}, v = {strlen(json), (void *)json};
+        rc = mdb_put(txn, cs->meta_dbi, &k, &v, 0);
+        if (rc) mdb_txn_abort(txn);
+        else rc = mdb_txn_commit(txn);
+        if (rc == MDB_MAP_FULL) {
+            if ((rc = mdb_env_set_mapsize(cs->env, cs->map_size * 2))) return mdb_fail(err, rc, cs->open_path, "growing the map");
+            cs->map_size *= 2;
+            continue;
+        }
+        if (rc) return mdb_fail(err, rc, cs->open_path, "writing a provenance record");
+        return 0;
+    }
+}
+
+#define ADD_BATCH 256
+
+/* One transaction: the n records (key/value pointers into src's open read transaction) into cs.
+ * 0 ok, MDB_MAP_FULL to grow and retry, -1 with err (and *conflict on different codes). */
+static int add_batch(code_store *cs, code_store *src, const MDB_val *keys, const MDB_val *vals, int n, uint16_t *a,
+                     uint16_t *b, int64_t *added, int64_t *skipped, char **conflict, asvr_error *err) {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(cs->env, NULL, 0, &txn);
+    if (rc) return mdb_fail(err, rc, cs->open_path, "starting a write transaction");
+    int64_t add = 0, skip = 0;
+    for (int i = 0; i < n; i++) {
+        MDB_val k = keys[i], have;
+        rc = mdb_get(txn, cs->codes_dbi, &k, &have);
+        if (rc == 0) {
+            asvr_error e2;
+            if (code_record_decode(have.mv_data, have.mv_size, &cs->meta, a, &e2) < 0) {
+                mdb_txn_abort(txn);
+                return asvr_err_set(err, "'%s': record '%.*s': %s", cs->open_path, (int)k.mv_size, (const char *)k.mv_data,
+                                    e2.msg);
+            }
+            code_record_decode(vals[i].mv_data, vals[i].mv_size, &src->meta, b, &e2); /* checked by the caller */
+            size_t per = (size_t)cs->meta.positions * (size_t)cs->meta.depth;
+            if (memcmp(a, b, per * sizeof *a) != 0) {
+                size_t diff = 0;
+                while (diff < per && a[diff] == b[diff]) diff++;
+                mdb_txn_abort(txn);
+                char *key = asvr_malloc(k.mv_size + 1, "a key");
+                memcpy(key, k.mv_data, k.mv_size);
+                key[k.mv_size] = 0;
+                *conflict = key;
+                return asvr_err_set(err, "key '%s' is in '%s' with other codes than already merged (first at position "
+                                         "%zu, depth %zu: %u vs %u)",
+                                    key, src->open_path, diff / (size_t)cs->meta.depth, diff % (size_t)cs->meta.depth,
+                                    (unsigned)b[diff], (unsigned)a[diff]);
+            }
+            skip++;
+            continue;
+        }
+        if (rc != MDB_NOTFOUND) break;
+        MDB_val v = vals[i];
+        rc = mdb_put(txn, cs->codes_dbi, &k, &v, MDB_NOOVERWRITE);
+        if (rc) break;
+        add++;
+    }
+    if (rc && rc != MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+    } else {
+        rc = mdb_txn_commit(txn);
+    }
+    if (rc == MDB_MAP_FULL) return MDB_MAP_FULL;
+    if (rc) return mdb_fail(err, rc, cs->open_path, "writing merged records");
+    *added += add;
+    *skipped += skip;
+    cs->count += add;
+    return 0;
+}
+
+int code_store_add_from(code_store *cs, code_store *src, int64_t *added, int64_t *skipped, char **conflict,
+                        asvr_error *err) {
+    *conflict = NULL;
+    if (!cs->writable) return asvr_err_set(err, "'%s' is open read-only", cs->open_path);
+    if (src->meta.positions != cs->meta.positions || src->meta.depth != cs->meta.depth)
+        return asvr_err_set(err, "'%s' holds %dx%d codes, '%s' %dx%d", src->open_path, src->meta.positions,
+                            src->meta.depth, cs->open_path, cs->meta.positions, cs->meta.depth);
+    MDB_txn *rtxn;
+    int rc = mdb_txn_begin(src->env, NULL, MDB_RDONLY, &rtxn);
+    if (rc) return mdb_fail(err, rc, src->open_path, "starting a read transaction");
+    MDB_cursor *cur;
+    rc = mdb_cursor_open(rtxn, src->codes_dbi, &cur);
+    if (rc) {
+        mdb_txn_abort(rtxn);
+        return mdb_fail(err, rc, src->open_path, "opening a cursor");
+    }
+    size_t per = (size_t)cs->meta.positions * (size_t)cs->meta.depth;
+    uint16_t *a = asvr_malloc(per * sizeof *a, "a code record"), *b = asvr_malloc(per * sizeof *b, "a code record");
+    MDB_val keys[ADD_BATCH], vals[ADD_BATCH];
+    int ret = 0, n = 0, more = 1;
+    MDB_val k, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    while (more) {
+        /* the records stay valid while the read transaction is open, so a batch is only pointers */
+        n = 0;
+        for (; rc == 0 && n < ADD_BATCH; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            asvr_error e2;
+            if (code_record_decode(v.mv_data, v.mv_size, &src->meta, NULL, &e2) < 0) {
+                ret = asvr_err_set(err, "'%s': record '%.*s': %s (asvr-tokenize verify lists every corrupt record)",
+                                   src->open_path, (int)k.mv_size, (const char *)k.mv_data, e2.msg);
+                goto done;
+            }
+            keys[n] = k, vals[n] = v, n++;
+        }
+        if (rc && rc != MDB_NOTFOUND) {
+            ret = mdb_fail(err, rc, src->open_path, "iterating");
+            goto done;
+        }
+        more = rc == 0;
+        for (;;) {
+            int r = add_batch(cs, src, keys, vals, n, a, b, added, skipped, conflict, err);
+            if (r != MDB_MAP_FULL) {
+                if (r < 0) {
+                    ret = -1;
+                    goto done;
+                }
+                break;
+            }
+            size_t grow = cs->map_size * 2;
+            LOG_DEBUG("code store '%s': map full at %zu MiB, growing to %zu MiB", cs->open_path, cs->map_size >> 20,
+                      grow >> 20);
+            if ((r = mdb_env_set_mapsize(cs->env, grow))) {
+                ret = mdb_fail(err, r, cs->open_path, "growing the map");
+                goto done;
+            }
+            cs->map_size = grow;
+        }
+    }
+done:
+    free(a);
+    free(b);
+    mdb_cursor_close(cur);
+    mdb_txn_abort(rtxn);
     return ret;
 }

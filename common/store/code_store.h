@@ -9,6 +9,11 @@
  *   "codes": key = image path as written in the input → record:
  *            u32 magic 'ACR1' | u16 positions | u8 depth | u8 flags (bit 0: zstd) | u32 stored bytes |
  *            stored bytes (positions × depth uint16 little-endian, raw or zstd) | u64 xxh64 of all before
+ *   "meta" may also hold provenance records beside "meta" (readers of the meta record never look at
+ *   them, so such stores open in builds that predate them; the format version stays 1):
+ *     "shard":  in a store written by `encode --shard K/N`: JSON {index, count, list_images,
+ *               list_fingerprint} (which part of which deduplicated image list it holds)
+ *     "merged": in a store written by `asvr-tokenize merge`: JSON {inputs: [{store, records, shard}]}
  * Writers build "<out>.partial" and code_store_finish() renames it to <out>; a killed run resumes from
  * the partial file (committed batches survive). The map grows on demand. Readers open read-only
  * without a lock file, so many training processes can share one store.
@@ -58,6 +63,8 @@ int code_store_open_writer_ex(const char *path, const code_store_meta *meta, siz
 /* Writer: syncs, closes, and renames "<path>.partial" to <path> (then removes the lock file).
  * cs is freed whatever the outcome. */
 int code_store_finish(code_store *cs, asvr_error *err);
+/* Writer: closes and deletes "<path>.partial" and its lock file (a merge that cannot succeed). */
+void code_store_discard(code_store *cs);
 void code_store_close(code_store *cs);
 
 const code_store_meta *code_store_get_meta(const code_store *cs);
@@ -69,6 +76,22 @@ int code_store_put_batch(code_store *cs, int n, const char *const *keys, const u
                          asvr_error *err);
 /* Reads and checks one record (magic, sizes, checksum, codes < K). 0 ok, 1 absent, -1 corrupt. */
 int code_store_get(code_store *cs, const char *key, uint16_t *codes, asvr_error *err);
+
+/* A provenance record of the meta database (see the top: "shard", "merged"): get puts its JSON text
+ * (malloc'd, NUL-terminated) in *json and returns 0, or 1 when absent, -1 on a read error; put (a
+ * writer only) stores or replaces it. */
+int code_store_get_info(code_store *cs, const char *name, char **json, asvr_error *err);
+int code_store_put_info(code_store *cs, const char *name, const char *json, asvr_error *err);
+
+/* Merging: adds every record of src to the writer cs (the caller has checked that their meta agree),
+ * a batch of records per transaction, growing the map as needed. Each record of src is checked with
+ * code_record_decode first (a corrupt one fails naming src and the key). A key cs already holds with
+ * the same codes is skipped and counted in *skipped; with different codes the call fails with
+ * *conflict set to the key (malloc'd) and err saying so. *added counts the new records. */
+int code_store_add_from(code_store *cs, code_store *src, int64_t *added, int64_t *skipped, char **conflict,
+                        asvr_error *err);
+/* The file a store is open from (the final path, or "<path>.partial" for a writer). */
+const char *code_store_path(const code_store *cs);
 
 /* Calls fn for every record in key order; stops at the first non-zero return and returns it.
  * value/size are the raw stored record (check it with code_record_decode). */

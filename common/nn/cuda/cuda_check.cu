@@ -1,5 +1,6 @@
 #include "nn/cuda/cuda_check.h"
 #include "base/log.h"
+#include "nn/cuda/ops_cuda.h"
 
 extern "C" const char *asvr_cuda_hint(int e) {
     switch ((cudaError_t)e) {
@@ -28,4 +29,16 @@ extern "C" void asvr_cuda_print_device(void) {
     CHECK_CUDA(cudaGetDeviceProperties(&p, dev));
     LOG_INFO("cuda device %d: %s, sm_%d%d, %d SMs, %.1f GiB", dev, p.name, p.major, p.minor,
              p.multiProcessorCount, (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+}
+
+extern "C" int nn_cuda_device_count(void) {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+extern "C" void nn_cuda_set_device(int index) {
+    int n = nn_cuda_device_count();
+    CHECK(index >= 0 && index < n, "set CUDA_VISIBLE_DEVICES or ASVR_LOCAL_DEVICE, or start fewer processes per host",
+          "CUDA device %d was asked for, but %d device(s) are visible", index, n);
+    CHECK_CUDA(cudaSetDevice(index));
 }

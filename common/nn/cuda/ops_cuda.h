@@ -17,6 +17,10 @@ extern "C" {
 #endif
 
 int nn_cuda_available(void);                    /* 1 when a CUDA device can be used */
+/* The visible CUDA devices (0 when none), and choosing the one this process's later CUDA work uses
+ * (call before anything is allocated; exits naming the index when it is not a visible device). */
+int nn_cuda_device_count(void);
+void nn_cuda_set_device(int index);
 void *nn_cuda_malloc(size_t bytes, const char *what); /* exits naming `what` on failure */
 void nn_cuda_free(void *p);
 /* dst (cuda, f32 or bf16) <- src (cpu, f32), and dst (cpu, f32) <- src (cuda, f32 or bf16);
