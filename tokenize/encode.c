@@ -3,7 +3,8 @@
  * Pipeline: decode threads (read, decode, pad/squash, resize, normalise into a pooled slot) →
  * the compute thread (batches of --batch images through the tokenizer) → the writer thread (one
  * LMDB transaction per batch). Keys already in the store are skipped, so a killed run resumes;
- * the store is built as "<out>.partial" and renamed when every image is done. A bad or missing
+ * the store is built as "<out>.partial" and renamed when every image is done (images added to a
+ * finished store go into it in place, a batch per transaction, so it stays finished). A bad or missing
  * image is logged, listed in --rejects and counted; --max-errors N fails the run after N.
  * --device cuda runs the tokenizer on the GPU (weights in bf16 by default, --dtype f32 for parity):
  * batches are assembled in pinned host memory, uploaded, encoded, and the codes copied back. The
@@ -291,8 +292,8 @@ int cmd_encode(int argc, char **argv) {
     size_t n_todo = 0;
     for (size_t i = 0; i < part.n; i++)
         if (!code_store_has(cs, part.keys[i])) todo[n_todo++] = part.keys[i];
-    LOG_INFO("%zu already in '%s.partial', %zu to encode; policy %s, %dx%d, batch %lld, %lld decode threads, backend %s%s",
-             part.n - n_todo, out, n_todo, meta.policy, meta.image_size, meta.image_size, (long long)batch_size,
+    LOG_INFO("%zu already in '%s', %zu to encode; policy %s, %dx%d, batch %lld, %lld decode threads, backend %s%s",
+             part.n - n_todo, code_store_path(cs), n_todo, meta.policy, meta.image_size, meta.image_size, (long long)batch_size,
              (long long)threads, meta.backend, lo.fused_vq ? " (fused VQ kernel)" : "");
     if (asvr_log_get_level() >= ASVR_LOG_INFO) vision_tokenizer_print(vt, stderr);
 
@@ -420,8 +421,8 @@ int cmd_encode(int argc, char **argv) {
     }
     int64_t total = code_store_count(cs);
     if (failed) {
+        LOG_ERROR("'%s' keeps the %lld finished images; rerun to resume", code_store_path(cs), (long long)total);
         code_store_close(cs);
-        LOG_ERROR("'%s.partial' keeps the %lld finished images; rerun to resume", out, (long long)total);
     } else if (code_store_finish(cs, &err) < 0) {
         LOG_ERROR("%s", err.msg);
         failed = 1;

@@ -104,21 +104,111 @@ int asvr_atomic_write(const char *path, const void *data, size_t n, asvr_error *
     return asvr_atomic_commit(&f, err);
 }
 
-int asvr_read_file(const char *path, uint8_t **data, size_t *n, asvr_error *err) {
-    *data = NULL;
-    *n = 0;
-    int fd = open(path, O_RDONLY);
+static const char *file_kind(mode_t m) {
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISFIFO(m)) return "a named pipe";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    return "not a regular file";
+}
+
+int asvr_open_input(const char *path, int allow_stream, asvr_error *err) {
+    /* O_NONBLOCK: opening a named pipe with no writer would otherwise wait forever */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return asvr_err_set(err, "opening '%s': %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
         close(fd);
-        return asvr_err_set(err, "'%s' is not a regular file", path);
+        return asvr_err_set(err, "'%s': %s", path, strerror(e));
     }
-    size_t cap = (size_t)st.st_size, len = 0;
+    int stream = S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode);
+    if (!S_ISREG(st.st_mode) && !(allow_stream && stream)) {
+        close(fd);
+        return asvr_err_set(err, "'%s' is %s; give a regular file", path, file_kind(st.st_mode));
+    }
+    /* reads block as usual from here on: a pipe without a writer reads as end of file */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        int e = errno;
+        close(fd);
+        return asvr_err_set(err, "'%s': %s", path, strerror(e));
+    }
+    return fd;
+}
+
+FILE *asvr_fopen_input(const char *path, asvr_error *err) {
+    int fd = asvr_open_input(path, 1, err);
+    if (fd < 0) return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        asvr_err_set(err, "opening '%s': %s", path, strerror(errno));
+        close(fd);
+    }
+    return f;
+}
+
+FILE *asvr_fopen_append(const char *path, asvr_error *err) {
+    /* O_NONBLOCK: a named pipe without a reader fails at once (ENXIO) instead of waiting */
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        asvr_err_set(err, "opening '%s' to append: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        asvr_err_set(err, "'%s': %s", path, strerror(e));
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        asvr_err_set(err, "'%s' is %s; give a regular file", path, file_kind(st.st_mode));
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "a");
+    if (!f) {
+        asvr_err_set(err, "opening '%s' to append: %s", path, strerror(errno));
+        close(fd);
+    }
+    return f;
+}
+
+int asvr_read_file(const char *path, uint8_t **data, size_t *n, asvr_error *err) {
+    return asvr_read_file_max(path, SIZE_MAX / 2, data, n, err);
+}
+
+int asvr_read_file_max(const char *path, size_t max_bytes, uint8_t **data, size_t *n, asvr_error *err) {
+    *data = NULL;
+    *n = 0;
+    int fd = asvr_open_input(path, 1, err);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        return asvr_err_set(err, "'%s': %s", path, strerror(e));
+    }
+    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > (uint64_t)max_bytes) {
+        close(fd);
+        return asvr_err_set(err, "'%s' is %lld bytes, more than the %zu this file can be", path, (long long)st.st_size,
+                            max_bytes);
+    }
+    size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size : 0, len = 0;
     uint8_t *buf = asvr_malloc(cap + 1, "a file's bytes");
     for (;;) {
         if (len == cap) {
+            if (cap >= max_bytes) {
+                free(buf);
+                close(fd);
+                return asvr_err_set(err, "'%s' holds more than the %zu bytes this file can be", path, max_bytes);
+            }
             cap = cap ? cap * 2 : 4096;
+            if (cap > max_bytes) cap = max_bytes;
             buf = asvr_realloc(buf, cap + 1, "a file's bytes");
         }
         ssize_t r = read(fd, buf + len, cap - len);
@@ -142,12 +232,13 @@ int asvr_read_file(const char *path, uint8_t **data, size_t *n, asvr_error *err)
 int asvr_mmap_open(asvr_mmap *m, const char *path, asvr_error *err) {
     m->data = NULL;
     m->size = 0;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return asvr_err_set(err, "opening '%s': %s", path, strerror(errno));
+    int fd = asvr_open_input(path, 0, err);
+    if (fd < 0) return -1;
     struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
         close(fd);
-        return asvr_err_set(err, "'%s' is not a regular file", path);
+        return asvr_err_set(err, "'%s': %s", path, strerror(e));
     }
     if (st.st_size == 0) {
         close(fd);

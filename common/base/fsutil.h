@@ -31,10 +31,23 @@ void asvr_atomic_abort(asvr_atomic_file *f);
 /* One-shot: writes n bytes to path atomically. */
 int asvr_atomic_write(const char *path, const void *data, size_t n, asvr_error *err);
 
-/* Reads a whole file into a malloc'd buffer (NUL-terminated past *n). */
-int asvr_read_file(const char *path, uint8_t **data, size_t *n, asvr_error *err);
+/* Opens an input for reading without ever blocking at open: a regular file, or with allow_stream
+ * also a named pipe or character device (a pipe with no writer then reads as empty). Directories,
+ * sockets and (without allow_stream) pipes are refused naming what the path is. Returns the fd. */
+int asvr_open_input(const char *path, int allow_stream, asvr_error *err);
+/* asvr_open_input(path, 1) as a FILE* (NULL with err set). */
+FILE *asvr_fopen_input(const char *path, asvr_error *err);
+/* Opens a regular file for appending (created if absent); a named pipe or other non-regular file is
+ * refused at once, never waited on. */
+FILE *asvr_fopen_append(const char *path, asvr_error *err);
 
-/* Read-only mapping of a whole file; an empty file maps to data=NULL, size 0. */
+/* Reads a whole file (or pipe) into a malloc'd buffer (NUL-terminated past *n). */
+int asvr_read_file(const char *path, uint8_t **data, size_t *n, asvr_error *err);
+/* The same, refusing a file of more than max_bytes (checked before reading it, naming the file). */
+int asvr_read_file_max(const char *path, size_t max_bytes, uint8_t **data, size_t *n, asvr_error *err);
+
+/* Read-only mapping of a whole regular file (anything else is refused without blocking); an empty
+ * file maps to data=NULL, size 0. */
 typedef struct asvr_mmap {
     const uint8_t *data;
     size_t size;

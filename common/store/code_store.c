@@ -12,13 +12,17 @@
 #include "base/fsutil.h"
 #include "base/hash.h"
 #include "base/log.h"
+#include "store/lmdb_read.h"
 
 #define REC_HEADER 12
 #define REC_TRAILER 8
 
 struct code_store {
-    MDB_env *env;
+    MDB_env *env;       /* a writer: LMDB, on a file lmdb_check_file() passed */
     MDB_dbi meta_dbi, codes_dbi;
+    lmdb_reader *rd;    /* a reader: every page checked (lmdb_read.h), never LMDB */
+    lmdb_db rd_meta, rd_codes;
+    int in_place;       /* a writer appending to a finished store (no .partial) */
     code_store_meta meta;
     char *path;         /* final path */
     char *open_path;    /* the file actually open (path or path.partial) */
@@ -190,6 +194,8 @@ static int mdb_fail(asvr_error *err, int rc, const char *path, const char *what)
 }
 
 static int env_open(code_store *cs, const char *file, int writable, size_t map, asvr_error *err) {
+    /* LMDB trusts the file: a truncated or damaged one would crash it, so it is checked first */
+    if (lmdb_check_file(file, err) < 0) return asvr_err_prefix(err, "code store");
     int rc = mdb_env_create(&cs->env);
     if (rc) return mdb_fail(err, rc, file, "creating the LMDB environment");
     mdb_env_set_maxdbs(cs->env, 4);
@@ -268,6 +274,34 @@ static char *partial_path(const char *path) {
 
 static void lock_path(char *buf, size_t n, const char *file) { snprintf(buf, n, "%s-lock", file); }
 
+/* The meta record and the record count of a reader, checked against each other and the file. */
+static int reader_open(code_store *cs, const char *path, asvr_error *err) {
+    if (lmdb_open(path, &cs->rd, err) < 0) return asvr_err_prefix(err, "code store");
+    int r = lmdb_find_db(cs->rd, "meta", &cs->rd_meta, err);
+    if (r < 0) return -1;
+    if (r == 1) return asvr_err_set(err, "'%s' has no meta database: not a code store", path);
+    const void *v;
+    size_t vl;
+    r = lmdb_get(cs->rd, &cs->rd_meta, "meta", 4, &v, &vl, err);
+    if (r < 0) return -1;
+    if (r == 1) return asvr_err_set(err, "'%s' has no meta record: not a code store", path);
+    if (vl > 65536) return asvr_err_set(err, "'%s': the meta record is %zu bytes: damaged", path, vl);
+    if (code_store_meta_from_json(v, vl, &cs->meta, err) < 0) return asvr_err_prefix(err, "'%s'", path);
+    r = lmdb_find_db(cs->rd, "codes", &cs->rd_codes, err);
+    if (r < 0) return -1;
+    if (r == 1) memset(&cs->rd_codes, 0, sizeof cs->rd_codes), cs->rd_codes.root = UINT64_MAX;
+    cs->count = (int64_t)cs->rd_codes.entries;
+    /* every record has the same size uncompressed: its overflow pages follow from the count */
+    uint64_t psize = lmdb_page_size(cs->rd), rec = REC_HEADER + REC_TRAILER + 2ull * (uint64_t)cs->meta.positions *
+                                                                             (uint64_t)cs->meta.depth;
+    uint64_t per = (15 + rec) / psize + 1; /* OVPAGES: what a record takes when it does not fit a leaf */
+    if (!cs->meta.compression && cs->rd_codes.overflow_pages > cs->rd_codes.entries * per)
+        return asvr_err_set(err, "'%s': %llu records cannot fill %llu overflow pages: the store is damaged", path,
+                            (unsigned long long)cs->rd_codes.entries,
+                            (unsigned long long)cs->rd_codes.overflow_pages);
+    return 0;
+}
+
 int code_store_open(const char *path, code_store **out, asvr_error *err) {
     *out = NULL;
     if (!asvr_path_exists(path)) {
@@ -281,16 +315,7 @@ int code_store_open(const char *path, code_store **out, asvr_error *err) {
     code_store *cs = asvr_calloc(1, sizeof *cs, "a code store");
     cs->path = asvr_strdup(path);
     cs->open_path = asvr_strdup(path);
-    int found = 0;
-    if (env_open(cs, path, 0, 0, err) < 0 || read_meta(cs, path, &found, err) < 0) {
-        code_store_close(cs);
-        return -1;
-    }
-    if (!found) {
-        code_store_close(cs);
-        return asvr_err_set(err, "'%s' has no meta record: not a code store", path);
-    }
-    if (open_dbis(cs, path, err) < 0) {
+    if (reader_open(cs, path, err) < 0) {
         code_store_close(cs);
         return -1;
     }
@@ -314,8 +339,11 @@ int code_store_open_writer_ex(const char *path, const code_store_meta *meta, siz
                               int allow_mix, code_store **out, asvr_error *err) {
     *out = NULL;
     char *pp = partial_path(path);
+    int in_place = 0;
     if (asvr_path_exists(path) && !asvr_path_exists(pp)) {
-        /* A finished store: check it is compatible before reopening it for appends. */
+        /* A finished store: check it is compatible, then append to it in place. Each batch is one
+         * LMDB transaction, so whatever happens to this run the store stays finished and readable:
+         * its old records plus every batch committed before the failure. */
         code_store *fin;
         if (code_store_open(path, &fin, err) < 0) {
             free(pp);
@@ -328,16 +356,15 @@ int code_store_open_writer_ex(const char *path, const code_store_meta *meta, siz
             return asvr_err_set(err, "'%s' was made differently, refusing to mix: %s. Write to a new store", path, why);
         }
         code_store_close(fin);
-        if (rename(path, pp) != 0) {
-            int e = errno;
-            free(pp);
-            return asvr_err_set(err, "renaming '%s' to '%s.partial': %s", path, path, strerror(e));
-        }
+        free(pp);
+        pp = asvr_strdup(path);
+        in_place = 1;
     }
     code_store *cs = asvr_calloc(1, sizeof *cs, "a code store");
     cs->path = asvr_strdup(path);
     cs->open_path = pp;
     cs->writable = 1;
+    cs->in_place = in_place;
     int found = 0, rewrite = 0;
     if (env_open(cs, pp, 1, initial_map_bytes ? initial_map_bytes : ((size_t)1 << 30), err) < 0 ||
         read_meta(cs, pp, &found, err) < 0) {
@@ -348,6 +375,7 @@ int code_store_open_writer_ex(const char *path, const code_store_meta *meta, siz
         char why[512];
         if (diff_mix(&cs->meta, meta, allow_mix, why, sizeof why)) {
             code_store_close(cs);
+            if (in_place) return asvr_err_set(err, "'%s' was made differently, refusing to mix: %s. Write to a new store", path, why);
             return asvr_err_set(err, "'%s.partial' was started differently, refusing to mix: %s. Delete it or write to a new store", path, why);
         }
         if (strcmp(cs->meta.backend, meta->backend) != 0) { /* allowed: the store is mixed from now on */
@@ -374,8 +402,9 @@ int code_store_open_writer_ex(const char *path, const code_store_meta *meta, siz
         }
         free(js);
         if (rc) {
+            mdb_fail(err, rc, pp, "writing the meta record");
             code_store_close(cs);
-            return mdb_fail(err, rc, pp, "writing the meta record");
+            return -1;
         }
     }
     *out = cs;
@@ -385,6 +414,7 @@ int code_store_open_writer_ex(const char *path, const code_store_meta *meta, siz
 void code_store_close(code_store *cs) {
     if (!cs) return;
     if (cs->env) mdb_env_close(cs->env);
+    lmdb_close(cs->rd);
     free(cs->path);
     free(cs->open_path);
     free(cs);
@@ -402,7 +432,9 @@ int code_store_finish(code_store *cs, asvr_error *err) {
     char lock[4096];
     lock_path(lock, sizeof lock, cs->open_path);
     int ret = 0;
-    if (rename(cs->open_path, cs->path) != 0) {
+    if (cs->in_place) {
+        unlink(lock);
+    } else if (rename(cs->open_path, cs->path) != 0) {
         ret = asvr_err_set(err, "renaming '%s' to '%s': %s", cs->open_path, cs->path, strerror(errno));
     } else {
         unlink(lock);
@@ -421,7 +453,7 @@ void code_store_discard(code_store *cs) {
     if (cs->writable) {
         char lock[4096];
         lock_path(lock, sizeof lock, cs->open_path);
-        unlink(cs->open_path);
+        if (!cs->in_place) unlink(cs->open_path); /* a finished store is never deleted */
         unlink(lock);
     }
     code_store_close(cs);
@@ -431,6 +463,16 @@ const code_store_meta *code_store_get_meta(const code_store *cs) { return &cs->m
 int64_t code_store_count(const code_store *cs) { return cs->count; }
 
 int code_store_has(code_store *cs, const char *key) {
+    if (cs->rd) {
+        const void *v;
+        size_t vl;
+        asvr_error err;
+        int rc = lmdb_get(cs->rd, &cs->rd_codes, key, strlen(key), &v, &vl, &err);
+        if (rc < 0)
+            ASVR_FATAL("the store is damaged: `asvr-tokenize verify` lists what is wrong; rebuild it", "looking up '%s' in the code store: %s",
+                       key, err.msg);
+        return rc == 0;
+    }
     MDB_txn *txn;
     if (mdb_txn_begin(cs->env, NULL, MDB_RDONLY, &txn)) return 0;
     MDB_val k = {strlen(key), (void *)key}, v;
@@ -496,6 +538,15 @@ done:
 }
 
 int code_store_get(code_store *cs, const char *key, uint16_t *codes, asvr_error *err) {
+    if (cs->rd) {
+        const void *v;
+        size_t vl;
+        int rc = lmdb_get(cs->rd, &cs->rd_codes, key, strlen(key), &v, &vl, err);
+        if (rc) return rc;
+        if (code_record_decode(v, vl, &cs->meta, codes, err) < 0)
+            return asvr_err_prefix(err, "'%s': record '%s'", cs->open_path, key);
+        return 0;
+    }
     MDB_txn *txn;
     int rc = mdb_txn_begin(cs->env, NULL, MDB_RDONLY, &txn);
     if (rc) return mdb_fail(err, rc, cs->open_path, "starting a read transaction");
@@ -512,7 +563,21 @@ int code_store_get(code_store *cs, const char *key, uint16_t *codes, asvr_error 
     return ret;
 }
 
+typedef struct visit_adapter {
+    code_store_visit_fn fn;
+    void *ctx;
+} visit_adapter;
+
+static int adapt_visit(void *ctx, const void *key, size_t klen, const void *val, size_t vlen) {
+    visit_adapter *a = ctx;
+    return a->fn(a->ctx, key, klen, val, vlen);
+}
+
 int code_store_foreach(code_store *cs, code_store_visit_fn fn, void *ctx, asvr_error *err) {
+    if (cs->rd) {
+        visit_adapter a = {fn, ctx};
+        return lmdb_foreach(cs->rd, &cs->rd_codes, adapt_visit, &a, err);
+    }
     MDB_txn *txn;
     int rc = mdb_txn_begin(cs->env, NULL, MDB_RDONLY, &txn);
     if (rc) return mdb_fail(err, rc, cs->open_path, "starting a read transaction");
@@ -534,6 +599,50 @@ int code_store_foreach(code_store *cs, code_store_visit_fn fn, void *ctx, asvr_e
     return ret;
 }
 
+/* The structural check of the whole file and every record (asvr-tokenize verify). */
+typedef struct verify_adapter {
+    code_store *cs;
+    code_store_problem_fn fn;
+    void *ctx;
+    int64_t bad_records, ok_records;
+} verify_adapter;
+
+static void verify_report(void *ctx, const void *key, size_t klen, const char *what) {
+    verify_adapter *a = ctx;
+    a->fn(a->ctx, key, klen, what);
+}
+
+static int verify_record(void *ctx, const void *key, size_t klen, const void *val, size_t vlen) {
+    verify_adapter *a = ctx;
+    asvr_error e;
+    if (code_record_decode(val, vlen, &a->cs->meta, NULL, &e) < 0) {
+        a->bad_records++;
+        a->fn(a->ctx, key, klen, e.msg);
+    } else {
+        a->ok_records++;
+    }
+    return 0;
+}
+
+static int verify_record_c(void *ctx, const char *key, size_t klen, const void *val, size_t vlen) {
+    return verify_record(ctx, key, klen, val, vlen);
+}
+
+int64_t code_store_verify(code_store *cs, code_store_problem_fn fn, void *ctx, int64_t *ok_records) {
+    verify_adapter a = {cs, fn, ctx, 0, 0};
+    int64_t n;
+    if (cs->rd) {
+        lmdb_check_opts o = {1, verify_report, &a, "codes", verify_record, &a};
+        n = lmdb_check(cs->rd, &o) + a.bad_records;
+    } else {
+        asvr_error err;
+        n = code_store_foreach(cs, verify_record_c, &a, &err) < 0 ? (fn(ctx, NULL, 0, err.msg), 1) : 0;
+        n += a.bad_records;
+    }
+    if (ok_records) *ok_records = a.ok_records;
+    return n;
+}
+
 /* ---- provenance records and merging ----------------------------------------------------------- */
 
 const char *code_store_path(const code_store *cs) { return cs->open_path; }
@@ -541,6 +650,17 @@ const char *code_store_path(const code_store *cs) { return cs->open_path; }
 int code_store_get_info(code_store *cs, const char *name, char **json, asvr_error *err) {
     *json = NULL;
     if (strcmp(name, "meta") == 0) return asvr_err_set(err, "'meta' is the meta record, not a provenance record");
+    if (cs->rd) {
+        const void *v;
+        size_t vl;
+        int r = lmdb_get(cs->rd, &cs->rd_meta, name, strlen(name), &v, &vl, err);
+        if (r) return r;
+        char *s = asvr_malloc(vl + 1, "a provenance record");
+        memcpy(s, v, vl);
+        s[vl] = 0;
+        *json = s;
+        return 0;
+    }
     MDB_txn *txn;
     int rc = mdb_txn_begin(cs->env, NULL, MDB_RDONLY, &txn);
     if (rc) return mdb_fail(err, rc, cs->open_path, "starting a read transaction");
@@ -638,68 +758,72 @@ static int add_batch(code_store *cs, code_store *src, const MDB_val *keys, const
     return 0;
 }
 
+typedef struct add_ctx {
+    code_store *cs, *src;
+    MDB_val keys[ADD_BATCH], vals[ADD_BATCH];
+    int n;
+    uint16_t *a, *b;
+    int64_t *added, *skipped;
+    char **conflict;
+    asvr_error *err;
+    int failed;
+} add_ctx;
+
+/* Writes the collected batch (growing the map as needed). */
+static int add_flush(add_ctx *c) {
+    code_store *cs = c->cs;
+    for (;;) {
+        int r = add_batch(cs, c->src, c->keys, c->vals, c->n, c->a, c->b, c->added, c->skipped, c->conflict, c->err);
+        if (r != MDB_MAP_FULL) {
+            c->n = 0;
+            return r < 0 ? -1 : 0;
+        }
+        size_t grow = cs->map_size * 2;
+        LOG_DEBUG("code store '%s': map full at %zu MiB, growing to %zu MiB", cs->open_path, cs->map_size >> 20,
+                  grow >> 20);
+        if ((r = mdb_env_set_mapsize(cs->env, grow))) return mdb_fail(c->err, r, cs->open_path, "growing the map");
+        cs->map_size = grow;
+    }
+}
+
+/* The records stay valid while src is open (they point into its mapping), so a batch is only pointers. */
+static int add_visit(void *ctx, const void *key, size_t klen, const void *val, size_t vlen) {
+    add_ctx *c = ctx;
+    asvr_error e2;
+    if (code_record_decode(val, vlen, &c->src->meta, NULL, &e2) < 0) {
+        asvr_err_set(c->err, "'%s': record '%.*s': %s (asvr-tokenize verify lists every corrupt record)",
+                     c->src->open_path, (int)klen, (const char *)key, e2.msg);
+        c->failed = 1;
+        return -2;
+    }
+    c->keys[c->n] = (MDB_val){klen, (void *)key};
+    c->vals[c->n] = (MDB_val){vlen, (void *)val};
+    if (++c->n == ADD_BATCH && add_flush(c) < 0) {
+        c->failed = 1;
+        return -2;
+    }
+    return 0;
+}
+
 int code_store_add_from(code_store *cs, code_store *src, int64_t *added, int64_t *skipped, char **conflict,
                         asvr_error *err) {
     *conflict = NULL;
     if (!cs->writable) return asvr_err_set(err, "'%s' is open read-only", cs->open_path);
+    if (!src->rd) return asvr_err_set(err, "'%s' must be open read-only to merge from it", src->open_path);
     if (src->meta.positions != cs->meta.positions || src->meta.depth != cs->meta.depth)
         return asvr_err_set(err, "'%s' holds %dx%d codes, '%s' %dx%d", src->open_path, src->meta.positions,
                             src->meta.depth, cs->open_path, cs->meta.positions, cs->meta.depth);
-    MDB_txn *rtxn;
-    int rc = mdb_txn_begin(src->env, NULL, MDB_RDONLY, &rtxn);
-    if (rc) return mdb_fail(err, rc, src->open_path, "starting a read transaction");
-    MDB_cursor *cur;
-    rc = mdb_cursor_open(rtxn, src->codes_dbi, &cur);
-    if (rc) {
-        mdb_txn_abort(rtxn);
-        return mdb_fail(err, rc, src->open_path, "opening a cursor");
-    }
     size_t per = (size_t)cs->meta.positions * (size_t)cs->meta.depth;
-    uint16_t *a = asvr_malloc(per * sizeof *a, "a code record"), *b = asvr_malloc(per * sizeof *b, "a code record");
-    MDB_val keys[ADD_BATCH], vals[ADD_BATCH];
-    int ret = 0, n = 0, more = 1;
-    MDB_val k, v;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-    while (more) {
-        /* the records stay valid while the read transaction is open, so a batch is only pointers */
-        n = 0;
-        for (; rc == 0 && n < ADD_BATCH; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-            asvr_error e2;
-            if (code_record_decode(v.mv_data, v.mv_size, &src->meta, NULL, &e2) < 0) {
-                ret = asvr_err_set(err, "'%s': record '%.*s': %s (asvr-tokenize verify lists every corrupt record)",
-                                   src->open_path, (int)k.mv_size, (const char *)k.mv_data, e2.msg);
-                goto done;
-            }
-            keys[n] = k, vals[n] = v, n++;
-        }
-        if (rc && rc != MDB_NOTFOUND) {
-            ret = mdb_fail(err, rc, src->open_path, "iterating");
-            goto done;
-        }
-        more = rc == 0;
-        for (;;) {
-            int r = add_batch(cs, src, keys, vals, n, a, b, added, skipped, conflict, err);
-            if (r != MDB_MAP_FULL) {
-                if (r < 0) {
-                    ret = -1;
-                    goto done;
-                }
-                break;
-            }
-            size_t grow = cs->map_size * 2;
-            LOG_DEBUG("code store '%s': map full at %zu MiB, growing to %zu MiB", cs->open_path, cs->map_size >> 20,
-                      grow >> 20);
-            if ((r = mdb_env_set_mapsize(cs->env, grow))) {
-                ret = mdb_fail(err, r, cs->open_path, "growing the map");
-                goto done;
-            }
-            cs->map_size = grow;
-        }
-    }
-done:
-    free(a);
-    free(b);
-    mdb_cursor_close(cur);
-    mdb_txn_abort(rtxn);
+    add_ctx *c = asvr_calloc(1, sizeof *c, "a merge batch");
+    c->cs = cs, c->src = src, c->added = added, c->skipped = skipped, c->conflict = conflict, c->err = err;
+    c->a = asvr_malloc(per * sizeof *c->a, "a code record");
+    c->b = asvr_malloc(per * sizeof *c->b, "a code record");
+    int rc = lmdb_foreach(src->rd, &src->rd_codes, add_visit, c, err);
+    int ret = 0;
+    if (rc == -1 || c->failed) ret = -1;
+    else if (c->n > 0 && add_flush(c) < 0) ret = -1;
+    free(c->a);
+    free(c->b);
+    free(c);
     return ret;
 }

@@ -15,8 +15,12 @@
  *               list_fingerprint} (which part of which deduplicated image list it holds)
  *     "merged": in a store written by `asvr-tokenize merge`: JSON {inputs: [{store, records, shard}]}
  * Writers build "<out>.partial" and code_store_finish() renames it to <out>; a killed run resumes from
- * the partial file (committed batches survive). The map grows on demand. Readers open read-only
- * without a lock file, so many training processes can share one store.
+ * the partial file (committed batches survive). Appending to a finished store writes into it in place,
+ * one transaction per batch, so any failure leaves it finished: its old records plus whole batches.
+ * The map grows on demand. Readers never use LMDB itself: they read the file through the checked
+ * reader of lmdb_read.h (no lock file, so many training processes can share one store), and a damaged
+ * store is an error naming it (and the key), never a signal. A writer checks the file's structure
+ * (lmdb_check_file) before LMDB maps it.
  * Not for: deciding which images to encode (asvr-tokenize does that).
  */
 #ifndef ASVR_STORE_CODE_STORE_H
@@ -53,23 +57,25 @@ typedef struct code_store code_store;
 int code_store_open(const char *path, code_store **out, asvr_error *err);
 /* Opens (creating if absent) "<path>.partial" for writing. An existing partial or finished store must
  * have the same meta, else the call fails with a message naming the difference (different tokenizer,
- * policy, ...). A finished <path> is renamed back to .partial first so new keys can be added. */
+ * policy, ...). A finished <path> (without a .partial) is appended to in place: it stays finished. */
 int code_store_open_writer(const char *path, const code_store_meta *meta, size_t initial_map_bytes,
                            code_store **out, asvr_error *err);
 /* The same; with allow_backend_mix, a store whose meta differs only in the backend is opened anyway
  * and its meta record says backend "mixed" from then on (asvr-tokenize encode --force). */
 int code_store_open_writer_ex(const char *path, const code_store_meta *meta, size_t initial_map_bytes,
                               int allow_backend_mix, code_store **out, asvr_error *err);
-/* Writer: syncs, closes, and renames "<path>.partial" to <path> (then removes the lock file).
+/* Writer: syncs, closes, and renames "<path>.partial" to <path> (then removes the lock file; an
+ * in-place append only syncs and closes).
  * cs is freed whatever the outcome. */
 int code_store_finish(code_store *cs, asvr_error *err);
-/* Writer: closes and deletes "<path>.partial" and its lock file (a merge that cannot succeed). */
+/* Writer: closes and deletes "<path>.partial" and its lock file (a merge that cannot succeed); a
+ * finished store appended to in place is only closed. */
 void code_store_discard(code_store *cs);
 void code_store_close(code_store *cs);
 
 const code_store_meta *code_store_get_meta(const code_store *cs);
 int64_t code_store_count(const code_store *cs);
-/* 1 when key is present, 0 when absent. */
+/* 1 when key is present, 0 when absent (a damaged store is a fatal error naming it and the key). */
 int code_store_has(code_store *cs, const char *key);
 /* Writes n records in one transaction (growing the map as needed). codes[i] has positions×depth. */
 int code_store_put_batch(code_store *cs, int n, const char *const *keys, const uint16_t *const *codes,
@@ -90,7 +96,7 @@ int code_store_put_info(code_store *cs, const char *name, const char *json, asvr
  * *conflict set to the key (malloc'd) and err saying so. *added counts the new records. */
 int code_store_add_from(code_store *cs, code_store *src, int64_t *added, int64_t *skipped, char **conflict,
                         asvr_error *err);
-/* The file a store is open from (the final path, or "<path>.partial" for a writer). */
+/* The file a store is open from (the final path, or "<path>.partial" for a writer of a new store). */
 const char *code_store_path(const code_store *cs);
 
 /* Calls fn for every record in key order; stops at the first non-zero return and returns it.
@@ -98,6 +104,13 @@ const char *code_store_path(const code_store *cs);
 typedef int (*code_store_visit_fn)(void *ctx, const char *key, size_t key_len, const void *value,
                                    size_t size);
 int code_store_foreach(code_store *cs, code_store_visit_fn fn, void *ctx, asvr_error *err);
+
+/* The full check (asvr-tokenize verify): every page of the file (lmdb_read.h: lmdb_check, overflow
+ * pages included) and every record (code_record_decode). Each problem goes to fn (key = the record's
+ * key where one is concerned, else NULL). Returns the number of problems; *ok_records counts the
+ * records that decoded. */
+typedef void (*code_store_problem_fn)(void *ctx, const void *key, size_t klen, const char *problem);
+int64_t code_store_verify(code_store *cs, code_store_problem_fn fn, void *ctx, int64_t *ok_records);
 
 /* Record encoding, shared by the store and its tests. encode returns a malloc'd record. */
 uint8_t *code_record_encode(const uint16_t *codes, int positions, int depth, int compress,
