@@ -13,6 +13,7 @@
 #include "base/log.h"
 #include "bench.h"
 #include "commands.h"
+#include "io/json_stream.h"
 
 #define DASH "\xE2\x80\x93" /* – */
 
@@ -74,10 +75,8 @@ static int load_cell(const char *dir, const bench_def *b, const char *metric, ce
         free(path);
         return 1;
     }
-    json_error_t je;
-    json_t *o = json_load_file(path, 0, &je);
+    json_t *o = json_read_path(path, (size_t)64 << 20, err);
     if (!o) {
-        asvr_err_set(err, "'%s': not JSON (line %d: %s)", path, je.line, je.text);
         free(path);
         return -1;
     }

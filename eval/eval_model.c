@@ -7,6 +7,7 @@
 
 #include "base/fsutil.h"
 #include "base/log.h"
+#include "io/json_stream.h"
 #include "io/safetensors.h"
 #include "nn/ops_extra.h"
 
@@ -111,12 +112,23 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
         }
         free(probe);
         weights = asvr_path_join(dir, "model.safetensors");
-        char *cp = asvr_path_join(dir, "config.json"), *stp = asvr_path_join(dir, "state.json");
-        int is_export = !asvr_path_exists(stp) && asvr_path_exists(cp);
+        char *cp = asvr_path_join(dir, "config.json"), *stp = asvr_path_join(dir, "state.json"),
+             *donep = asvr_path_join(dir, "DONE");
+        int is_export = !asvr_path_exists(stp) && asvr_path_exists(cp), done = asvr_path_exists(donep);
         free(stp);
+        free(donep);
+        if (!is_export && !done) { /* a checkpoint still being written, or one whose writer died */
+            asvr_err_set(err, "'%s' is not a finished checkpoint (no DONE marker): pass a finished step-N folder, or "
+                              "the run folder for its newest finished one", dir);
+            free(cp);
+            goto out;
+        }
         if (is_export) { /* an `asvr-train export` folder: HF/LLaVA names, our config under "asvr" */
-            json_error_t je;
-            json_t *c = json_load_file(cp, 0, &je);
+            json_t *c = json_read_path(cp, (size_t)16 << 20, err);
+            if (!c) {
+                free(cp);
+                goto out;
+            }
             json_t *cfg = json_object_get(c, "asvr");
             if (!json_is_object(cfg)) {
                 asvr_err_set(err, "'%s' is not an asvr export (no \"asvr\" model config)", cp);
@@ -134,10 +146,8 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
         }
         free(cp);
         char *sp = asvr_path_join(dir, "state.json");
-        json_error_t je;
-        json_t *s = json_load_file(sp, 0, &je);
+        json_t *s = json_read_path(sp, (size_t)16 << 20, err);
         if (!s) {
-            asvr_err_set(err, "'%s': %s", sp, je.text);
             free(sp);
             goto out;
         }

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include "base/fsutil.h"
+#include "io/json_stream.h"
 #include "io/safetensors.h"
 #include "model/params.h"
 #include "nn/ops_extra.h"
@@ -27,17 +29,32 @@ static int rm_rf(const char *path) {
     return rmdir(path);
 }
 
-/* A tensor's bytes for the writer: read straight from a CPU f32 tensor, else converted to f32 on the
- * host when the file is written, one tensor at a time (checkpoints are always the CPU format). */
-static int fill_f32(void *ctx, void *dst, asvr_error *err) {
-    (void)err;
-    op_read_f32((const tensor *)ctx, dst);
+/* A checkpoint never holds non-finite weights: a tensor with a NaN or an infinity fails the save,
+ * naming it, and the previous checkpoint stays the newest. */
+static int check_finite(const float *x, int64_t n, const char *name, asvr_error *err) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return asvr_err_set(err, "parameter '%s' holds %g at element %lld: not saving non-finite weights", name,
+                                (double)x[i], (long long)i);
     return 0;
 }
 
-static void add_tensor(st_writer *w, const char *name, const tensor *t) {
-    if (t->device == NN_CPU && t->dtype == NN_F32) st_writer_add(w, name, ST_F32, t->ndim, t->shape, t->data);
-    else st_writer_add_source(w, name, ST_F32, t->ndim, t->shape, fill_f32, (void *)t);
+/* A tensor's bytes for the writer: read straight from a CPU f32 tensor, else converted to f32 on the
+ * host when the file is written, one tensor at a time (checkpoints are always the CPU format). */
+static int fill_f32(void *ctx, void *dst, asvr_error *err) {
+    const tensor *t = ctx;
+    op_read_f32(t, dst);
+    return check_finite(dst, tensor_numel(t), t->name, err);
+}
+
+static int add_tensor(st_writer *w, const char *name, const tensor *t, asvr_error *err) {
+    if (t->device == NN_CPU && t->dtype == NN_F32) {
+        if (check_finite(t->data, tensor_numel(t), name, err) < 0) return -1;
+        st_writer_add(w, name, ST_F32, t->ndim, t->shape, t->data);
+    } else {
+        st_writer_add_source(w, name, ST_F32, t->ndim, t->shape, fill_f32, (void *)t);
+    }
+    return 0;
 }
 
 /* state.json and DONE into the finished temporary folder, then the rename that publishes it. */
@@ -85,9 +102,9 @@ static int write_files(const char *tmp, const param_set *ps, const optim *o, con
     char *p;
     if (writer) {
         st_writer *w = st_writer_new();
-        for (int i = 0; i < ps->n; i++) add_tensor(w, ps->v[i]->name, ps->v[i]->w);
+        for (int i = 0; i < ps->n && r == 0; i++) r = add_tensor(w, ps->v[i]->name, ps->v[i]->w, err);
         p = asvr_path_join(tmp, "model.safetensors");
-        r = st_writer_write(w, p, err);
+        if (r == 0) r = st_writer_write(w, p, err);
         free(p);
         st_writer_free(w);
     }
@@ -110,6 +127,9 @@ static int write_files(const char *tmp, const param_set *ps, const optim *o, con
         free(p);
     } else if (!writer) {
         r = st_writer_run_fills(w, err);
+    } else if (ranks) { /* the writer gave up: it still takes part in the other ranks' gathers */
+        asvr_error e2;
+        (void)st_writer_run_fills(w, &e2);
     }
     st_writer_free(w);
     return r;
@@ -131,6 +151,7 @@ int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, cons
     if (r == 0) r = write_files(tmp, ps, o, ranks, srcs, err);
     free(srcs);
     if (r == 0 && writer) r = finish(out_dir, tmp, dir, state, err);
+    if (r < 0 && writer) rm_rf(tmp); /* a failed save leaves nothing; the previous checkpoint stays */
     if (ranks) {
         int all = ranks->agree(ranks->ctx, r);
         if (all < 0 && r == 0) r = asvr_err_set(err, "checkpoint step %lld: another rank failed", (long long)step);
@@ -199,9 +220,13 @@ int checkpoint_load(const char *dir, param_set *ps, optim *o, json_t **state, as
         if (rc < 0) return -1;
     }
     p = asvr_path_join(dir, "state.json");
-    json_error_t je;
-    *state = json_load_file(p, 0, &je);
+    *state = json_read_path(p, (size_t)64 << 20, err);
     free(p);
-    if (!*state) return asvr_err_set(err, "checkpoint '%s': state.json: %s", dir, je.text);
+    if (!*state) return asvr_err_prefix(err, "checkpoint '%s'", dir);
+    if (!json_is_object(*state)) {
+        json_decref(*state);
+        *state = NULL;
+        return asvr_err_set(err, "checkpoint '%s': state.json is not a JSON object", dir);
+    }
     return 0;
 }

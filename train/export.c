@@ -13,7 +13,11 @@
 #include "base/fsutil.h"
 #include "base/log.h"
 #include "commands.h"
+#include "io/json_stream.h"
 #include "io/safetensors.h"
+#include "model/asvr.h"
+#include "model/params.h"
+#include "trainer.h"
 
 static void export_name(const char *ours, char *out, size_t n) {
     if (!strncmp(ours, "llm.", 4)) snprintf(out, n, "%s", ours + 4);
@@ -34,12 +38,47 @@ int cmd_export(int argc, char **argv) {
     char *done = asvr_path_join(ck, "DONE"), *model = asvr_path_join(ck, "model.safetensors"),
          *statep = asvr_path_join(ck, "state.json");
     if (!asvr_path_exists(done)) ASVR_FATAL("pass a finished checkpoint folder (run/step-N)", "'%s' is not a finished checkpoint", ck);
-    json_error_t je;
-    json_t *state = json_load_file(statep, 0, &je);
-    if (!state) ASVR_FATAL("", "'%s': %s", statep, je.text);
+    json_t *state = json_read_path(statep, (size_t)64 << 20, &err);
+    if (!state) ASVR_FATAL("", "%s", err.msg);
     json_t *mc = json_object_get(state, "model_config");
+    if (!json_is_object(mc)) ASVR_FATAL("the checkpoint is damaged", "'%s' has no model_config object", statep);
     safetensors *st;
     if (safetensors_open(model, &st, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    /* the tensors must be exactly the model's that the config describes: names, shapes, f32 */
+    {
+        char *mtext = json_dumps(mc, JSON_COMPACT);
+        asvr_config c;
+        run_choices rc;
+        run_choices_default(&rc); /* the model as trained: the state's stage, visual loss and input */
+        const char *vl = json_string_value(json_object_get(state, "visual_loss")),
+                   *in = json_string_value(json_object_get(state, "input"));
+        if (vl) rc.visual_loss = vl;
+        if (in) rc.input = in;
+        if (run_choices_apply(&rc, mtext, NN_CPU, &c, &err) != 0)
+            ASVR_FATAL("the checkpoint is damaged", "'%s': %s", statep, err.msg);
+        free(mtext);
+        asvr_model m;
+        asvr_model_init(&m, &c);
+        for (int i = 0; i < m.ps.n; i++) {
+            const param *q = m.ps.v[i];
+            const st_tensor *t = safetensors_find(st, q->name);
+            if (!t) ASVR_FATAL("the checkpoint is damaged", "'%s' has no tensor '%s', which its model config needs", model, q->name);
+            int same = t->ndim == q->ndim && t->dtype == ST_F32;
+            for (int d = 0; same && d < q->ndim; d++) same = t->shape[d] == q->shape[d];
+            if (!same) {
+                char want[64] = "", got[64] = "";
+                for (int d = 0; d < q->ndim; d++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? "x" : "", (long long)q->shape[d]);
+                for (int d = 0; d < t->ndim && d < 8; d++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? "x" : "", (long long)t->shape[d]);
+                ASVR_FATAL("the checkpoint is damaged or its config was edited", "'%s': tensor '%s' is %s %s, its model config needs f32 %s",
+                           model, q->name, st_dtype_name(t->dtype), got, want);
+            }
+        }
+        for (int i = 0; i < safetensors_count(st); i++)
+            if (!param_find(&m.ps, safetensors_at(st, i)->name))
+                ASVR_FATAL("the checkpoint is damaged or its config was edited", "'%s': tensor '%s' is not part of the model its config describes",
+                           model, safetensors_at(st, i)->name);
+        asvr_model_free(&m);
+    }
     size_t tn = strlen(out) + 8;
     char *tmp = asvr_malloc(tn, "a path");
     snprintf(tmp, tn, "%s.tmp", out);

@@ -9,6 +9,7 @@
 #include "base/fsutil.h"
 #include "base/log.h"
 #include "checkpoint.h"
+#include "io/json_stream.h"
 #include "io/safetensors.h"
 #include "model/vision_tokenizer.h"
 #include "nn/ops_extra.h"
@@ -147,8 +148,9 @@ static char *model_config_text(const train_opts *o, const char *ckpt, const asvr
     char *text = NULL;
     if (ckpt) {
         char *p = asvr_path_join(ckpt, "state.json");
-        json_t *s = json_load_file(p, 0, NULL);
+        json_t *s = json_read_path(p, (size_t)64 << 20, &err);
         free(p);
+        if (!s) ASVR_FATAL("", "%s", err.msg);
         json_t *cfg = json_object_get(s, "model_config");
         if (cfg) text = json_dumps(cfg, JSON_COMPACT);
         json_decref(s);
@@ -270,14 +272,44 @@ static void open_data(trainer *t) {
     t->T = data_max_len(t->dl);
 }
 
+/* An integer field of state.json in [lo, hi], or a fatal error naming the checkpoint and the field. */
+static int64_t state_int(const trainer *t, json_t *state, const char *key, int64_t lo, int64_t hi) {
+    json_t *v = json_object_get(state, key);
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        ASVR_FATAL("the checkpoint is damaged: remove it to resume from the one before",
+                   "checkpoint '%s': state.json's \"%s\" must be an integer in %lld..%lld", t->ckpt, key, (long long)lo,
+                   (long long)hi);
+    return json_integer_value(v);
+}
+
+/* A recorded fingerprint against the one of the data given now: resuming on other data is refused. */
+static void same_data(const trainer *t, json_t *state, const char *key, const char *now, const char *flag) {
+    const char *then = json_string_value(json_object_get(state, key));
+    if (!then || !now)
+        ASVR_FATAL("the checkpoint is damaged or from another version", "checkpoint '%s': state.json has no \"%s\"",
+                   t->ckpt, key);
+    if (strcmp(then, now) != 0)
+        ASVR_FATAL("resume with the same data, or train into a new --out",
+                   "checkpoint '%s' was trained with other data than %s '%s' gives now (%s %s, now %s)", t->ckpt, flag,
+                   !strcmp(flag, "--packed") ? t->o.packed : t->o.codes, key, then, now);
+}
+
 static void resume(trainer *t) {
     asvr_error err;
     json_t *state;
     if (checkpoint_load(t->ckpt, &t->m.ps, &t->opt, &state, &err) < 0) ASVR_FATAL("", "%s", err.msg);
-    t->step = json_integer_value(json_object_get(state, "step"));
+    t->step = state_int(t, state, "step", 0, (int64_t)1 << 53);
     t->opt.step = t->step;
-    data_set_cursor(t->dl, json_integer_value(json_object_get(state, "data_epoch")),
-                    json_integer_value(json_object_get(state, "data_index")));
+    int64_t epoch = state_int(t, state, "data_epoch", 0, (int64_t)1 << 40);
+    int64_t index = state_int(t, state, "data_index", 0, data_rows(t->dl));
+    same_data(t, state, "packed_source_fingerprint", data_packed_fingerprint(t->dl), "--packed");
+    same_data(t, state, "codes_tokenizer_fingerprint", data_codes_fingerprint(t->dl), "--codes");
+    json_t *bt = json_object_get(state, "blas_threads");
+    if (json_is_integer(bt) && json_integer_value(bt) != trainer_blas_threads() && t->dev == NN_CPU)
+        LOG_WARN("checkpoint '%s' was trained with %lld BLAS threads, this run has %d: the CPU's sums split differently, "
+                 "so the losses will not equal an uninterrupted run's (set OPENBLAS_NUM_THREADS=%lld to match)",
+                 t->ckpt, (long long)json_integer_value(bt), trainer_blas_threads(), (long long)json_integer_value(bt));
+    data_set_cursor(t->dl, epoch, index);
     LOG_INFO("resuming from '%s' at step %lld", t->ckpt, (long long)t->step);
     json_decref(state);
 }

@@ -6,7 +6,10 @@
  * λ. Each micro-batch's gradient is scaled accordingly, built on its own and added to the step's
  * gradient (over the ranks with data parallelism: dp.h); the loss sums and counts are summed over the
  * ranks for the log. */
+#include <cblas.h>
 #include <jansson.h>
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base/progress.h" /* asvr_now */
@@ -86,6 +89,28 @@ void trainer_step(trainer *t, step_batches *sb, step_stats *st) {
     st->samples = sb->samples;
 }
 
+int trainer_blas_threads(void) { return openblas_get_num_threads(); }
+
+int trainer_step_check(const trainer *t, const step_stats *st, asvr_error *err) {
+    const asvr_losses *L = &st->L;
+    int D = t->mc.has_head ? t->mc.head.depth : 0, Da = t->mc.has_app_head ? t->mc.head_app.depth : 0;
+    int finite = isfinite(L->text_sum) && isfinite(st->grad_norm);
+    for (int d = 0; d < D; d++) finite = finite && isfinite(L->vis_sum[d]);
+    for (int d = 0; d < Da; d++) finite = finite && isfinite(L->app_sum[d]);
+    if (finite) return 0;
+    char vis[64] = "", app[64] = "";
+    double v = 0, a = 0;
+    for (int d = 0; d < D; d++) v += L->vis_sum[d];
+    for (int d = 0; d < Da; d++) a += L->app_sum[d];
+    if (D) snprintf(vis, sizeof vis, ", visual loss sum %g", v);
+    if (Da) snprintf(app, sizeof app, ", appearance loss sum %g", a);
+    return asvr_err_set(err,
+                        "step %lld: training diverged: text loss sum %g%s%s, gradient norm %g (learning rate %g); "
+                        "stopped without saving this step (the newest checkpoint in '%s' is kept). Lower --lr, set "
+                        "--clip-norm, or check the model config (image_std, norms) and the data",
+                        (long long)t->step, L->text_sum, vis, app, st->grad_norm, st->lr, t->o.out);
+}
+
 int trainer_save(trainer *t, const step_batches *sb, asvr_error *err) {
     const train_opts *o = &t->o;
     json_t *cfg = json_loads(t->config_text, 0, NULL);
@@ -98,6 +123,8 @@ int trainer_save(trainer *t, const step_batches *sb, asvr_error *err) {
                               "codes_tokenizer_fingerprint", data_codes_fingerprint(t->dl));
     checkpoint_ranks ranks = {t->rank == 0, dp_gather_host, dp_agree, &t->dp};
     json_object_set_new(state, "world", json_integer(t->world));
+    /* CPU results depend on how OpenBLAS splits its sums: a rerun matches with the same count */
+    json_object_set_new(state, "blas_threads", json_integer(trainer_blas_threads()));
     json_object_set_new(state, "zero", json_integer(t->zero));
     int rc = checkpoint_save(o->out, t->step, &t->m.ps, &t->opt, state, t->world > 1 ? &ranks : NULL, err);
     json_decref(state);

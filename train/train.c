@@ -132,6 +132,11 @@ int cmd_train(int argc, char **argv) {
         if (prefetch_take(pf, !last, &sb, &err) < 0) ASVR_FATAL("", "%s", err.msg);
         step_stats st;
         trainer_step(&t, sb, &st);
+        if (trainer_step_check(&t, &st, &err) < 0) {
+            LOG_ERROR("%s", err.msg);
+            rc = ASVR_EXIT_FAIL;
+            break;
+        }
         st.first = t.step == first_step + 1;
         train_log_step(&t, &st);
         if ((o.save_every > 0 && t.step % o.save_every == 0) || t.step == t.total || stop_now) {

@@ -107,6 +107,12 @@ typedef struct step_stats {
 } step_stats;
 /* One optimizer step over the micro-batches of sb; t->step += 1. */
 void trainer_step(trainer *t, step_batches *sb, step_stats *st);
+/* -1 with err naming the step when its loss or gradient norm is not finite (the run must stop
+ * without logging or saving it: the parameters are no longer finite either). */
+int trainer_step_check(const trainer *t, const step_stats *st, asvr_error *err);
+/* The CPU backend's BLAS threads (OPENBLAS_NUM_THREADS, else the cores): CPU results depend on it,
+ * so state.json and every log.jsonl line record it. */
+int trainer_blas_threads(void);
 /* Writes the checkpoint of the current step (the data cursor after sb); -1 with err. */
 int trainer_save(trainer *t, const step_batches *sb, asvr_error *err);
 

@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <zstd.h>
 
+#include "base/fsutil.h"
+
 #define READ_CHUNK (1 << 20)
 
 struct json_stream {
@@ -24,6 +26,7 @@ struct json_stream {
     uint64_t file_size, file_pos;
     int started, finished;
     uint64_t index, next_index;
+    size_t max_element;
 };
 
 /* Appends more decoded bytes to buf; returns 0 at the end of the input, -1 on error. */
@@ -69,25 +72,41 @@ static int refill(json_stream *s, asvr_error *err) {
 
 int json_stream_open(const char *path, json_stream **out, asvr_error *err) {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return asvr_err_set(err, "opening '%s': %s", path, strerror(errno));
+    FILE *fp = asvr_fopen_input(path, err); /* a named pipe is read as a stream, never waited on at open */
+    if (!fp) return -1;
     json_stream *s = asvr_calloc(1, sizeof *s, "a JSON stream");
     s->fp = fp;
     s->path = asvr_strdup(path);
+    s->max_element = JSON_STREAM_MAX_ELEMENT;
     struct stat st;
-    if (fstat(fileno(fp), &st) == 0) s->file_size = (uint64_t)st.st_size;
+    if (fstat(fileno(fp), &st) == 0 && S_ISREG(st.st_mode)) s->file_size = (uint64_t)st.st_size;
+    /* the first bytes say whether it is zstd; they are kept (a pipe cannot be rewound) */
     uint8_t magic[4] = {0};
     size_t m = fread(magic, 1, 4, fp);
-    rewind(fp);
+    if (m < 4 && ferror(fp)) {
+        int e = errno;
+        json_stream_close(s);
+        return asvr_err_set(err, "reading '%s': %s", path, strerror(e));
+    }
+    s->file_pos = m;
     if (m == 4 && magic[0] == 0x28 && magic[1] == 0xB5 && magic[2] == 0x2F && magic[3] == 0xFD) {
         s->zstd = 1;
         s->zd = ZSTD_createDCtx();
         CHECK(s->zd != NULL, "out of memory", "creating a zstd context");
         s->zin = asvr_malloc(READ_CHUNK, "the zstd input buffer");
+        memcpy(s->zin, magic, m);
+        s->zi.src = s->zin, s->zi.size = m, s->zi.pos = 0;
+    } else {
+        s->cap = 2 * READ_CHUNK;
+        s->buf = asvr_malloc(s->cap + 1, "the JSON read buffer");
+        memcpy(s->buf, magic, m);
+        s->len = m;
     }
     *out = s;
     return 0;
 }
+
+void json_stream_set_max_element(json_stream *s, size_t bytes) { s->max_element = bytes; }
 
 void json_stream_close(json_stream *s) {
     if (!s) return;
@@ -159,10 +178,12 @@ int json_stream_next(json_stream *s, json_t **elem, asvr_error *err) {
     }
     /* Scan one element: track nesting and strings until depth returns to 0 at a delimiter. */
     size_t start = s->pos, i = s->pos;
-    int depth = 0, in_str = 0, esc = 0;
+    int depth = 0, in_str = 0, esc = 0, skipping = 0;
     uint64_t offset = json_stream_bytes_read(s);
     for (;;) {
         if (i == s->len) {
+            if (!skipping && i - start > s->max_element) skipping = 1;
+            if (skipping) start = i; /* an element too large to keep: scanned to its end, not kept */
             size_t rel = i - start;
             s->pos = start;
             int r = refill(s, err);
@@ -196,6 +217,12 @@ int json_stream_next(json_stream *s, json_t **elem, asvr_error *err) {
         if (depth == 0 && !in_str && (s->buf[i - 1] == '}' || s->buf[i - 1] == ']')) break;
     }
     s->index = s->next_index++;
+    if (skipping || i - start > s->max_element) {
+        s->pos = i;
+        return asvr_err_set(err, "'%s': element %llu at byte %llu is larger than %zu MiB; skipped (a damaged file, or "
+                                 "not one sample per element?)",
+                            s->path, (unsigned long long)s->index, (unsigned long long)offset, s->max_element >> 20);
+    }
     json_error_t je;
     json_t *j = json_loadb(s->buf + start, i - start, JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
     s->pos = i;
@@ -204,4 +231,15 @@ int json_stream_next(json_stream *s, json_t **elem, asvr_error *err) {
                             s->path, (unsigned long long)s->index, (unsigned long long)offset, je.text, je.line, je.column);
     *elem = j;
     return 1;
+}
+
+json_t *json_read_path(const char *path, size_t max_bytes, asvr_error *err) {
+    uint8_t *data;
+    size_t n;
+    if (asvr_read_file_max(path, max_bytes, &data, &n, err) < 0) return NULL;
+    json_error_t je;
+    json_t *j = json_loadb((const char *)data, n, 0, &je);
+    free(data);
+    if (!j) asvr_err_set(err, "'%s' is not valid JSON: %s (line %d, column %d)", path, je.text, je.line, je.column);
+    return j;
 }
