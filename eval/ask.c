@@ -18,7 +18,7 @@ int cmd_ask(int argc, char **argv) {
     opts[EVAL_MODEL_NOPTS] = (asvr_opt){"image", ASVR_OPT_STR, &image, "FILE", "the image (JPEG or PNG)"};
     opts[EVAL_MODEL_NOPTS + 1] = (asvr_opt){"question", ASVR_OPT_STR, &question, "TEXT", "the question"};
     opts[EVAL_MODEL_NOPTS + 2] =
-        (asvr_opt){"max-new-tokens", ASVR_OPT_INT, &max_new, "N", "stop after N new tokens (default 128) if no EOS came"};
+        (asvr_opt){"max-new-tokens", ASVR_OPT_COUNT, &max_new, "N", "stop after N new tokens (default 128) if no EOS came"};
     const asvr_cli cli = {"asvr-eval ask",
                           "(--checkpoint DIR | --model FILE --config FILE) --vision FILE --tokenizer FILE --image FILE "
                           "--question TEXT [options]",

@@ -26,8 +26,8 @@ int cmd_codes(int argc, char **argv) {
     opts[k++] = (asvr_opt){"codes", ASVR_OPT_STR, &codes, "STORE", "their code store (asvr-tokenize encode)"};
     opts[k++] = (asvr_opt){"codebooks", ASVR_OPT_STR, &codebooks, "FILE", "the tokenizer file whose codebooks the head embeds"};
     opts[k++] = (asvr_opt){"image-root", ASVR_OPT_STR, &image_root, "DIR", "folder the image keys are relative to"};
-    opts[k++] = (asvr_opt){"rows", ASVR_OPT_INT, &rows, "N", "packed rows per forward pass (default 2)"};
-    opts[k++] = (asvr_opt){"max-rows", ASVR_OPT_INT, &max_rows, "N", "stop after N rows (default: all)"};
+    opts[k++] = (asvr_opt){"rows", ASVR_OPT_COUNT, &rows, "N", "packed rows per forward pass (default 2)"};
+    opts[k++] = (asvr_opt){"max-rows", ASVR_OPT_COUNT, &max_rows, "N", "stop after N rows (default: all)"};
     const asvr_cli cli = {"asvr-eval codes",
                           "--checkpoint DIR --vision FILE --tokenizer FILE --codebooks FILE --packed FILE --codes STORE "
                           "[--image-root DIR]",

@@ -77,9 +77,9 @@ int cmd_run(int argc, char **argv) {
     opts[k++] = (asvr_opt){"questions", ASVR_OPT_STR, &questions, "Q.jsonl", "the benchmark's question file"};
     opts[k++] = (asvr_opt){"image-root", ASVR_OPT_STR, &image_root, "DIR", "folder the questions' image paths are relative to"};
     opts[k++] = (asvr_opt){"out", ASVR_OPT_STR, &out, "RUN_DIR", "run folder: answers/<bench>.jsonl and scores/<bench>.json"};
-    opts[k++] = (asvr_opt){"batch", ASVR_OPT_INT, &batch, "N", "questions decoded together (default 8)"};
-    opts[k++] = (asvr_opt){"limit", ASVR_OPT_INT, &limit, "N", "answer only the first N questions (a quick look; scores then need all)"};
-    opts[k++] = (asvr_opt){"max-new-tokens", ASVR_OPT_INT, &max_new, "N", "override the benchmark's token limit"};
+    opts[k++] = (asvr_opt){"batch", ASVR_OPT_COUNT, &batch, "N", "questions decoded together (default 8)"};
+    opts[k++] = (asvr_opt){"limit", ASVR_OPT_COUNT, &limit, "N", "answer only the first N questions (a quick look; scores then need all)"};
+    opts[k++] = (asvr_opt){"max-new-tokens", ASVR_OPT_COUNT, &max_new, "N", "override the benchmark's token limit"};
     opts[k++] = (asvr_opt){"shard", ASVR_OPT_STR, &shard_s, "K/N|auto",
                            "answer part K of N (question i goes to part i mod N) into answers/<bench>.part-K-of-N.jsonl, "
                            "unscored; auto: K, N and the GPU from mpirun/srun"};
@@ -99,7 +99,8 @@ int cmd_run(int argc, char **argv) {
     if (!bench || !questions || !out) asvr_cli_usage_error(&cli, "--bench, --questions and --out are required");
     const bench_def *b = bench_find(bench);
     if (!b) asvr_cli_usage_error(&cli, "unknown benchmark '%s' (known: %s)", bench, bench_names());
-    if (batch < 1 || batch > 1024 || limit < 0 || max_new < 0) asvr_cli_usage_error(&cli, "bad --batch, --limit or --max-new-tokens");
+    if (batch > 1024) asvr_cli_usage_error(&cli, "--batch must be at most 1024");
+    if (max_new > 1 << 20) asvr_cli_usage_error(&cli, "--max-new-tokens must be at most %d", 1 << 20);
     asvr_shard shard;
     char shard_why[256], tag[64] = "";
     if (asvr_shard_parse(shard_s, &shard, shard_why, sizeof shard_why) < 0) asvr_cli_usage_error(&cli, "%s", shard_why);
@@ -148,13 +149,18 @@ int cmd_run(int argc, char **argv) {
             goto done;
         }
         loaded = 1;
-        af = fopen(ans_path, "a");
+        int ctx = em.m.c.llm.max_positions;
+        if (max_new > 0 && ctx > 0 && max_new >= ctx)
+            asvr_cli_usage_error(&cli, "--max-new-tokens %lld: the model's context is %d positions (max_position_embeddings)",
+                                 (long long)max_new, ctx);
+        af = asvr_fopen_append(ans_path, &err);
         if (!af) {
-            LOG_ERROR("opening '%s': %s", ans_path, strerror(errno));
+            LOG_ERROR("%s", err.msg);
             free(todo);
             goto done;
         }
         int S = em.m.c.vision.image_size, mnt = max_new > 0 ? (int)max_new : b->max_new_tokens;
+        int write_errno = 0;
         float *pixels = asvr_malloc(sizeof(float) * 3 * (size_t)S * S * (size_t)batch, "batch images");
         ivec *ids = asvr_calloc((size_t)batch, sizeof *ids, "prompt ids");
         gen_prompt *gp = asvr_calloc((size_t)batch, sizeof *gp, "prompts");
@@ -198,13 +204,13 @@ int cmd_run(int argc, char **argv) {
                 }
                 json_t *o = json_pack("{s:s, s:s}", "question_id", s.items[todo[t0 + r]].qid, "answer", answer);
                 char *line = json_dumps(o, JSON_COMPACT);
-                if (fprintf(af, "%s\n", line) < 0) failed = 1;
+                if (fprintf(af, "%s\n", line) < 0) failed = 1, write_errno = errno;
                 free(line);
                 json_decref(o);
                 free(answer);
             }
             gen_result_free(&gr);
-            if (fflush(af) != 0 || fsync(fileno(af)) != 0) failed = 1;
+            if (!failed && (fflush(af) != 0 || fsync(fileno(af)) != 0)) failed = 1, write_errno = errno;
             asvr_progress_add(bar, (uint64_t)B);
         }
         asvr_progress_end(bar);
@@ -213,8 +219,9 @@ int cmd_run(int argc, char **argv) {
         free(gp);
         free(pixels);
         free(todo);
-        if (fclose(af) != 0) failed = 1;
+        if (fclose(af) != 0 && !failed) failed = 1, write_errno = errno;
         af = NULL;
+        if (write_errno) LOG_ERROR("writing '%s': %s", ans_path, strerror(write_errno));
         if (failed) {
             LOG_ERROR("'%s' keeps the answers written so far; rerun to continue", ans_path);
             goto done;

@@ -160,12 +160,12 @@ int pack_build_main(int argc, char **argv) {
         {"tokenizer", ASVR_OPT_STR, &o.tokenizer, "MODEL", "SentencePiece tokenizer.model of the LLM"},
         {"out", ASVR_OPT_STR, &o.out, "FILE", "the packed store to write (atomically)"},
         {"vision-tokenizer", ASVR_OPT_STR, &o.vision_tokenizer, "FILE", "take the positions per image from this tokenizer file's config"},
-        {"image-positions", ASVR_OPT_INT, &o.image_positions, "N", "or give them directly (taken from --codes when given)"},
+        {"image-positions", ASVR_OPT_COUNT, &o.image_positions, "N", "or give them directly (taken from --codes when given)"},
         {"codes", ASVR_OPT_STR, &o.codes, "STORE", "code store: every image key must be in it (missing ones are listed)"},
-        {"max-len", ASVR_OPT_INT, &o.max_len, "N", "positions per row, image positions included (default 2048)"},
+        {"max-len", ASVR_OPT_COUNT, &o.max_len, "N", "positions per row, image positions included (default 2048)"},
         {"no-packing", ASVR_OPT_FLAG, &o.no_packing, NULL, "one sample per row, as the reference trains"},
         {"seed", ASVR_OPT_INT, &o.seed, "N", "seed of the packing plan (default 0)"},
-        {"block-samples", ASVR_OPT_INT, &o.block_samples, "N", "samples per compressed block (default 64)"},
+        {"block-samples", ASVR_OPT_COUNT, &o.block_samples, "N", "samples per compressed block (default 64)"},
         {"compress", ASVR_OPT_INT, &o.compress, "LEVEL", "zstd level for token blocks, 0 = raw (default 3)"},
         {"max-errors", ASVR_OPT_INT, &o.max_errors, "N", "fail after more than N malformed samples (default: never; all are reported)"},
         {"rejects", ASVR_OPT_STR, &o.rejects, "FILE", "write each skipped sample as a JSON line {index, id, reason}"},
@@ -213,6 +213,9 @@ int pack_build_main(int argc, char **argv) {
         o.image_positions = p;
     }
     if (o.image_positions <= 0) asvr_cli_usage_error(&cli, "give --codes STORE, --vision-tokenizer FILE or --image-positions N");
+    if (o.image_positions > 65535 || o.image_positions >= o.max_len)
+        asvr_cli_usage_error(&cli, "--image-positions %lld: an image takes at most 65535 positions and fewer than --max-len (%lld)",
+                             (long long)o.image_positions, (long long)o.max_len);
 
     sp_tokenizer *tok = sp_tokenizer_load(o.tokenizer, &err);
     if (!tok) ASVR_FATAL("pass the LLM's tokenizer.model", "%s", err.msg);

@@ -158,8 +158,8 @@ int cmd_encode(int argc, char **argv) {
         {"shard", ASVR_OPT_STR, &shard_s, "K/N|auto", "encode part K of N (image i of the list goes to part i mod N) into "
                                                      "STORE.shard-K-of-N; auto: K, N and the GPU from mpirun/srun"},
         {"pad", ASVR_OPT_STR, &pad_s, "R,G,B", "pad colour (default: the tokenizer's, 127,127,127 for SigLIP)"},
-        {"batch", ASVR_OPT_INT, &batch_size, "N", "images per forward pass and per LMDB transaction (default 8)"},
-        {"threads", ASVR_OPT_INT, &threads, "N", "decode threads (default: the number of cores)"},
+        {"batch", ASVR_OPT_COUNT, &batch_size, "N", "images per forward pass and per LMDB transaction (default 8)"},
+        {"threads", ASVR_OPT_COUNT, &threads, "N", "decode threads (default: the number of cores)"},
         {"device", ASVR_OPT_STR, &device, "cpu|cuda", "compute backend (default cpu); cuda needs a CUDA build and a GPU"},
         {"dtype", ASVR_OPT_STR, &dtype_s, "bf16|f32", "cuda: weights and activations in bf16 (default, as the reference) or f32"},
         {"vq-kernel", ASVR_OPT_STR, &vq_s, "gemm|fused", "cuda: RVQ distances as GEMM + argmin (default) or one fused kernel"},
@@ -168,8 +168,8 @@ int cmd_encode(int argc, char **argv) {
         {"max-errors", ASVR_OPT_INT, &max_errors, "N", "fail after more than N bad or missing images (default: never)"},
         {"rejects", ASVR_OPT_STR, &rejects, "FILE", "write each rejected image as a JSON line {key, reason}"},
         {"stats", ASVR_OPT_STR, &stats, "FILE", "write a JSON summary (counts, time per stage)"},
-        {"map-size", ASVR_OPT_INT, &map_mib, "MIB", "initial LMDB map size; it grows as needed (default 1024)"},
-        {"max-pixels", ASVR_OPT_INT, &max_pixels, "N", "refuse larger images (default 89478485, Pillow's)"},
+        {"map-size", ASVR_OPT_COUNT, &map_mib, "MIB", "initial LMDB map size; it grows as needed (default 1024)"},
+        {"max-pixels", ASVR_OPT_COUNT, &max_pixels, "N", "refuse larger images (default 89478485, Pillow's)"},
         {"accept-warnings", ASVR_OPT_FLAG, &accept, NULL, "decode truncated/corrupt JPEG data anyway"},
         {"exif", ASVR_OPT_FLAG, &exif, NULL, "apply EXIF orientation (the reference does not)"},
     };
@@ -218,6 +218,10 @@ int cmd_encode(int argc, char **argv) {
         if (nn_use_cuda_device(shard.device, &derr) < 0) asvr_cli_usage_error(&cli, "--shard %s: %s", shard_s, derr.msg);
     }
     if (threads <= 0) threads = asvr_num_cores();
+    if (threads > asvr_max_threads())
+        asvr_cli_usage_error(&cli, "--threads %lld: at most %d on this machine (%d cores; each decode thread holds images)",
+                             (long long)threads, asvr_max_threads(), asvr_num_cores());
+    if (map_mib > ((int64_t)1 << 26)) asvr_cli_usage_error(&cli, "--map-size must be at most 67108864 MiB (64 TiB)");
     uint8_t pad[3];
     if (pad_s && image_list_parse_rgb(pad_s, pad) < 0) asvr_cli_usage_error(&cli, "--pad expects R,G,B with values 0..255");
 

@@ -151,20 +151,20 @@ int cmd_fit(int argc, char **argv) {
         {"list", ASVR_OPT_STR, &list, "FILE", "or a list file: one image path per line ('#' comments)"},
         {"image-root", ASVR_OPT_STR, &root, "DIR", "folder the image paths are relative to"},
         {"policy", ASVR_OPT_STR, &policy_s, "pad|squash", "preprocessing, as for encode; required"},
-        {"depth", ASVR_OPT_INT, &depth, "D", "codebooks (residual depths) to fit, 1..255; required"},
-        {"codebook-size", ASVR_OPT_INT, &ksize, "K", "rows per codebook, 1..65536, at most the training vectors; required"},
-        {"tap-layer", ASVR_OPT_INT, &tap, "L", "encoder layer whose output is quantised (default: the source's)"},
-        {"sample", ASVR_OPT_INT, &sample, "N", "train on a seeded random sample of N images (default: all)"},
-        {"iters", ASVR_OPT_INT, &iters, "I", "Lloyd iterations per depth at most (default 20; stops early when stable)"},
+        {"depth", ASVR_OPT_COUNT, &depth, "D", "codebooks (residual depths) to fit, 1..255; required"},
+        {"codebook-size", ASVR_OPT_COUNT, &ksize, "K", "rows per codebook, 1..65536, at most the training vectors; required"},
+        {"tap-layer", ASVR_OPT_COUNT, &tap, "L", "encoder layer whose output is quantised (default: the source's)"},
+        {"sample", ASVR_OPT_COUNT, &sample, "N", "train on a seeded random sample of N images (default: all)"},
+        {"iters", ASVR_OPT_COUNT, &iters, "I", "Lloyd iterations per depth at most (default 20; stops early when stable)"},
         {"seed", ASVR_OPT_INT, &seed, "S", "seed of the image sample and of k-means++ (default 0)"},
-        {"threads", ASVR_OPT_INT, &threads, "T", "worker threads (default: the number of cores; results do not depend on it)"},
-        {"batch", ASVR_OPT_INT, &batch_size, "B", "images per encoder forward pass (default 8; part of the request: float rounding depends on it)"},
-        {"max-memory", ASVR_OPT_INT, &max_mib, "MIB", "refuse a training set + k-means scratch larger than this (default 8192)"},
+        {"threads", ASVR_OPT_COUNT, &threads, "T", "worker threads (default: the number of cores; results do not depend on it)"},
+        {"batch", ASVR_OPT_COUNT, &batch_size, "B", "images per encoder forward pass (default 8; part of the request: float rounding depends on it)"},
+        {"max-memory", ASVR_OPT_COUNT, &max_mib, "MIB", "refuse a training set + k-means scratch larger than this (default 8192)"},
         {"out", ASVR_OPT_STR, &out, "FILE", "the new tokenizer (.safetensors, written atomically); required"},
         {"stats", ASVR_OPT_STR, &stats, "FILE", "write a JSON summary (counts, MSE per depth, times)"},
         {"pad", ASVR_OPT_STR, &pad_s, "R,G,B", "pad colour (default: the encoder's)"},
         {"max-errors", ASVR_OPT_INT, &max_errors, "N", "fail after more than N bad or missing images (default: never)"},
-        {"max-pixels", ASVR_OPT_INT, &max_pixels, "N", "refuse larger images (default 89478485, Pillow's)"},
+        {"max-pixels", ASVR_OPT_COUNT, &max_pixels, "N", "refuse larger images (default 89478485, Pillow's)"},
         {"accept-warnings", ASVR_OPT_FLAG, &accept, NULL, "decode truncated/corrupt JPEG data anyway"},
         {"exif", ASVR_OPT_FLAG, &exif, NULL, "apply EXIF orientation (the reference does not)"},
     };
@@ -197,6 +197,9 @@ int cmd_fit(int argc, char **argv) {
     if (batch_size < 1 || batch_size > 1024) asvr_cli_usage_error(&cli, "--batch must be in 1..1024");
     if (max_mib < 1) asvr_cli_usage_error(&cli, "--max-memory must be >= 1");
     if (threads <= 0) threads = asvr_num_cores();
+    if (threads > asvr_max_threads())
+        asvr_cli_usage_error(&cli, "--threads %lld: at most %d on this machine (%d cores)", (long long)threads,
+                             asvr_max_threads(), asvr_num_cores());
     uint8_t pad[3];
     if (pad_s && image_list_parse_rgb(pad_s, pad) < 0) asvr_cli_usage_error(&cli, "--pad expects R,G,B with values 0..255");
 

@@ -197,7 +197,7 @@ int cmd_merge(int argc, char **argv) {
     const asvr_opt opts[] = {
         {"shards", ASVR_OPT_FLAG, &shards, NULL, "the inputs are OUT's finished parts OUT.shard-K-of-N (encode --shard)"},
         {"allow-missing", ASVR_OPT_FLAG, &allow_missing, NULL, "merge parts of a list even when some are missing"},
-        {"map-size", ASVR_OPT_INT, &map_mib, "MIB", "initial LMDB map size (default: the inputs' total); it grows as needed"},
+        {"map-size", ASVR_OPT_COUNT, &map_mib, "MIB", "initial LMDB map size (default: the inputs' total); it grows as needed"},
         {"stats", ASVR_OPT_STR, &stats, "FILE", "write a JSON summary (inputs, records, duplicates)"},
     };
     const asvr_cli cli = {
@@ -214,7 +214,7 @@ int cmd_merge(int argc, char **argv) {
     const char *out = pos[0];
     if (shards && npos > 1) asvr_cli_usage_error(&cli, "--shards finds the inputs itself: give only OUT");
     if (!shards && npos < 2) asvr_cli_usage_error(&cli, "give OUT and at least one input STORE (or --shards OUT)");
-    if (map_mib < 0) asvr_cli_usage_error(&cli, "--map-size must be >= 0");
+    if (map_mib > ((int64_t)1 << 26)) asvr_cli_usage_error(&cli, "--map-size must be at most 67108864 MiB (64 TiB)");
 
     char **owned = NULL;
     int n = npos - 1;

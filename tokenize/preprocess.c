@@ -29,9 +29,9 @@ int cmd_preprocess(int argc, char **argv) {
     int accept = 0, exif = 0;
     const asvr_opt opts[] = {
         {"policy", ASVR_OPT_STR, &policy, "pad|squash", "pad to a square with --pad, or squash (default pad)"},
-        {"size", ASVR_OPT_INT, &size, "S", "output side in pixels (default 384)"},
+        {"size", ASVR_OPT_COUNT, &size, "S", "output side in pixels (default 384)"},
         {"pad", ASVR_OPT_STR, &pad, "R,G,B", "pad colour (default 127,127,127, SigLIP's mean)"},
-        {"max-pixels", ASVR_OPT_INT, &max_pixels, "N", "refuse larger images (default 89478485, Pillow's)"},
+        {"max-pixels", ASVR_OPT_COUNT, &max_pixels, "N", "refuse larger images (default 89478485, Pillow's)"},
         {"accept-warnings", ASVR_OPT_FLAG, &accept, NULL, "decode truncated/corrupt JPEG data anyway"},
         {"exif", ASVR_OPT_FLAG, &exif, NULL, "apply the EXIF orientation (the reference does not)"},
     };

@@ -31,14 +31,14 @@ int cmd_plan(int argc, char **argv) {
     int n = run_choices_options(&rc, opts);
     const asvr_opt own[] = {
         {"config", ASVR_OPT_STR, &config, "FILE", "model config JSON (as for asvr-train train)"},
-        {"rows", ASVR_OPT_INT, &rows, "N", "rows per micro-batch (default 1)"},
-        {"seq", ASVR_OPT_INT, &seq, "T", "positions per row (default 2048)"},
-        {"max-images", ASVR_OPT_INT, &max_images, "N", "images per micro-batch (default rows x (T / positions + 1))"},
-        {"world", ASVR_OPT_INT, &world, "N", "ranks of a data-parallel run: the plan is per rank (default 1)"},
+        {"rows", ASVR_OPT_COUNT, &rows, "N", "rows per micro-batch (default 1)"},
+        {"seq", ASVR_OPT_COUNT, &seq, "T", "positions per row (default 2048)"},
+        {"max-images", ASVR_OPT_COUNT, &max_images, "N", "images per micro-batch (default rows x (T / positions + 1))"},
+        {"world", ASVR_OPT_COUNT, &world, "N", "ranks of a data-parallel run: the plan is per rank (default 1)"},
         {"zero", ASVR_OPT_INT, &zero, "0|1|2", "as asvr-train train --zero (default 2 with several ranks, 0 with one)"},
-        {"bucket-elems", ASVR_OPT_INT, &bucket, "N", "as asvr-train train --bucket-elems"},
-        {"accum", ASVR_OPT_INT, &accum, "N", "micro-batches per step and rank (1, the default, needs no step gradient at zero 0)"},
-        {"gpu-gib", ASVR_OPT_F64, &gpu_gib, "X", "say whether the plan fits in X GiB (e.g. 139 for an H200, 79 for an H100)"},
+        {"bucket-elems", ASVR_OPT_COUNT, &bucket, "N", "as asvr-train train --bucket-elems"},
+        {"accum", ASVR_OPT_COUNT, &accum, "N", "micro-batches per step and rank (1, the default, needs no step gradient at zero 0)"},
+        {"gpu-gib", ASVR_OPT_POS, &gpu_gib, "X", "say whether the plan fits in X GiB (e.g. 139 for an H200, 79 for an H100)"},
         {"verbose", ASVR_OPT_FLAG, &verbose, NULL, "also print every activation tensor"},
     };
     memcpy(opts + n, own, sizeof own);

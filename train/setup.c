@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/fsutil.h"
 #include "base/log.h"
@@ -370,6 +371,41 @@ static void start_ranks(trainer *t, const asvr_cli *cli) {
     }
 }
 
+/* Sizes the flags ask for, bounded by the data and by the memory there is, before anything large
+ * is allocated: usage errors naming the flag. */
+static void check_sizes(trainer *t, const asvr_cli *cli) {
+    const train_opts *o = &t->o;
+    int64_t rows = data_rows(t->dl), n_samples = data_samples(t->dl);
+    if (o->threads > asvr_max_threads())
+        asvr_cli_usage_error(cli, "--threads %lld: at most %d on this machine (%d cores)", (long long)o->threads,
+                             asvr_max_threads(), asvr_num_cores());
+    if (o->rows > rows)
+        asvr_cli_usage_error(cli, "--rows %lld: the packed store '%s' has %lld rows", (long long)o->rows, o->packed,
+                             (long long)rows);
+    if (o->accum > 0 && o->accum > rows)
+        asvr_cli_usage_error(cli, "--accum %lld: more micro-batches per step than the %lld rows of '%s'",
+                             (long long)o->accum, (long long)rows, o->packed);
+    if (o->accum == 0 && o->global_batch > n_samples)
+        asvr_cli_usage_error(cli, "--global-batch %lld: a step cannot hold more than the %lld samples of '%s' (lower "
+                             "it, or give --accum)", (long long)o->global_batch, (long long)n_samples, o->packed);
+    /* the activations of one micro-batch, planned without allocating, against the memory there is */
+    int max_images = o->max_images > 0 ? (int)o->max_images : asvr_max_images(&t->mc, (int)o->rows, t->T);
+    nn_arena_set_plan_only(1);
+    asvr_acts *a = asvr_acts_new(&t->m, (int)o->rows, t->T, max_images);
+    nn_arena_set_plan_only(0);
+    double need = (double)asvr_acts_bytes(a);
+    asvr_acts_free(a);
+    size_t used = 0, total = 0;
+    double have = 0;
+    if (t->dev == NN_CPU) have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    else if (nn_device_mem_used(t->dev, &used, &total)) have = (double)total;
+    const double G = 1024.0 * 1024.0 * 1024.0;
+    if (have > 0 && need > have)
+        asvr_cli_usage_error(cli, "--rows %lld x %d positions with %d images (--max-images) need %.1f GiB of activations; "
+                             "the %s has %.1f GiB: lower --rows or --max-images",
+                             (long long)o->rows, t->T, max_images, need / G, nn_device_name(t->dev), have / G);
+}
+
 void trainer_setup(trainer *t, const train_opts *o, const asvr_cli *cli) {
     memset(t, 0, sizeof *t);
     t->o = *o;
@@ -390,6 +426,7 @@ void trainer_setup(trainer *t, const train_opts *o, const asvr_cli *cli) {
     load_frozen(t, cli);
     if (!t->ckpt) load_initial(t);
     open_data(t);
+    check_sizes(t, cli);
     optim_config oc = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->clip_norm, t->total,
                        warmup_steps_from_ratio(o->warmup_ratio, t->total)};
     dp_init(&t->dp, t->comm, 0, 1, &t->m.ps, t->zero, o->accum != 1, &t->opt, &oc);

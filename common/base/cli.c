@@ -1,6 +1,8 @@
 #include "base/cli.h"
 
 #include <errno.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +22,11 @@ const char *asvr_version(void) { return ASVR_VERSION; }
 int asvr_num_cores(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+int asvr_max_threads(void) {
+    int n = 8 * asvr_num_cores();
+    return n < 64 ? 64 : n;
 }
 
 void asvr_cli_print_help(const asvr_cli *cli) {
@@ -53,15 +60,28 @@ static void set_value(const asvr_cli *cli, const asvr_opt *o, const char *v) {
     errno = 0;
     switch (o->kind) {
     case ASVR_OPT_STR: *(const char **)o->dst = v; break;
-    case ASVR_OPT_INT: {
+    case ASVR_OPT_INT:
+    case ASVR_OPT_COUNT: {
         long long x = strtoll(v, &end, 10);
-        if (errno || end == v || *end) asvr_cli_usage_error(cli, "--%s expects an integer, got '%s'", o->name, v);
+        long long lo = o->kind == ASVR_OPT_COUNT ? 1 : 0;
+        if (end == v || *end) asvr_cli_usage_error(cli, "--%s expects a whole number, got '%s'", o->name, v);
+        if (errno || x < lo || x > INT32_MAX)
+            asvr_cli_usage_error(cli, "--%s must be %s and at most %d, got '%s'", o->name, lo ? "at least 1" : "0 or more",
+                                 INT32_MAX, v);
         *(int64_t *)o->dst = (int64_t)x;
         break;
     }
-    case ASVR_OPT_F64: {
+    case ASVR_OPT_F64:
+    case ASVR_OPT_POS:
+    case ASVR_OPT_FRAC: {
         double x = strtod(v, &end);
-        if (errno || end == v || *end) asvr_cli_usage_error(cli, "--%s expects a number, got '%s'", o->name, v);
+        if (end == v || *end) asvr_cli_usage_error(cli, "--%s expects a number, got '%s'", o->name, v);
+        if (!isfinite(x))
+            asvr_cli_usage_error(cli, "--%s must be a finite number, got '%s'", o->name, v);
+        if (o->kind == ASVR_OPT_F64 && !(x >= 0)) asvr_cli_usage_error(cli, "--%s must be >= 0, got '%s'", o->name, v);
+        if (o->kind == ASVR_OPT_POS && !(x > 0)) asvr_cli_usage_error(cli, "--%s must be > 0, got '%s'", o->name, v);
+        if (o->kind == ASVR_OPT_FRAC && !(x >= 0 && x <= 1))
+            asvr_cli_usage_error(cli, "--%s must be in [0, 1], got '%s'", o->name, v);
         *(double *)o->dst = x;
         break;
     }

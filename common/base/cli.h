@@ -25,13 +25,32 @@ extern "C" {
 const char *asvr_version(void);
 /* Online CPU cores (the default for --threads). */
 int asvr_num_cores(void);
+/* The most threads a --threads flag may ask for: 8 per core, at least 64 (more only costs memory). */
+int asvr_max_threads(void);
 
-typedef enum { ASVR_OPT_FLAG, ASVR_OPT_STR, ASVR_OPT_INT, ASVR_OPT_F64 } asvr_opt_kind;
+/* Each kind of value has one rule, checked by the parser (a value that breaks it is a usage error,
+ * exit 2, naming the flag), so no command can forget it:
+ *   FLAG   no value                         STR    any string
+ *   INT    a whole number in 0..2^31-1      COUNT  a whole number in 1..2^31-1
+ *   F64    a finite number >= 0             POS    a finite number > 0
+ *   FRAC   a finite number in [0, 1]
+ * Bounds that depend on the run (memory, the model's context, the data) are the command's to check,
+ * before it allocates, naming the flag. */
+typedef enum {
+    ASVR_OPT_FLAG,
+    ASVR_OPT_STR,
+    ASVR_OPT_INT,
+    ASVR_OPT_COUNT,
+    ASVR_OPT_F64,
+    ASVR_OPT_POS,
+    ASVR_OPT_FRAC
+} asvr_opt_kind;
 
 typedef struct asvr_opt {
     const char *name;    /* without the leading "--" */
     asvr_opt_kind kind;
-    void *dst;           /* int* for FLAG, const char** for STR, int64_t* for INT, double* for F64 */
+    void *dst;           /* int* for FLAG, const char** for STR, int64_t* for INT and COUNT, double* for
+                            F64, POS and FRAC */
     const char *metavar; /* shown in help, e.g. "N"; NULL for flags */
     const char *help;    /* one line; the default is appended by the caller in the text */
 } asvr_opt;

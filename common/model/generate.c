@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "nn/ops.h"
 #include "nn/ops_extra.h"
@@ -81,6 +82,28 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
         }
         n_img += k;
         if (lens[b] > Tp) Tp = lens[b];
+    }
+    /* bounds before anything is allocated: the model's context, then the memory of the KV cache */
+    if ((int64_t)Tp + N > INT32_MAX / 2 ||
+        (c->llm.max_positions > 0 && (int64_t)Tp + N > c->llm.max_positions)) {
+        int lb = 0;
+        for (int b = 1; b < B; b++)
+            if (lens[b] > lens[lb]) lb = b;
+        asvr_err_set(err, "prompt %d (%s): %d prompt positions + %d new tokens exceed the model's context of %d positions "
+                          "(max_position_embeddings)", lb, p[lb].name ? p[lb].name : "", Tp, N, c->llm.max_positions);
+        goto out;
+    }
+    {
+        double kv = 2.0 * L * (double)B * ((double)Tp + N) * c->llm.n_kv_heads * llama_head_dim(&c->llm) * 4.0;
+        size_t used = 0, total = 0;
+        double have = m->ps.device == NN_CPU ? (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE)
+                      : nn_device_mem_used(m->ps.device, &used, &total) ? (double)total : 0;
+        if (have > 0 && kv > have) {
+            asvr_err_set(err, "%d prompts of up to %d positions + %d new tokens need a %.1f GiB KV cache; the %s has %.1f "
+                              "GiB: lower the batch or the new tokens", B, Tp, N, kv / 1073741824.0,
+                         nn_device_name(m->ps.device), have / 1073741824.0);
+            goto out;
+        }
     }
     const int Tt = Tp + N;                    /* prompt + new tokens: the cache's length */
     const int Tx = o->use_cache ? Tp : Tt;    /* positions kept in x */

@@ -93,7 +93,8 @@ int llama_config_from_json(const char *json_text, llama_config *c, asvr_error *e
         json_int(o, "vocab_size", 1, 0, &c->vocab, err) < 0 ||
         json_float(o, "rms_norm_eps", 1e-6f, &c->rms_eps, err) < 0 ||
         json_float(o, "rope_theta", 1e4f, &c->rope_theta, err) < 0 ||
-        json_int(o, "sliding_window", 0, 0, &c->sliding_window, err) < 0)
+        json_int(o, "sliding_window", 0, 0, &c->sliding_window, err) < 0 ||
+        json_int(o, "max_position_embeddings", 0, 0, &c->max_positions, err) < 0)
         goto done;
     json_t *act = json_object_get(o, "hidden_act");
     if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0)) {

@@ -50,6 +50,7 @@ typedef struct llama_config {
     float rope_theta;
     int sliding_window; /* Mistral's attention window; 0 = none. Rows longer than it are refused
                            (llama_acts_new), since the window is not supported and changes nothing below it */
+    int max_positions;  /* max_position_embeddings: the context generation is bounded by; 0 = not given */
 } llama_config;
 
 /* Reads an HF config.json text (LlamaConfig / MistralConfig keys): hidden_size, num_hidden_layers,

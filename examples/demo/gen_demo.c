@@ -572,11 +572,11 @@ int main(int argc, char **argv) {
     const asvr_opt opts[] = {
         {"out", ASVR_OPT_STR, &out, "DIR", "output folder (created); required"},
         {"seed", ASVR_OPT_INT, &seed, "N", "seed of everything drawn (default 0); the same seed gives byte-identical files"},
-        {"train", ASVR_OPT_INT, &n_train, "N", "training images: one pt caption and one it conversation each (default 1500)"},
-        {"eval", ASVR_OPT_INT, &n_eval, "N", "held-out images, three eval questions each: yes/no, multiple choice, short (default 100)"},
+        {"train", ASVR_OPT_COUNT, &n_train, "N", "training images: one pt caption and one it conversation each (default 1500)"},
+        {"eval", ASVR_OPT_COUNT, &n_eval, "N", "held-out images, three eval questions each: yes/no, multiple choice, short (default 100)"},
         {"size", ASVR_OPT_STR, &sizes_s, "WxH,...", "image sizes drawn from (default 64x64,96x64,64x96,80x80; S means SxS)"},
         {"text-only", ASVR_OPT_INT, &text_pct, "PCT", "text-only it samples, percent of the training images (default 5)"},
-        {"max-shapes", ASVR_OPT_INT, &max_shapes, "N", "shapes per image, 1..3 (default 3); with 1 they are drawn larger"},
+        {"max-shapes", ASVR_OPT_COUNT, &max_shapes, "N", "shapes per image, 1..3 (default 3); with 1 they are drawn larger"},
     };
     const asvr_cli cli = {
         "asvr-demo-gen",
