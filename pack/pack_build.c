@@ -51,9 +51,10 @@ static int file_fingerprint(const char *path, char out[17], asvr_error *err) {
 }
 
 /* One LLaVA record → turns. Returns -1 with err naming the problem. */
-static int parse_sample(json_t *e, char *id, size_t id_n, const char **image, chat_turn **turns, int *n_turns,
-                        asvr_error *err) {
+static int parse_sample(json_t *e, char *id, size_t id_n, const char **image, chat_turn **turns, size_t **lens,
+                        int *n_turns, asvr_error *err) {
     *turns = NULL;
+    *lens = NULL;
     *n_turns = 0;
     *image = NULL;
     id[0] = 0;
@@ -66,27 +67,34 @@ static int parse_sample(json_t *e, char *id, size_t id_n, const char **image, ch
     if (img && !json_is_null(img)) {
         if (json_is_array(img)) return asvr_err_set(err, "\"image\" is a list; one image per sample is supported");
         if (!json_is_string(img) || json_string_length(img) == 0) return asvr_err_set(err, "\"image\" must be a non-empty string");
+        if (strlen(json_string_value(img)) != json_string_length(img))
+            return asvr_err_set(err, "\"image\" holds a NUL character; it cannot name a file");
         *image = json_string_value(img);
     }
     json_t *conv = json_object_get(e, "conversations");
     if (!json_is_array(conv)) return asvr_err_set(err, "\"conversations\" is missing or not an array");
     size_t n = json_array_size(conv);
     chat_turn *t = asvr_calloc(n ? n : 1, sizeof *t, "conversation turns");
+    *lens = asvr_calloc(n ? n : 1, sizeof **lens, "conversation turn lengths");
     for (size_t i = 0; i < n; i++) {
         json_t *c = json_array_get(conv, i);
         const char *from = json_string_value(json_object_get(c, "from"));
         const char *value = json_string_value(json_object_get(c, "value"));
         if (!from || !value) {
             free(t);
+            free(*lens), *lens = NULL;
             return asvr_err_set(err, "turn %zu needs string \"from\" and \"value\"", i);
         }
+        if (strlen(from) != json_string_length(json_object_get(c, "from"))) from = "(a string with a NUL)";
         if (strcmp(from, "human") == 0) t[i].from_human = 1;
         else if (strcmp(from, "gpt") == 0) t[i].from_human = 0;
         else {
             free(t);
+            free(*lens), *lens = NULL;
             return asvr_err_set(err, "turn %zu is from '%s'; expected \"human\" or \"gpt\"", i, from);
         }
         t[i].value = value;
+        (*lens)[i] = json_string_length(json_object_get(c, "value")); /* all of it: a \u0000 is text too */
     }
     *turns = t;
     *n_turns = (int)n;
@@ -285,10 +293,11 @@ int pack_build_main(int argc, char **argv) {
         } else {
             const char *image;
             chat_turn *turns;
+            size_t *lens;
             int n_turns;
             template_result tr;
-            if (parse_sample(e, id, sizeof id, &image, &turns, &n_turns, &err) < 0 ||
-                template_apply(tpl, &enc, turns, n_turns, image != NULL, (int)o.max_len, &tr, &err) < 0) {
+            if (parse_sample(e, id, sizeof id, &image, &turns, &lens, &n_turns, &err) < 0 ||
+                template_apply_n(tpl, &enc, turns, lens, n_turns, image != NULL, (int)o.max_len, &tr, &err) < 0) {
                 c.skipped++;
                 reject(rej, index, id, err.msg);
             } else {
@@ -319,6 +328,7 @@ int pack_build_main(int argc, char **argv) {
                 template_result_free(&tr);
             }
             free(turns);
+            free(lens);
             json_decref(e);
         }
         if (o.max_errors >= 0 && c.skipped > (uint64_t)o.max_errors) {

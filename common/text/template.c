@@ -96,13 +96,22 @@ void py_strip(const char *str, size_t len, size_t *begin, size_t *end) {
     *end = e;
 }
 
+/* Turn i's bytes: its length, or up to its NUL when none is given. */
+static size_t turn_len(const chat_turn *t, const size_t *lens, int i) { return lens ? lens[i] : strlen(t[i].value); }
+
+/* Where needle first occurs in s[0, n), or NULL. */
+static const char *find(const char *s, size_t n, const char *needle) {
+    size_t k = strlen(needle);
+    return k <= n ? memmem(s, n, needle, k) : NULL;
+}
+
 /* preprocess_multimodal on one turn: remove every "<image>", strip, prepend "<image>\n", strip. */
-static char *normalise_image_turn(const char *v) {
+static void normalise_image_turn(sbuf *dst, const char *v, size_t n) {
     sbuf without = {0};
     sb_add(&without, "", 0);
-    const char *p = v;
-    for (const char *q; (q = strstr(p, "<image>")) != NULL; p = q + 7) sb_add(&without, p, (size_t)(q - p));
-    sb_str(&without, p);
+    const char *p = v, *end = v + n;
+    for (const char *q; (q = find(p, (size_t)(end - p), "<image>")) != NULL; p = q + 7) sb_add(&without, p, (size_t)(q - p));
+    sb_add(&without, p, (size_t)(end - p));
     size_t b, e;
     py_strip(without.s, without.n, &b, &e);
     sbuf out = {0};
@@ -110,46 +119,55 @@ static char *normalise_image_turn(const char *v) {
     sb_add(&out, without.s + b, e - b);
     free(without.s);
     py_strip(out.s, out.n, &b, &e); /* "<image>\n" + "" strips the newline */
-    out.s[e] = 0;
-    char *r = asvr_strdup(out.s + b);
+    sb_add(dst, out.s + b, e - b);
     free(out.s);
-    return r;
 }
 
 /* ---- prompt ----------------------------------------------------------------------------------- */
 
-char *template_prompt(const template_spec *t, const chat_turn *turns, int n_turns, int has_image,
-                      int add_generation_prompt) {
+char *template_prompt_n(const template_spec *t, const chat_turn *turns, const size_t *lens, int n_turns, int has_image,
+                        int add_generation_prompt, size_t *len) {
     sbuf b = {0};
     sb_add(&b, "", 0);
     if (t->style == TEMPLATE_PLAIN) {
         sb_str(&b, "<image>");
         if (n_turns >= 2 && !add_generation_prompt) {
-            sb_str(&b, turns[1].value);
+            sb_add(&b, turns[1].value, turn_len(turns, lens, 1));
             sb_str(&b, t->sep);
         }
+        if (len) *len = b.n;
         return b.s;
     }
     sb_str(&b, t->system);
     sb_str(&b, t->sep);
+    sbuf v = {0};
     for (int i = 0; i < n_turns; i++) {
-        char *v = (has_image && strstr(turns[i].value, "<image>")) ? normalise_image_turn(turns[i].value)
-                                                                   : asvr_strdup(turns[i].value);
+        size_t n = turn_len(turns, lens, i);
+        v.n = 0;
+        sb_add(&v, "", 0);
+        if (has_image && find(turns[i].value, n, "<image>")) normalise_image_turn(&v, turns[i].value, n);
+        else sb_add(&v, turns[i].value, n);
         sb_str(&b, t->roles[i % 2]);
-        if (v[0]) {
+        if (v.n) {
             sb_str(&b, ": ");
-            sb_str(&b, v);
+            sb_add(&b, v.s, v.n);
             sb_str(&b, (i % 2) ? t->sep2 : t->sep);
         } else {
             sb_str(&b, ":");
         }
-        free(v);
     }
+    free(v.s);
     if (add_generation_prompt) {
         sb_str(&b, t->roles[n_turns % 2]);
         sb_str(&b, ":");
     }
+    if (len) *len = b.n;
     return b.s;
+}
+
+char *template_prompt(const template_spec *t, const chat_turn *turns, int n_turns, int has_image,
+                      int add_generation_prompt) {
+    return template_prompt_n(t, turns, NULL, n_turns, has_image, add_generation_prompt, NULL);
 }
 
 /* ---- tokenisation ----------------------------------------------------------------------------- */
@@ -204,13 +222,14 @@ static void mask_range(ivec *labels, long a, long b) {
     for (long i = a; i < b; i++) labels->v[i] = IGNORE_INDEX;
 }
 
-static int apply_plain(const template_spec *t, const text_encoder *enc, const chat_turn *turns, int n_turns,
-                       int has_image, template_result *out, asvr_error *err) {
+static int apply_plain(const template_spec *t, const text_encoder *enc, const chat_turn *turns, const size_t *lens,
+                       int n_turns, int has_image, template_result *out, asvr_error *err) {
     if (n_turns != 2) return asvr_err_set(err, "the plain template needs exactly 2 turns, got %d", n_turns);
-    if (!has_image || !strstr(turns[0].value, "<image>"))
+    if (!has_image || !find(turns[0].value, turn_len(turns, lens, 0), "<image>"))
         return asvr_err_set(err, "the plain template needs an image and <image> in the first turn");
-    char *p = template_prompt(t, turns, n_turns, has_image, 0);
-    int rc = tokenize_image_text(enc, p, strlen(p), &out->ids, err);
+    size_t plen;
+    char *p = template_prompt_n(t, turns, lens, n_turns, has_image, 0, &plen);
+    int rc = tokenize_image_text(enc, p, plen, &out->ids, err);
     free(p);
     if (rc < 0) return -1;
     ivec head = {0};
@@ -221,15 +240,16 @@ static int apply_plain(const template_spec *t, const text_encoder *enc, const ch
     return 0;
 }
 
-static int apply_two(const template_spec *t, const text_encoder *enc, const chat_turn *turns, int n_turns,
-                     int has_image, int max_len, template_result *out, asvr_error *err) {
-    if (n_turns > 0 && !turns[0].from_human) turns++, n_turns--; /* a leading gpt turn is dropped */
+static int apply_two(const template_spec *t, const text_encoder *enc, const chat_turn *turns, const size_t *lens,
+                     int n_turns, int has_image, int max_len, template_result *out, asvr_error *err) {
+    if (n_turns > 0 && !turns[0].from_human) turns++, n_turns--, lens = lens ? lens + 1 : NULL; /* a leading gpt turn is dropped */
     for (int j = 0; j < n_turns; j++)
         if (turns[j].from_human != (j % 2 == 0))
             return asvr_err_set(err, "turn %d is from %s; turns must alternate human, gpt", j,
                                 turns[j].from_human ? "human" : "gpt");
-    char *p = template_prompt(t, turns, n_turns, has_image, 0);
-    size_t plen = strlen(p);
+    size_t plen;
+    char *p = template_prompt_n(t, turns, lens, n_turns, has_image, 0, &plen);
+    const char *p_end = p + plen;
     int rc = has_image ? tokenize_image_text(enc, p, plen, &out->ids, err) : enc->encode(enc->ctx, p, plen, 1, &out->ids, err);
     if (rc < 0) {
         free(p);
@@ -252,8 +272,8 @@ static int apply_two(const template_spec *t, const text_encoder *enc, const chat
     ivec tmp = {0};
     const char *r = p;
     for (int i = 0;; i++) {
-        const char *r_end = strstr(r, t->sep2);
-        size_t rlen = r_end ? (size_t)(r_end - r) : strlen(r);
+        const char *r_end = find(r, (size_t)(p_end - r), t->sep2);
+        size_t rlen = r_end ? (size_t)(r_end - r) : (size_t)(p_end - r);
         if (rlen == 0) break;
         /* parts = r.split(sep): exactly one occurrence of sep within the round. */
         const char *s1 = NULL;
@@ -291,9 +311,14 @@ fail:
 
 int template_apply(const template_spec *t, const text_encoder *enc, const chat_turn *turns, int n_turns,
                    int has_image, int max_len, template_result *out, asvr_error *err) {
+    return template_apply_n(t, enc, turns, NULL, n_turns, has_image, max_len, out, err);
+}
+
+int template_apply_n(const template_spec *t, const text_encoder *enc, const chat_turn *turns, const size_t *lens,
+                     int n_turns, int has_image, int max_len, template_result *out, asvr_error *err) {
     memset(out, 0, sizeof *out);
-    int rc = t->style == TEMPLATE_PLAIN ? apply_plain(t, enc, turns, n_turns, has_image, out, err)
-                                        : apply_two(t, enc, turns, n_turns, has_image, max_len, out, err);
+    int rc = t->style == TEMPLATE_PLAIN ? apply_plain(t, enc, turns, lens, n_turns, has_image, out, err)
+                                        : apply_two(t, enc, turns, lens, n_turns, has_image, max_len, out, err);
     if (rc < 0) {
         template_result_free(out);
         return -1;

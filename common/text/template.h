@@ -54,7 +54,7 @@ void template_fingerprint(const template_spec *t, char out[17]);
 
 typedef struct chat_turn {
     int from_human;     /* "human" → 1, "gpt" → 0 */
-    const char *value;  /* UTF-8, NUL-terminated */
+    const char *value;  /* UTF-8, NUL-terminated (the _n functions take lengths: a NUL inside is text) */
 } chat_turn;
 
 typedef struct template_result {
@@ -71,11 +71,18 @@ void template_result_free(template_result *r);
  * Returns -1 with err set for a malformed sample (bad turn order, missing <image>, ...). */
 int template_apply(const template_spec *t, const text_encoder *enc, const chat_turn *turns, int n_turns,
                    int has_image, int max_len, template_result *out, asvr_error *err);
+/* The same with each turn's length in lens[i] (see template_prompt_n). */
+int template_apply_n(const template_spec *t, const text_encoder *enc, const chat_turn *turns, const size_t *lens,
+                     int n_turns, int has_image, int max_len, template_result *out, asvr_error *err);
 
 /* The prompt string the template builds (after <image> normalisation); malloc'd. Exposed for tests
  * and for generation (with add_generation_prompt the last assistant turn is left open). */
 char *template_prompt(const template_spec *t, const chat_turn *turns, int n_turns, int has_image,
                       int add_generation_prompt);
+/* The same with each turn's length in lens[i] (NULL: up to its NUL) and the prompt's in *len: a NUL
+ * inside a value is text, as in Python (the tokenizer gives it a byte token). */
+char *template_prompt_n(const template_spec *t, const chat_turn *turns, const size_t *lens, int n_turns, int has_image,
+                        int add_generation_prompt, size_t *len);
 
 /* LLaVA's tokenizer_image_token(text): each chunk around "<image>" encoded on its own with BOS, the
  * first BOS kept and the others dropped, IMAGE_TOKEN_INDEX between chunks; appended to out (for
