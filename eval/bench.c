@@ -1062,11 +1062,49 @@ static void qindex_free(qindex *x) {
     free(x->pos);
 }
 
+/* The fields a question may carry, each of one JSON type (eval/README.md): a field of another type
+ * is a malformed line, not a silently ignored one. Options and hints may be null (a missing one). */
+static const char *question_field_error(json_t *o, char *buf, size_t n) {
+    static const char *strings[] = {"image", "question", "question_type", "category", "subcategory", "type", "dataset",
+                                    "options_raw", "answer_type"};
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        json_t *v = json_object_get(o, strings[i]);
+        if (v && !json_is_string(v) && !json_is_null(v)) {
+            snprintf(buf, n, "\"%s\" must be a string", strings[i]);
+            return buf;
+        }
+    }
+    json_t *im = json_object_get(o, "image");
+    if (json_is_string(im) && strlen(json_string_value(im)) != json_string_length(im)) return "\"image\" holds a NUL character";
+    json_t *h = json_object_get(o, "hint");
+    if (h && !json_is_string(h) && !json_is_null(h)) return "\"hint\" must be a string or null";
+    const char *lists[] = {"options", "answers", "ocr_tokens"};
+    for (size_t i = 0; i < 3; i++) {
+        json_t *v = json_object_get(o, lists[i]);
+        if (!v) continue;
+        if (!json_is_array(v)) {
+            snprintf(buf, n, "\"%s\" must be a list", lists[i]);
+            return buf;
+        }
+        size_t k;
+        json_t *x;
+        json_array_foreach(v, k, x) {
+            if (!json_is_string(x) && !(json_is_null(x) && i == 0)) {
+                snprintf(buf, n, "%s[%zu] must be a string%s", lists[i], k, i == 0 ? " or null" : "");
+                return buf;
+            }
+        }
+    }
+    json_t *a = json_object_get(o, "answer");
+    if (a && !json_is_string(a) && !json_is_array(a) && !json_is_null(a)) return "\"answer\" must be a string or a list";
+    return NULL;
+}
+
 int bench_load_questions(const char *path, const bench_def *b, bench_set *s, asvr_error *err) {
     memset(s, 0, sizeof *s);
     s->path = asvr_strdup(path);
-    FILE *f = fopen(path, "r");
-    if (!f) return asvr_err_set(err, "cannot open question file '%s': %s", path, strerror(errno));
+    FILE *f = asvr_fopen_input(path, err);
+    if (!f) return asvr_err_prefix(err, "question file");
     char *line = NULL;
     size_t cap = 0, len, capn = 0;
     long lineno = 0;
@@ -1085,6 +1123,14 @@ int bench_load_questions(const char *path, const bench_def *b, bench_set *s, asv
         }
         if (bench_qid_text(json_object_get(o, "question_id"), qid, sizeof qid) < 0) {
             LOG_ERROR("%s:%ld: no question_id (a non-empty string or an integer)", path, lineno);
+            json_decref(o);
+            bad++;
+            continue;
+        }
+        char why[128];
+        const char *fe = question_field_error(o, why, sizeof why);
+        if (fe) {
+            LOG_ERROR("%s:%ld (question_id %s): %s", path, lineno, qid, fe);
             json_decref(o);
             bad++;
             continue;
@@ -1110,7 +1156,7 @@ int bench_load_questions(const char *path, const bench_def *b, bench_set *s, asv
     int rerr = ferror(f);
     free(line);
     fclose(f);
-    if (rerr) return asvr_err_set(err, "reading '%s' failed", path);
+    if (rerr) return asvr_err_set(err, "reading '%s': %s", path, strerror(errno));
     /* repeated ids */
     qindex x;
     qindex_init(&x, s->n);
@@ -1133,8 +1179,8 @@ int bench_load_questions(const char *path, const bench_def *b, bench_set *s, asv
 
 /* Reads one answer file into s (x indexes s's ids); the missing-answer check is the caller's. */
 static int attach_one(bench_set *s, const qindex *x, const char *path, asvr_error *err) {
-    FILE *f = fopen(path, "r");
-    if (!f) return asvr_err_set(err, "cannot open answer file '%s': %s", path, strerror(errno));
+    FILE *f = asvr_fopen_input(path, err);
+    if (!f) return asvr_err_prefix(err, "answer file");
     char *line = NULL;
     size_t cap = 0, len;
     long lineno = 0;
@@ -1178,7 +1224,7 @@ static int attach_one(bench_set *s, const qindex *x, const char *path, asvr_erro
     int rerr = ferror(f);
     free(line);
     fclose(f);
-    if (rerr) return asvr_err_set(err, "reading '%s' failed", path);
+    if (rerr) return asvr_err_set(err, "reading '%s': %s", path, strerror(errno));
     if (unknown > 5) LOG_WARN("%s: %d answers in all for ids not in the question file", path, unknown);
     if (repeated) LOG_WARN("%s: %d question ids answered more than once; the last answer is used", path, repeated);
     if (bad) return asvr_err_set(err, "'%s': %d malformed line(s), listed above", path, bad);

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/cli.h"
 #include "base/fsutil.h"
@@ -36,8 +37,13 @@ static int encode_adapter(void *ctx, const char *text, size_t len, int add_bos, 
 
 /* xxh64 of a whole file, read in 1 MiB chunks (a mapping would count the whole file as resident). */
 static int file_fingerprint(const char *path, char out[17], asvr_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return asvr_err_set(err, "opening '%s': %s", path, strerror(errno));
+    int fd = asvr_open_input(path, 0, err); /* a regular file: it is read twice (fingerprint, then samples) */
+    if (fd < 0) return -1;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return asvr_err_set(err, "opening '%s': %s", path, strerror(errno));
+    }
     asvr_hasher *h = asvr_hasher_new(0);
     char *buf = asvr_malloc(1 << 20, "a read buffer");
     size_t n;
@@ -145,17 +151,17 @@ static int up_to_date(const char *out, const packed_info *want, int *differs, ch
     }
     const packed_info *h = packed_store_info(ps);
     const char *d = NULL;
-    if (strcmp(h->source_fp, want->source_fp)) d = "the input JSON";
-    else if (strcmp(h->tokenizer_fp, want->tokenizer_fp)) d = "the tokenizer";
-    else if (strcmp(h->template_fp, want->template_fp)) d = "the template";
-    else if (h->max_len != want->max_len) d = "--max-len";
-    else if (h->image_positions != want->image_positions) d = "the image positions";
-    else if (h->packed != want->packed) d = "--no-packing";
-    else if (h->packed && h->seed != want->seed) d = "--seed";
+    if (strcmp(h->source_fp, want->source_fp)) d = "another input JSON";
+    else if (strcmp(h->tokenizer_fp, want->tokenizer_fp)) d = "another tokenizer";
+    else if (strcmp(h->template_fp, want->template_fp)) d = "another template";
+    else if (h->max_len != want->max_len) d = "another --max-len";
+    else if (h->image_positions != want->image_positions) d = "another number of image positions";
+    else if (h->packed != want->packed) d = h->packed ? "packing (now --no-packing)" : "--no-packing";
+    else if (h->packed && h->seed != want->seed) d = "another --seed";
     packed_store_close(ps);
     if (d) {
         *differs = 1;
-        snprintf(why, n, "it was made with a different %s", d);
+        snprintf(why, n, "it was made with %s", d);
         return 0;
     }
     return 1;
@@ -237,6 +243,8 @@ int pack_build_main(int argc, char **argv) {
     char why[1200];
     if (!o.force && up_to_date(o.out, &want, &differs, why, sizeof why)) {
         LOG_INFO("'%s' is up to date (same input, tokenizer, template and settings); nothing to do", o.out);
+        asvr_atomic_reclaim(o.out);
+        if (o.rejects) asvr_atomic_reclaim(o.rejects);
         sp_tokenizer_free(tok);
         code_store_close(codes);
         return ASVR_EXIT_OK;

@@ -90,6 +90,8 @@ int cmd_stats(int argc, char **argv) {
     char **pos;
     asvr_cli_parse(&cli, argc, argv, &npos, &pos);
     code_store *cs = open_or_die(pos[0]);
+    char pos_name[1024];
+    snprintf(pos_name, sizeof pos_name, "%s", pos[0]);
     const code_store_meta *m = code_store_get_meta(cs);
     stats_ctx c = {m, 0, 0, 0, NULL, NULL};
     c.hist = asvr_calloc((size_t)m->depth * (size_t)m->codebook_size, sizeof(uint64_t), "code histograms");
@@ -163,6 +165,10 @@ int cmd_stats(int argc, char **argv) {
     free(c.codes);
     code_store_close(cs);
     free(pos);
+    if (c.bad) {
+        LOG_ERROR("'%s': %llu corrupt record(s); `asvr-tokenize verify` lists them", pos_name, (unsigned long long)c.bad);
+        return ASVR_EXIT_FAIL;
+    }
     return ASVR_EXIT_OK;
 }
 

@@ -1,11 +1,14 @@
 #include "base/fsutil.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 char *asvr_path_join(const char *dir, const char *name) {
@@ -40,8 +43,39 @@ int asvr_fsync_dir(const char *dir, asvr_error *err) {
     return 0;
 }
 
+/* Temp files of path that a killed run left: "<path>.tmp.<pid>" whose process is gone (not alive
+ * here) and that nobody has written for a minute (a writer on another machine sharing the folder
+ * keeps its file fresh). Removed before a new temp file is made. */
+void asvr_atomic_reclaim(const char *path) {
+    char *dir = asvr_path_dirname(path);
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t bl = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d) {
+        free(dir);
+        return;
+    }
+    struct dirent *e;
+    time_t now = time(NULL);
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, base, bl) != 0 || strncmp(e->d_name + bl, ".tmp.", 5) != 0) continue;
+        char *end;
+        long pid = strtol(e->d_name + bl + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char *p = asvr_path_join(dir, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && now - st.st_mtime > 60) unlink(p);
+        free(p);
+    }
+    closedir(d);
+    free(dir);
+}
+
 int asvr_atomic_open(asvr_atomic_file *f, const char *path, asvr_error *err) {
     memset(f, 0, sizeof *f);
+    asvr_atomic_reclaim(path);
     size_t n = strlen(path) + 32;
     f->tmp_path = asvr_malloc(n, "a temp path");
     snprintf(f->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());

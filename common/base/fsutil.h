@@ -1,7 +1,8 @@
 /* fsutil.h — files: atomic writes (temp file, fsync, rename, fsync of the directory), whole-file
  * reads, read-only mmaps, mkdir -p, and "does this exist".
  * An output written through asvr_atomic_* either appears complete or not at all; a crash leaves
- * only a "<path>.tmp.<pid>" file, never a half-written <path>.
+ * only a "<path>.tmp.<pid>" file, never a half-written <path>, and the next asvr_atomic_open of the
+ * same path removes such leftovers (their process gone, untouched for a minute).
  */
 #ifndef ASVR_BASE_FSUTIL_H
 #define ASVR_BASE_FSUTIL_H
@@ -22,6 +23,9 @@ typedef struct asvr_atomic_file {
     char *tmp_path;    /* where the bytes go until commit */
 } asvr_atomic_file;
 
+/* Removes what killed runs left of path: "<path>.tmp.<pid>" files of processes that are gone,
+ * untouched for a minute (asvr_atomic_open does it first; a no-op rerun calls it itself). */
+void asvr_atomic_reclaim(const char *path);
 /* Opens "<path>.tmp.<pid>" for writing. Returns -1 with err set on failure. */
 int asvr_atomic_open(asvr_atomic_file *f, const char *path, asvr_error *err);
 /* Flushes, fsyncs, renames over path, fsyncs the directory. Returns -1 (and removes the temp). */

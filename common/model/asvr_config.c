@@ -1,6 +1,7 @@
 /* asvr_config.c — the model config JSON (asvr.h) and the run-time recompute set. */
 #include <jansson.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #include "model/asvr.h"
@@ -61,9 +62,26 @@ int asvr_config_from_json(const char *text, asvr_config *c, asvr_error *err) {
     v->act = NN_ACT_GELU_TANH;
     for (int i = 0; i < 3; i++) c->image_mean[i] = c->image_std[i] = 0.5f;
     json_t *mean = json_object_get(vis, "image_mean"), *std = json_object_get(vis, "image_std");
-    for (int i = 0; i < 3; i++) {
-        if (json_is_array(mean)) c->image_mean[i] = (float)json_number_value(json_array_get(mean, (size_t)i));
-        if (json_is_array(std)) c->image_std[i] = (float)json_number_value(json_array_get(std, (size_t)i));
+    /* three finite numbers each (one per channel), the std > 0: anything else would pad with zeros or
+     * divide by zero and train on infinities */
+    const char *names[2] = {"image_mean", "image_std"};
+    json_t *arrs[2] = {mean, std};
+    float *dst[2] = {c->image_mean, c->image_std};
+    for (int k = 0; k < 2; k++) {
+        if (!arrs[k]) continue;
+        if (!json_is_array(arrs[k]) || json_array_size(arrs[k]) != 3) {
+            asvr_err_set(err, "model config: vision.%s must be a list of 3 numbers (R, G, B)", names[k]);
+            goto out;
+        }
+        for (int i = 0; i < 3; i++) {
+            json_t *x = json_array_get(arrs[k], (size_t)i);
+            double v = json_number_value(x);
+            if (!json_is_number(x) || !isfinite(v) || (k == 1 && !(v > 0)) || fabs(v) > 1e6) {
+                asvr_err_set(err, "model config: vision.%s[%d] must be a finite number%s", names[k], i, k ? " > 0" : "");
+                goto out;
+            }
+            dst[k][i] = (float)v;
+        }
     }
     if (siglip_config_check(v, err) < 0) goto out;
     c->image_positions = siglip_num_patches(v);

@@ -444,10 +444,17 @@ static int validate(packed_store *ps, asvr_error *err) {
     if (nstr && ps->strings[nstr - 1] != 0) return bad(ps, err, "strings are not NUL-terminated");
     for (uint64_t b = 0; b < I->n_blocks; b++) {
         const uint8_t *e = ps->blocks + b * BLOCK_BYTES;
-        uint64_t off = get_u64(e), st = get_u64(e + 8);
+        uint64_t off = get_u64(e), st = get_u64(e + 8), raw = get_u64(e + 16);
         if (off < ps->sec[SEC_TOKENS].off || st > ps->sec[SEC_TOKENS].off + ps->sec[SEC_TOKENS].bytes - off ||
             get_u32(e + 32) > 1)
             return bad(ps, err, "block table entry %llu is out of range", (unsigned long long)b);
+        /* what a block decompresses to is allocated when it is read: bounded by what it can hold (5 bytes
+         * per token of at most block_samples samples of max_len), and never over 1 GiB */
+        uint64_t most = (uint64_t)I->block_samples * I->max_len * 5;
+        if (raw > most || raw > ((uint64_t)1 << 30) || (get_u32(e + 32) == 0 && raw != st))
+            return bad(ps, err, "block table entry %llu claims %llu bytes of tokens, more than a block of %u samples of "
+                                "at most %u positions holds", (unsigned long long)b, (unsigned long long)raw,
+                       I->block_samples, I->max_len);
     }
     for (uint64_t i = 0; i < I->n_samples; i++) {
         const uint8_t *e = ps->samples + i * SAMPLE_BYTES;
