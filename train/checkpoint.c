@@ -230,3 +230,38 @@ int checkpoint_load(const char *dir, param_set *ps, optim *o, json_t **state, as
     }
     return 0;
 }
+
+static int state_int(const json_t *state, const char *key, int64_t lo, int64_t hi, int64_t *v, asvr_error *err) {
+    json_t *x = json_object_get(state, key);
+    if (!json_is_integer(x) || json_integer_value(x) < lo || json_integer_value(x) > hi)
+        return asvr_err_set(err, "state.json's \"%s\" must be a whole number in %lld..%lld", key, (long long)lo,
+                            (long long)hi);
+    *v = json_integer_value(x);
+    return 0;
+}
+
+static int state_fp(const json_t *state, const char *key, const char **v, asvr_error *err) {
+    const char *s = json_string_value(json_object_get(state, key));
+    size_t n = s ? strlen(s) : 0;
+    int hex = n == 16;
+    for (size_t i = 0; hex && i < n; i++) hex = (s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f');
+    if (!hex) return asvr_err_set(err, "state.json's \"%s\" must be a fingerprint (16 hex digits)", key);
+    *v = s;
+    return 0;
+}
+
+int checkpoint_state_parse(const json_t *state, int64_t rows, checkpoint_state *out, asvr_error *err) {
+    memset(out, 0, sizeof *out);
+    if (!json_is_object(state)) return asvr_err_set(err, "state.json is not a JSON object");
+    if (state_int(state, "step", 0, (int64_t)1 << 53, &out->step, err) < 0 ||
+        state_int(state, "data_epoch", 0, (int64_t)1 << 40, &out->epoch, err) < 0 ||
+        state_int(state, "data_index", 0, rows, &out->index, err) < 0 ||
+        state_fp(state, "packed_source_fingerprint", &out->packed_fp, err) < 0 ||
+        state_fp(state, "codes_tokenizer_fingerprint", &out->codes_fp, err) < 0)
+        return -1;
+    out->blas_threads = -1;
+    if (json_object_get(state, "blas_threads") &&
+        state_int(state, "blas_threads", 1, 1 << 20, &out->blas_threads, err) < 0)
+        return -1;
+    return 0;
+}

@@ -39,4 +39,14 @@ int checkpoint_find_latest(const char *out_dir, char **path, int64_t *step);
  * of them); *state = state.json. */
 int checkpoint_load(const char *dir, param_set *ps, optim *o, json_t **state, asvr_error *err);
 
+/* What a resume takes from state.json, every field checked: step and epoch whole numbers >= 0, the
+ * cursor index within 0..rows (the packed store's), the two data fingerprints 16 hex digits,
+ * blas_threads (-1 when absent, as in checkpoints from before it was recorded). -1 with err naming
+ * the field. */
+typedef struct checkpoint_state {
+    int64_t step, epoch, index, blas_threads;
+    const char *packed_fp, *codes_fp; /* point into the JSON */
+} checkpoint_state;
+int checkpoint_state_parse(const json_t *state, int64_t rows, checkpoint_state *out, asvr_error *err);
+
 #endif

@@ -273,44 +273,32 @@ static void open_data(trainer *t) {
     t->T = data_max_len(t->dl);
 }
 
-/* An integer field of state.json in [lo, hi], or a fatal error naming the checkpoint and the field. */
-static int64_t state_int(const trainer *t, json_t *state, const char *key, int64_t lo, int64_t hi) {
-    json_t *v = json_object_get(state, key);
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        ASVR_FATAL("the checkpoint is damaged: remove it to resume from the one before",
-                   "checkpoint '%s': state.json's \"%s\" must be an integer in %lld..%lld", t->ckpt, key, (long long)lo,
-                   (long long)hi);
-    return json_integer_value(v);
-}
-
 /* A recorded fingerprint against the one of the data given now: resuming on other data is refused. */
-static void same_data(const trainer *t, json_t *state, const char *key, const char *now, const char *flag) {
-    const char *then = json_string_value(json_object_get(state, key));
-    if (!then || !now)
-        ASVR_FATAL("the checkpoint is damaged or from another version", "checkpoint '%s': state.json has no \"%s\"",
-                   t->ckpt, key);
-    if (strcmp(then, now) != 0)
+static void same_data(const trainer *t, const char *key, const char *then, const char *now, const char *flag,
+                      const char *path) {
+    if (now && strcmp(then, now) != 0)
         ASVR_FATAL("resume with the same data, or train into a new --out",
                    "checkpoint '%s' was trained with other data than %s '%s' gives now (%s %s, now %s)", t->ckpt, flag,
-                   !strcmp(flag, "--packed") ? t->o.packed : t->o.codes, key, then, now);
+                   path, key, then, now);
 }
 
 static void resume(trainer *t) {
     asvr_error err;
     json_t *state;
     if (checkpoint_load(t->ckpt, &t->m.ps, &t->opt, &state, &err) < 0) ASVR_FATAL("", "%s", err.msg);
-    t->step = state_int(t, state, "step", 0, (int64_t)1 << 53);
+    checkpoint_state cs;
+    if (checkpoint_state_parse(state, data_rows(t->dl), &cs, &err) < 0)
+        ASVR_FATAL("the checkpoint is damaged: remove it to resume from the one before", "checkpoint '%s': %s", t->ckpt,
+                   err.msg);
+    t->step = cs.step;
     t->opt.step = t->step;
-    int64_t epoch = state_int(t, state, "data_epoch", 0, (int64_t)1 << 40);
-    int64_t index = state_int(t, state, "data_index", 0, data_rows(t->dl));
-    same_data(t, state, "packed_source_fingerprint", data_packed_fingerprint(t->dl), "--packed");
-    same_data(t, state, "codes_tokenizer_fingerprint", data_codes_fingerprint(t->dl), "--codes");
-    json_t *bt = json_object_get(state, "blas_threads");
-    if (json_is_integer(bt) && json_integer_value(bt) != trainer_blas_threads() && t->dev == NN_CPU)
+    same_data(t, "packed_source_fingerprint", cs.packed_fp, data_packed_fingerprint(t->dl), "--packed", t->o.packed);
+    same_data(t, "codes_tokenizer_fingerprint", cs.codes_fp, data_codes_fingerprint(t->dl), "--codes", t->o.codes);
+    if (cs.blas_threads > 0 && cs.blas_threads != trainer_blas_threads() && t->dev == NN_CPU)
         LOG_WARN("checkpoint '%s' was trained with %lld BLAS threads, this run has %d: the CPU's sums split differently, "
                  "so the losses will not equal an uninterrupted run's (set OPENBLAS_NUM_THREADS=%lld to match)",
-                 t->ckpt, (long long)json_integer_value(bt), trainer_blas_threads(), (long long)json_integer_value(bt));
-    data_set_cursor(t->dl, epoch, index);
+                 t->ckpt, (long long)cs.blas_threads, trainer_blas_threads(), (long long)cs.blas_threads);
+    data_set_cursor(t->dl, cs.epoch, cs.index);
     LOG_INFO("resuming from '%s' at step %lld", t->ckpt, (long long)t->step);
     json_decref(state);
 }
