@@ -230,6 +230,8 @@ int cmd_encode(int argc, char **argv) {
     image_list keys = {0};
     if ((json ? image_list_read_json(json, &keys, &err) : image_list_read_file(list, &keys, &err)) < 0)
         ASVR_FATAL("check the input path", "%s", err.msg);
+    if (keys.n == 0)
+        ASVR_FATAL("check the input: an empty list encodes nothing", "'%s' names no images", json ? json : list);
     LOG_INFO("encode: %zu distinct images from %s", keys.n, json ? json : list);
     encode_part part;
     encode_part_select(&part, &keys, shard_s ? &shard : NULL);
