@@ -373,9 +373,12 @@ static void check_sizes(trainer *t, const asvr_cli *cli) {
     if (o->accum > 0 && o->accum > rows)
         asvr_cli_usage_error(cli, "--accum %lld: more micro-batches per step than the %lld rows of '%s'",
                              (long long)o->accum, (long long)rows, o->packed);
-    if (o->accum == 0 && o->global_batch > n_samples)
-        asvr_cli_usage_error(cli, "--global-batch %lld: a step cannot hold more than the %lld samples of '%s' (lower "
-                             "it, or give --accum)", (long long)o->global_batch, (long long)n_samples, o->packed);
+    /* a step keeps its micro-batches (images decoded) until it is done: at most the whole data set, or
+     * the paper's 256 samples when the data set is smaller */
+    if (o->accum == 0 && o->global_batch > n_samples && o->global_batch > 256)
+        asvr_cli_usage_error(cli, "--global-batch %lld: more than the %lld samples of '%s' (a step would hold the data "
+                             "several times over); lower it, or give --accum", (long long)o->global_batch,
+                             (long long)n_samples, o->packed);
     /* the activations of one micro-batch, planned without allocating, against the memory there is */
     int max_images = o->max_images > 0 ? (int)o->max_images : asvr_max_images(&t->mc, (int)o->rows, t->T);
     nn_arena_set_plan_only(1);
