@@ -123,6 +123,11 @@ static int open_common(lmdb_reader *r, asvr_error *err) {
         if (rd32(m[i] + 24) != psize)
             return asvr_err_set(err, "'%s': the two meta pages disagree on the page size (%u, %u)", r->name, psize,
                                 rd32(m[i] + 24));
+        /* LMDB writes transaction t's meta into slot t & 1, and its writer takes the slot from the id */
+        uint64_t t = rd64(m[i] + 128);
+        if (t != 0 && (int)(t & 1) != i)
+            return asvr_err_set(err, "'%s': meta page %d holds transaction %llu, which belongs in the other slot: the file "
+                                     "is damaged", r->name, i, (unsigned long long)t);
     }
     /* LMDB uses the meta page with the larger transaction id (mdb_env_pick_meta) */
     int cur = rd64(m[0] + 128) < rd64(m[1] + 128) ? 1 : 0;
