@@ -1,10 +1,11 @@
 /* test_store_damage.c — a damaged code store is an error, never a signal (store/lmdb_read.h).
  *
  * A store of real-sized records (729 x 8 codes: every value on overflow pages; raw and zstd) is
- * truncated at many lengths and has single bytes changed at 400 seeded places. Every reader entry
- * point (open, get of every key, foreach, verify) and the writer (an in-place append) must return
- * normally: an error naming the file, or, where the damage is in bytes nothing reads, success.
- * Targeted damage must be found: truncation (named as such), a damaged meta page, a page of the
+ * truncated at many lengths and has single bytes changed at 200 seeded places (and 400 in the pages
+ * that hold its structure). Every reader entry point (open, get of every key, foreach, verify) and
+ * the writer (an in-place append) must return normally: an error naming the file, or, where the damage is in bytes nothing reads, success.
+ * Targeted damage must be found: truncation (named as such), a damaged meta page, a meta page holding
+ * a transaction of the other slot (LMDB's writer would follow the other one), a page of the
  * codes tree with a bad type (the lookup names the key), a payload byte (verify names the key), two
  * keys swapped in a leaf and a page reached twice (verify reports both).
  * A finished store stays finished through a failed append: in place, whole batches only.
@@ -179,7 +180,7 @@ static void damage_runs(const char *dir, int compress) {
     /* single changed bytes anywhere in the file: never a signal */
     int errors = 0, writer_ok = 0;
     uint8_t *b = asvr_malloc(size, "a damaged copy");
-    for (int t = 0; t < 400; t++) {
+    for (int t = 0; t < 200; t++) {
         memcpy(b, orig, size);
         size_t off = next_u32() % size;
         uint8_t v = (uint8_t)(next_u32() & 0xff);
@@ -188,7 +189,7 @@ static void damage_runs(const char *dir, int compress) {
         write_bytes(work, b, size);
         writer_ok += exercise(work, compress, &errors);
     }
-    printf("store %s: 400 single-byte changes, %d reader errors, %d appends accepted\n", compress ? "zstd" : "raw",
+    printf("store %s: 200 single-byte changes, %d reader errors, %d appends accepted\n", compress ? "zstd" : "raw",
            errors, writer_ok);
     T_CHECK(errors > 0, "no damage was found at all");
     /* the same in the pages that hold structure (meta, branch, leaf, free list), not record values */
@@ -219,6 +220,13 @@ static void damage_runs(const char *dir, int compress) {
     b[16] ^= 0xff;
     write_bytes(work, b, size);
     T_CHECK(code_store_open(work, &cs, &err) < 0 && strstr(err.msg, "meta page"), "damaged meta page: %s", err.msg);
+
+    /* targeted: meta page 0 holding an odd (newest) transaction id: LMDB's writer would take slot 1 */
+    memcpy(b, orig, size);
+    for (int i = 0; i < 8; i++) b[144 + i] = i == 0 ? 0xff : i < 3 ? 0xff : 0;
+    write_bytes(work, b, size);
+    T_CHECK(code_store_open(work, &cs, &err) < 0 && strstr(err.msg, "slot"), "meta in the wrong slot: %s", err.msg);
+    T_CHECK(lmdb_check_file(work, &err) < 0, "the writer's check let a meta in the wrong slot through");
 
     /* targeted: the codes tree's pages */
     lmdb_reader *r;
