@@ -115,7 +115,12 @@ static void *decode_worker(void *arg) {
         image_free(&img);
         free(path);
         atomic_fetch_add(&p->decode_ns, (int64_t)((asvr_now() - t0) * 1e9));
-        asvr_queue_push(p->ready, it);
+        if (asvr_queue_push(p->ready, it) < 0) { /* the run stopped early: the item is this thread's to free */
+            if (it->pixels) asvr_queue_push(p->free_slots, it->pixels);
+            free(it->error);
+            free(it);
+            break;
+        }
     }
     free(u8);
     return NULL;
