@@ -5,7 +5,8 @@
  *  - the JSON stream reader skips an element larger than its bound, names it, and goes on;
  *  - a packed store whose block table claims 2^40 bytes (checksums made valid) is refused on open;
  *  - flag values: each option kind's rule gives exit 2 naming the flag (nan, inf, -1, 1e9 ...);
- *  - a model config with image_mean of one value or image_std 0 is refused naming the key;
+ *  - a model config with image_mean of one value, image_std 0 or an image_size whose patch count
+ *    overflows is refused naming the key;
  *  - temp files of killed writers ("<path>.tmp.<pid>", dead pid, a minute old) are reclaimed, live
  *    or fresh ones kept.
  */
@@ -183,6 +184,17 @@ static void config_values(void) {
                  {", \"image_std\": [0.5, 0, 0.5]", "image_std[1]"},
                  {", \"image_std\": [0.5, 0.5, \"x\"]", "image_std[2]"},
                  {", \"image_mean\": \"0.5\"", "image_mean"}};
+    /* found by fuzz_model_config: (image_size / patch_size)^2 overflowed an int */
+    asvr_config big;
+    asvr_error e2 = {{0}};
+    char bigtext[1024];
+    snprintf(bigtext, sizeof bigtext, base, "");
+    char *at = strstr(bigtext, "\"image_size\": 28");
+    if (at) {
+        char fixed[1100];
+        snprintf(fixed, sizeof fixed, "%.*s\"image_size\": 43333336%s", (int)(at - bigtext), bigtext, at + strlen("\"image_size\": 28"));
+        T_CHECK(asvr_config_from_json(fixed, &big, &e2) < 0 && strstr(e2.msg, "patches"), "a huge image_size: %s", e2.msg);
+    }
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         char text[1024];
         snprintf(text, sizeof text, base, cases[k].extra);

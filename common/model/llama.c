@@ -127,6 +127,11 @@ int llama_config_check(const llama_config *c, asvr_error *err) {
     if (c->dim <= 0 || c->n_layers <= 0 || c->ffn_dim <= 0 || c->vocab <= 0)
         return asvr_err_set(err, "llama config: hidden_size %d, layers %d, intermediate_size %d, vocab %d must be > 0",
                             c->dim, c->n_layers, c->ffn_dim, c->vocab);
+    if (c->dim > (1 << 20) || c->ffn_dim > (1 << 22) || c->vocab > (1 << 24) || c->n_layers > 4096 ||
+        c->n_heads > 4096 || c->head_dim > 65536)
+        return asvr_err_set(err, "llama config: hidden_size %d, intermediate_size %d, vocab %d, layers %d, heads %d or "
+                                 "head_dim %d out of range", c->dim, c->ffn_dim, c->vocab, c->n_layers, c->n_heads,
+                            c->head_dim);
     if (c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads)
         return asvr_err_set(err, "llama config: %d attention heads is not a positive multiple of %d kv heads",
                             c->n_heads, c->n_kv_heads);

@@ -37,6 +37,13 @@ int siglip_config_check(const siglip_config *c, asvr_error *err) {
     if (c->patch_size <= 0 || c->image_size < c->patch_size)
         return asvr_err_set(err, "siglip config: image_size %d smaller than patch_size %d (or not positive)",
                             c->image_size, c->patch_size);
+    /* a code record holds at most 65535 positions; the widths stay far from int overflow */
+    if (c->image_size / c->patch_size > 255 || c->image_size > 65536)
+        return asvr_err_set(err, "siglip config: image_size %d / patch_size %d gives more than 255 x 255 patches",
+                            c->image_size, c->patch_size);
+    if (c->hidden > (1 << 20) || c->intermediate > (1 << 22) || c->heads > 4096 || c->layers > 4096)
+        return asvr_err_set(err, "siglip config: hidden %d, intermediate %d, heads %d or layers %d out of range",
+                            c->hidden, c->intermediate, c->heads, c->layers);
     if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads)
         return asvr_err_set(err, "siglip config: hidden %d is not a positive multiple of heads %d",
                             c->hidden, c->heads);

@@ -75,6 +75,10 @@ int vhead_config_check(const vhead_config *c, asvr_error *err) {
     if (c->code_dim <= 0) return asvr_err_set(err, "visual head config: code_dim %d", c->code_dim);
     if (c->n_layers < 0) return asvr_err_set(err, "visual head config: n_layers %d", c->n_layers);
     if (c->ffn_dim <= 0) return asvr_err_set(err, "visual head config: ffn_dim %d", c->ffn_dim);
+    if (c->embed > (1 << 20) || c->ffn_dim > (1 << 22) || c->codebook_size > 65536 || c->code_dim > (1 << 20) ||
+        c->n_layers > 1024 || c->d_in > (1 << 20))
+        return asvr_err_set(err, "visual head config: embed %d, ffn_dim %d, codebook_size %d, code_dim %d or n_layers "
+                                 "%d out of range", c->embed, c->ffn_dim, c->codebook_size, c->code_dim, c->n_layers);
     if (!(c->eps > 0.0f)) return asvr_err_set(err, "visual head config: eps %g must be > 0", (double)c->eps);
     return 0;
 }
