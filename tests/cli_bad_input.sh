@@ -158,6 +158,9 @@ check '[ $rc -eq 2 ] && grep -q "context" "$TMP/e"' "--max-new-tokens beyond max
 { printf '{"question_id": "big", "question": "'; head -c 1000000 /dev/zero | tr '\0' 'a'; printf '", "answer": "x"}\n'; } > "$TMP/big.jsonl"
 T "${E[@]}" --config "$TMP/ctx.json" --questions "$TMP/big.jsonl" --out "$TMP/ev3" 2> "$TMP/e"; rc=$?
 check '[ $rc -eq 1 ] && grep -q "big" "$TMP/e" && grep -q "context" "$TMP/e"' "a 1 MB question: exit 1 naming it (rc $rc)"
+{ printf '{"question_id": "big2", "question": "'; head -c 3000000 /dev/zero | tr '\0' 'q' | sed 's/qqqq/q q /g'; printf '", "answer": "x"}\n'; } > "$TMP/big2.jsonl"
+T "${E[@]}" --config "$G/eval_ask/model.json" --questions "$TMP/big2.jsonl" --out "$TMP/ev4" 2> "$TMP/e"; rc=$?
+check '[ $rc -eq 1 ] && grep -q "big2" "$TMP/e" && grep -q "GiB" "$TMP/e"' "a 3 MB question, no context in the config: the memory bound names it (rc $rc)"
 { printf '[{"id": "ok", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\\nQ"}, {"from": "gpt", "value": "A"}]},\n'
   printf ' {"id": "huge", "conversations": [{"from": "human", "value": "'; head -c 70000000 /dev/zero | tr '\0' 'b'
   printf '"}, {"from": "gpt", "value": "A"}]}]\n'; } > "$TMP/huge.json"

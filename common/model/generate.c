@@ -94,13 +94,19 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
         goto out;
     }
     {
-        double kv = 2.0 * L * (double)B * ((double)Tp + N) * c->llm.n_kv_heads * llama_head_dim(&c->llm) * 4.0;
+        /* the KV cache, and (at most) the prompt's attention scores of one layer */
+        double kv = 2.0 * L * (double)B * ((double)Tp + N) * c->llm.n_kv_heads * llama_head_dim(&c->llm) * 4.0 +
+                    (double)B * H * (double)Tp * (double)Tp * 4.0;
         size_t used = 0, total = 0;
         double have = m->ps.device == NN_CPU ? (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE)
                       : nn_device_mem_used(m->ps.device, &used, &total) ? (double)total : 0;
         if (have > 0 && kv > have) {
-            asvr_err_set(err, "%d prompts of up to %d positions + %d new tokens need a %.1f GiB KV cache; the %s has %.1f "
-                              "GiB: lower the batch or the new tokens", B, Tp, N, kv / 1073741824.0,
+            int lb = 0;
+            for (int b = 1; b < B; b++)
+                if (lens[b] > lens[lb]) lb = b;
+            asvr_err_set(err, "%d prompts of up to %d positions (the longest: prompt %d, %s) + %d new tokens need %.1f GiB "
+                              "for the KV cache and the attention scores; the %s has %.1f GiB: lower the batch, the "
+                              "prompt or the new tokens", B, Tp, lb, p[lb].name ? p[lb].name : "", N, kv / 1073741824.0,
                          nn_device_name(m->ps.device), have / 1073741824.0);
             goto out;
         }
