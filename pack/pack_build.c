@@ -252,7 +252,7 @@ int pack_build_main(int argc, char **argv) {
         rej = rej_file.fp;
     }
     sp_encoder *spe = sp_encoder_new(tok);
-    text_encoder enc = {spe, encode_adapter, sp_tokenizer_bos_id(tok), sp_tokenizer_eos_id(tok), 0};
+    text_encoder enc = {spe, encode_adapter, sp_tokenizer_bos_id(tok), sp_tokenizer_eos_id(tok), 0, sp_tokenizer_legacy(tok)};
     enc.pad_id = sp_tokenizer_unk_id(tok) >= 0 ? sp_tokenizer_unk_id(tok) : 0; /* LLaVA: pad = unk */
 
     build_counts c = {0};

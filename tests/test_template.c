@@ -63,7 +63,7 @@ int main(void) {
     T_CHECK(tok != NULL, "%s", err.msg);
     if (!tok) return t_done();
     sp_encoder *spe = sp_encoder_new(tok); /* the caching encoder asvr-pack uses */
-    text_encoder enc = {spe, enc_fn, 1, 2, 0};
+    text_encoder enc = {spe, enc_fn, 1, 2, 0, 0};
     size_t n_exp = 0;
     json_t **exp = load_expected(&n_exp);
     T_CHECK(exp && n_exp >= 1000, "expected vectors loaded (%zu)", n_exp);

@@ -236,7 +236,7 @@ static int sp_encode_adapter(void *ctx, const char *text, size_t len, int add_bo
 
 text_encoder gen_text_encoder(const sp_tokenizer *tok) {
     text_encoder e = {(void *)tok, sp_encode_adapter, sp_tokenizer_bos_id(tok), sp_tokenizer_eos_id(tok),
-                      sp_tokenizer_pad_id(tok) >= 0 ? sp_tokenizer_pad_id(tok) : 0};
+                      sp_tokenizer_pad_id(tok) >= 0 ? sp_tokenizer_pad_id(tok) : 0, sp_tokenizer_legacy(tok)};
     return e;
 }
 
