@@ -20,14 +20,14 @@
 #include "text/template.h"
 
 typedef struct build_opts {
-    const char *template_name, *tokenizer, *out, *codes, *stats, *rejects, *vision_tokenizer;
+    const char *template_name, *tokenizer, *out, *codes, *stats, *rejects, *vision_tokenizer, *masking, *legacy, *no_placeholder;
     int64_t max_len, image_positions, seed, block_samples, compress, max_errors;
     int no_packing, force;
 } build_opts;
 
 typedef struct build_counts {
     uint64_t samples, image_samples, text_samples, skipped, truncated, mismatch, no_supervision,
-        missing_codes;
+        missing_codes, no_placeholder;
 } build_counts;
 
 static int encode_adapter(void *ctx, const char *text, size_t len, int add_bos, ivec *out, asvr_error *err) {
@@ -64,7 +64,8 @@ static int parse_sample(json_t *e, char *id, size_t id_n, const char **image, ch
     else if (jid && !json_is_null(jid)) return asvr_err_set(err, "\"id\" must be a string or an integer");
     json_t *img = json_object_get(e, "image");
     if (img && !json_is_null(img)) {
-        if (json_is_array(img)) return asvr_err_set(err, "\"image\" is a list; one image per sample is supported");
+        if (json_is_array(img) && json_array_size(img) == 1) img = json_array_get(img, 0); /* ["a.jpg"] */
+        if (json_is_array(img)) return asvr_err_set(err, "\"image\" is a list of %zu; one image per sample is supported", json_array_size(img));
         if (!json_is_string(img) || json_string_length(img) == 0) return asvr_err_set(err, "\"image\" must be a non-empty string");
         *image = json_string_value(img);
     }
@@ -90,6 +91,12 @@ static int parse_sample(json_t *e, char *id, size_t id_n, const char **image, ch
     }
     *turns = t;
     *n_turns = (int)n;
+    return 0;
+}
+
+static int has_placeholder(const chat_turn *turns, int n) {
+    for (int i = 0; i < n; i++)
+        if (strstr(turns[i].value, "<image>")) return 1;
     return 0;
 }
 
@@ -139,7 +146,7 @@ static int up_to_date(const char *out, const packed_info *want, int *differs, ch
     const char *d = NULL;
     if (strcmp(h->source_fp, want->source_fp)) d = "the input JSON";
     else if (strcmp(h->tokenizer_fp, want->tokenizer_fp)) d = "the tokenizer";
-    else if (strcmp(h->template_fp, want->template_fp)) d = "the template";
+    else if (strcmp(h->template_fp, want->template_fp)) d = "template, tokenizer legacy flag or --masking";
     else if (h->max_len != want->max_len) d = "--max-len";
     else if (h->image_positions != want->image_positions) d = "the image positions";
     else if (h->packed != want->packed) d = "--no-packing";
@@ -156,8 +163,17 @@ static int up_to_date(const char *out, const packed_info *want, int *differs, ch
 int pack_build_main(int argc, char **argv) {
     build_opts o = {.max_len = 2048, .seed = 0, .block_samples = 64, .compress = 3, .max_errors = -1};
     const asvr_opt opts[] = {
-        {"template", ASVR_OPT_STR, &o.template_name, "NAME", "conversation template: plain (stage pt) or vicuna_v1 (stage it)"},
-        {"tokenizer", ASVR_OPT_STR, &o.tokenizer, "MODEL", "SentencePiece tokenizer.model of the LLM"},
+        {"template", ASVR_OPT_STR, &o.template_name, "NAME",
+         "conversation template: plain (stage pt), vicuna_v1 (stage it), mistral_instruct, llama_2, llava_llama_2"},
+        {"tokenizer", ASVR_OPT_STR, &o.tokenizer, "MODEL",
+         "SentencePiece tokenizer.model of the LLM (a tokenizer_config.json beside it gives HF's legacy flag)"},
+        {"legacy", ASVR_OPT_STR, &o.legacy, "auto|true|false",
+         "HF LlamaTokenizer's legacy flag; auto (default): the tokenizer_config.json beside the model, else false"},
+        {"masking", ASVR_OPT_STR, &o.masking, "reference|corrected",
+         "labels by the reference's round arithmetic (default) or from the answers' own positions"},
+        {"image-without-placeholder", ASVR_OPT_STR, &o.no_placeholder, "reject|ignore|prepend",
+         "a sample with an image but no <image> in its turns: rejected (default), trained as text without its image "
+         "(what the reference does), or given \"<image>\\n\" before its first turn"},
         {"out", ASVR_OPT_STR, &o.out, "FILE", "the packed store to write (atomically)"},
         {"vision-tokenizer", ASVR_OPT_STR, &o.vision_tokenizer, "FILE", "take the positions per image from this tokenizer file's config"},
         {"image-positions", ASVR_OPT_INT, &o.image_positions, "N", "or give them directly (taken from --codes when given)"},
@@ -186,6 +202,17 @@ int pack_build_main(int argc, char **argv) {
     if (!tpl) asvr_cli_usage_error(&cli, "unknown template '%s' (known: %s)", o.template_name, template_names());
     if (o.max_len < 8 || o.max_len > (1 << 20)) asvr_cli_usage_error(&cli, "--max-len must be in 8..1048576");
     if (o.block_samples < 1 || o.compress < 0 || o.compress > 19) asvr_cli_usage_error(&cli, "bad --block-samples or --compress");
+    template_masking masking = MASKING_REFERENCE;
+    if (o.masking && strcmp(o.masking, "corrected") == 0) masking = MASKING_CORRECTED;
+    else if (o.masking && strcmp(o.masking, "reference") != 0)
+        asvr_cli_usage_error(&cli, "--masking must be reference or corrected, not '%s'", o.masking);
+    int np_mode = 0; /* 0 reject, 1 ignore the image, 2 prepend <image> */
+    if (o.no_placeholder && strcmp(o.no_placeholder, "ignore") == 0) np_mode = 1;
+    else if (o.no_placeholder && strcmp(o.no_placeholder, "prepend") == 0) np_mode = 2;
+    else if (o.no_placeholder && strcmp(o.no_placeholder, "reject") != 0)
+        asvr_cli_usage_error(&cli, "--image-without-placeholder must be reject, ignore or prepend, not '%s'", o.no_placeholder);
+    if (o.legacy && strcmp(o.legacy, "auto") && strcmp(o.legacy, "true") && strcmp(o.legacy, "false"))
+        asvr_cli_usage_error(&cli, "--legacy must be auto, true or false, not '%s'", o.legacy);
 
     asvr_error err;
     code_store *codes = NULL;
@@ -216,11 +243,16 @@ int pack_build_main(int argc, char **argv) {
 
     sp_tokenizer *tok = sp_tokenizer_load(o.tokenizer, &err);
     if (!tok) ASVR_FATAL("pass the LLM's tokenizer.model", "%s", err.msg);
+    if (o.legacy && strcmp(o.legacy, "auto")) sp_tokenizer_set_legacy(tok, strcmp(o.legacy, "true") == 0);
+    LOG_INFO("tokenizer legacy=%s (%s)", sp_tokenizer_legacy(tok) ? "true" : "false",
+             o.legacy && strcmp(o.legacy, "auto") ? "--legacy"
+             : sp_tokenizer_config_path(tok)      ? sp_tokenizer_config_path(tok)
+                                                  : "no tokenizer_config.json beside the model: HF's non-legacy mode");
     packed_info want = {0};
     want.max_len = (uint32_t)o.max_len, want.image_positions = (uint32_t)o.image_positions;
     want.packed = !o.no_packing, want.seed = (uint64_t)o.seed;
     sp_tokenizer_fingerprint_hex(tok, want.tokenizer_fp);
-    template_fingerprint(tpl, want.template_fp);
+    template_fingerprint_ex(tpl, sp_tokenizer_legacy(tok), masking, want.template_fp);
     if (file_fingerprint(input, want.source_fp, &err) < 0) ASVR_FATAL("check the input path", "%s", err.msg);
     int differs;
     char why[1200];
@@ -284,8 +316,27 @@ int pack_build_main(int argc, char **argv) {
             chat_turn *turns;
             int n_turns;
             template_result tr;
-            if (parse_sample(e, id, sizeof id, &image, &turns, &n_turns, &err) < 0 ||
-                template_apply(tpl, &enc, turns, n_turns, image != NULL, (int)o.max_len, &tr, &err) < 0) {
+            char *prepended = NULL;
+            int bad = parse_sample(e, id, sizeof id, &image, &turns, &n_turns, &err) < 0;
+            if (!bad && image && !has_placeholder(turns, n_turns)) {
+                c.no_placeholder++;
+                if (np_mode == 0) {
+                    bad = 1;
+                    asvr_err_set(&err, "it has an image ('%s') but no <image> in its turns (--image-without-placeholder "
+                                       "ignore trains it as text, as the reference does; prepend adds one)", image);
+                } else if (np_mode == 1) {
+                    image = NULL;
+                } else if (n_turns > 0) {
+                    int k = turns[0].from_human ? 0 : (n_turns > 1 ? 1 : 0);
+                    size_t vl = strlen(turns[k].value);
+                    prepended = asvr_malloc(vl + 9, "a turn");
+                    memcpy(prepended, "<image>\n", 8);
+                    memcpy(prepended + 8, turns[k].value, vl + 1);
+                    turns[k].value = prepended;
+                }
+            }
+            if (bad ||
+                template_apply_ex(tpl, &enc, turns, n_turns, image != NULL, (int)o.max_len, masking, &tr, &err) < 0) {
                 c.skipped++;
                 reject(rej, index, id, err.msg);
             } else {
@@ -315,6 +366,7 @@ int pack_build_main(int argc, char **argv) {
                 }
                 template_result_free(&tr);
             }
+            free(prepended);
             free(turns);
             json_decref(e);
         }
@@ -353,6 +405,9 @@ int pack_build_main(int argc, char **argv) {
                  (unsigned long long)info.n_rows, fill, (unsigned long long)info.n_tokens,
                  (unsigned long long)info.n_supervised, (unsigned long long)c.truncated,
                  (unsigned long long)c.mismatch, (unsigned long long)c.skipped, secs, secs > 0 ? (double)c.samples / secs : 0);
+        if (c.no_placeholder)
+            LOG_INFO("%llu samples had an image but no <image> (--image-without-placeholder %s)",
+                     (unsigned long long)c.no_placeholder, o.no_placeholder ? o.no_placeholder : "reject");
         LOG_INFO("token data: %.1f MiB raw, %.1f MiB stored (ratio %.2f)", (double)info.token_raw_bytes / 1048576.0,
                  (double)info.token_stored_bytes / 1048576.0,
                  info.token_stored_bytes ? (double)info.token_raw_bytes / (double)info.token_stored_bytes : 0);
@@ -366,6 +421,9 @@ int pack_build_main(int argc, char **argv) {
                                   "no_supervision", (json_int_t)c.no_supervision, "skipped", (json_int_t)c.skipped,
                                   "token_raw_bytes", (json_int_t)info.token_raw_bytes,
                                   "token_stored_bytes", (json_int_t)info.token_stored_bytes, "seconds", secs);
+            json_object_set_new(s, "image_without_placeholder", json_integer((json_int_t)c.no_placeholder));
+            json_object_set_new(s, "masking", json_string(masking == MASKING_CORRECTED ? "corrected" : "reference"));
+            json_object_set_new(s, "tokenizer_legacy", json_boolean(sp_tokenizer_legacy(tok)));
             asvr_stats_write(o.stats, s);
             json_decref(s);
         }
