@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cli_cuda_emu.sh BUILD_DIR GOLDEN_DIR — the CUDA op, tokenizer and generation tests on the CPU stand-in
-# for the CUDA runtime (tools/cuda_emu/run.sh): the kernels' logic checked on a machine without a GPU;
+# for the CUDA runtime (dev/cuda_emu/run.sh): the kernels' logic checked on a machine without a GPU;
 # then one stage-pt step of the emulated asvr-train --device cuda from an --init checkpoint against the
 # CPU's (~1 minute in all; the training-step test, test_train_cuda, is left to run.sh by hand: another
 # two minutes).
@@ -10,7 +10,7 @@ B=$(cd "$1" && pwd)
 R=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ]; then echo "skipped: build without the CUDA backend"; exit 0; fi
 if [ "$(uname -m)" != x86_64 ]; then echo "skipped: the stand-in's fiber switch is x86-64 only"; exit 0; fi
-CUDA_EMU_BUILD="$B" CUDA_EMU_NO_BUILD=1 "$R/tools/cuda_emu/run.sh" test_ops_cuda test_ops_extra test_tokenize_cuda \
+CUDA_EMU_BUILD="$B" CUDA_EMU_NO_BUILD=1 "$R/dev/cuda_emu/run.sh" test_ops_cuda test_ops_extra test_tokenize_cuda \
     test_generate_cuda test_ops_cuda_train test_ops_cuda_fused
 rc=$?
 [ $rc -eq 0 ] || exit $rc

@@ -1,6 +1,6 @@
 // cuda_emu.h — a CPU stand-in for the part of CUDA + cuBLAS that common/nn/cuda/*.cu use, so their
 // logic (and the device-side model code calling them) can run on a machine without a GPU
-// (tools/cuda_emu/run.sh). Blocks run one after another; the threads of a block are fibers switched
+// (dev/cuda_emu/run.sh). Blocks run one after another; the threads of a block are fibers switched
 // at __syncthreads, __syncthreads_or and warp shuffles (1-D blocks of whole warps, up to 1024 threads),
 // in thread order in even blocks and in reverse order in odd ones, so code that reads what another
 // thread wrote without a barrier in between gets garbage in one of the two; barriers that not every
@@ -209,7 +209,7 @@ __attribute__((naked, noipa)) static void emu_swap(void **save, void *to) {
                      "popq %r15\n popq %r14\n popq %r13\n popq %r12\n popq %rbx\n popq %rbp\n ret\n");
 }
 #else
-#error "tools/cuda_emu: the fiber switch is written for x86-64 only"
+#error "dev/cuda_emu: the fiber switch is written for x86-64 only"
 #endif
 struct block_ctx {
     int nt = 0, t = 0;

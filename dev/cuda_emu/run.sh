@@ -31,7 +31,7 @@
 # precision, to 3e-4) and asvr-eval ask --device cuda (the same answer as on the cpu).
 set -euo pipefail
 R=$(cd "$(dirname "$0")/../.." && pwd)
-E="$R/tools/cuda_emu"
+E="$R/dev/cuda_emu"
 B=${CUDA_EMU_BUILD:-$R/build}
 O="$B/cuda_emu"
 mkdir -p "$O/bin"
