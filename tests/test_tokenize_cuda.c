@@ -17,7 +17,7 @@
 #include "store/code_store.h"
 #include "test.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 
 #define B 3
 

@@ -17,7 +17,7 @@
 #include "model/asvr.h"
 #include "model/vision_tokenizer.h"
 #include "store/code_store.h"
-#include "nn/ops_extra.h"
+#include "nn/ops.h"
 #include "optim.h"
 #include "prefetch.h"
 

@@ -8,7 +8,6 @@
 #include "model/text_loss.h"
 #include "model/weights.h"
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 /* ---- config ------------------------------------------------------------------------------------- */
 

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn/ops_extra.h"
+#include "nn/ops.h"
 
 typedef struct vhead_layer {
     param *norm1, *norm2, *in_w, *in_b, *out_w, *out_b, *ffn_w1, *ffn_w2;
@@ -375,7 +375,7 @@ void vhead_forward_loss(const vhead *hd, vhead_acts *a, const tensor *h_img, con
         op_matmul(&q, &n1t, &wq, &bq, NN_ACT_NONE, NULL);
         op_matmul(&k, &n1t, &wk, &bk, NN_ACT_NONE, NULL);
         op_matmul(&v, &n1t, &wv, &bv, NN_ACT_NONE, NULL);
-        op_attention_seg(&ao, &q, &k, &v, (int)H, (int)H, att_scale, 1, NULL, &att);
+        op_attention_seg(&ao, &q, &k, &v, (int)H, (int)H, att_scale, 1, NULL, &att, NN_ATT_KEEP);
         op_matmul(&tmp, &ao, L->out_w->wc, L->out_b->wc, NN_ACT_NONE, NULL);
         op_embedding(&r, &perm_dm, &tmp);
         op_add_rmsnorm(&r, &h, &r, &x, L->norm2->wc, c->eps, &rstd2);
