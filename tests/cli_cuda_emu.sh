@@ -10,7 +10,7 @@ B=$(cd "$1" && pwd)
 R=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ]; then echo "skipped: build without the CUDA backend"; exit 0; fi
 if [ "$(uname -m)" != x86_64 ]; then echo "skipped: the stand-in's fiber switch is x86-64 only"; exit 0; fi
-CUDA_EMU_BUILD="$B" CUDA_EMU_NO_BUILD=1 "$R/dev/cuda_emu/run.sh" test_ops_cuda test_ops_extra test_tokenize_cuda \
+CUDA_EMU_BUILD="$B" CUDA_EMU_NO_BUILD=1 "$R/dev/cuda_emu/run.sh" test_ops_cuda test_ops_extra test_ops_rows test_tokenize_cuda \
     test_generate_cuda test_ops_cuda_train test_ops_cuda_fused
 rc=$?
 [ $rc -eq 0 ] || exit $rc
