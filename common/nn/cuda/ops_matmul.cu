@@ -197,7 +197,7 @@ extern "C" void cuda_matmul_batched(tensor *y, const tensor *x, const tensor *w,
                                             (long long)(M * K), &zero, y->data, cuty(y), (int)N, (long long)(M * N),
                                             (int)G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (pre || act != NN_ACT_NONE) {
-        k_bias_act<<<blocks(G * M * N), NT>>>(y->data, isbf(y), (const void *)NULL, 0, pre ? pre->data : NULL,
+        k_bias_act<<<blocks(G * M * N), NT>>>(y->data, isbf(y), NULL, 0, pre ? pre->data : NULL,
                                               isbf(pre), G * M, N, (int)act);
         LAUNCH_CHECK();
     }
@@ -211,20 +211,23 @@ __global__ void kt_act_backward(void *dy, int dbf, const void *pre, int pbf, int
     if (i < n) stv(dy, dbf, i, ldv(dy, dbf, i) * act_grad(ldv(pre, pbf, i), act));
 }
 
-// db[j] += sum_i dy[i, j]: a block owns 32 columns; its 8 row lanes sum rows lane, lane+8, ... and
-// the 8 partials are added in lane order (a fixed order: deterministic).
+// db[j] += sum_i dy[i, j]: a block of COLSUM_X x COLSUM_Y threads owns 32 columns (x: the column, so a
+// warp reads 32 consecutive values of a row); its 8 row lanes (y) sum rows lane, lane+8, ... and the 8
+// partials are added in lane order (a fixed order: deterministic).
+#define COLSUM_X 32
+#define COLSUM_Y 8
 __global__ void kt_colsum_add(void *db, int bbf, const void *dy, int dbf, int64_t M, int64_t N) {
-    __shared__ float part[8][33];
-    int c = threadIdx.x & 31, lane = threadIdx.x >> 5;
-    int64_t j = (int64_t)blockIdx.x * 32 + c;
+    __shared__ float part[COLSUM_Y][COLSUM_X + 1];
+    int c = threadIdx.x, lane = threadIdx.y;
+    int64_t j = (int64_t)blockIdx.x * COLSUM_X + c;
     float s = 0.0f;
     if (j < N)
-        for (int64_t i = lane; i < M; i += 8) s += ldv(dy, dbf, i * N + j);
+        for (int64_t i = lane; i < M; i += COLSUM_Y) s += ldv(dy, dbf, i * N + j);
     part[lane][c] = s;
     __syncthreads();
     if (lane == 0 && j < N) {
         float t = 0.0f;
-        for (int l = 0; l < 8; l++) t += part[l][c];
+        for (int l = 0; l < COLSUM_Y; l++) t += part[l][c];
         stv(db, bbf, j, ldv(db, bbf, j) + t);
     }
 }
@@ -283,7 +286,8 @@ extern "C" void cuda_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor 
     }
     gemm_grads(1, M, N, K, dx, dw, dy, x, w, accumulate_dx, "cuda matmul backward");
     if (db) {
-        kt_colsum_add<<<(unsigned)((N + 31) / 32), NT>>>(db->data, isbf(db), dy->data, isbf(dy), M, N);
+        dim3 block(COLSUM_X, COLSUM_Y);
+        kt_colsum_add<<<(unsigned)((N + COLSUM_X - 1) / COLSUM_X), block>>>(db->data, isbf(db), dy->data, isbf(dy), M, N);
         LAUNCH_CHECK();
     }
 }
