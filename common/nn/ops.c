@@ -105,14 +105,19 @@ static void device_errors(nn_device dev, const char *op) {
 
 /* ---- elementwise ------------------------------------------------------------------------------ */
 
-void op_gelu(tensor *y, const tensor *x, nn_act act) {
-    const char *op = "op_gelu";
+/* y and x of one numel, float tensors on one device (op_gelu, op_silu). */
+static nn_device check_unary(const char *op, const tensor *y, const tensor *x) {
     const tensor *ts[] = {y, x};
     nn_device dev = nn_ops_same_device(op, 2, ts);
     need_float(op, y);
     need_float(op, x);
-    need(act == NN_ACT_GELU_TANH || act == NN_ACT_GELU_ERF, op, "activation %d is not a GELU", (int)act);
     need_numel(op, y, tensor_numel(x));
+    return dev;
+}
+
+void op_gelu(tensor *y, const tensor *x, nn_act act) {
+    nn_device dev = check_unary("op_gelu", y, x);
+    need(act == NN_ACT_GELU_TANH || act == NN_ACT_GELU_ERF, "op_gelu", "activation %d is not a GELU", (int)act);
     nn_run_gelu(dev, y, x, act);
 }
 
@@ -128,15 +133,17 @@ void op_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act,
     nn_run_gelu_backward(dev, dx, dy, x, act, accumulate);
 }
 
-void op_add(tensor *y, const tensor *a, const tensor *b) {
-    const char *op = "op_add";
+/* y and two inputs of y's numel, all float tensors on one device (op_add, op_swiglu). */
+static nn_device check_binary(const char *op, const tensor *y, const tensor *a, const tensor *b) {
     const tensor *ts[] = {y, a, b};
     nn_device dev = nn_ops_same_device(op, 3, ts);
     for (int i = 0; i < 3; i++) need_float(op, ts[i]);
     need_numel(op, a, tensor_numel(y));
     need_numel(op, b, tensor_numel(y));
-    nn_run_add(dev, y, a, b);
+    return dev;
 }
+
+void op_add(tensor *y, const tensor *a, const tensor *b) { nn_run_add(check_binary("op_add", y, a, b), y, a, b); }
 
 void op_copy(tensor *y, const tensor *x) {
     const char *op = "op_copy";
@@ -163,13 +170,7 @@ void op_fill(tensor *t, float value) {
 }
 
 void op_swiglu(tensor *y, const tensor *gate, const tensor *up) {
-    const char *op = "op_swiglu";
-    const tensor *ts[] = {y, gate, up};
-    nn_device dev = nn_ops_same_device(op, 3, ts);
-    for (int i = 0; i < 3; i++) need_float(op, ts[i]);
-    need_numel(op, gate, tensor_numel(y));
-    need_numel(op, up, tensor_numel(y));
-    nn_run_swiglu(dev, y, gate, up);
+    nn_run_swiglu(check_binary("op_swiglu", y, gate, up), y, gate, up);
 }
 
 void op_swiglu_backward(tensor *dgate, tensor *dup, const tensor *dy, const tensor *gate,
@@ -191,13 +192,19 @@ void op_swiglu_backward(tensor *dgate, tensor *dup, const tensor *dy, const tens
     nn_run_swiglu_backward(dev, dgate, dup, dy, gate, up);
 }
 
+/* Two float tensors and an i32 index tensor on one device (RoPE positions, lookups, row gathers). */
+static nn_device check_indexed(const char *op, const tensor *a, const tensor *b, const tensor *idx) {
+    const tensor *ts[] = {a, b, idx};
+    nn_device dev = nn_ops_same_device(op, 3, ts);
+    need_float(op, a);
+    need_float(op, b);
+    need_i32(op, idx);
+    return dev;
+}
+
 static nn_device check_rope(const char *op, const tensor *y, const tensor *x, const tensor *pos,
                              int n_heads, float theta) {
-    const tensor *ts[] = {y, x, pos};
-    nn_device dev = nn_ops_same_device(op, 3, ts);
-    need_float(op, y);
-    need_float(op, x);
-    need_i32(op, pos);
+    nn_device dev = check_indexed(op, y, x, pos);
     char s1[96];
     need(x->ndim == 3, op, "'%s' must be [B, T, H*Dh], is %s", x->name, shp(x, s1));
     need(n_heads > 0 && x->shape[2] % n_heads == 0, op, "width %lld is not a multiple of %d heads",
@@ -615,38 +622,30 @@ static void check_ids(const char *op, const tensor *ids, int64_t V) {
              (long long)i, ids->name, (long long)V);
 }
 
-void op_embedding(tensor *y, const tensor *ids, const tensor *table) {
-    const char *op = "op_embedding";
-    const tensor *ts[] = {y, ids, table};
-    nn_device dev = nn_ops_same_device(op, 3, ts);
-    need_float(op, y);
-    need_float(op, table);
-    need_i32(op, ids);
+/* The lookup's rows [N, C] (named `rname`) against the table [V, C] (named `tname`) and ids with N
+ * elements, the ids included; returns the device. */
+static nn_device check_lookup(const char *op, const tensor *rows, const char *rname, const tensor *ids,
+                              const tensor *table, const char *tname) {
+    nn_device dev = check_indexed(op, rows, table, ids);
     char s1[96];
-    need(table->ndim == 2, op, "table '%s' must be [V, C], is %s", table->name, shp(table, s1));
-    need(tensor_rows(y) == tensor_numel(ids) && tensor_cols(y) == table->shape[1], op,
-         "y '%s' %s, want [%lld, %lld]", y->name, shp(y, s1), (long long)tensor_numel(ids),
+    need(table->ndim == 2, op, "%s '%s' must be [V, C], is %s", tname, table->name, shp(table, s1));
+    need(tensor_rows(rows) == tensor_numel(ids) && tensor_cols(rows) == table->shape[1], op,
+         "%s '%s' %s, want [%lld, %lld]", rname, rows->name, shp(rows, s1), (long long)tensor_numel(ids),
          (long long)table->shape[1]);
     check_ids(op, ids, table->shape[0]);
+    return dev;
+}
+
+void op_embedding(tensor *y, const tensor *ids, const tensor *table) {
+    nn_device dev = check_lookup("op_embedding", y, "y", ids, table, "table");
     nn_run_gather_rows(dev, y, table, ids, 0);
-    device_errors(dev, op);
+    device_errors(dev, "op_embedding");
 }
 
 void op_embedding_backward(tensor *dtable, const tensor *dy, const tensor *ids) {
-    const char *op = "op_embedding_backward";
-    const tensor *ts[] = {dtable, dy, ids};
-    nn_device dev = nn_ops_same_device(op, 3, ts);
-    need_float(op, dtable);
-    need_float(op, dy);
-    need_i32(op, ids);
-    char s1[96];
-    need(dtable->ndim == 2, op, "dtable '%s' must be [V, C], is %s", dtable->name, shp(dtable, s1));
-    need(tensor_rows(dy) == tensor_numel(ids) && tensor_cols(dy) == dtable->shape[1], op,
-         "dy '%s' %s, want [%lld, %lld]", dy->name, shp(dy, s1), (long long)tensor_numel(ids),
-         (long long)dtable->shape[1]);
-    check_ids(op, ids, dtable->shape[0]);
+    nn_device dev = check_lookup("op_embedding_backward", dy, "dy", ids, dtable, "dtable");
     nn_run_scatter_add_rows(dev, dtable, dy, ids, 0);
-    device_errors(dev, op);
+    device_errors(dev, "op_embedding_backward");
 }
 
 static nn_device check_embed(const char *op, const tensor *rows, const tensor *ids, const tensor *table,
@@ -684,11 +683,7 @@ void op_embedding_skip_backward(tensor *dtable, const tensor *dy, const tensor *
 
 /* rows [N, C] (the gathered side) against x [R, C] (the indexed side) and idx with N elements. */
 static nn_device check_rows(const char *op, const tensor *rows, const tensor *x, const tensor *idx) {
-    const tensor *ts[] = {rows, x, idx};
-    nn_device dev = nn_ops_same_device(op, 3, ts);
-    need_float(op, rows);
-    need_float(op, x);
-    need_i32(op, idx);
+    nn_device dev = check_indexed(op, rows, x, idx);
     char s1[96], s2[96];
     need(tensor_rows(rows) == tensor_numel(idx) && tensor_cols(rows) == tensor_cols(x), op,
          "'%s' %s, want [%lld, %lld] (indices '%s', rows of '%s' %s)", rows->name, shp(rows, s1),
@@ -869,15 +864,7 @@ void op_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b
     nn_run_conv2d_same(dev, y, x, w, b, H, W, cols);
 }
 
-void op_silu(tensor *y, const tensor *x) {
-    const char *op = "op_silu";
-    const tensor *ts[] = {y, x};
-    nn_device dev = nn_ops_same_device(op, 2, ts);
-    need_float(op, y);
-    need_float(op, x);
-    need_numel(op, y, tensor_numel(x));
-    nn_run_silu(dev, y, x);
-}
+void op_silu(tensor *y, const tensor *x) { nn_run_silu(check_unary("op_silu", y, x), y, x); }
 
 /* ---- vq --------------------------------------------------------------------------------------- */
 

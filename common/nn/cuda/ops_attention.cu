@@ -58,6 +58,18 @@ static void shmem_limit(const void *kernel, size_t bytes, const char *what, long
     nn_cuda_allow_shmem(kernel, bytes);
 }
 
+// out[o + t] = scale * sum over j < n of s[j] m[m0 + j ld + t] for t < Dh (one thread per t, j in order,
+// zero weights skipped): one row of weights times n rows of a kv head (P V, dS K).
+static __device__ void row_times_rows(void *out, int obf, int64_t o, const float *s, int64_t n, const void *m,
+                                      int mbf, int64_t m0, int64_t ld, int64_t Dh, float scale) {
+    for (int64_t t = threadIdx.x; t < Dh; t += NT) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < n; j++)
+            if (s[j] != 0.0f) acc += s[j] * ldv(m, mbf, m0 + j * ld + t);
+        stv(out, obf, o + t, scale * acc);
+    }
+}
+
 // One block per (query i, head h, batch b) of q [B, Tq, H*Dh] over k, v [B, Tk, Hkv*Dh]. Query i sees
 // key j when j < n — n = lens[b] clamped to [1, Tk] when lens is given (a KV cache), else i + 1 when
 // causal, else Tk — and, with seg [B, T], when seg[j] == seg[i]. The scores live in shared memory after
@@ -104,12 +116,7 @@ __global__ void k_attention_rows(void *out, int obf, const void *q, int qbf, con
         if (att) att[row * Tk + j] = s[j];
     }
     __syncthreads();
-    for (int64_t t = threadIdx.x; t < Dh; t += NT) {
-        float acc = 0.0f;
-        for (int64_t j = 0; j < n; j++)
-            if (s[j] != 0.0f) acc += s[j] * ldv(v, vbf, (b * Tk + j) * KVD + (int64_t)g * Dh + t);
-        stv(out, obf, qoff + t, acc);
-    }
+    row_times_rows(out, obf, qoff, s, n, v, vbf, b * Tk * KVD + (int64_t)g * Dh, KVD, Dh, 1.0f);
 }
 
 // k_attention_rows over q [B, Tq, H*Dh] and k, v [B, Tk, Hkv*Dh]; seg, lens, sc, att, lse as it says.
@@ -255,12 +262,7 @@ __global__ void kt_attn_bwd_rows(void *dq, int dqbf, float *ds, const void *dout
         dsr[j] = d;
     }
     __syncthreads();
-    for (int64_t t = threadIdx.x; t < Dh; t += NT) {
-        float acc = 0.0f;
-        for (int64_t j = 0; j < T; j++)
-            if (s[j] != 0.0f) acc += s[j] * ldv(k, kbf, (b * T + j) * KVD + (int64_t)g * Dh + t);
-        stv(dq, dqbf, qoff + t, scale * acc);
-    }
+    row_times_rows(dq, dqbf, qoff, s, T, k, kbf, b * T * KVD + (int64_t)g * Dh, KVD, Dh, scale);
 }
 
 // One block per (key j, batch b, kv head g): over the query heads of g that lie in the chunk
@@ -360,70 +362,32 @@ static __host__ __device__ inline void *fa_take(fa_carver *c, size_t bytes) {
 }
 #define FA_TAKE(c, T, bytes) ((T *)fa_take(&(c), (bytes)))
 
-struct fa_fwd_sm {
-    bf16 *Qs, *Ks, *Vs, *Pb;
-    float *S, *Os, *rm, *rl;
-    int *qseg, *kseg;
-};
-static __host__ __device__ inline size_t fa_fwd_layout(void *base, int Dh, fa_fwd_sm *m) {
-    fa_carver c = {(char *)base, 0};
-    const int LDH = Dh + 8, LDO = Dh + 4;
-    m->Qs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
-    m->Ks = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
-    m->Vs = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
-    m->S = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
-    m->Pb = FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP));
-    m->Os = FA_TAKE(c, float, fa_bf(FA_BQ, LDO));
-    m->rm = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
-    m->rl = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
-    m->qseg = FA_TAKE(c, int, fa_bf(FA_BQ, 1));
-    m->kseg = FA_TAKE(c, int, fa_bf(FA_BK, 1));
-    return c.n;
-}
-
-struct fa_bwd_q_sm {
-    bf16 *Qs, *dOs, *Ks, *Vs, *dSb;
-    float *S, *dP, *dQa, *lse_s, *dl_s;
-    int *qseg, *kseg;
-};
-static __host__ __device__ inline size_t fa_bwd_q_layout(void *base, int Dh, fa_bwd_q_sm *m) {
-    fa_carver c = {(char *)base, 0};
-    const int LDH = Dh + 8, LDO = Dh + 4;
-    m->Qs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
-    m->dOs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
-    m->Ks = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
-    m->Vs = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
-    m->S = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
-    m->dP = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
-    m->dSb = FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP));
-    m->dQa = FA_TAKE(c, float, fa_bf(FA_BQ, LDO));
-    m->lse_s = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
-    m->dl_s = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
-    m->qseg = FA_TAKE(c, int, fa_bf(FA_BQ, 1));
-    m->kseg = FA_TAKE(c, int, fa_bf(FA_BK, 1));
-    return c.n;
-}
-
-struct fa_bwd_kv_sm {
+// One carve-up for the three kernels, in this order, each taking what it uses (the rest stays NULL and
+// takes no bytes): FA_FWD (kt_fa_fwd: Pb, the output accumulator acc_q = O, the row values row0/row1 =
+// running max and sum), FA_BWD_Q (kt_fa_bwd_q: dOs, dP, dSb, acc_q = dQ, row0/row1 = lse and delta),
+// FA_BWD_KV (kt_fa_bwd_kv: as FA_BWD_Q with Pb, and dK, dV instead of dQ).
+enum { FA_FWD, FA_BWD_Q, FA_BWD_KV };
+struct fa_sm {
     bf16 *Qs, *dOs, *Ks, *Vs, *Pb, *dSb;
-    float *S, *dP, *dKa, *dVa, *lse_s, *dl_s;
+    float *S, *dP, *acc_q, *dKa, *dVa, *row0, *row1;
     int *qseg, *kseg;
 };
-static __host__ __device__ inline size_t fa_bwd_kv_layout(void *base, int Dh, fa_bwd_kv_sm *m) {
+static __host__ __device__ inline size_t fa_layout(void *base, int Dh, int kind, fa_sm *m) {
     fa_carver c = {(char *)base, 0};
-    const int LDH = Dh + 8, LDO = Dh + 4;
+    const int LDH = Dh + 8, LDO = Dh + 4, bwd = kind != FA_FWD, kv = kind == FA_BWD_KV;
     m->Qs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
-    m->dOs = FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH));
+    m->dOs = bwd ? FA_TAKE(c, bf16, fa_bh(FA_BQ, LDH)) : NULL;
     m->Ks = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
     m->Vs = FA_TAKE(c, bf16, fa_bh(FA_BK, LDH));
     m->S = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
-    m->dP = FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS));
-    m->Pb = FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP));
-    m->dSb = FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP));
-    m->dKa = FA_TAKE(c, float, fa_bf(FA_BK, LDO));
-    m->dVa = FA_TAKE(c, float, fa_bf(FA_BK, LDO));
-    m->lse_s = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
-    m->dl_s = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
+    m->dP = bwd ? FA_TAKE(c, float, fa_bf(FA_BQ, FA_LDS)) : NULL;
+    m->Pb = !bwd || kv ? FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP)) : NULL;
+    m->dSb = bwd ? FA_TAKE(c, bf16, fa_bh(FA_BQ, FA_LDP)) : NULL;
+    m->acc_q = kv ? NULL : FA_TAKE(c, float, fa_bf(FA_BQ, LDO));
+    m->dKa = kv ? FA_TAKE(c, float, fa_bf(FA_BK, LDO)) : NULL;
+    m->dVa = kv ? FA_TAKE(c, float, fa_bf(FA_BK, LDO)) : NULL;
+    m->row0 = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
+    m->row1 = FA_TAKE(c, float, fa_bf(FA_BQ, 1));
     m->qseg = FA_TAKE(c, int, fa_bf(FA_BQ, 1));
     m->kseg = FA_TAKE(c, int, fa_bf(FA_BK, 1));
     return c.n;
@@ -490,12 +454,12 @@ static __device__ int fa_tile_meets(int q0, int nq, int k0, int nk, int causal, 
 // ---- tensor-core flash: forward ---------------------------------------------------------------------------------------
 __global__ void kt_fa_fwd(void *out, int obf, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                           const int32_t *seg, int T, int H, int group, int Dh, float scale, int causal) {
-    extern __shared__ float fa_sm[];
+    extern __shared__ float fa_smem[];
     const int LDH = Dh + 8, LDO = Dh + 4;
-    fa_fwd_sm m;
-    fa_fwd_layout(fa_sm, Dh, &m);
+    fa_sm m;
+    fa_layout(fa_smem, Dh, FA_FWD, &m);
     bf16 *Qs = m.Qs, *Ks = m.Ks, *Vs = m.Vs, *Pb = m.Pb;
-    float *S = m.S, *Os = m.Os, *rm = m.rm, *rl = m.rl;
+    float *S = m.S, *Os = m.acc_q, *rm = m.row0, *rl = m.row1;
     int *qseg = m.qseg, *kseg = m.kseg;
     const int tid = threadIdx.x, w = tid >> 5;
     const int q0 = blockIdx.x * FA_BQ, h = blockIdx.y, b = blockIdx.z, g = h / group;
@@ -617,12 +581,12 @@ static __device__ void fa_rows(float *lse_s, float *dl_s, int *qseg, const float
 __global__ void kt_fa_bwd_q(void *dq, int dqbf, const float *delta, const bf16 *dout, const bf16 *q, const bf16 *k,
                             const bf16 *v, const float *lse, const int32_t *seg, int T, int H, int group, int Dh,
                             float scale, int causal) {
-    extern __shared__ float fa_sm[];
+    extern __shared__ float fa_smem[];
     const int LDH = Dh + 8, LDO = Dh + 4;
-    fa_bwd_q_sm m;
-    fa_bwd_q_layout(fa_sm, Dh, &m);
+    fa_sm m;
+    fa_layout(fa_smem, Dh, FA_BWD_Q, &m);
     bf16 *Qs = m.Qs, *dOs = m.dOs, *Ks = m.Ks, *Vs = m.Vs, *dSb = m.dSb;
-    float *S = m.S, *dP = m.dP, *dQa = m.dQa, *lse_s = m.lse_s, *dl_s = m.dl_s;
+    float *S = m.S, *dP = m.dP, *dQa = m.acc_q, *lse_s = m.row0, *dl_s = m.row1;
     int *qseg = m.qseg, *kseg = m.kseg;
     const int tid = threadIdx.x, w = tid >> 5;
     const int q0 = blockIdx.x * FA_BQ, h = blockIdx.y, b = blockIdx.z, g = h / group;
@@ -665,12 +629,12 @@ __global__ void kt_fa_bwd_q(void *dq, int dqbf, const float *delta, const bf16 *
 __global__ void kt_fa_bwd_kv(void *dk, int dkbf, void *dv, int dvbf, const float *delta, const bf16 *dout,
                              const bf16 *q, const bf16 *k, const bf16 *v, const float *lse, const int32_t *seg, int T,
                              int H, int group, int Dh, float scale, int causal) {
-    extern __shared__ float fa_sm[];
+    extern __shared__ float fa_smem[];
     const int LDH = Dh + 8, LDO = Dh + 4;
-    fa_bwd_kv_sm m;
-    fa_bwd_kv_layout(fa_sm, Dh, &m);
+    fa_sm m;
+    fa_layout(fa_smem, Dh, FA_BWD_KV, &m);
     bf16 *Qs = m.Qs, *dOs = m.dOs, *Ks = m.Ks, *Vs = m.Vs, *Pb = m.Pb, *dSb = m.dSb;
-    float *S = m.S, *dP = m.dP, *dKa = m.dKa, *dVa = m.dVa, *lse_s = m.lse_s, *dl_s = m.dl_s;
+    float *S = m.S, *dP = m.dP, *dKa = m.dKa, *dVa = m.dVa, *lse_s = m.row0, *dl_s = m.row1;
     int *qseg = m.qseg, *kseg = m.kseg;
     const int tid = threadIdx.x, w = tid >> 5;
     const int k0 = blockIdx.x * FA_BK, g = blockIdx.y, b = blockIdx.z;
@@ -729,8 +693,8 @@ static int cuda_flash_tc_ok(const tensor *q, const tensor *k, const tensor *v, c
 static void cuda_flash_tc_forward(tensor *out, tensor *lse, const tensor *q, const tensor *k, const tensor *v,
                                   int n_heads, int n_kv_heads, float scale, int causal, const tensor *seg) {
     int B = (int)q->shape[0], T = (int)q->shape[1], Dh = (int)(q->shape[2] / n_heads);
-    fa_fwd_sm lay;
-    size_t sh = fa_fwd_layout(NULL, Dh, &lay);
+    fa_sm lay;
+    size_t sh = fa_layout(NULL, Dh, FA_FWD, &lay);
     nn_cuda_allow_shmem((const void *)kt_fa_fwd, sh);
     dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)n_heads, (unsigned)B);
     kt_fa_fwd<<<grid, FA_THREADS, sh>>>(out->data, isbf(out), (float *)lse->data, (const bf16 *)q->data,
@@ -749,9 +713,8 @@ static void cuda_flash_tc_backward(tensor *dq, tensor *dk, tensor *dv, const ten
     kt_fa_bwd_delta<<<(unsigned)((rows + per - 1) / per), FA_THREADS>>>(delta, (const bf16 *)dout->data, out->data,
                                                                         isbf(out), rows, T, n_heads, Dh);
     LAUNCH_CHECK();
-    fa_bwd_q_sm lq;
-    fa_bwd_kv_sm lkv;
-    size_t shq = fa_bwd_q_layout(NULL, Dh, &lq), shkv = fa_bwd_kv_layout(NULL, Dh, &lkv);
+    fa_sm lay;
+    size_t shq = fa_layout(NULL, Dh, FA_BWD_Q, &lay), shkv = fa_layout(NULL, Dh, FA_BWD_KV, &lay);
     nn_cuda_allow_shmem((const void *)kt_fa_bwd_q, shq);
     nn_cuda_allow_shmem((const void *)kt_fa_bwd_kv, shkv);
     unsigned nt = (unsigned)((T + FA_BQ - 1) / FA_BQ);
@@ -821,12 +784,7 @@ __global__ void kt_flash_bwd_rows(void *dq, int dqbf, float *delta, const void *
         s[j] = d;
     }
     __syncthreads();
-    for (int64_t t = threadIdx.x; t < Dh; t += NT) {
-        float acc = 0.0f;
-        for (int64_t j = 0; j < n; j++)
-            if (s[j] != 0.0f) acc += s[j] * ldv(k, kbf, (b * T + j) * KVD + (int64_t)g * Dh + t);
-        stv(dq, dqbf, qoff + t, scale * acc);
-    }
+    row_times_rows(dq, dqbf, qoff, s, n, k, kbf, b * T * KVD + (int64_t)g * Dh, KVD, Dh, scale);
 }
 
 // One block per (key j, kv head g, batch b), over the query heads of g in order.

@@ -8,15 +8,19 @@
 #include "nn/cuda/cuda_common.cuh"
 
 // ---- residual quantisation ---------------------------------------------------------------------
-__global__ void k_row_sqnorm(float *n, const void *c, int cbf, int64_t C) {
-    int64_t r = blockIdx.x;
+// The squared L2 norm of row r of x [*, C] (every thread of the block gets it).
+static __device__ float block_row_sqnorm(const void *x, int xbf, int64_t r, int64_t C) {
     float s = 0.0f;
     for (int64_t j = threadIdx.x; j < C; j += NT) {
-        float t = ldv(c, cbf, r * C + j);
+        float t = ldv(x, xbf, r * C + j);
         s += t * t;
     }
-    s = block_sum(s);
-    if (threadIdx.x == 0) n[r] = s;
+    return block_sum(s);
+}
+
+__global__ void k_row_sqnorm(float *n, const void *c, int cbf, int64_t C) {
+    float s = block_row_sqnorm(c, cbf, blockIdx.x, C);
+    if (threadIdx.x == 0) n[blockIdx.x] = s;
 }
 
 extern "C" void cuda_row_sqnorm(tensor *n, const tensor *c) {
@@ -29,12 +33,7 @@ extern "C" void cuda_row_sqnorm(tensor *n, const tensor *c) {
 // dist[i, k] = |x_i|^2 + |c_k|^2 (the GEMM then adds -2 x·c).
 __global__ void k_vq_init(float *dist, const void *x, int xbf, const float *cn, int64_t C, int64_t K) {
     int64_t i = blockIdx.x;
-    float s = 0.0f;
-    for (int64_t j = threadIdx.x; j < C; j += NT) {
-        float t = ldv(x, xbf, i * C + j);
-        s += t * t;
-    }
-    s = block_sum(s);
+    float s = block_row_sqnorm(x, xbf, i, C);
     for (int64_t k = threadIdx.x; k < K; k += NT) dist[i * K + k] = s + cn[k];
 }
 
