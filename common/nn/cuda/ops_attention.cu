@@ -51,7 +51,7 @@
 
 #define FA_MAX_DH 128 /* largest head dim of the tensor-core flash path */
 
-// ---- the scalar row kernel -----------------------------------------------------------------------
+// ---- the scalar row kernel ----------------------------------------------------------------------
 static void shmem_limit(const void *kernel, size_t bytes, const char *what, long long T) {
     CHECK(bytes <= 200 * 1024, "split the sequence", "%s: T = %lld needs %zu bytes of shared memory", what, T,
           bytes);
@@ -134,7 +134,7 @@ static void attention_rows(tensor *out, const tensor *q, const tensor *k, const 
     LAUNCH_CHECK();
 }
 
-// ---- attention with kept probabilities on the tensor cores ---------------------------------------
+// ---- attention with kept probabilities on the tensor cores --------------------------------------
 // Attention on the tensor cores, used when the caller keeps the probabilities att [B,H,T,T] (f32):
 //   S = scale · Q_h K_g^T for every (image, head) in one batched GEMM into att (fp32 out),
 //   a row softmax in place (causal mask; a bf16 copy of P when V is bf16, for the second GEMM),
@@ -228,7 +228,7 @@ extern "C" void cuda_attention(tensor *out, const tensor *q, const tensor *k, co
                    "cuda attention");
 }
 
-// ---- attention backward --------------------------------------------------------------------------
+// ---- attention backward -------------------------------------------------------------------------
 // Query heads bh0 .. bh0+gridDim.y-1 (flattened b*H + h), one block per (query row i, head):
 // dP_ij = dO_i · V_j (only where P_ij != 0: elsewhere dS is 0 whatever dP is),
 // dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij) into ds [heads of the chunk, T, T], dQ_i = scale dS_i K.
@@ -321,7 +321,7 @@ extern "C" void cuda_attention_backward(tensor *dq, tensor *dk, tensor *dv, cons
     }
 }
 
-// ---- one query per row over a KV cache -----------------------------------------------------------
+// ---- one query per row over a KV cache ----------------------------------------------------------
 extern "C" void cuda_attention_decode(tensor *out, const tensor *q, const tensor *k, const tensor *v, const tensor *lens,
                                       int n_heads, int n_kv_heads, float scale, tensor *scores) {
     attention_rows(out, q, k, v, NULL, lens, k->shape[0], 1, k->shape[1], n_heads, n_kv_heads, scale, 0,
@@ -451,7 +451,7 @@ static __device__ int fa_tile_meets(int q0, int nq, int k0, int nk, int causal, 
     return __syncthreads_or(any);
 }
 
-// ---- tensor-core flash: forward ---------------------------------------------------------------------------------------
+// ---- tensor-core flash: forward -----------------------------------------------------------------
 __global__ void kt_fa_fwd(void *out, int obf, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                           const int32_t *seg, int T, int H, int group, int Dh, float scale, int causal) {
     extern __shared__ float fa_smem[];
@@ -527,7 +527,7 @@ __global__ void kt_fa_fwd(void *out, int obf, float *lse, const bf16 *q, const b
         lse[((int64_t)b * H + h) * T + q0 + r] = rm[r] + logf(rl[r]);
 }
 
-// ---- tensor-core flash: backward --------------------------------------------------------------------------------------
+// ---- tensor-core flash: backward ----------------------------------------------------------------
 // delta_i = dO_i · O_i for every (b, t, h) row n = (b T + t) H + h, one warp per row.
 __global__ void kt_fa_bwd_delta(float *delta, const bf16 *dout, const void *out, int obf, int64_t rows, int T, int H,
                                 int Dh) {
@@ -683,7 +683,7 @@ __global__ void kt_fa_bwd_kv(void *dk, int dkbf, void *dv, int dvbf, const float
     }
 }
 
-// ---- tensor-core flash: host ------------------------------------------------------------------------------------------
+// ---- tensor-core flash: host --------------------------------------------------------------------
 static int cuda_flash_tc_ok(const tensor *q, const tensor *k, const tensor *v, const tensor *dout, int n_heads) {
     int64_t Dh = q->shape[2] / n_heads;
     return isbf(q) && isbf(k) && isbf(v) && (!dout || isbf(dout)) && Dh % 16 == 0 && Dh >= 16 &&
@@ -729,7 +729,7 @@ static void cuda_flash_tc_backward(tensor *dq, tensor *dk, tensor *dv, const ten
     LAUNCH_CHECK();
 }
 
-// ---- flash attention: dispatch and the scalar path -----------------------------------------------
+// ---- flash attention: dispatch and the scalar path ----------------------------------------------
 // bf16 inputs with a supported head dim go to the tensor-core kernels above (cuda_flash_tc_ok); the
 // scalar kernels are the path for everything else. Forward: k_attention_rows without att, writing lse.
 // Backward: a row pass (dQ, and delta_i = dO_i · O_i into the workspace) and a column pass (dK, dV),

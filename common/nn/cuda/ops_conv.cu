@@ -5,8 +5,6 @@
 #include "nn/backend.h"
 #include "nn/cuda/cuda_common.cuh"
 
-// ---- patch embedding ----------------------------------------------------------------------------
-
 // ---- patch embedding ---------------------------------------------------------------------------
 __global__ void k_im2col(void *cols, int cbf, const void *img, int ibf, int64_t B, int64_t Cin, int64_t H,
                          int64_t W, int64_t P) {
@@ -31,8 +29,6 @@ extern "C" void cuda_patch_embed(tensor *y, const tensor *img, const tensor *w, 
 }
 
 // ---- conv2d with same padding: im2col per image, then one GEMM ----------------------------------
-
-// ---- conv2d with same padding: im2col per image, then one GEMM ---------------------------------------
 // cols[p, c*k*k + i*k + j] = x[(h+i-r)*W + (w+j-r), c] (0 outside the grid): the order of w's
 // [Cout, Cin*k*k] flattening.
 __global__ void k_im2col_same(void *cols, int cbf_, const void *x, int xbf, int64_t H, int64_t W, int64_t Cin,
@@ -67,8 +63,6 @@ extern "C" void cuda_conv2d_same(tensor *y, const tensor *x, const tensor *w, co
 }
 
 // ---- SiLU ---------------------------------------------------------------------------------------
-
-// ---- SiLU -------------------------------------------------------------------------------------------
 __global__ void k_silu(void *y, int ybf, const void *x, int xbf, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {

@@ -22,8 +22,6 @@ extern "C" void cuda_gelu(tensor *y, const tensor *x, nn_act act) {
 }
 
 // ---- gelu backward ------------------------------------------------------------------------------
-
-// ---- gelu backward -------------------------------------------------------------------------------
 __global__ void kt_gelu_backward(void *dx, int xbf_out, const void *dy, int ybf, const void *x, int xbf, int64_t n,
                                  int act, int accumulate) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -88,8 +86,6 @@ extern "C" void cuda_transfer(tensor *dst, const tensor *src) {
 }
 
 // ---- SwiGLU -------------------------------------------------------------------------------------
-
-// ---- SwiGLU --------------------------------------------------------------------------------------
 static __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 __global__ void kt_swiglu(void *y, int ybf, const void *g, int gbf, const void *u, int ubf, int64_t n) {
@@ -122,7 +118,7 @@ extern "C" void cuda_swiglu_backward(tensor *dgate, tensor *dup, const tensor *d
     LAUNCH_CHECK();
 }
 
-// ---- RoPE ----------------------------------------------------------------------------------------
+// ---- RoPE ---------------------------------------------------------------------------------------
 #define ROPE_MAX_HALF 256
 struct rope_freqs {
     float f[ROPE_MAX_HALF];

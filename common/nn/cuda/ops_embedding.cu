@@ -35,7 +35,7 @@ extern "C" void cuda_gather_rows(tensor *y, const tensor *x, const tensor *idx, 
     LAUNCH_CHECK();
 }
 
-// ---- scatter-add ---------------------------------------------------------------------------------
+// ---- scatter-add --------------------------------------------------------------------------------
 // The scatter-add is deterministic and sort-free: for each row n, lead[n] = 1 when no earlier row has
 // its index and next[n] = the next row with the same index (-1: none); then the block of each leading
 // row sums x over its chain in row order and adds the sum to the row of y once.

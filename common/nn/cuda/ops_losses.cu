@@ -7,7 +7,7 @@
 #include "nn/backend.h"
 #include "nn/cuda/cuda_common.cuh"
 
-// ---- cross-entropy -------------------------------------------------------------------------------
+// ---- cross-entropy ------------------------------------------------------------------------------
 // One block per row: an online max / sum of exp over the row (one pass), then the loss of the row
 // (double, into rl[r]; rc[r] = 1 when counted) and, when dl, the gradient written over the row (the
 // logits of the row are all read before any thread writes: dl may alias the logits).
@@ -66,9 +66,7 @@ extern "C" void cuda_cross_entropy(tensor *dlogits, double *loss_sum, int64_t *c
     *count = (int64_t)h[1];
 }
 
-// ---- argmax of rows: one block per row; NaN never chosen, the lowest index wins a tie -------------
-
-// ---- argmax of rows: one block per row; NaN never chosen, the lowest index wins a tie -------------
+// ---- argmax of rows: one block per row; NaN never chosen, the lowest index wins a tie -----------
 __device__ __forceinline__ int better(float a, int64_t ia, float b, int64_t ib) {
     // is (a, ia) a better candidate than (b, ib)? ib < 0 means "none yet"
     if (ia < 0) return 0;

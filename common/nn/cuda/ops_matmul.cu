@@ -14,8 +14,6 @@
 #include "nn/backend.h"
 #include "nn/cuda/cuda_common.cuh"
 
-// ---- forward ------------------------------------------------------------------------------------
-
 // ---- matmul ------------------------------------------------------------------------------------
 __global__ void k_bias_act(void *y, int ybf, const void *b, int bbf, void *pre, int pbf, int64_t M, int64_t N,
                            int act) {
@@ -31,7 +29,7 @@ void nn_cuda_bias_act(void *y, int ybf, const void *b, int bbf, void *pre, int p
     LAUNCH_CHECK();
 }
 
-// ---- cuBLASLt: the GEMM with its bias / GELU epilogue in one kernel ------------------------------
+// ---- cuBLASLt: the GEMM with its bias / GELU epilogue in one kernel -----------------------------
 static cublasLtHandle_t nn_cuda_blaslt(void) {
     static cublasLtHandle_t h = NULL;
     if (!h) CHECK_CUBLAS(cublasLtCreate(&h));

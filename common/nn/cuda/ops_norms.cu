@@ -5,8 +5,6 @@
 #include "nn/backend.h"
 #include "nn/cuda/cuda_common.cuh"
 
-// ---- forward (one block per row) ----------------------------------------------------------------
-
 // ---- norms (one block per row) -----------------------------------------------------------------
 __global__ void k_layernorm(void *y, int ybf, const void *x, int xbf, const void *w, int wbf, const void *b,
                             int bbf, float eps, float *mean, float *rstd, int64_t C) {
@@ -135,8 +133,6 @@ extern "C" void cuda_rmsnorm_backward(tensor *dx, tensor *dw, const tensor *dy, 
 }
 
 // ---- GroupNorm: one block per (group, image) ----------------------------------------------------
-
-// ---- GroupNorm: one block per (group, image) ------------------------------------------------------
 __global__ void k_groupnorm(void *y, int ybf, const void *x, int xbf, const void *w, int wbf, const void *b,
                             int bbf, int64_t P, int64_t C, int64_t cg, float eps) {
     int64_t g = blockIdx.x, bi = blockIdx.y;

@@ -10,13 +10,7 @@
 #include "nn/backend.h"
 #include "nn/cuda/cuda_common.cuh"
 
-// ---- optimizer and gradient reductions -----------------------------------------------------------
-// The CPU op's fp32 expression, with explicit roundings (no fused multiply-adds) so that both
-// backends round alike.
-// One element of AdamW, every operation rounded as the CPU op rounds it (no contractions); returns the
-// new value of p[i].
-
-// ---- optimizer and gradient reductions -----------------------------------------------------------
+// ---- optimizer and gradient reductions ----------------------------------------------------------
 // The CPU op's fp32 expression, with explicit roundings (no fused multiply-adds) so that both
 // backends round alike.
 // One element of AdamW, every operation rounded as the CPU op rounds it (no contractions); returns the
@@ -89,7 +83,7 @@ extern "C" void cuda_scale(tensor *t, float s) {
     LAUNCH_CHECK();
 }
 
-// ---- multi-tensor optimizer ops (the fused AdamW) ------------------------------------------------
+// ---- multi-tensor optimizer ops (the fused AdamW) -----------------------------------------------
 // A table of the tensors (pointers, sizes, per-tensor weight decay) and of 64K-element chunks over
 // them lives on the device; block b handles chunk b. The table is rebuilt on the host each call and
 // uploaded only when its bytes change (the trainer passes the same tensors every step).

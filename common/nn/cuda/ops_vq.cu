@@ -89,7 +89,7 @@ extern "C" void cuda_vq_step(tensor *residual, const tensor *codebook, const ten
     }
 }
 
-// ---- fused VQ step: distances and argmin without the [rows, K] matrix ---------------------------------
+// ---- fused VQ step: distances and argmin without the [rows, K] matrix ---------------------------
 // One block of VQF_ROWS residual rows (staged in shared memory as f32) walks the whole codebook; each
 // thread owns codebook rows k = threadIdx.x, threadIdx.x + NT, ... and keeps, per residual row, its
 // running (distance, index) minimum with the strict < that keeps the lowest index (k increases per
