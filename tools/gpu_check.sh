@@ -3,7 +3,7 @@
 # tools/gpu_kit.sh built (gpu-kit/ carried next to the checkout). Prints a short table and writes the
 # whole log and the benchmark JSON under $OUT (or gpu-out/).
 #   1. CUDA vs CPU: every op (test_ops_cuda, test_ops_cuda_train, test_ops_extra,
-#      test_ops_cuda_fused), the tokenizer (test_tokenize_cuda), the trainer (test_train_cuda: 20 steps, gradients, determinism, resume)
+#      test_ops_cuda_fused, test_ops_rows), the tokenizer (test_tokenize_cuda), the trainer (test_train_cuda: 20 steps, gradients, determinism, resume)
 #      and generation (test_generate_cuda).
 #   2. The real-size tokenizer (random SO400M weights): bf16 vs f32 code agreement per depth on the
 #      golden photos (check_tokenize_real_cuda; depth 1 must agree on >= 99%).
@@ -62,6 +62,7 @@ run test_ops_cuda 120 ./test_ops_cuda
 run test_ops_cuda_train 180 ./test_ops_cuda_train
 run test_ops_extra 60 ./test_ops_extra
 run test_ops_cuda_fused 60 ./test_ops_cuda_fused
+run test_ops_rows 60 ./test_ops_rows
 run test_tokenize_cuda 120 ./test_tokenize_cuda
 run test_generate_cuda 120 ./test_generate_cuda
 run test_train_cuda 240 ./test_train_cuda
