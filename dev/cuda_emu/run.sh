@@ -58,10 +58,12 @@ done
 python3 "$E/prep.py" "$E/selftest.cu" "$O/selftest.cpp"
 g++ -std=c++20 -O2 -g -w -I"$E/include" "$O/selftest.cpp" -o "$O/selftest"
 "$O/selftest" 2>/dev/null || { echo "run.sh: the stand-in's selftest failed" >&2; exit 2; }
-mapfile -t COBJ < <(find "$B/CMakeFiles/asvr.dir/common" -name '*.c.o' | sort)
-mapfile -t TRAIN < <(find "$B/train/CMakeFiles/asvr_train_core.dir" -name '*.c.o' | sort)
-mapfile -t EVAL < <(find "$B/eval/CMakeFiles/asvr_eval_core.dir" -name '*.c.o' | sort)
-mapfile -t TOK < <(find "$B/tokenize/CMakeFiles/asvr-tokenize.dir" -name '*.c.o' | sort)
+# the build's objects of sources that still exist (an incremental build keeps those of deleted files)
+live() { while read -r o; do rel=${o#*/CMakeFiles/*.dir/}; [ -f "$R/$1${rel%.o}" ] && echo "$o"; done; }
+mapfile -t COBJ < <(find "$B/CMakeFiles/asvr.dir/common" -name '*.c.o' | live "" | sort)
+mapfile -t TRAIN < <(find "$B/train/CMakeFiles/asvr_train_core.dir" -name '*.c.o' | live train/ | sort)
+mapfile -t EVAL < <(find "$B/eval/CMakeFiles/asvr_eval_core.dir" -name '*.c.o' | live eval/ | sort)
+mapfile -t TOK < <(find "$B/tokenize/CMakeFiles/asvr-tokenize.dir" -name '*.c.o' | live tokenize/ | sort)
 LIBS=(-lopenblas -lturbojpeg -llmdb -lzstd -lpng16 -ljansson -lxxhash -lwebp -lz -lm -lpthread)
 
 g++ -rdynamic -o "$O/bin/asvr-tokenize" "${TOK[@]}" "${objs[@]}" "${COBJ[@]}" "${LIBS[@]}"
