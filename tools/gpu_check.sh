@@ -13,6 +13,8 @@
 #   4. The communication layer (common/nn/comm.h): NCCL with one rank against copies, the event
 #      ordering against the compute stream under delay spins, and the MPI backend staged through host
 #      memory with two ranks sharing the GPU (skipped without libnccl.so.2 or mpirun on the machine).
+#   5. Data-parallel training (tools/gpu_train_dp.sh): ZeRO 2 through a one-rank NCCL communicator
+#      equals the plain run bit for bit; two ranks staged through host memory against one rank.
 # Each item has its own time limit (seconds; GPU_CHECK_LIMIT scales them) so one hang cannot eat the
 # machine's time; GPU_CHECK_ONLY="name ..." runs a subset.
 set -uo pipefail
@@ -116,6 +118,9 @@ export -f comm_nccl comm_staged
 run comm_nccl_n1 120 bash -c 'comm_nccl check cuda'
 run comm_nccl_order 60 bash -c 'ASVR_COMM_DELAY_US=50000 comm_nccl order cuda'
 run comm_staged_n2 180 bash -c 'comm_staged check cuda && comm_staged order cuda'
+
+# ---- 5. data-parallel training (train/dp.h) ----------------------------------------------------------
+run train_dp 300 bash "$root/tools/gpu_train_dp.sh" "$bin/bin" "$bin/tests" "$root/tests/golden"
 
 {
     echo
