@@ -8,7 +8,7 @@
 #include "base/fsutil.h"
 #include "base/log.h"
 #include "io/safetensors.h"
-#include "nn/ops_extra.h"
+#include "nn/ops.h"
 
 void eval_model_opts_default(eval_model_opts *o) {
     memset(o, 0, sizeof *o);

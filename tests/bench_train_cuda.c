@@ -37,7 +37,7 @@
 #include "model/vision_tokenizer.h"
 #include "optim.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 static const char *BENCH_CONFIG =

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cli_cuda_emu.sh BUILD_DIR GOLDEN_DIR — the CUDA op, tokenizer and generation tests on the CPU stand-in
-# for the CUDA runtime (tools/cuda_emu/run.sh): the kernels' logic checked on a machine without a GPU;
+# for the CUDA runtime (dev/cuda_emu/run.sh): the kernels' logic checked on a machine without a GPU;
 # then one stage-pt step of the emulated asvr-train --device cuda from an --init checkpoint against the
 # CPU's (~1 minute in all; the training-step test, test_train_cuda, is left to run.sh by hand: another
 # two minutes).
@@ -12,7 +12,7 @@ R=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ]; then echo "SKIPPED: build without the CUDA backend"; exit 77; fi
 if [ "$(uname -m)" != x86_64 ]; then echo "SKIPPED: the stand-in's fiber switch is x86-64 only"; exit 77; fi
 for t in g++ python3; do command -v $t > /dev/null || { echo "SKIPPED: the stand-in needs $t"; exit 77; }; done
-CUDA_EMU_BUILD="$B" CUDA_EMU_NO_BUILD=1 "$R/tools/cuda_emu/run.sh" test_ops_cuda test_ops_extra test_tokenize_cuda \
+CUDA_EMU_BUILD="$B" CUDA_EMU_NO_BUILD=1 "$R/dev/cuda_emu/run.sh" test_ops_cuda test_ops_extra test_ops_rows test_tokenize_cuda \
     test_generate_cuda test_ops_cuda_train test_ops_cuda_fused
 rc=$?
 [ $rc -eq 0 ] || exit $rc

@@ -11,7 +11,7 @@
 #include "nn/tensor.h"
 #include "test.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 
 static uint64_t rng = 0x2545F4914F6CDD1DULL;
 static float frand(void) { return t_frand(&rng); }
@@ -94,15 +94,15 @@ static void run(nn_dtype dt) {
                v = host("v", 3, B, T, Hkv * Dh, 0, 1), o = host("o", 3, B, T, H * Dh, 0, 1),
                att = host("att", 4, B, H, T, T, 1);
         tensor dq = dev(&q, dt), dk = dev(&k, dt), dv = dev(&v, dt), dO = dev(&o, dt), da = dev(&att, NN_F32);
-        op_attention(&o, &q, &k, &v, H, Hkv, 0.25f, causal, &att);
-        op_attention(&dO, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &da);
+        op_attention(&o, &q, &k, &v, H, Hkv, 0.25f, causal, &att, NN_ATT_KEEP);
+        op_attention(&dO, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &da, NN_ATT_KEEP);
         double e1 = cmp(&dO, &o), e2 = cmp(&da, &att);
         T_CHECK(e1 < tol && e2 < tol, "%s attention causal=%d out %.3g probs %.3g (batched GEMMs)", dn, causal, e1, e2);
         /* with only a T x T scratch: the one-block-per-row kernel */
         tensor sc = host("scratch", 2, T, T, 0, 0, 1), dsc = dev(&sc, NN_F32);
         tensor dO2 = dev(&o, dt);
         op_fill(&dO2, NAN);
-        op_attention(&dO2, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &dsc);
+        op_attention(&dO2, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &dsc, NN_ATT_SCRATCH);
         double e3 = cmp(&dO2, &o);
         nn_cuda_free(dsc.data);
         T_CHECK(e3 < tol, "%s attention causal=%d out %.3g (row kernel, scratch only)", dn, causal, e3);
@@ -171,7 +171,7 @@ static void run(nn_dtype dt) {
         op_row_sqnorm(&cn, &cb), op_row_sqnorm(&dcn, &dcb);
         for (int d = 0; d < D; d++) {
             op_vq_step(&x, &cb, &cn, &codes, d, &dist);
-            cuda_vq_step_fused(&dx, &dcb, &dcn, &dcodes, d);
+            op_vq_fused(&dx, &dcb, &dcn, &dcodes, d);
         }
         nn_cuda_download(&back, &dcodes_f);
         int bad = 0, unset = 0;

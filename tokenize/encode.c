@@ -32,32 +32,17 @@
 #include "io/json_stream.h"
 #include "nn/device.h"
 #include "model/vision_tokenizer.h"
+#include "nn/ops.h"
 #include "shards.h"
 #include "store/code_store.h"
-#ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
-#endif
 
 /* Host buffers that the GPU copies from or to are page-locked on CUDA (faster, asynchronous-capable
  * copies); plain heap memory otherwise. */
 static void *host_alloc(size_t bytes, int pinned, const char *what) {
-#ifdef ASVR_HAVE_CUDA
-    if (pinned) return nn_cuda_host_alloc(bytes, what);
-#endif
-    (void)pinned;
-    return asvr_malloc(bytes, what);
+    return nn_host_alloc(pinned ? NN_CUDA : NN_CPU, bytes, what);
 }
 
-static void host_free(void *p, int pinned) {
-#ifdef ASVR_HAVE_CUDA
-    if (pinned) {
-        nn_cuda_host_free(p);
-        return;
-    }
-#endif
-    (void)pinned;
-    free(p);
-}
+static void host_free(void *p, int pinned) { nn_host_free(pinned ? NN_CUDA : NN_CPU, p); }
 
 /* ---- pipeline ----------------------------------------------------------------------------------- */
 
@@ -203,7 +188,7 @@ int cmd_encode(int argc, char **argv) {
         asvr_cli_usage_error(&cli, "--device cuda: this build has no CUDA backend (nvcc was not found when it was "
                                    "configured); rebuild with nvcc on PATH or -DASVR_CUDA=ON, or use --device cpu");
 #else
-    if (use_cuda && !nn_cuda_available())
+    if (use_cuda && !nn_device_available(NN_CUDA))
         asvr_cli_usage_error(&cli, "--device cuda: no CUDA device is visible (check nvidia-smi and "
                                    "CUDA_VISIBLE_DEVICES), or use --device cpu");
 #endif

@@ -3,7 +3,7 @@
 # tools/gpu_kit.sh built (gpu-kit/ carried next to the checkout). Prints a short table and writes the
 # whole log and the benchmark JSON under $OUT (or gpu-out/).
 #   1. CUDA vs CPU: every op (test_ops_cuda, test_ops_cuda_train, test_ops_extra,
-#      test_ops_cuda_fused), the tokenizer (test_tokenize_cuda), the trainer (test_train_cuda: 20 steps, gradients, determinism, resume)
+#      test_ops_cuda_fused, test_ops_rows), the tokenizer (test_tokenize_cuda), the trainer (test_train_cuda: 20 steps, gradients, determinism, resume)
 #      and generation (test_generate_cuda).
 #   2. The real-size tokenizer (random SO400M weights): bf16 vs f32 code agreement per depth on the
 #      golden photos (check_tokenize_real_cuda; depth 1 must agree on >= 99%).
@@ -13,6 +13,8 @@
 #   4. The communication layer (common/nn/comm.h): NCCL with one rank against copies, the event
 #      ordering against the compute stream under delay spins, and the MPI backend staged through host
 #      memory with two ranks sharing the GPU (skipped without libnccl.so.2 or mpirun on the machine).
+#   5. Data-parallel training (tools/gpu_train_dp.sh): ZeRO 2 through a one-rank NCCL communicator
+#      equals the plain run bit for bit; two ranks staged through host memory against one rank.
 # Each item has its own time limit (seconds; GPU_CHECK_LIMIT scales them) so one hang cannot eat the
 # machine's time; GPU_CHECK_ONLY="name ..." runs a subset.
 set -uo pipefail
@@ -62,6 +64,7 @@ run test_ops_cuda 120 ./test_ops_cuda
 run test_ops_cuda_train 180 ./test_ops_cuda_train
 run test_ops_extra 60 ./test_ops_extra
 run test_ops_cuda_fused 60 ./test_ops_cuda_fused
+run test_ops_rows 60 ./test_ops_rows
 run test_tokenize_cuda 120 ./test_tokenize_cuda
 run test_generate_cuda 120 ./test_generate_cuda
 run test_train_cuda 240 ./test_train_cuda
@@ -115,6 +118,9 @@ export -f comm_nccl comm_staged
 run comm_nccl_n1 120 bash -c 'comm_nccl check cuda'
 run comm_nccl_order 60 bash -c 'ASVR_COMM_DELAY_US=50000 comm_nccl order cuda'
 run comm_staged_n2 180 bash -c 'comm_staged check cuda && comm_staged order cuda'
+
+# ---- 5. data-parallel training (train/dp.h) ----------------------------------------------------------
+run train_dp 300 bash "$root/tools/gpu_train_dp.sh" "$bin/bin" "$bin/tests" "$root/tests/golden"
 
 {
     echo

@@ -11,7 +11,7 @@
 #include "base/fsutil.h"
 #include "io/safetensors.h"
 #include "model/params.h"
-#include "nn/ops_extra.h"
+#include "nn/ops.h"
 
 static int rm_rf(const char *path) {
     DIR *d = opendir(path);

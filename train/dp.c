@@ -5,7 +5,6 @@
 
 #include "base/hash.h"
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 void dp_configure(param_set *ps, int world, int zero, int64_t bucket_elems) {
     CHECK(world >= 1 && zero >= 0 && zero <= 2, "", "dp_configure: %d ranks, zero %d", world, zero);

@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 double lr_schedule(int64_t step, int64_t warmup, int64_t total) {
     if (step < warmup) return (double)step / (double)(warmup > 1 ? warmup : 1);

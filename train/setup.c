@@ -6,12 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/ops.h"
 #include "base/fsutil.h"
 #include "base/log.h"
 #include "checkpoint.h"
 #include "io/safetensors.h"
 #include "model/vision_tokenizer.h"
-#include "nn/ops_extra.h"
 #include "store/code_store.h"
 #include "trainer.h"
 

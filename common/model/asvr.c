@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 void asvr_model_init(asvr_model *m, const asvr_config *c) {
     memset(m, 0, sizeof *m);

@@ -9,7 +9,6 @@
 #include "model/asvr.h"
 #include "model/text_loss.h"
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 struct asvr_acts {
     int B, T, max_images, head_chunk;
@@ -292,8 +291,8 @@ void asvr_forward(asvr_model *m, asvr_acts *a, const asvr_batch *b) {
     if (a->nv > 0) {
         tensor rows = head_rows(a->tmp_rows, a->nv), emb = head_rows(a->emb, NI);
         tensor t_iflat = head_vec(a->idx_flat, a->nv), t_isrc = head_vec(a->idx_src, a->nv);
-        op_embedding(&rows, &t_isrc, &emb);
-        op_embedding_backward(&x, &rows, &t_iflat);
+        op_gather_rows(&rows, &emb, &t_isrc);
+        op_scatter_add_rows(&x, &rows, &t_iflat);
     }
     tensor x3 = rows3(a->x, b->B, b->T, "inputs_embeds"), h3 = rows3(a->h, b->B, b->T, "hidden_final");
     tensor pos = tensor_head0(a->pos, b->B), seg = tensor_head0(a->seg, b->B);
@@ -316,7 +315,7 @@ static void visual_head_loss(asvr_acts *a, const vhead *head, vhead_acts *va, co
     for (int64_t k = 0; k < nv; k++)
         for (int d = 0; d < D; d++) cd[k * D + d] = codes_src[(int64_t)isrc[k] * D + d];
     tensor h_img = head_rows(a->h_img, nv), t_iflat = head_vec(a->idx_flat, nv);
-    op_embedding(&h_img, &t_iflat, a->h);
+    op_gather_rows(&h_img, a->h, &t_iflat);
     for (int64_t k0 = 0; k0 < nv; k0 += a->head_chunk) {
         int64_t n = nv - k0 < a->head_chunk ? nv - k0 : a->head_chunk;
         tensor hc = rows_at(a->h_img, k0, n);
@@ -404,11 +403,11 @@ void asvr_backward(asvr_model *m, asvr_acts *a) {
     llama_lm_head_backward(m->llm, &logits, &h, &dh, 0);
     if (nv > 0 && a->dh_img) {
         tensor d = head_rows(a->dh_img, nv);
-        op_embedding_backward(&dh, &d, &t_iflat);
+        op_scatter_add_rows(&dh, &d, &t_iflat);
     }
     if (nv > 0 && a->dh_img_app) {
         tensor d = head_rows(a->dh_img_app, nv);
-        op_embedding_backward(&dh, &d, &t_iflat);
+        op_scatter_add_rows(&dh, &d, &t_iflat);
     }
     phase_end(a, dev, ASVR_PHASE_TEXT_HEAD);
 
@@ -425,8 +424,8 @@ void asvr_backward(asvr_model *m, asvr_acts *a) {
         tensor demb = head_rows(a->demb, NI), rows = head_rows(a->tmp_rows, nv), ds = head_rows(a->dscratch, NI);
         tensor pre = head_rows(a->pre, NI), hid = head_rows(a->hid, NI);
         op_fill(&demb, 0.0f);
-        op_embedding(&rows, &t_iflat, &dx);
-        op_embedding_backward(&demb, &rows, &t_isrc);
+        op_gather_rows(&rows, &dx, &t_iflat);
+        op_scatter_add_rows(&demb, &rows, &t_isrc);
         mlp2_backward(&m->proj, &demb, &feats, &pre, &hid, &ds, NULL, 0);
     }
     param_set_grads_done(&m->ps, "mm_projector.");

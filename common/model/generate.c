@@ -4,7 +4,6 @@
 #include <string.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 void gen_result_free(gen_result *r) {
     if (!r) return;

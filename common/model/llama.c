@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 typedef struct llama_layer {
     param *ln_in, *q, *k, *v, *o, *ln_post, *gate, *up, *down;
@@ -389,7 +388,7 @@ static void layer_forward(const llama *m, llama_acts *a, int i, int64_t B, float
         op_flash_attention(&attn, &lse, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv);
     } else {
         tensor att = tensor_head0(S->att, B);
-        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
+        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att, NN_ATT_KEEP);
     }
     op_matmul(&branch, &attn, W->o->wc, NULL, NN_ACT_NONE, NULL);
     op_add_rmsnorm(&hmid, &xn_post, &res, &branch, W->ln_post->wc, c->rms_eps, &rstd_post);
@@ -662,7 +661,8 @@ void llama_prefill(const llama *m, llama_cache *a, const tensor *x, const int32_
         op_matmul(&v, &xn, W->v->wc, NULL, NN_ACT_NONE, NULL);
         op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
         op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
-        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
+        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att,
+                         a->keep ? NN_ATT_KEEP : NN_ATT_SCRATCH);
         for (int64_t b = 0; b < B; b++) {
             tensor kc = cache_rows(a->k, i, (int)b, T), vc = cache_rows(a->v, i, (int)b, T);
             tensor kb = tensor_index0(&k, b), vb = tensor_index0(&v, b);

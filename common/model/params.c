@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 void param_set_init(param_set *ps, const char *label) {
     memset(ps, 0, sizeof *ps);

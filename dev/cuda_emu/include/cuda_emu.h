@@ -1,7 +1,8 @@
 // cuda_emu.h — a CPU stand-in for the part of CUDA + cuBLAS that common/nn/cuda/*.cu use, so their
 // logic (and the device-side model code calling them) can run on a machine without a GPU
-// (tools/cuda_emu/run.sh). Blocks run one after another; the threads of a block are fibers switched
-// at __syncthreads, __syncthreads_or and warp shuffles (1-D blocks of whole warps, up to 1024 threads),
+// (dev/cuda_emu/run.sh). Blocks run one after another; the threads of a block are fibers switched
+// at __syncthreads, __syncthreads_or and warp shuffles (1-, 2- or 3-D blocks of whole warps, up to 1024
+// threads, x fastest in the linear thread order that makes the warps),
 // in thread order in even blocks and in reverse order in odd ones, so code that reads what another
 // thread wrote without a barrier in between gets garbage in one of the two; barriers that not every
 // live thread (or warp lane) reaches, or that threads reach at different __syncthreads() calls, are
@@ -10,7 +11,8 @@
 // different pattern per block for shared memory); device memory is PROT_NONE while host code runs, so
 // a host dereference of a device pointer dies with a message (CUDA_EMU_NO_PROTECT=1 turns that off),
 // and a guard page follows every allocation; kernel pointer arguments, cudaMemcpy directions and
-// cuBLAS operands are checked to be device (or pinned host) memory; dynamic shared memory above 48 KiB
+// cuBLAS operands are checked to be device (or pinned host) memory (a launch converts its arguments to
+// the kernel's parameter types, so NULL passes as a null pointer); dynamic shared memory above 48 KiB
 // needs cudaFuncSetAttribute, grid/block limits are those of sm_90 (launch errors are reported by
 // cudaGetLastError). Streams and events are synchronous; cuBLAS GEMMs are naive loops.
 // Tensor cores: nvcuda::wmma is in include/mma.h (its header says what it checks and cannot show).
@@ -209,7 +211,7 @@ __attribute__((naked, noipa)) static void emu_swap(void **save, void *to) {
                      "popq %r15\n popq %r14\n popq %r13\n popq %r12\n popq %rbx\n popq %rbp\n ret\n");
 }
 #else
-#error "tools/cuda_emu: the fiber switch is written for x86-64 only"
+#error "dev/cuda_emu: the fiber switch is written for x86-64 only"
 #endif
 struct block_ctx {
     int nt = 0, t = 0;
@@ -255,7 +257,8 @@ inline void run_block(block_ctx &c, int nt, bool reverse) {
             int t = reverse ? nt - 1 - i : i;
             if (c.state[t] != F_RUN) continue;
             c.t = t;
-            threadIdx = dim3((unsigned)t);
+            threadIdx = dim3((unsigned)t % blockDim.x, (unsigned)t / blockDim.x % blockDim.y,
+                             (unsigned)t / (blockDim.x * blockDim.y)); // x fastest, as on the device
             emu_swap(&c.sched_sp, c.sp[t]);
         }
         int alive = 0, at_block = 0;
@@ -293,13 +296,18 @@ inline void run_block(block_ctx &c, int nt, bool reverse) {
     }
 }
 
-template <class K> struct launcher {
+// kernel<<<grid, block[, shmem]>>>(args): the arguments convert to the kernel's parameter types at the
+// call, as a launch does (a NULL becomes a null pointer of the parameter's type).
+template <class K> struct launcher;
+template <class... P> struct launcher<void (*)(P...)> {
+    using K = void (*)(P...);
     K k;
     dim3 g, b;
     size_t shm;
     launcher(K kk, dim3 gg, dim3 bb, size_t s = 0) : k(kk), g(gg), b(bb), shm(s) {}
-    template <class... A> void operator()(A... args) {
-        assert(b.y == 1 && b.z == 1 && b.x % 32 == 0 && b.x <= 1024); // what this stand-in runs
+    void operator()(P... args) {
+        // what this stand-in runs: 1-, 2- or 3-D blocks of whole warps (32 consecutive linear threads)
+        assert(b.x * b.y * b.z % 32 == 0 && b.x * b.y * b.z <= 1024 && b.z <= 64);
         if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 2147483647u || g.y > 65535 || g.z > 65535) {
             static char msg[120];
             snprintf(msg, sizeof msg, "launch with grid (%u, %u, %u): invalid configuration", g.x, g.y, g.z);
@@ -318,7 +326,7 @@ template <class K> struct launcher {
         }
         device_scope ds;
         { int i = 0; (check_arg(args, i++), ...); }
-        int nt = (int)b.x;
+        int nt = (int)(b.x * b.y * b.z);
         dyn.assign(shm + 16, 0);
         std::function<void()> body = [&] { k(args...); };
         static block_ctx *the_block = new block_ctx; // one per kernel: a kernel cannot launch another
@@ -337,6 +345,8 @@ template <class K> struct launcher {
                 }
     }
 };
+template <class... P> launcher(void (*)(P...), dim3, dim3) -> launcher<void (*)(P...)>;
+template <class... P> launcher(void (*)(P...), dim3, dim3, size_t) -> launcher<void (*)(P...)>;
 } // namespace emu
 
 inline void *emu_dyn_shared() { return emu::dyn.data(); }

@@ -9,7 +9,7 @@
 # asvr-tokenize (and asvr-train, asvr-eval, for runs by hand) is linked into build/cuda_emu/bin and
 # ASVR_TEST_BIN_DIR points the tests at it (test_tokenize_cuda execs encode --device cuda with it).
 # Output in build/cuda_emu/.
-# Default tests: test_ops_cuda test_ops_extra test_tokenize_cuda test_generate_cuda test_train_cuda
+# Default tests: test_ops_cuda test_ops_extra test_ops_rows test_tokenize_cuda test_generate_cuda test_train_cuda
 # (about 70 s once the stand-in's objects exist; test_train_cuda is most of it), test_ops_cuda_train
 # takes about 25 s more. CUDA_EMU_BUILD=DIR uses another build folder than build/; CUDA_EMU_NO_BUILD=1 skips
 # the `cmake --build` of the needed targets. Needs x86-64, g++ with C++20, a build configured with
@@ -22,8 +22,8 @@
 # build does that), device-only numerics (ulp-level math, fast-math intrinsics, cuBLAS's summation
 # order, tensor cores: include/mma.h's wmma computes exact products summed in order, every lane
 # holding the whole tile), races between blocks or within a warp (blocks run one at a time, a block's
-# threads in turn between barriers: forward in even blocks, backward in odd ones), 2-D/3-D blocks,
-# static shared-memory limits, asynchronous streams and events (all work here is synchronous).
+# threads in turn between barriers: forward in even blocks, backward in odd ones; 2-D and 3-D blocks
+# run too, x fastest), static shared-memory limits, asynchronous streams and events (all work here is synchronous).
 # Tests also checked by hand this way: bench_train_cuda with examples/demo/model.json (--device cuda
 # losses equal the cpu run's to 1e-6), bench_tokenize_cuda on the tiny tokenizer (gemm/fused, bf16/f32),
 # the emulated asvr-train --device cuda (4 steps of tests/cli_train.sh's stage it: with --precision f32
@@ -31,14 +31,14 @@
 # precision, to 3e-4) and asvr-eval ask --device cuda (the same answer as on the cpu).
 set -euo pipefail
 R=$(cd "$(dirname "$0")/../.." && pwd)
-E="$R/tools/cuda_emu"
+E="$R/dev/cuda_emu"
 B=${CUDA_EMU_BUILD:-$R/build}
 O="$B/cuda_emu"
 mkdir -p "$O/bin"
 [ -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ] ||
   { echo "run.sh: configure a CUDA build in build/ first (cmake -S . -B build, with nvcc on PATH)" >&2; exit 2; }
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(test_ops_cuda test_ops_extra test_tokenize_cuda test_generate_cuda test_train_cuda)
+[ ${#tests[@]} -gt 0 ] || tests=(test_ops_cuda test_ops_extra test_ops_rows test_tokenize_cuda test_generate_cuda test_train_cuda)
 if [ -z "${CUDA_EMU_NO_BUILD:-}" ]; then
   cmake --build "$B" -j"$(nproc)" --target asvr-tokenize "${tests[@]%% *}" >"$O/build.log" 2>&1 ||
     { tail -30 "$O/build.log" >&2; exit 2; }
@@ -58,10 +58,12 @@ done
 python3 "$E/prep.py" "$E/selftest.cu" "$O/selftest.cpp"
 g++ -std=c++20 -O2 -g -w -I"$E/include" "$O/selftest.cpp" -o "$O/selftest"
 "$O/selftest" 2>/dev/null || { echo "run.sh: the stand-in's selftest failed" >&2; exit 2; }
-mapfile -t COBJ < <(find "$B/CMakeFiles/asvr.dir/common" -name '*.c.o' | sort)
-mapfile -t TRAIN < <(find "$B/train/CMakeFiles/asvr_train_core.dir" -name '*.c.o' | sort)
-mapfile -t EVAL < <(find "$B/eval/CMakeFiles/asvr_eval_core.dir" -name '*.c.o' | sort)
-mapfile -t TOK < <(find "$B/tokenize/CMakeFiles/asvr-tokenize.dir" -name '*.c.o' | sort)
+# the build's objects of sources that still exist (an incremental build keeps those of deleted files)
+live() { while read -r o; do rel=${o#*/CMakeFiles/*.dir/}; [ -f "$R/$1${rel%.o}" ] && echo "$o"; done; }
+mapfile -t COBJ < <(find "$B/CMakeFiles/asvr.dir/common" -name '*.c.o' | live "" | sort)
+mapfile -t TRAIN < <(find "$B/train/CMakeFiles/asvr_train_core.dir" -name '*.c.o' | live train/ | sort)
+mapfile -t EVAL < <(find "$B/eval/CMakeFiles/asvr_eval_core.dir" -name '*.c.o' | live eval/ | sort)
+mapfile -t TOK < <(find "$B/tokenize/CMakeFiles/asvr-tokenize.dir" -name '*.c.o' | live tokenize/ | sort)
 LIBS=(-lopenblas -lturbojpeg -llmdb -lzstd -lpng16 -ljansson -lxxhash -lwebp -lz -lm -lpthread)
 
 g++ -rdynamic -o "$O/bin/asvr-tokenize" "${TOK[@]}" "${objs[@]}" "${COBJ[@]}" "${LIBS[@]}"

@@ -1,12 +1,14 @@
-/* ops_cuda.h — host-callable pieces of the CUDA backend that C code needs without CUDA headers:
- * device memory for arenas, pinned host memory for staging, host<->device copies, synchronisation,
- * whether a device is usable, the fused VQ step the tokenizer can select, and a count of the matmuls
- * that ran on cuBLASLt (for tests).
- * The op implementations themselves are declared in nn/backend.h (cuda_*).
- * Not for: kernels or cuBLAS handles (those stay inside the .cu files of nn/cuda/).
+/* cuda_host.h — host-callable pieces of the CUDA backend that C code needs without CUDA headers
+ * (implemented in cuda_common.cu unless said): device memory for arenas, pinned host memory for
+ * staging, host<->device copies, synchronisation, whether a device is usable, the report of values
+ * the kernels found bad, and, for tests and benchmarks, the scratch size, a count of the matmuls that
+ * ran on cuBLASLt and a GEMM peak measurement.
+ * The op implementations themselves are declared in nn/backend.h (cuda_*, from nn/ops_list.h).
+ * Not for: model or tool code (call the op_* functions and device helpers of nn/ops.h), kernels or
+ * cuBLAS handles (those stay inside the .cu files of nn/cuda/).
  */
-#ifndef ASVR_NN_CUDA_OPS_CUDA_H
-#define ASVR_NN_CUDA_OPS_CUDA_H
+#ifndef ASVR_NN_CUDA_HOST_H
+#define ASVR_NN_CUDA_HOST_H
 
 #include <stddef.h>
 
@@ -17,6 +19,10 @@ extern "C" {
 #endif
 
 int nn_cuda_available(void);                    /* 1 when a CUDA device can be used */
+/* The visible CUDA devices (0 when none), and choosing the one this process's later CUDA work uses
+ * (call before anything is allocated; exits naming the index when it is not a visible device). */
+int nn_cuda_device_count(void);
+void nn_cuda_set_device(int index);
 /* The visible CUDA devices (0 when none), and choosing the one this process's later CUDA work uses
  * (call before anything is allocated; exits naming the index when it is not a visible device). */
 int nn_cuda_device_count(void);
@@ -42,15 +48,12 @@ void nn_cuda_sync(void);
 void nn_cuda_mem_used(size_t *used, size_t *total);
 /* Bytes held by the operand-conversion scratch of mixed-precision GEMMs (grow-only). */
 size_t nn_cuda_scratch_bytes(void);
-/* op_vq_step without the [rows, K] distance matrix (ops_conv_cuda.cu): one kernel computes each row's
- * nearest codebook row (same formula and tie rule, fp32 math, no tensor cores) and subtracts it.
- * All tensors on cuda; residual and codebook in one float dtype, cnorm f32, codes u16/i32 [N, D].
- * Checks its own arguments. */
-void cuda_vq_step_fused(tensor *residual, const tensor *codebook, const tensor *cnorm, tensor *codes,
-                        int depth);
+/* Reads the device error record (a synchronisation) that kernels set when a value only the device
+ * holds is bad (an id, a target, a position) and exits naming op with the index and value; clears it. */
+void nn_cuda_check_errors(const char *op);
 
 /* How many op_matmul calls so far ran as one cuBLASLt GEMM with a fused epilogue (the others: cuBLAS
- * GemmEx + the epilogue kernel); tests use it to know which path they checked. */
+ * GemmEx + the epilogue kernel; ops_matmul.cu); tests use it to know which path they checked. */
 long long nn_cuda_matmul_lt_count(void);
 
 /* Benchmarks (bench_cuda.cu): the measured throughput of an n x n x n bf16 cuBLAS GEMM (fp32

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""prep.py IN.cu OUT.cpp — rewrites the CUDA-only syntax of a .cu file for tools/cuda_emu/cuda_emu.h:
+"""prep.py IN.cu OUT.cpp — rewrites the CUDA-only syntax of a .cu file for dev/cuda_emu/cuda_emu.h:
 kernel<<<grid, block[, shmem]>>>(args) -> emu::launcher(kernel, grid, block[, shmem])(args);
 `extern __shared__ T name[];` -> a pointer to the block's dynamic shared memory; and
 `__shared__ T name[N]...;` -> a static array registered with the stand-in, which fills it with garbage

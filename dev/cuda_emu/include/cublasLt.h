@@ -1,4 +1,4 @@
-// cublasLt.h (tools/cuda_emu) — the part of cuBLASLt that common/nn/cuda/*.cu use, on the CPU stand-in
+// cublasLt.h (dev/cuda_emu) — the part of cuBLASLt that common/nn/cuda/*.cu use, on the CPU stand-in
 // of cuda_emu.h: a handle; matmul descriptors (compute 32F, scale 32F) with the attributes TRANSA,
 // TRANSB, EPILOGUE, BIAS_POINTER, EPILOGUE_AUX_POINTER and EPILOGUE_AUX_LD; matrix layouts (type, rows,
 // cols, leading dimension; column-major, no batch); a preference with MAX_WORKSPACE_BYTES; a heuristic

@@ -59,6 +59,18 @@ __global__ void k_dyn(float *out) {
     dsm[threadIdx.x] = 1.0f;
     out[threadIdx.x] = dsm[threadIdx.x];
 }
+// A 2-D block (32 x 8): each thread reads the value of the thread one row of y below after a barrier,
+// and sums its warp (one row of x) with shuffles.
+__global__ void k_2d(int *out) {
+    __shared__ int sh[8][32];
+    sh[threadIdx.y][threadIdx.x] = (int)(threadIdx.y * 100 + threadIdx.x);
+    __syncthreads();
+    int v = sh[(threadIdx.y + 1) % 8][threadIdx.x];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    out[threadIdx.y * 32 + threadIdx.x] = v + 1000000 * (int)(blockDim.x * blockDim.y);
+}
+// opt may be NULL: a launch passes it as a null pointer of the parameter's type.
+__global__ void k_opt(float *out, const float *opt) { out[threadIdx.x] = opt ? opt[threadIdx.x] : 2.0f; }
 __global__ void k_write(float *out, int n) {
     if ((int)threadIdx.x < n) out[threadIdx.x] = 1.0f;
 }
@@ -252,6 +264,15 @@ int main() {
     k_warp_sum<<<1, 64>>>(f);
     cudaMemcpy(hf, f, 64 * sizeof(float), cudaMemcpyDeviceToHost);
     EXPECT(hf[0] == 496.0f && hf[31] == 496.0f && hf[32] == 1520.0f, "warp shuffle sum wrong");
+
+    k_2d<<<1, dim3(32, 8)>>>(d);
+    cudaMemcpy(h, d, 256 * sizeof(int), cudaMemcpyDeviceToHost);
+    ok = 1;
+    for (int i = 0; i < 256; i++) ok &= h[i] == 256000000 + ((i / 32 + 1) % 8) * 3200 + 496;
+    EXPECT(ok, "2-D block (threadIdx.y, warps along x) gives wrong results");
+    k_opt<<<1, 32>>>(f, NULL);
+    cudaMemcpy(hf, f, 32 * sizeof(float), cudaMemcpyDeviceToHost);
+    EXPECT(hf[0] == 2.0f && hf[31] == 2.0f, "a NULL kernel argument is not a null pointer");
 
     EXPECT(dies([&] { volatile int x = d[0]; (void)x; }), "host read of device memory not caught");
     EXPECT(dies([&] { d[3] = 1; }), "host write of device memory not caught");
