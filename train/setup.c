@@ -252,6 +252,26 @@ static void load_initial(trainer *t) {
     safetensors_close(st);
 }
 
+/* Mistral's sliding attention window is not implemented; below it, it changes nothing. Attention
+ * restarts per sample, so only a sample longer than the window is refused (not --max-len). */
+static void check_sliding_window(const char *packed, int window, int max_len) {
+    if (window <= 0 || max_len <= window) return;
+    packed_store *ps;
+    asvr_error err;
+    if (packed_store_open(packed, &ps, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    uint64_t n = packed_store_info(ps)->n_samples;
+    for (uint64_t i = 0; i < n; i++) {
+        packed_sample s;
+        if (packed_sample_meta(ps, i, &s, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        if (s.positions > (uint32_t)window)
+            ASVR_FATAL("pack with --max-len at most the window, or drop the sample",
+                       "'%s': sample %llu (id '%s', JSON index %llu) is %u positions long, longer than the model's "
+                       "sliding attention window of %d, which this build does not implement",
+                       packed, (unsigned long long)i, s.id, (unsigned long long)s.source_index, s.positions, window);
+    }
+    packed_store_close(ps);
+}
+
 static void open_data(trainer *t) {
     const train_opts *o = &t->o;
     const asvr_config *mc = &t->mc;
@@ -268,6 +288,7 @@ static void open_data(trainer *t) {
                                            : (n_samples + o->global_batch - 1) / o->global_batch;
     t->total = o->steps > 0 ? o->steps : steps_per_epoch * o->epochs;
     t->T = data_max_len(t->dl);
+    check_sliding_window(o->packed, t->mc.llm.sliding_window, t->T);
 }
 
 static void resume(trainer *t) {

@@ -270,6 +270,10 @@ void asvr_forward(asvr_model *m, asvr_acts *a, const asvr_batch *b) {
           a->B, a->T, a->max_images);
     nn_device dev = a->x->device;
     int64_t BT = (int64_t)b->B * b->T, NI = (int64_t)b->n_images * c->image_positions;
+    for (int64_t i = 0; c->llm.sliding_window > 0 && i < BT; i++) /* positions restart per sample */
+        CHECK(b->pos[i] < c->llm.sliding_window, "pack with --max-len at most the window",
+              "asvr_forward: row %lld holds a sample longer than the sliding attention window of %d positions, which "
+              "this build does not implement", (long long)(i / b->T), c->llm.sliding_window);
     upload_inputs(m, a, b);
     a->b = b;
 

@@ -99,6 +99,9 @@ const packed_info *packed_store_info(const packed_store *ps);
 packed_reader *packed_reader_new(const packed_store *ps);
 void packed_reader_free(packed_reader *r);
 int packed_read_sample(packed_reader *r, uint64_t i, packed_sample *out, asvr_error *err);
+/* Sample i's table entry (index, id, image key, sizes, flags) without reading its block: ids and
+ * label_mask are NULL. */
+int packed_sample_meta(const packed_store *ps, uint64_t i, packed_sample *out, asvr_error *err);
 int packed_read_row(const packed_store *ps, uint64_t i, packed_row *out, asvr_error *err);
 
 #ifdef __cplusplus
