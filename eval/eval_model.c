@@ -28,7 +28,7 @@ void eval_model_opts_table(eval_model_opts *o, asvr_opt *out) {
         {"tokenizer", ASVR_OPT_STR, &o->tokenizer, "FILE", "SentencePiece tokenizer.model of the LLM"},
         {"policy", ASVR_OPT_STR, &o->policy, "pad|squash",
          "image preprocessing (default: the checkpoint's stage: pt squash, it pad; pad without a checkpoint)"},
-        {"template", ASVR_OPT_STR, &o->template_name, "NAME", "prompt template: vicuna_v1 (default) or plain"},
+        {"template", ASVR_OPT_STR, &o->template_name, "NAME", "prompt template: vicuna_v1 (default), plain, mistral_instruct, llama_2, llava_llama_2"},
         {"device", ASVR_OPT_STR, &o->device, "cpu|cuda", "where the model and the KV cache live (default cpu)"},
     };
     memcpy(out, t, sizeof t);
