@@ -50,11 +50,16 @@ else
 fi
 
 # Data parallelism on cuda (mixed precision, ZeRO 2): two ranks share the emulated GPU through the MPI
-# backend staged in host memory; 2 ranks x --accum 1 against 1 rank x --accum 2. Two-operand sums of
-# f32 gradients are exact, so the parameters are equal bit for bit (measured on the stand-in).
+# backend staged in host memory; 2 ranks x --accum 1 against 1 rank x --accum 2, the 2-rank run stopped
+# after 2 steps and resumed (the f32 masters exist only as each rank's pieces: saved through rank 0 and
+# loaded back into pieces). Two-operand sums of f32 gradients are exact, so the parameters are equal
+# bit for bit (measured on the stand-in).
 if command -v mpirun > /dev/null && [ -f "$B/lib/libasvr_comm_mpi.so" ]; then
   E=(./asvr-train "${C[@]}" --stage it --steps 3 --init "$INIT" --device cuda --bucket-elems 3000)
   (cd "$B/cuda_emu/bin" && "${E[@]}" --accum 2 --out "$TMP/dp1" &&
+   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ASVR_COMM_MPI_PLUGIN="$B/lib/libasvr_comm_mpi.so" \
+     timeout 300 mpirun -np 2 --oversubscribe -x ASVR_COMM_DEVICE=mpi -x ASVR_LOCAL_DEVICE=0 -x ASVR_COMM_MPI_PLUGIN \
+     "${E[@]}" --accum 1 --stop-after 2 --out "$TMP/dp2" &&
    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ASVR_COMM_MPI_PLUGIN="$B/lib/libasvr_comm_mpi.so" \
      timeout 300 mpirun -np 2 --oversubscribe -x ASVR_COMM_DEVICE=mpi -x ASVR_LOCAL_DEVICE=0 -x ASVR_COMM_MPI_PLUGIN \
      "${E[@]}" --accum 1 --out "$TMP/dp2") || { echo "FAIL: the emulated data-parallel runs"; exit 1; }

@@ -64,13 +64,13 @@ int run_choices_apply(const run_choices *c, const char *config_json, nn_device d
     return 0;
 }
 
-void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int world, int zero,
+void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int rank, int world, int zero,
                      int64_t bucket_elems) {
     asvr_model_init(m, mc);
     param_set_trainable(&m->ps, "", 1);
     if (!stage_it) param_set_trainable(&m->ps, "llm.", 0);
     param_set_set_device(&m->ps, dev);
-    dp_configure(&m->ps, world, zero, bucket_elems);
+    dp_configure(&m->ps, rank, world, zero, bucket_elems);
     param_set_commit(&m->ps);
 }
 
@@ -119,7 +119,11 @@ static int load_subset(param_set *ps, const safetensors *st, const char *ours, c
         if (t->numel != p->numel || t->ndim != p->ndim)
             return asvr_err_set(err, "tensor '%s' has %lld elements in %d dims, %s needs %lld", key, (long long)t->numel,
                                 t->ndim, p->name, (long long)p->numel);
-        if (param_tensor_load(p->w, t, err) < 0) return -1;
+        float *host = asvr_malloc(sizeof(float) * (size_t)p->numel, "a host staging buffer (one tensor)");
+        int rc = st_tensor_to_f32(t, host, err);
+        if (rc == 0) param_set_write(ps, p, host);
+        free(host);
+        if (rc < 0) return -1;
         loaded++;
     }
     return loaded;
@@ -353,7 +357,7 @@ void trainer_setup(trainer *t, const train_opts *o, const asvr_cli *cli) {
     if (r == -2) asvr_cli_usage_error(cli, "%s", err.msg);
     if (r < 0) ASVR_FATAL("check the model config and the flags", "%s", err.msg);
 
-    run_build_model(&t->m, &t->mc, !strcmp(o->rc.stage, "it"), t->dev, t->world, t->zero, o->bucket_elems);
+    run_build_model(&t->m, &t->mc, !strcmp(o->rc.stage, "it"), t->dev, t->rank, t->world, t->zero, o->bucket_elems);
     param_set_init_random(&t->m.ps, (uint64_t)o->seed);
     load_frozen(t, cli);
     if (!t->ckpt) load_initial(t);
