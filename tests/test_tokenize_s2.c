@@ -1,7 +1,7 @@
 /* test_tokenize_s2.c — asvr-tokenize encode --input-size 138 --downsample bilinear (the S2 visual-head
  * targets) end to end against PyTorch (tools/gen_s2_fixtures.py: Pillow at 138, torch bilinear without
  * antialias to the tiny tokenizer's 46, HF SigLIP, torch RVQ): codes identical on real photos for both
- * policies; the store's meta records the input size and the rule; a store of the other kind is refused
+ * policies; Pillow's 8-bit images at 1152 (upsampling) bit-exact, by checksum; the store's meta records the input size and the rule; a store of the other kind is refused
  * (either way round); the option combinations that make no sense are usage errors. Control: the plain
  * 46 px store's codes differ from the S2 ones on most images (so equality is not a given).
  */
@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "io/image.h"
 #include "store/code_store.h"
 #include "test.h"
 
@@ -21,6 +22,45 @@ static int run(const char *cmd) {
 #define ENC ASVR_BIN_DIR "/bin/asvr-tokenize encode --list " ASVR_GOLDEN "/s2/images.txt --image-root " ASVR_GOLDEN \
             "/images --tokenizer " ASVR_GOLDEN "/tokenize/tiny_tokenizer.safetensors --log-level error "
 
+/* Pillow's 8-bit 1152 x 1152 images (upsampled: every photo is smaller) against the generator's checksum:
+ * sum over bytes i of x[i] * (i * 2654435761 + 1) modulo 2^64. */
+static void pillow_1152(json_t *exp) {
+    json_t *all = json_object_get(exp, "pillow_1152_checksum");
+    T_CHECK(json_is_object(all), "pillow_1152_checksum");
+    const char *policy;
+    json_t *keys;
+    uint8_t *u8 = malloc((size_t)1152 * 1152 * 3);
+    int n = 0;
+    json_object_foreach(all, policy, keys) {
+        const char *key;
+        json_t *want;
+        json_object_foreach(keys, key, want) {
+            char path[1024];
+            snprintf(path, sizeof path, "%s/images/%s", ASVR_GOLDEN, key);
+            image_decode_opts dopts;
+            image_decode_opts_default(&dopts);
+            image_preprocess_opts popts;
+            image_preprocess_opts_default(&popts);
+            T_EQ_INT(image_policy_parse(policy, &popts.policy), 0);
+            popts.size = 1152;
+            image_rgb img = {0};
+            asvr_error err;
+            T_CHECK(image_decode_file(path, &dopts, &img, &err) == 0 && image_preprocess(&img, &popts, u8, &err) == 0,
+                    "%s: %s", key, err.msg);
+            uint64_t sum = 0;
+            for (uint64_t i = 0; i < (uint64_t)1152 * 1152 * 3; i++) sum += (uint64_t)u8[i] * (i * 2654435761ULL + 1);
+            char hex[17];
+            snprintf(hex, sizeof hex, "%016llx", (unsigned long long)sum);
+            T_CHECK(!strcmp(hex, json_string_value(want)), "%s %s at 1152: checksum %s, Pillow's %s", policy, key, hex,
+                    json_string_value(want));
+            image_free(&img);
+            n++;
+        }
+    }
+    printf("Pillow at 1152 (upsampling): %d images x policies bit-exact\n", n);
+    free(u8);
+}
+
 int main(void) {
     char dir[] = "/tmp/asvr_test_tokenize_s2_XXXXXX";
     T_CHECK(mkdtemp(dir) != NULL, "mkdtemp");
@@ -28,6 +68,7 @@ int main(void) {
     json_t *exp = json_load_file(ASVR_GOLDEN "/s2/expected_codes.json", 0, &je);
     T_CHECK(exp != NULL, "expected codes: %s", je.text);
     if (!exp) return t_done();
+    pillow_1152(exp);
     int P = (int)json_integer_value(json_object_get(exp, "positions")), D = (int)json_integer_value(json_object_get(exp, "depth"));
     const char *policies[] = {"pad", "squash"};
     char cmd[4096];

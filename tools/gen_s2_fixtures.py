@@ -18,7 +18,8 @@ stage-it gradient (text + visual loss), as the training goldens do.
 Codes: the tiny tokenizer (tests/golden/tokenize/tiny_tokenizer.safetensors, 46 px) on real photos
 prepared at 138 (Pillow: convert RGB, pad with 127 or squash, BICUBIC resize to 138, /255, (x-0.5)/0.5)
 then F.interpolate(bilinear, align_corners=False, antialias=False) to 46 — the reference's S2 targets —
-through HF SigLIP and greedy RVQ; with each code's distance margin to the runner-up.
+through HF SigLIP and greedy RVQ; with each code's distance margin to the runner-up. And a checksum of
+Pillow's 8-bit 1152 x 1152 image of each photo and policy (all photos are smaller: upsampling).
 
 Writes tests/golden/s2/: s2_init.safetensors (the projector's first weight [32, 144], the batch images),
 forward.safetensors (vision_features [2, 9, 144]), grads_it_default.safetensors, manifest.json,
@@ -31,9 +32,11 @@ import math
 import os
 import sys
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -131,6 +134,26 @@ def train_part(manifest):
         out["loss_text"].item(), out["loss_visual"].item(), out["loss"].item()))
 
 
+def pillow_u8(path, policy, S):
+    """The reference's 8-bit S x S image (HWC): convert RGB, expand2square with 127 or not, BICUBIC."""
+    img = Image.open(path).convert("RGB")
+    if policy == "pad":
+        w, h = img.size
+        if w != h:
+            side = max(w, h)
+            canvas = Image.new("RGB", (side, side), (127, 127, 127))
+            canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+            img = canvas
+    return np.asarray(img.resize((S, S), Image.BICUBIC), dtype=np.uint8)
+
+
+def checksum(u8):
+    """sum over bytes i of x[i] * (i * 2654435761 + 1), modulo 2^64, as 16 hex digits."""
+    x = u8.reshape(-1).astype(np.uint64)
+    w = np.arange(x.size, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(1)
+    return "%016x" % int((x * w).sum(dtype=np.uint64))
+
+
 def codes_part(manifest):
     tok = load_file(os.path.join(ROOT, "tests", "golden", "tokenize", "tiny_tokenizer.safetensors"))
     import convert_tokenizer as ct
@@ -169,9 +192,14 @@ def codes_part(manifest):
             hd = model(pixel_values=direct, output_hidden_states=True).hidden_states[cfg["tap_layer"]]
         cd = gtok.rvq(hd.reshape(-1, cfg["hidden_size"]), books).reshape(len(CODE_KEYS), -1)
         assert not torch.equal(cd, codes)
+    # Pillow's 8-bit images at 1152 (every photo is smaller: an upsample), as a position-weighted checksum
+    pillow = {}
+    for policy in ("pad", "squash"):
+        pillow[policy] = {k: checksum(pillow_u8(os.path.join(gtok.IMAGES, k), policy, 1152)) for k in CODE_KEYS}
     with open(os.path.join(OUT, "expected_codes.json"), "w") as f:
         json.dump({"input_size": Si, "downsample": "bilinear", "positions": (S // cfg["patch_size"]) ** 2,
-                   "depth": cfg["depth"], "min_margin": min(margins), "codes": expected}, f)
+                   "depth": cfg["depth"], "min_margin": min(margins), "codes": expected,
+                   "pillow_1152_checksum": pillow}, f)
         f.write("\n")
     with open(os.path.join(OUT, "images.txt"), "w") as f:
         f.write("# keys relative to tests/golden/images\n")
