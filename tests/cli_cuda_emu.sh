@@ -13,7 +13,7 @@ if [ ! -d "$B/CMakeFiles/asvr.dir/common/nn/cuda" ]; then echo "SKIPPED: build w
 if [ "$(uname -m)" != x86_64 ]; then echo "SKIPPED: the stand-in's fiber switch is x86-64 only"; exit 77; fi
 for t in g++ python3; do command -v $t > /dev/null || { echo "SKIPPED: the stand-in needs $t"; exit 77; }; done
 CUDA_EMU_BUILD="$B" CUDA_EMU_NO_BUILD=1 "$R/dev/cuda_emu/run.sh" test_ops_cuda test_ops_extra test_ops_rows test_tokenize_cuda \
-    test_generate_cuda test_ops_cuda_train test_ops_cuda_fused
+    test_generate_cuda test_ops_cuda_train test_ops_cuda_fused test_train_s2_cuda
 rc=$?
 [ $rc -eq 0 ] || exit $rc
 

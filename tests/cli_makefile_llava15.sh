@@ -66,6 +66,15 @@ check '[ "$(grep -c "^mpirun -np 16 --hostfile hosts /nonexistent/bin/" "$TMP/pl
 make -n "${VARS[@]}" GPUS=2 DEVICE=cpu > "$TMP/plancpu.txt" 2> /dev/null
 check 'grep -q -- "--device cpu" "$TMP/plancpu.txt" && ! grep -q -- "--device cuda" "$TMP/plancpu.txt"' "DEVICE overrides the device of the parts"
 
+# S2=1: the high-resolution variant: the S2 model config, LLaVA-NeXT-779K for stage it, codes of images
+# prepared at 1152 and downsampled to 384, its own output folder; pt keeps LLaVA-558K.
+mkdir -p "$D/LLaVA-NeXT-Data" && touch "$D/LLaVA-NeXT-Data/llava_next_779k.json"
+make -n "${VARS[@]}" S2=1 OUT="$TMP/out-s2" > "$TMP/plans2.txt" 2> "$TMP/plans2.err"
+check '[ $? -eq 0 ]' "make -n S2=1 plans the recipe ($(head -c 300 "$TMP/plans2.err"))"
+check '[ "$(grep -c -- "asvr-tokenize encode .*--input-size 1152 --downsample bilinear" "$TMP/plans2.txt")" = 2 ]'       "S2=1: both code stores from images prepared at 1152, bilinear to 384"
+check '[ "$(grep -c -- "--config model-s2.json" "$TMP/plans2.txt")" = 2 ] && grep -q -- "--json $D/LLaVA-NeXT-Data/llava_next_779k.json" "$TMP/plans2.txt" && grep -q -- "--json $D/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json" "$TMP/plans2.txt" && ! grep -q "mix665k" "$TMP/plans2.txt"'       "S2=1: model-s2.json for both stages, LLaVA-558K for pt and LLaVA-NeXT-779K for it"
+check 'grep -q -- "--out $TMP/out-s2/codes-it.lmdb" "$TMP/plans2.txt" && ! grep -q -- "--input-size" "$TMP/plan.txt"'       "S2=1 writes its own stores; the default recipe has no --input-size"
+
 # After a successful run (targets made in order, each newer than its inputs) there is nothing to do.
 O="$TMP/out"
 mkdir -p "$O/runs/pt/step-00000001" "$O/runs/it" "$O/eval/asvr/scores"
