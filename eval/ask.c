@@ -38,7 +38,7 @@ int cmd_ask(int argc, char **argv) {
         LOG_ERROR("%s", err.msg);
         return ASVR_EXIT_FAIL;
     }
-    int rc = ASVR_EXIT_FAIL, S = em.m.c.vision.image_size;
+    int rc = ASVR_EXIT_FAIL, S = asvr_input_size(&em.m.c);
     float *pixels = asvr_malloc(sizeof(float) * 3 * (size_t)S * S, "image");
     ivec ids = {0};
     gen_result r = {0};

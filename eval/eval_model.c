@@ -205,7 +205,7 @@ have_config:;
     em->enc = gen_text_encoder(em->tok);
     image_preprocess_opts_default(&em->pre);
     em->pre.policy = policy;
-    em->pre.size = mc.vision.image_size;
+    em->pre.size = asvr_input_size(&mc); /* the largest scale with S2 */
     for (int i = 0; i < 3; i++) em->pre.pad[i] = (uint8_t)(mc.image_mean[i] * 255.0f); /* int(m*255), LLaVA's rule */
     em->source = weights;
     weights = NULL;

@@ -154,7 +154,7 @@ int cmd_run(int argc, char **argv) {
             free(todo);
             goto done;
         }
-        int S = em.m.c.vision.image_size, mnt = max_new > 0 ? (int)max_new : b->max_new_tokens;
+        int S = asvr_input_size(&em.m.c), mnt = max_new > 0 ? (int)max_new : b->max_new_tokens;
         float *pixels = asvr_malloc(sizeof(float) * 3 * (size_t)S * S * (size_t)batch, "batch images");
         ivec *ids = asvr_calloc((size_t)batch, sizeof *ids, "prompt ids");
         gen_prompt *gp = asvr_calloc((size_t)batch, sizeof *gp, "prompts");

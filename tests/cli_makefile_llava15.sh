@@ -106,6 +106,14 @@ check '[ $? -ne 0 ] && grep -q "TOKENIZER_APP" "$TMP/pa2.txt.err"' "VISUAL_LOSS=
 plan "$TMP/p3m.txt" TOKENIZER="$M/tok3m.safetensors" OUT="$TMP/out3m"
 check '[ "$(grep -c -- "--tokenizer $M/tok3m.safetensors --policy" "$TMP/p3m.txt")" = 2 ] && [ "$(grep -c -- "--codebooks $M/tok3m.safetensors" "$TMP/p3m.txt")" = 2 ] && grep -q -- "--out $TMP/out3m/codes-it.lmdb" "$TMP/p3m.txt"' \
       "TOKENIZER=DualToken-3M with its own OUT: its own code stores and codebooks"
+# S2=1: the high-resolution variant: the S2 model config, LLaVA-NeXT-779K for stage it, codes of images
+# prepared at 1152 and downsampled to 384, its own output folder; pt keeps LLaVA-558K.
+mkdir -p "$D/LLaVA-NeXT-Data" && touch "$D/LLaVA-NeXT-Data/llava_next_779k.json"
+make -n "${VARS[@]}" S2=1 OUT="$TMP/out-s2" > "$TMP/plans2.txt" 2> "$TMP/plans2.err"
+check '[ $? -eq 0 ]' "make -n S2=1 plans the recipe ($(head -c 300 "$TMP/plans2.err"))"
+check '[ "$(grep -c -- "asvr-tokenize encode .*--input-size 1152 --downsample bilinear" "$TMP/plans2.txt")" = 2 ]'       "S2=1: both code stores from images prepared at 1152, bilinear to 384"
+check '[ "$(grep -c -- "--config model-s2.json" "$TMP/plans2.txt")" = 2 ] && grep -q -- "--json $D/LLaVA-NeXT-Data/llava_next_779k.json" "$TMP/plans2.txt" && grep -q -- "--json $D/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json" "$TMP/plans2.txt" && ! grep -q "mix665k" "$TMP/plans2.txt"'       "S2=1: model-s2.json for both stages, LLaVA-558K for pt and LLaVA-NeXT-779K for it"
+check 'grep -q -- "--out $TMP/out-s2/codes-it.lmdb" "$TMP/plans2.txt" && ! grep -q -- "--input-size" "$TMP/plan.txt"'       "S2=1 writes its own stores; the default recipe has no --input-size"
 
 # After a successful run (targets made in order, each newer than its inputs) there is nothing to do.
 O="$TMP/out"

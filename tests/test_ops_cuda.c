@@ -16,7 +16,7 @@
 static uint64_t rng = 0x2545F4914F6CDD1DULL;
 static float frand(void) { return t_frand(&rng); }
 
-#define MAXT 128
+#define MAXT 256
 static void *owned[MAXT];
 static int n_owned;
 
@@ -152,6 +152,28 @@ static void run(nn_dtype dt) {
             nn_cuda_free(dcw.data), nn_cuda_free(dcb.data), nn_cuda_free(dcols.data);
         }
         nn_cuda_free(dx.data), nn_cuda_free(dw.data), nn_cuda_free(db.data);
+    }
+    { /* interpolate: bicubic and bilinear resizes up and down (borders clamped), area pooling divisible and
+       * not, on [N, C, H, W] and channels-last grids; device outputs start as NaN */
+        static const struct { int mode, cl, N, C, H, W, OH, OW; } cs[] = {
+            {NN_RESIZE_BICUBIC, 0, 2, 3, 13, 17, 7, 29}, {NN_RESIZE_BICUBIC, 0, 1, 3, 30, 30, 10, 10},
+            {NN_RESIZE_BICUBIC, 0, 1, 2, 30, 30, 20, 20}, {NN_RESIZE_BICUBIC, 1, 2, 5, 6, 9, 13, 4},
+            {NN_RESIZE_BILINEAR, 0, 2, 3, 13, 17, 7, 29}, {NN_RESIZE_BILINEAR, 0, 1, 3, 30, 30, 10, 10},
+            {NN_RESIZE_BILINEAR, 1, 2, 4, 5, 3, 11, 8}, {NN_RESIZE_AREA, 1, 2, 33, 9, 9, 3, 3},
+            {NN_RESIZE_AREA, 0, 2, 3, 7, 5, 3, 4}, {NN_RESIZE_AREA, 1, 1, 8, 6, 6, 6, 6}};
+        for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
+            tensor x = cs[i].cl ? host("x", 4, cs[i].N, cs[i].H, cs[i].W, cs[i].C, 1)
+                                : host("x", 4, cs[i].N, cs[i].C, cs[i].H, cs[i].W, 1);
+            tensor y = cs[i].cl ? host("y", 4, cs[i].N, cs[i].OH, cs[i].OW, cs[i].C, 1)
+                                : host("y", 4, cs[i].N, cs[i].C, cs[i].OH, cs[i].OW, 1);
+            tensor dx = dev(&x, dt), dy = dev(&y, dt);
+            op_fill(&dy, NAN);
+            op_interpolate(&y, &x, (nn_resize)cs[i].mode, cs[i].cl), op_interpolate(&dy, &dx, (nn_resize)cs[i].mode, cs[i].cl);
+            double e = cmp(&dy, &y);
+            T_CHECK(e < tol, "%s interpolate %s %dx%d -> %dx%d%s %.3g", dn, nn_resize_name((nn_resize)cs[i].mode), cs[i].H,
+                    cs[i].W, cs[i].OH, cs[i].OW, cs[i].cl ? " channels-last" : "", e);
+            nn_cuda_free(dx.data);
+        }
     }
     { /* fused VQ step against the CPU step: codes equal (f32) or nearly (bf16), residuals close; a
        * row count that is not a multiple of the kernel's row tile */

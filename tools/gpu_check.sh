@@ -4,11 +4,12 @@
 # whole log and the benchmark JSON under $OUT (or gpu-out/).
 #   1. CUDA vs CPU: every op (test_ops_cuda, test_ops_cuda_train, test_ops_extra,
 #      test_ops_cuda_fused, test_ops_rows), the tokenizer (test_tokenize_cuda), the trainer (test_train_cuda: 20 steps, gradients, determinism, resume)
-#      and generation (test_generate_cuda).
+#      the S2 multi-scale input (test_train_s2_cuda) and generation (test_generate_cuda).
 #   2. The real-size tokenizer (random SO400M weights): bf16 vs f32 code agreement per depth on the
 #      golden photos (check_tokenize_real_cuda; depth 1 must agree on >= 99%).
 #   3. Benchmarks against PyTorch in the same run: the tokenizer (tools/bench_tokenize_gpu.py) and the
-#      training step (tools/bench_train_gpu.py), with MFU against a measured bf16 GEMM peak; and
+#      training step (tools/bench_train_gpu.py), with MFU against a measured bf16 GEMM peak; our step's
+#      tokens/s with the S2 input tower (384/768/1152) next to the 384 step; and
 #      asvr-tokenize encode --device cuda end to end (decoding, GPU, LMDB; raw and zstd store sizes).
 #   4. The communication layer (common/nn/comm.h): NCCL with one rank against copies, the event
 #      ordering against the compute stream under delay spins, and the MPI backend staged through host
@@ -68,6 +69,7 @@ run test_ops_rows 60 ./test_ops_rows
 run test_tokenize_cuda 120 ./test_tokenize_cuda
 run test_generate_cuda 120 ./test_generate_cuda
 run test_train_cuda 240 ./test_train_cuda
+run test_train_s2_cuda 120 ./test_train_s2_cuda
 
 want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 tok=/tmp/asvr_so400m_random.safetensors
@@ -98,6 +100,14 @@ run bench_tokenize 300 python3 "$root/tools/bench_tokenize_gpu.py" --ours ./benc
     --json "$out/bench_tokenize.json"
 run bench_train 420 python3 "$root/tools/bench_train_gpu.py" --steps 6 --warmup 2 \
     --ours "./bench_train_cuda $tok --steps 3 --warmup 1" --json "$out/bench_train.json"
+# The S2 step (the tower at 384, 768 and 1152: 14 forwards per image, projector 3456 wide) next to the
+# 384 one, our side only, same configuration otherwise.
+run bench_train_384 300 bash -c "./bench_train_cuda $tok --steps 3 --warmup 1 > $out/bench_train_384.json"
+run bench_train_s2 300 bash -c "./bench_train_cuda $tok --scales 384,768,1152 --steps 3 --warmup 1 > $out/bench_train_s2.json"
+if [ -s "$out/bench_train_384.json" ] && [ -s "$out/bench_train_s2.json" ]; then
+    tps() { grep -o '"tokens_per_s": *[0-9.e+-]*' "$1" | head -1 | sed 's/.*: *//'; }
+    echo "train step tokens/s: 384 $(tps "$out/bench_train_384.json"), S2 384/768/1152 $(tps "$out/bench_train_s2.json")" | tee -a "$log"
+fi
 
 # ---- 4. the communication layer (tests/comm_check.c; docs/multi_gpu.md) ---------------------------
 # comm_nccl* need libnccl.so.2 (the library path, ASVR_NCCL_LIB, or the toolkit the kit was built

@@ -79,19 +79,50 @@ static int fill_moment(void *ctx, void *dst, asvr_error *err) {
     return 0;
 }
 
+/* A parameter whose f32 master exists only as the ranks' pieces (sharded masters), completed across
+ * the ranks like the optimizer state. */
+typedef struct value_src {
+    const param_set *ps;
+    const param *p;
+    const checkpoint_ranks *ranks;
+} value_src;
+
+static int fill_value(void *ctx, void *dst, asvr_error *err) {
+    (void)err;
+    const value_src *v = ctx;
+    float *full = dst;
+    for (int64_t k = 0; k < v->p->numel; k++) full[k] = -0.0f;
+    if (!param_set_read(v->ps, v->p, full) && v->ranks) v->ranks->gather(v->ranks->ctx, full, v->p->numel);
+    return 0;
+}
+
+/* Writes (or, on a rank that is not the writer, takes part in the fills of) one safetensors file. */
+static int write_or_fill(st_writer *w, int writer, const char *tmp, const char *file, asvr_error *err) {
+    if (!writer) return st_writer_run_fills(w, err);
+    char *p = asvr_path_join(tmp, file);
+    int r = st_writer_write(w, p, err);
+    free(p);
+    return r;
+}
+
 static int write_files(const char *tmp, const param_set *ps, const optim *o, const checkpoint_ranks *ranks,
                        moment_src *srcs, asvr_error *err) {
     int writer = !ranks || ranks->writer, r = 0;
-    char *p;
-    if (writer) {
-        st_writer *w = st_writer_new();
-        for (int i = 0; i < ps->n; i++) add_tensor(w, ps->v[i]->name, ps->v[i]->w);
-        p = asvr_path_join(tmp, "model.safetensors");
-        r = st_writer_write(w, p, err);
-        free(p);
-        st_writer_free(w);
+    value_src *vs = asvr_calloc((size_t)(ps->n + 1), sizeof *vs, "checkpoint sources");
+    st_writer *mw = st_writer_new();
+    for (int i = 0; i < ps->n; i++) {
+        const param *q = ps->v[i];
+        if (q->w->data || !q->trainable) {
+            if (writer) add_tensor(mw, q->name, q->w);
+        } else {
+            vs[i] = (value_src){ps, q, ranks};
+            st_writer_add_source(mw, q->name, ST_F32, q->ndim, q->shape, fill_value, &vs[i]);
+        }
     }
-    if (!o) return r;
+    r = write_or_fill(mw, writer, tmp, "model.safetensors", err);
+    st_writer_free(mw);
+    free(vs);
+    if (!o || r < 0) return r;
     /* every rank runs the optimizer file's fills in file order (they may gather across ranks) */
     st_writer *w = st_writer_new();
     char name[NN_NAME_MAX + 8];
@@ -104,13 +135,7 @@ static int write_files(const char *tmp, const param_set *ps, const optim *o, con
             st_writer_add_source(w, name, ST_F32, q->ndim, q->shape, fill_moment, &srcs[2 * i + k]);
         }
     }
-    if (writer && r == 0) {
-        p = asvr_path_join(tmp, "optimizer.safetensors");
-        r = st_writer_write(w, p, err);
-        free(p);
-    } else if (!writer) {
-        r = st_writer_run_fills(w, err);
-    }
+    r = write_or_fill(w, writer, tmp, "optimizer.safetensors", err);
     st_writer_free(w);
     return r;
 }

@@ -63,7 +63,18 @@ int cmd_export(int argc, char **argv) {
     json_object_set_new(cfg, "architectures", json_pack("[s]", "LlavaLlamaForCausalLM"));
     json_object_set_new(cfg, "model_type", json_string("llava_llama"));
     json_object_set_new(cfg, "mm_projector_type", json_string("mlp2x_gelu"));
-    json_object_set(cfg, "mm_hidden_size", json_object_get(vis, "hidden_size"));
+    json_t *scales = json_object_get(vis, "scales");
+    size_t n_scales = json_is_array(scales) ? json_array_size(scales) : 0;
+    json_object_set_new(cfg, "mm_hidden_size",
+                        json_integer(json_integer_value(json_object_get(vis, "hidden_size")) * (json_int_t)(n_scales ? n_scales : 1)));
+    if (n_scales) { /* the reference's S2 tower: use_s2 and its scales as "384,768,1152" */
+        char list[128] = "";
+        for (size_t i = 0; i < n_scales && strlen(list) < sizeof list - 16; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%lld", i ? "," : "",
+                     (long long)json_integer_value(json_array_get(scales, i)));
+        json_object_set_new(cfg, "use_s2", json_true());
+        json_object_set_new(cfg, "s2_scales", json_string(list));
+    }
     json_object_set_new(cfg, "mm_vision_select_layer", json_integer(-2));
     json_object_set_new(cfg, "image_aspect_ratio", json_string(!strcmp(json_string_value(json_object_get(state, "stage")) ?
                                                                             json_string_value(json_object_get(state, "stage")) : "", "pt")

@@ -19,6 +19,7 @@ struct asvr_acts {
     llama_acts *la;
     vhead_acts *va, *va_app;
     siglip_acts *sa;
+    s2_acts *s2;         /* the S2 multi-scale tower's buffers (config scales), instead of sa */
     tensor *x, *h, *dh, *dx, *logits, *targets, *ids, *pos, *seg;
     tensor *feats, *pre, *hid, *emb, *demb, *dscratch, *tmp_rows;
     tensor *feats_lp; /* the tower's output in its own dtype when that is not f32 (bf16 tower), else NULL */
@@ -75,7 +76,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     asvr_acts *a = asvr_calloc(1, sizeof *a, "model activations");
     a->B = B, a->T = T, a->max_images = max_images > 0 ? max_images : 1;
     int64_t BT = (int64_t)B * T, d = c->llm.dim, P = c->image_positions, NI = (int64_t)a->max_images * P;
-    int64_t C = c->vision.hidden, D = c->has_head ? c->head.depth : 1;
+    int64_t C = asvr_feature_width(c), D = c->has_head ? c->head.depth : 1;
     if (c->has_app_head && c->head_app.depth > D) D = c->head_app.depth;
     /* the visual heads run over chunks of at most head_chunk positions (all of them by default); the
      * zero-image rows of --text-only-visual reference are one chunk of P */
@@ -104,7 +105,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->demb = add2(ar, "d_image_embeds", NN_F32, NI, d);
     a->dscratch = add2(ar, "d_projector_hidden", pdt, NI, d);
     a->tmp_rows = add2(ar, "image_rows", NN_F32, NI, d);
-    a->rows_d = add2(ar, "feature_rows", NN_F32, NI, C);
+    a->rows_d = add2(ar, "feature_rows", NN_F32, NI, c->vision.hidden); /* codebook rows (--input discrete) */
     a->idx_flat = add1(ar, "image_flat_index", NN_I32, NI);
     a->idx_src = add1(ar, "image_source_index", NN_I32, NI);
     a->code_ids = add1(ar, "code_ids", NN_I32, NI);
@@ -112,7 +113,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     if (m->head) a->dh_img = add2(ar, "d_h_image", NN_F32, NI, d);
     if (m->head_app) a->dh_img_app = add2(ar, "d_h_image_appearance", NN_F32, NI, d);
     if (m->tower) {
-        int64_t S = c->vision.image_size;
+        int64_t S = asvr_input_size(c);
         a->images = nn_arena_add(ar, "images", NN_F32, 4, (int64_t[]){a->max_images, 3, S, S});
     }
     nn_arena_commit(ar);
@@ -128,7 +129,8 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
                                c->llm.n_layers <= ASVR_MAX_RECOMPUTE_LAYERS ? c->recompute_mask : NULL);
     if (m->head) a->va = vhead_acts_new(m->head, a->head_chunk);
     if (m->head_app) a->va_app = vhead_acts_new(m->head_app, a->head_chunk);
-    if (m->tower) a->sa = siglip_acts_new(m->tower, a->max_images);
+    if (m->tower && c->n_scales > 0) a->s2 = s2_acts_new(m->tower, c->scales, c->n_scales, a->max_images);
+    else if (m->tower) a->sa = siglip_acts_new(m->tower, a->max_images);
     return a;
 }
 
@@ -140,13 +142,14 @@ void asvr_acts_print_plan(const asvr_acts *a, FILE *f) {
             nn_device_name(a->x->device), (double)nn_arena_bytes(a->arena) / 1048576.0,
             (double)llama_acts_bytes(a->la) / 1048576.0,
             (double)((a->va ? vhead_acts_bytes(a->va) : 0) + (a->va_app ? vhead_acts_bytes(a->va_app) : 0)) / 1048576.0,
-            a->head_chunk, (double)(a->sa ? siglip_acts_bytes(a->sa) : 0) / 1048576.0,
+            a->head_chunk, (double)(a->sa ? siglip_acts_bytes(a->sa) : a->s2 ? s2_acts_bytes(a->s2) : 0) / 1048576.0,
             (double)nn_arena_bytes(a->host) / 1048576.0);
 }
 
 size_t asvr_acts_bytes(const asvr_acts *a) {
     return nn_arena_bytes(a->arena) + llama_acts_bytes(a->la) + (a->va ? vhead_acts_bytes(a->va) : 0) +
-           (a->va_app ? vhead_acts_bytes(a->va_app) : 0) + (a->sa ? siglip_acts_bytes(a->sa) : 0);
+           (a->va_app ? vhead_acts_bytes(a->va_app) : 0) + (a->sa ? siglip_acts_bytes(a->sa) : 0) +
+           (a->s2 ? s2_acts_bytes(a->s2) : 0);
 }
 
 void asvr_acts_free(asvr_acts *a) {
@@ -155,6 +158,7 @@ void asvr_acts_free(asvr_acts *a) {
     if (a->va) vhead_acts_free(a->va);
     if (a->va_app) vhead_acts_free(a->va_app);
     if (a->sa) siglip_acts_free(a->sa);
+    s2_acts_free(a->s2);
     nn_arena_free(a->arena);
     nn_arena_free(a->host);
     free(a);
@@ -244,15 +248,16 @@ static void discrete_features(asvr_model *m, asvr_acts *a, const asvr_batch *b, 
  * reads (the f32 buffer, or the bf16 tower's own output when the projector computes in bf16). */
 static tensor tower_features(asvr_model *m, asvr_acts *a, const asvr_batch *b) {
     const asvr_config *c = &m->c;
-    int64_t P = c->image_positions, NI = (int64_t)b->n_images * P, S = c->vision.image_size;
+    int64_t P = c->image_positions, NI = (int64_t)b->n_images * P, S = asvr_input_size(c);
     CHECK(m->tower != NULL && b->pixels != NULL && a->images != NULL, "", "the vision tower or the images are missing");
     tensor hp = tensor_make("images", NN_F32, NN_CPU, 4, (int64_t[]){b->n_images, 3, S, S}, (void *)b->pixels);
     tensor img = tensor_head0(a->images, b->n_images);
     op_transfer(&img, &hp);
     tensor *dst = a->feats_lp ? a->feats_lp : a->feats;
-    tensor out = tensor_make("image_features", dst->dtype, dst->device, 3, (int64_t[]){b->n_images, P, c->vision.hidden},
+    tensor out = tensor_make("image_features", dst->dtype, dst->device, 3, (int64_t[]){b->n_images, P, asvr_feature_width(c)},
                              dst->data);
-    siglip_forward(m->tower, a->sa, &img, &out);
+    if (a->s2) s2_forward(m->tower, a->s2, &img, &out);
+    else siglip_forward(m->tower, a->sa, &img, &out);
     if (a->feats_lp && a->feats_lp->dtype == m->proj.w1->wc->dtype)
         return head_rows(a->feats_lp, NI); /* bf16 tower, bf16 projector: read its features as they are */
     tensor f32 = head_rows(a->feats, NI);

@@ -866,6 +866,32 @@ void op_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b
 
 void op_silu(tensor *y, const tensor *x) { nn_run_silu(check_unary("op_silu", y, x), y, x); }
 
+/* ---- interpolate ------------------------------------------------------------------------------ */
+
+const char *nn_resize_name(nn_resize mode) {
+    return mode == NN_RESIZE_BILINEAR ? "bilinear" : mode == NN_RESIZE_BICUBIC ? "bicubic" : mode == NN_RESIZE_AREA ? "area" : "?";
+}
+
+void op_interpolate(tensor *y, const tensor *x, nn_resize mode, int channels_last) {
+    const char *op = "op_interpolate";
+    const tensor *ts[] = {y, x};
+    nn_device dev = nn_ops_same_device(op, 2, ts);
+    need_float(op, y);
+    need_float(op, x);
+    need(mode == NN_RESIZE_BILINEAR || mode == NN_RESIZE_BICUBIC || mode == NN_RESIZE_AREA, op, "unknown mode %d",
+         (int)mode);
+    char s1[96], s2[96];
+    need(x->ndim == 4 && y->ndim == 4, op, "x '%s' %s and y '%s' %s must have 4 dims", x->name, shp(x, s1), y->name,
+         shp(y, s2));
+    int c = channels_last ? 3 : 1;
+    need(x->shape[0] == y->shape[0] && x->shape[c] == y->shape[c], op,
+         "y '%s' %s must keep the batch and channels of x '%s' %s (%s)", y->name, shp(y, s1), x->name, shp(x, s2),
+         channels_last ? "[N, H, W, C]" : "[N, C, H, W]");
+    for (int i = 0; i < 4; i++) need(x->shape[i] > 0 && y->shape[i] > 0, op, "empty dims in x %s or y %s", shp(x, s1), shp(y, s2));
+    need(y->data != x->data, op, "y '%s' aliases x", y->name);
+    nn_run_interpolate(dev, y, x, mode, channels_last ? 1 : 0);
+}
+
 /* ---- vq --------------------------------------------------------------------------------------- */
 
 void op_row_sqnorm(tensor *n, const tensor *c) {

@@ -296,6 +296,25 @@ void op_conv2d_same(tensor *y, const tensor *x, const tensor *w, const tensor *b
 /* SiLU: y = x * sigmoid(x) = x / (1 + exp(-x)), elementwise (same numel). y may alias x. */
 void op_silu(tensor *y, const tensor *x);
 
+/* ---- interpolate: resizes and area pooling of image-like grids, as torch.nn.functional.interpolate -----
+ * x [N, C, H, W] -> y [N, C, OH, OW] (channels_last 0), or x [N, H, W, C] -> y [N, OH, OW, C] (channels_last
+ * 1: the channels-last grid [B, H*W, C] of a ViT viewed with 4 dims). Every output value is computed in fp32
+ * from the inputs (f32, or bf16 on CUDA), the way PyTorch's CPU kernels compute it for align_corners=False
+ * and antialias=False, with the scale in/out and the source positions in fp32:
+ *   NN_RESIZE_BILINEAR: src = max(0, (dst + 0.5) * in/out - 0.5); taps i0 = floor(src) and i0 + 1 (i0
+ *     where i0 is the last row or column), weights 1 - (src - i0) and src - i0; the two horizontal taps
+ *     are combined first, then the two rows (no antialias: a downsample reads 2 x 2 pixels).
+ *   NN_RESIZE_BICUBIC: src = (dst + 0.5) * in/out - 0.5 (not clamped), t = src - floor(src), four taps
+ *     floor(src) - 1 .. floor(src) + 2 each clamped into [0, in - 1] (replicated borders), Keys' cubic
+ *     convolution with a = -0.75; horizontal first, then vertical. Same size in and out is the identity.
+ *   NN_RESIZE_AREA: adaptive average pooling: output cell o covers inputs floor(o*in/out) ..
+ *     ceil((o+1)*in/out) - 1 on each axis, summed in fp32 row by row, then divided by the cell's height
+ *     and then by its width. When out divides in, k x k average pooling with k = in/out.
+ * y must not alias x. */
+typedef enum { NN_RESIZE_BILINEAR, NN_RESIZE_BICUBIC, NN_RESIZE_AREA } nn_resize;
+void op_interpolate(tensor *y, const tensor *x, nn_resize mode, int channels_last);
+const char *nn_resize_name(nn_resize mode); /* "bilinear", "bicubic", "area" */
+
 /* ---- vq: residual quantisation against a codebook ----------------------------------------------- */
 
 /* Squared L2 norm of each row: n[K] = sum_j c[K,j]^2 (codebook norms for op_vq_step). */

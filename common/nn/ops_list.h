@@ -100,6 +100,8 @@
                     tensor *cols),                                                                           \
       (y, x, w, b, H, W, cols))                                                                              \
     X(silu, (tensor *y, const tensor *x), (y, x))                                                            \
+    /* interpolate (resizes and area pooling of image-like grids) */                                         \
+    X(interpolate, (tensor *y, const tensor *x, nn_resize mode, int channels_last), (y, x, mode, channels_last)) \
     /* vq */                                                                                                 \
     X(row_sqnorm, (tensor *n, const tensor *c), (n, c))                                                      \
     X(vq_step, (tensor *residual, const tensor *codebook, const tensor *cnorm, tensor *codes, int depth,     \

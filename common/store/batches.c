@@ -45,11 +45,25 @@ int data_open(const data_config *c, data_loader **out, asvr_error *err) {
     if (c->codes_app) {
         if (code_store_open(c->codes_app, &d->cs_app, err) < 0) goto fail;
         const code_store_meta *a = code_store_get_meta(d->cs_app), *s0 = code_store_get_meta(d->cs);
-        if (a->positions != s0->positions || strcmp(a->policy, s0->policy) != 0 || a->image_size != s0->image_size) {
-            asvr_err_set(err, "'%s' (%d positions, %s, %d px) does not match '%s' (%d positions, %s, %d px)", c->codes_app,
-                         a->positions, a->policy, a->image_size, c->codes, s0->positions, s0->policy, s0->image_size);
+        if (a->positions != s0->positions || strcmp(a->policy, s0->policy) != 0 || a->image_size != s0->image_size ||
+            a->input_size != s0->input_size) {
+            asvr_err_set(err, "'%s' (%d positions, %s, %d px from %d px) does not match '%s' (%d positions, %s, %d px from %d px)",
+                         c->codes_app, a->positions, a->policy, a->image_size, a->input_size, c->codes, s0->positions,
+                         s0->policy, s0->image_size, s0->input_size);
             goto fail;
         }
+    }
+    const code_store_meta *cm = code_store_get_meta(d->cs);
+    if (c->image_size > 0 && cm->input_size != c->image_size) {
+        if (cm->input_size != cm->image_size)
+            asvr_err_set(err, "'%s' holds the codes of images prepared at %d px (%s to the tokenizer's %d), but the model "
+                              "takes %d px images: encode a store at the model's input size", c->codes, cm->input_size,
+                         cm->downsample, cm->image_size, c->image_size);
+        else
+            asvr_err_set(err, "'%s' holds the codes of images prepared at %d px, but the model takes %d px images (S2 "
+                              "scales): encode them with --input-size %d --downsample bilinear", c->codes, cm->input_size,
+                         c->image_size, c->image_size);
+        goto fail;
     }
     const packed_info *I = packed_store_info(d->ps);
     const code_store_meta *m = code_store_get_meta(d->cs);

@@ -122,6 +122,10 @@ char *code_store_meta_to_json(const code_store_meta *m) {
                           m->codebook_size, "dtype", "u16le", "compression",
                           m->compression ? "zstd" : "none", "backend", m->backend);
     CHECK(o != NULL, "", "building the code store meta JSON");
+    if (m->input_size > 0 && m->input_size != m->image_size) { /* absent for stores of the tokenizer's size */
+        json_object_set_new(o, "input_size", json_integer(m->input_size));
+        json_object_set_new(o, "downsample", json_string(m->downsample));
+    }
     char *s = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(o);
     CHECK(s != NULL, "", "serialising the code store meta JSON");
@@ -132,13 +136,14 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
     json_error_t je;
     json_t *o = json_loadb(text, n, 0, &je);
     if (!o) return asvr_err_set(err, "meta record is not JSON: %s", je.text);
-    const char *fp = NULL, *tok = NULL, *pol = NULL, *dtype = NULL, *comp = NULL, *backend = NULL;
+    const char *fp = NULL, *tok = NULL, *pol = NULL, *dtype = NULL, *comp = NULL, *backend = NULL, *down = NULL;
     memset(m, 0, sizeof *m);
-    if (json_unpack_ex(o, &je, JSON_STRICT, "{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s?s}",
+    if (json_unpack_ex(o, &je, JSON_STRICT, "{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s?s, s?i, s?s}",
                        "format_version", &m->format_version, "tokenizer_fingerprint", &fp, "tokenizer",
                        &tok, "policy", &pol, "image_size", &m->image_size, "positions", &m->positions,
                        "depth", &m->depth, "codebook_size", &m->codebook_size, "dtype", &dtype,
-                       "compression", &comp, "backend", &backend) != 0) {
+                       "compression", &comp, "backend", &backend, "input_size", &m->input_size, "downsample",
+                       &down) != 0) {
         asvr_err_set(err, "meta record: %s", je.text);
         json_decref(o);
         return -1;
@@ -148,6 +153,8 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
     snprintf(m->policy, sizeof m->policy, "%s", pol);
     /* Stores from before the backend was recorded were all computed on the CPU in f32. */
     snprintf(m->backend, sizeof m->backend, "%s", backend ? backend : "cpu-f32");
+    if (!m->input_size) m->input_size = m->image_size;
+    snprintf(m->downsample, sizeof m->downsample, "%s", down ? down : "none");
     m->compression = strcmp(comp, "zstd") == 0;
     int rc = 0;
     if (m->format_version != CODE_STORE_FORMAT_VERSION)
@@ -159,6 +166,10 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
              m->codebook_size <= 0 || m->codebook_size > 65536 || m->image_size <= 0)
         rc = asvr_err_set(err, "meta dimensions out of range (positions %d, depth %d, codebook %d, size %d)",
                           m->positions, m->depth, m->codebook_size, m->image_size);
+    else if (m->input_size < m->image_size || (m->input_size == m->image_size) != !strcmp(m->downsample, "none") ||
+             (strcmp(m->downsample, "none") && strcmp(m->downsample, "bilinear")))
+        rc = asvr_err_set(err, "meta: input size %d with downsampling '%s' to the tokenizer's %d is not a known rule",
+                          m->input_size, m->downsample, m->image_size);
     json_decref(o);
     return rc;
 }
@@ -171,6 +182,12 @@ int code_store_meta_diff(const code_store_meta *a, const code_store_meta *b, cha
     DIFF_S(tokenizer_fingerprint, "tokenizer fingerprint (a different tokenizer made this store)");
     DIFF_S(policy, "preprocessing policy");
     DIFF_I(image_size, "image size");
+    int ia = a->input_size ? a->input_size : a->image_size, ib = b->input_size ? b->input_size : b->image_size;
+    if (ia != ib)
+        return snprintf(why, n, "input size (images prepared at, before the tokenizer's %d): store has %d, this run %d",
+                        a->image_size, ia, ib), 1;
+    const char *da = a->downsample[0] ? a->downsample : "none", *db = b->downsample[0] ? b->downsample : "none";
+    if (strcmp(da, db) != 0) return snprintf(why, n, "downsampling rule: store has '%s', this run '%s'", da, db), 1;
     DIFF_I(positions, "positions per image");
     DIFF_I(depth, "depth");
     DIFF_I(codebook_size, "codebook size");
@@ -357,6 +374,8 @@ int code_store_open_writer_ex(const char *path, const code_store_meta *meta, siz
     } else {
         cs->meta = *meta;
         cs->meta.format_version = CODE_STORE_FORMAT_VERSION;
+        if (!cs->meta.input_size) cs->meta.input_size = cs->meta.image_size; /* what a reader of it sees */
+        if (!cs->meta.downsample[0]) snprintf(cs->meta.downsample, sizeof cs->meta.downsample, "none");
     }
     if (open_dbis(cs, pp, err) < 0) {
         code_store_close(cs);

@@ -2,7 +2,10 @@
  *
  * One file (LMDB with MDB_NOSUBDIR) with two named databases:
  *   "meta":  key "meta" → JSON {format_version, tokenizer_fingerprint, tokenizer, policy, image_size,
- *            positions, depth, codebook_size, dtype, compression, backend}
+ *            positions, depth, codebook_size, dtype, compression, backend, and for codes of images
+ *            prepared at another size than the tokenizer's: input_size, downsample}
+ *            input_size/downsample: written only when the images were prepared larger and downsampled
+ *            (`encode --input-size 1152 --downsample bilinear`); absent, they read as image_size, "none".
  *            backend: what computed the codes ("cpu-f32", "cuda-bf16", "cuda-f32", or "mixed" after a
  *            forced append from another one); stores written before it existed lack the key and read
  *            as "cpu-f32" (the only backend there was).
@@ -45,6 +48,10 @@ typedef struct code_store_meta {
     int codebook_size;              /* K */
     int compression;                /* 0 raw, 1 zstd */
     char backend[16];               /* "cpu-f32", "cuda-bf16", "cuda-f32", "mixed" */
+    int input_size;                 /* the side the images were prepared at before the tokenizer saw them:
+                                       image_size, or larger with a downsampling rule (S2 targets: 1152) */
+    char downsample[16];            /* "none" (input_size == image_size) or "bilinear" (torch-style, no
+                                       antialias, from input_size to image_size) */
 } code_store_meta;
 
 typedef struct code_store code_store;
