@@ -206,7 +206,7 @@ have_config:;
     image_preprocess_opts_default(&em->pre);
     em->pre.policy = policy;
     em->pre.size = asvr_input_size(&mc); /* the largest scale with S2 */
-    for (int i = 0; i < 3; i++) em->pre.pad[i] = (uint8_t)(mc.image_mean[i] * 255.0f); /* int(m*255), LLaVA's rule */
+    memcpy(em->pre.pad, mc.image_pad, 3); /* int(image_mean × 255), LLaVA's rule */
     em->source = weights;
     weights = NULL;
     LOG_INFO("model: %s (%s preprocessing, template %s)", em->source, image_policy_name(policy), em->tmpl->name);
