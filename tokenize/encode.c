@@ -4,7 +4,7 @@
  * the compute thread (batches of --batch images through the tokenizer) → the writer thread (one
  * LMDB transaction per batch). Keys already in the store are skipped, so a killed run resumes;
  * the store is built as "<out>.partial" and renamed when every image is done. A bad or missing
- * image is logged, listed in --rejects and counted; --max-errors N fails the run after N.
+ * image is logged, listed in --rejects and counted; --max-errors N fails the run when there are more than N.
  * --device cuda runs the tokenizer on the GPU (weights in bf16 by default, --dtype f32 for parity):
  * batches are assembled in pinned host memory, uploaded, encoded, and the codes copied back. The
  * store records the backend (cpu-f32, cuda-bf16, cuda-f32) and refuses to mix them without --force.
