@@ -111,8 +111,11 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     skip = set(filter(None, a.skip.split(",")))
-    res = {"threads": a.threads, "torch": torch.__version__, "cpu": open("/proc/cpuinfo").read().split("model name")[1]
-           .split("\n")[0].strip(": ") if os.path.exists("/proc/cpuinfo") else "?"}
+    cpu = "?"
+    if os.path.exists("/proc/cpuinfo"):
+        names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+        cpu = "%s (%d logical CPUs)" % (names[0], len(names)) if names else "?"
+    res = {"threads": a.threads, "torch": torch.__version__, "cpu": cpu}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if "tokenizer" not in skip:
