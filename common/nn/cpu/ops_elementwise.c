@@ -8,57 +8,53 @@
 #include "nn/cpu/cpu_common.h"
 #include "nn/cpu/vec_math.h"
 
-/* An AVX2 clone next to the baseline one, picked at load time (no FMA: the same roundings as the
- * baseline, so both give the same bits). */
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
-    ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 8))
-#define ASVR_VEC_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define ASVR_VEC_CLONES
-#endif
-
-V8_INLINE v8f v8_gelu_tanh(v8f x) {
-    v8f inner = v8_splat(0.7978845608028654f) * (x + v8_splat(0.044715f) * x * x * x);
-    return v8_splat(0.5f) * x * (v8_splat(1.0f) + v8_tanh(inner));
+V4_INLINE v4f v4_gelu_tanh(v4f x) {
+    v4f inner = v4_splat(0.7978845608028654f) * (x + v4_splat(0.044715f) * x * x * x);
+    return v4_splat(0.5f) * x * (v4_splat(1.0f) + v4_tanh(inner));
 }
 
-V8_INLINE v8f v8_gelu_tanh_grad(v8f x) {
-    const v8f beta = v8_splat(0.7978845608028654f), kappa = v8_splat(0.044715f);
-    v8f t = v8_tanh(beta * (x + kappa * x * x * x));
-    return v8_splat(0.5f) * (v8_splat(1.0f) + t) +
-           v8_splat(0.5f) * x * (v8_splat(1.0f) - t * t) * beta * (v8_splat(1.0f) + v8_splat(3.0f) * kappa * x * x);
+V4_INLINE v4f v4_gelu_tanh_grad(v4f x) {
+    const v4f beta = v4_splat(0.7978845608028654f), kappa = v4_splat(0.044715f);
+    v4f t = v4_tanh(beta * (x + kappa * x * x * x));
+    return v4_splat(0.5f) * (v4_splat(1.0f) + t) +
+           v4_splat(0.5f) * x * (v4_splat(1.0f) - t * t) * beta * (v4_splat(1.0f) + v4_splat(3.0f) * kappa * x * x);
 }
 
-ASVR_VEC_CLONES void cpu_gelu_tanh_array(float *y, const float *x, int64_t n) {
+static void gelu_tanh_array(float *y, const float *x, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        v8f v;
+    for (; i + 4 <= n; i += 4) {
+        v4f v;
         memcpy(&v, x + i, sizeof v);
-        v = v8_gelu_tanh(v);
+        v = v4_gelu_tanh(v);
         memcpy(y + i, &v, sizeof v);
     }
     if (i < n) { /* the tail through the same lanes */
-        v8f v = v8_splat(0.0f);
+        v4f v = v4_splat(0.0f);
         memcpy(&v, x + i, sizeof(float) * (size_t)(n - i));
-        v = v8_gelu_tanh(v);
+        v = v4_gelu_tanh(v);
         memcpy(y + i, &v, sizeof(float) * (size_t)(n - i));
     }
 }
 
-ASVR_VEC_CLONES void cpu_gelu_tanh_grad_array(float *o, const float *g, const float *x, int64_t n, int accumulate) {
+static void gelu_tanh_grad_array(float *o, const float *g, const float *x, int64_t n, int accumulate) {
     int64_t i = 0;
-    for (; i < n; i += 8) {
-        int64_t k = n - i < 8 ? n - i : 8;
-        v8f vx = v8_splat(0.0f), vg = v8_splat(0.0f), vo = v8_splat(0.0f);
+    for (; i < n; i += 4) {
+        int64_t k = n - i < 4 ? n - i : 4;
+        v4f vx = v4_splat(0.0f), vg = v4_splat(0.0f), vo = v4_splat(0.0f);
         memcpy(&vx, x + i, sizeof(float) * (size_t)k);
         memcpy(&vg, g + i, sizeof(float) * (size_t)k);
-        v8f d = vg * v8_gelu_tanh_grad(vx);
+        v4f d = vg * v4_gelu_tanh_grad(vx);
         if (accumulate) {
             memcpy(&vo, o + i, sizeof(float) * (size_t)k);
             d = vo + d;
         }
         memcpy(o + i, &d, sizeof(float) * (size_t)k);
     }
+}
+
+void cpu_gelu_tanh_array(float *y, const float *x, int64_t n) { gelu_tanh_array(y, x, n); }
+void cpu_gelu_tanh_grad_array(float *o, const float *g, const float *x, int64_t n, int accumulate) {
+    gelu_tanh_grad_array(o, g, x, n, accumulate);
 }
 
 void cpu_gelu(tensor *y, const tensor *x, nn_act act) { apply_act(F(y), F(x), tensor_numel(x), act); }
