@@ -71,16 +71,18 @@ if command -v zstd > /dev/null; then zstd -q -19 "$TMP/next.json" -o "$TMP/next.
 run_next() { "$BIN" build --template mistral_instruct --tokenizer "$HF" --image-positions 9 --max-len 256 --out "$TMP/$1.pack" \
                --stats "$TMP/$1.json" --rejects "$TMP/$1.rej" "${@:2}" 2> "$TMP/$1.err"; }
 run_next n1 "$NEXT"
-check '[ $? -eq 0 ] && [ "$(jget "$TMP/n1.json" samples)" = 6 ] && [ "$(jget "$TMP/n1.json" text_samples)" = 2 ] && [ "$(jget "$TMP/n1.json" truncated)" = 2 ]' \
-      ".json.zst: numeric ids, sub-folders, a one-image list, text-only and long samples packed (6), the long ones truncated"
-check '[ "$(wc -l < "$TMP/n1.rej")" = 2 ] && grep -q "\"id\":\"13\"" "$TMP/n1.rej" && grep -q "no <image>" "$TMP/n1.rej" && grep -q "list of 2" "$TMP/n1.rej"' \
-      "an image without <image> and a two-image list are rejected, each with its reason"
-check 'grep -q "sample 6 (id '"'"'13'"'"')" "$TMP/n1.err"' "the log names the sample index and id"
+check '[ $? -eq 0 ] && [ "$(jget "$TMP/n1.json" samples)" = 7 ] && [ "$(jget "$TMP/n1.json" text_samples)" = 3 ] && [ "$(jget "$TMP/n1.json" truncated)" = 2 ]' \
+      ".json.zst: numeric ids, sub-folders, a one-image list, text-only and long samples packed (7), the long ones truncated"
+check '[ "$(jget "$TMP/n1.json" image_without_placeholder)" = 1 ] && [ "$(wc -l < "$TMP/n1.rej")" = 1 ] && grep -q "list of 2" "$TMP/n1.rej"' \
+      "an image without <image> is trained as text by default (as the reference) and counted; a two-image list is rejected"
+"$BIN" dump --source-index "$TMP/n1.pack" 6 > "$TMP/n1.dump"
+check 'grep -q "\"id\":\"13\",\"image\":null" "$TMP/n1.dump" && grep -q "image_ignored" "$TMP/n1.dump"' "dump shows it without its image"
+check 'grep -q "sample 7 (id '"'"'14'"'"')" "$TMP/n1.err"' "the log names the sample index and id"
 "$BIN" show --tokenizer "$HF" "$TMP/n1.pack" 1 > "$TMP/n1.show"
 check 'grep -q "<image x 9>" "$TMP/n1.show" && grep -q "Brown" "$TMP/n1.show"' "the sub-folder sample keeps its image and both rounds"
-run_next n2 --image-without-placeholder ignore "$TMP/next.json"
-check '[ $? -eq 0 ] && [ "$(jget "$TMP/n2.json" samples)" = 7 ] && [ "$(jget "$TMP/n2.json" text_samples)" = 3 ] && [ "$(jget "$TMP/n2.json" image_without_placeholder)" = 1 ]' \
-      "--image-without-placeholder ignore: trained as text, as the reference does"
+run_next n2 --image-without-placeholder reject "$TMP/next.json"
+check '[ $? -eq 0 ] && [ "$(jget "$TMP/n2.json" samples)" = 6 ] && [ "$(jget "$TMP/n2.json" image_without_placeholder)" = 1 ] && grep -q "\"id\":\"13\"" "$TMP/n2.rej" && grep -q "no <image>" "$TMP/n2.rej"' \
+      "--image-without-placeholder reject: rejected with its reason"
 run_next n3 --image-without-placeholder prepend "$TMP/next.json"
 check '[ $? -eq 0 ] && [ "$(jget "$TMP/n3.json" samples)" = 7 ] && [ "$(jget "$TMP/n3.json" image_samples)" = 5 ]' "--image-without-placeholder prepend: the image is used"
 "$BIN" show --tokenizer "$HF" "$TMP/n3.pack" 6 > "$TMP/n3.show"

@@ -69,9 +69,11 @@ check '[ $? -eq 0 ] && [ -s "$TMP/map.png" ] && grep -q "\"grid_size\":3" "$TMP/
 "$BIN/asvr-eval" codes --checkpoint "$TMP/s2run" "${M[@]}" --codebooks "$TOK" --packed "$TMP/it.pack" --codes "$TMP/it138.lmdb" \
     --image-root "$G/images" $Q > "$TMP/codes.json"
 check '[ $? -eq 0 ] && grep -q "code_accuracy_depth" "$TMP/codes.json"' "asvr-eval codes runs on the S2 model"
-"$BIN/asvr-train" export "$TMP/s2run/step-00000024" "$TMP/export" $Q
+"$BIN/asvr-train" export --format llava --vision "$TOK" "$TMP/s2run/step-00000024" "$TMP/export" $Q
 check 'grep -q "\"use_s2\": true" "$TMP/export/config.json" && grep -q "\"mm_hidden_size\": 144" "$TMP/export/config.json" && grep -q "46,92,138" "$TMP/export/config.json"' \
-    "export records use_s2, s2_scales and mm_hidden_size 144"
+    "export --format llava records use_s2, s2_scales and mm_hidden_size 144"
+"$BIN/asvr-train" export "${M[@]}" "$TMP/s2run/step-00000024" "$TMP/export-hf" 2> "$TMP/exp.err"
+check '[ $? -eq 1 ] && grep -q "S2" "$TMP/exp.err" && [ ! -e "$TMP/export-hf" ]' "export --format hf refuses S2 (transformers' LLaVA has no S2 tower)"
 
 # plan: the S2 tower in the memory figures
 "$BIN/asvr-train" plan --config "$TMP/s2.json" --seq 64 > "$TMP/plan_s2.txt"

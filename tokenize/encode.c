@@ -4,7 +4,7 @@
  * the compute thread (batches of --batch images through the tokenizer) → the writer thread (one
  * LMDB transaction per batch). Keys already in the store are skipped, so a killed run resumes;
  * the store is built as "<out>.partial" and renamed when every image is done. A bad or missing
- * image is logged, listed in --rejects and counted; --max-errors N fails the run after N.
+ * image is logged, listed in --rejects and counted; --max-errors N fails the run when there are more than N.
  * --device cuda runs the tokenizer on the GPU (weights in bf16 by default, --dtype f32 for parity):
  * batches are assembled in pinned host memory, uploaded, encoded, and the codes copied back. The
  * store records the backend (cpu-f32, cuda-bf16, cuda-f32) and refuses to mix them without --force.
@@ -272,6 +272,10 @@ int cmd_encode(int argc, char **argv) {
     meta.compression = compress;
     snprintf(meta.backend, sizeof meta.backend, "%s", vision_tokenizer_backend(vt));
     if (!pad_s) memcpy(pad, vc->pad, 3);
+    /* the store records the preprocessing that made its codes: another pad colour or EXIF rule is refused */
+    if (policy == IMAGE_POLICY_PAD) memcpy(meta.pad, pad, 3);
+    else meta.pad[0] = meta.pad[1] = meta.pad[2] = 127; /* unused by squash */
+    meta.exif = exif;
 
     if (asvr_path_exists(out)) {
         code_store *fin;
@@ -280,7 +284,7 @@ int cmd_encode(int argc, char **argv) {
             code_store_meta want = meta;
             if (force) memcpy(want.backend, code_store_get_meta(fin)->backend, sizeof want.backend);
             if (code_store_meta_diff(code_store_get_meta(fin), &want, why, sizeof why))
-                ASVR_FATAL("write to a new store (one store per tokenizer, policy, input size and backend)", "'%s' was made differently, refusing to mix: %s", out, why);
+                ASVR_FATAL("write to a new store (one store per tokenizer, preprocessing and backend)", "'%s' was made differently, refusing to mix: %s", out, why);
             if (encode_part_check(fin, out, &part, 0, &err) < 0)
                 ASVR_FATAL("write each part to its own store (--shard names it STORE.shard-K-of-N)", "%s", err.msg);
             size_t missing = 0;

@@ -288,7 +288,8 @@ static void open_data(trainer *t) {
     const asvr_config *mc = &t->mc;
     data_config dc = {o->packed, o->codes, o->image_root ? o->image_root : "", mc->has_app_head ? o->codes_app : NULL,
                       (int)o->rows, (uint64_t)o->seed, !mc->input_discrete,
-                      asvr_input_size(mc), {0}, {0}, {127, 127, 127}, (int)o->threads};
+                      asvr_input_size(mc), {0}, {0}, {0}, (int)o->threads};
+    memcpy(dc.pad, mc->image_pad, sizeof dc.pad); /* int(image_mean × 255), as the reference pads */
     memcpy(dc.mean, mc->image_mean, sizeof dc.mean);
     memcpy(dc.std, mc->image_std, sizeof dc.std);
     asvr_error err;

@@ -47,6 +47,8 @@ typedef struct asvr_config {
     siglip_config vision;
     vhead_config head;
     float image_mean[3], image_std[3];
+    uint8_t image_pad[3];      /* the pad colour of policy pad: int(image_mean × 255), the reference's rule
+                                  (computed from the config's values in double precision, as Python does) */
     int image_positions;
     int scales[S2_MAX_SCALES]; /* "vision": {"scales": [...]}: the S2 multi-scale input (model/s2.h), */
     int n_scales;              /* 0: the tower's single forward at its image_size */

@@ -97,8 +97,11 @@ int asvr_config_from_json(const char *text, asvr_config *c, asvr_error *err) {
     for (int i = 0; i < 3; i++) c->image_mean[i] = c->image_std[i] = 0.5f;
     json_t *mean = json_object_get(vis, "image_mean"), *std = json_object_get(vis, "image_std");
     for (int i = 0; i < 3; i++) {
-        if (json_is_array(mean)) c->image_mean[i] = (float)json_number_value(json_array_get(mean, (size_t)i));
+        double m = json_is_array(mean) ? json_number_value(json_array_get(mean, (size_t)i)) : 0.5;
+        if (json_is_array(mean)) c->image_mean[i] = (float)m;
         if (json_is_array(std)) c->image_std[i] = (float)json_number_value(json_array_get(std, (size_t)i));
+        double p = m * 255.0; /* LLaVA's expand2square background: tuple(int(x * 255) for x in image_mean) */
+        c->image_pad[i] = (uint8_t)(p < 0 ? 0 : p > 255 ? 255 : (int)p);
     }
     if (siglip_config_check(v, err) < 0) goto out;
     c->image_positions = siglip_num_patches(v);

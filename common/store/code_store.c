@@ -114,6 +114,10 @@ int code_record_decode(const void *recv, size_t size, const code_store_meta *met
 
 /* ---- meta ------------------------------------------------------------------------------------- */
 
+int code_store_meta_pad_recorded(const code_store_meta *m) {
+    return !strcmp(m->policy, "pad") && (m->pad[0] != 127 || m->pad[1] != 127 || m->pad[2] != 127);
+}
+
 char *code_store_meta_to_json(const code_store_meta *m) {
     json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s:s}", "format_version",
                           m->format_version, "tokenizer_fingerprint", m->tokenizer_fingerprint,
@@ -126,6 +130,9 @@ char *code_store_meta_to_json(const code_store_meta *m) {
         json_object_set_new(o, "input_size", json_integer(m->input_size));
         json_object_set_new(o, "downsample", json_string(m->downsample));
     }
+    if (code_store_meta_pad_recorded(m)) /* absent: 127,127,127, what stores without the key used */
+        json_object_set_new(o, "pad_color", json_pack("[i,i,i]", m->pad[0], m->pad[1], m->pad[2]));
+    if (m->exif) json_object_set_new(o, "exif", json_true());
     char *s = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(o);
     CHECK(s != NULL, "", "serialising the code store meta JSON");
@@ -137,13 +144,14 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
     json_t *o = json_loadb(text, n, 0, &je);
     if (!o) return asvr_err_set(err, "meta record is not JSON: %s", je.text);
     const char *fp = NULL, *tok = NULL, *pol = NULL, *dtype = NULL, *comp = NULL, *backend = NULL, *down = NULL;
+    json_t *pad = NULL;
     memset(m, 0, sizeof *m);
-    if (json_unpack_ex(o, &je, JSON_STRICT, "{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s?s, s?i, s?s}",
+    if (json_unpack_ex(o, &je, JSON_STRICT, "{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s?s, s?i, s?s, s?o, s?b}",
                        "format_version", &m->format_version, "tokenizer_fingerprint", &fp, "tokenizer",
                        &tok, "policy", &pol, "image_size", &m->image_size, "positions", &m->positions,
                        "depth", &m->depth, "codebook_size", &m->codebook_size, "dtype", &dtype,
                        "compression", &comp, "backend", &backend, "input_size", &m->input_size, "downsample",
-                       &down) != 0) {
+                       &down, "pad_color", &pad, "exif", &m->exif) != 0) {
         asvr_err_set(err, "meta record: %s", je.text);
         json_decref(o);
         return -1;
@@ -156,7 +164,22 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
     if (!m->input_size) m->input_size = m->image_size;
     snprintf(m->downsample, sizeof m->downsample, "%s", down ? down : "none");
     m->compression = strcmp(comp, "zstd") == 0;
-    int rc = 0;
+    m->pad[0] = m->pad[1] = m->pad[2] = 127; /* what stores without the key were made with */
+    int rc = 0, bad_pad = 0;
+    if (pad) {
+        bad_pad = !json_is_array(pad) || json_array_size(pad) != 3;
+        for (size_t i = 0; i < 3 && !bad_pad; i++) {
+            json_t *x = json_array_get(pad, i);
+            bad_pad = !json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 255;
+            if (!bad_pad) m->pad[i] = (uint8_t)json_integer_value(x);
+        }
+    }
+    if (bad_pad) rc = asvr_err_set(err, "meta: pad_color must be [R, G, B] with values 0..255");
+    else if (pad && strcmp(pol, "pad") != 0) rc = asvr_err_set(err, "meta: pad_color given for policy '%s'", pol);
+    if (rc) {
+        json_decref(o);
+        return rc;
+    }
     if (m->format_version != CODE_STORE_FORMAT_VERSION)
         rc = asvr_err_set(err, "format version %d, this build reads version %d", m->format_version,
                           CODE_STORE_FORMAT_VERSION);
@@ -192,6 +215,12 @@ int code_store_meta_diff(const code_store_meta *a, const code_store_meta *b, cha
     DIFF_I(depth, "depth");
     DIFF_I(codebook_size, "codebook size");
     DIFF_I(compression, "compression");
+    if (!strcmp(a->policy, "pad") && memcmp(a->pad, b->pad, 3) != 0)
+        return snprintf(why, n, "pad colour: store has %d,%d,%d, this run %d,%d,%d", a->pad[0], a->pad[1], a->pad[2],
+                        b->pad[0], b->pad[1], b->pad[2]), 1;
+    if (!a->exif != !b->exif)
+        return snprintf(why, n, "EXIF orientation: store %s, this run %s", a->exif ? "applied it" : "did not apply it",
+                        b->exif ? "applies it (--exif)" : "does not"), 1;
     DIFF_S(backend, "compute backend (bf16 and f32 codes can differ; --force appends anyway and marks the store 'mixed')");
 #undef DIFF_S
 #undef DIFF_I

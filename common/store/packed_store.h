@@ -35,6 +35,8 @@ enum {
     PACKED_HAS_IMAGE = 1u << 0,
     PACKED_MISMATCH = 1u << 1,  /* the reference's length check failed: all labels masked */
     PACKED_TRUNCATED = 1u << 2, /* cut to max_len */
+    PACKED_IMAGE_IGNORED = 1u << 3, /* it had an image but no <image>: trained as text (the reference) */
+    PACKED_UNK_DROPPED = 1u << 4,   /* ids equal to the pad id (<unk>) were dropped (LLaVA's collator) */
 };
 
 typedef struct packed_info {

@@ -63,6 +63,20 @@ void template_fingerprint_ex(const template_spec *t, int legacy, template_maskin
     asvr_hasher_free(h);
 }
 
+void template_fingerprint_rules(const template_spec *t, int legacy, template_masking masking, uint32_t rules, char out[17]) {
+    if (rules == 0) {
+        template_fingerprint_ex(t, legacy, masking, out);
+        return;
+    }
+    asvr_hasher *h = asvr_hasher_new(0);
+    char base[17];
+    template_fingerprint_ex(t, legacy, masking, base);
+    asvr_hasher_update(h, base, 16);
+    asvr_hasher_update(h, &rules, sizeof rules);
+    asvr_hash_hex(asvr_hasher_digest(h), out);
+    asvr_hasher_free(h);
+}
+
 void template_fingerprint(const template_spec *t, char out[17]) { template_fingerprint_ex(t, 0, MASKING_REFERENCE, out); }
 
 /* ---- Python's str.strip() --------------------------------------------------------------------- */
@@ -433,6 +447,8 @@ int template_apply(const template_spec *t, const text_encoder *enc, const chat_t
 int template_apply_ex(const template_spec *t, const text_encoder *enc, const chat_turn *turns, int n_turns,
                       int has_image, int max_len, template_masking masking, template_result *out, asvr_error *err) {
     memset(out, 0, sizeof *out);
+    if (n_turns == 0) /* the reference reads source[0] (an IndexError) or asserts two turns */
+        return asvr_err_set(err, "\"conversations\" is empty; the reference cannot train such a sample");
     int rc = t->style == TEMPLATE_PLAIN ? apply_plain(t, enc, turns, n_turns, has_image, out, err)
                                         : apply_rounds(t, enc, turns, n_turns, has_image, max_len, masking, out, err);
     if (rc < 0) {
@@ -440,10 +456,31 @@ int template_apply_ex(const template_spec *t, const text_encoder *enc, const cha
         return -1;
     }
     for (size_t i = 0; i < out->ids.n; i++) out->n_images += out->ids.v[i] == IMAGE_TOKEN_INDEX;
-    if (has_image && out->n_images != 1) {
+    if (has_image && out->n_images > 1) {
         asvr_err_set(err, "the sample has %d <image> placeholders; one image needs exactly one", out->n_images);
         template_result_free(out);
         return -1;
     }
     return 0;
+}
+
+/* The collator and the model's input preparation on one sample: ids and labels cut to max_len, then
+ * (drop_pad) every position whose id is the pad id removed, ids and labels both, as
+ * attention_mask = ids != pad_id and input_ids[attention_mask] do. */
+size_t template_collate(template_result *r, int32_t pad_id, int max_len, int drop_pad) {
+    if (max_len > 0 && r->ids.n > (size_t)max_len) {
+        r->ids.n = r->labels.n = (size_t)max_len;
+        r->truncated = 1;
+    }
+    size_t k = 0, found = 0;
+    for (size_t i = 0; i < r->ids.n; i++) found += r->ids.v[i] == pad_id;
+    if (!drop_pad || !found) return found;
+    for (size_t i = 0; i < r->ids.n; i++) {
+        if (r->ids.v[i] == pad_id) continue;
+        r->ids.v[k] = r->ids.v[i];
+        r->labels.v[k] = r->labels.v[i];
+        k++;
+    }
+    r->ids.n = r->labels.n = k;
+    return found;
 }

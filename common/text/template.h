@@ -7,7 +7,10 @@
  *   - the per-round length arithmetic of preprocess_v1 (with the "-1" for rounds >= 1 when the
  *     tokenizer is not legacy) and of preprocess_llama_2 (no such correction at all), and the whole
  *     sample masked when that arithmetic disagrees with the ids ("mismatch");
- *   - text-only samples truncated to max_len by the tokenizer call, image samples not.
+ *   - text-only samples truncated to max_len by the tokenizer call, image samples not;
+ *   - an image sample without "<image>" tokenized as an image sample with no image token (n_images 0;
+ *     the reference then trains it as text); an empty conversation refused (the reference raises);
+ *   - template_collate: the collator's cut and its pad-id mask (a literal "<unk>" disappears).
  * Templates: plain (pt), vicuna_v1 (it), and the LLAMA_2-style ones: mistral_instruct
  * ("[INST] q [/INST] a </s>" rounds, empty system), llama_2 and llava_llama_2 (a <<SYS>> block in
  * the first turn, "<s>" before every later round).
@@ -67,6 +70,9 @@ const char *template_names(void);
  * template_fingerprint_ex(t, 0, MASKING_REFERENCE, out), the fingerprint stores had before. */
 void template_fingerprint(const template_spec *t, char out[17]);
 void template_fingerprint_ex(const template_spec *t, int legacy, template_masking masking, char out[17]);
+/* The same with the packer's other rules folded in (a bit set the packer defines; 0 = the rules stores
+ * were made with before they were recorded, which keeps those stores' fingerprint). */
+void template_fingerprint_rules(const template_spec *t, int legacy, template_masking masking, uint32_t rules, char out[17]);
 
 typedef struct chat_turn {
     int from_human;     /* "human" → 1, "gpt" → 0 */
@@ -82,14 +88,23 @@ typedef struct template_result {
 } template_result;
 void template_result_free(template_result *r);
 
-/* Builds ids and labels for one sample. has_image says whether the sample has an image file; its
- * turns must then carry "<image>". max_len is the tokenizer's model_max_length (2048).
- * Returns -1 with err set for a malformed sample (bad turn order, missing <image>, ...). */
+/* Builds ids and labels for one sample. has_image says whether the sample has an image file (it is
+ * then tokenized as the reference tokenizes image samples: no truncation at max_len); its turns
+ * normally carry one "<image>", and out->n_images says whether they did (0: the reference trains such
+ * a sample as text; the caller decides). max_len is the tokenizer's model_max_length (2048).
+ * Returns -1 with err set for a malformed sample (no turns, bad turn order, two <image>, ...). */
 int template_apply(const template_spec *t, const text_encoder *enc, const chat_turn *turns, int n_turns,
                    int has_image, int max_len, template_result *out, asvr_error *err);
 /* The same with a choice of masking (template_apply uses MASKING_REFERENCE). */
 int template_apply_ex(const template_spec *t, const text_encoder *enc, const chat_turn *turns, int n_turns,
                       int has_image, int max_len, template_masking masking, template_result *out, asvr_error *err);
+
+/* What LLaVA's collator and prepare_inputs_labels_for_multimodal do to one sample's ids and labels:
+ * cut both to max_len (sets r->truncated when it cuts), then, when drop_pad, remove every position
+ * whose id equals pad_id (LLaVA's pad = unk = 0: attention_mask = ids != pad and the model keeps only
+ * the masked-in positions, so a literal "<unk>" in the text disappears, ids and labels both).
+ * Returns the number of positions whose id is pad_id (removed when drop_pad). */
+size_t template_collate(template_result *r, int32_t pad_id, int max_len, int drop_pad);
 
 /* The prompt string the template builds (after <image> normalisation); malloc'd. Exposed for tests
  * and for generation (with add_generation_prompt the last assistant turn is left open). */

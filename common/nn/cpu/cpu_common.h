@@ -1,5 +1,6 @@
 /* cpu_common.h — what the files of the CPU backend (nn/cpu/ops_<family>.c) share: the f32 data of a
- * tensor, the GELU forms and their derivatives, and the GEMM y = x·w^T + b on raw pointers.
+ * tensor, the GELU forms and their derivatives (the tanh form over arrays vectorised, vec_math.h), and
+ * the GEMM y = x·w^T + b on raw pointers.
  * Not for: code outside nn/cpu/ (call the op_* functions of nn/ops.h).
  */
 #ifndef ASVR_NN_CPU_COMMON_H
@@ -22,9 +23,15 @@ static inline float gelu_tanh(float x) {
 
 static inline float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f)); }
 
+/* y[i] = GELU-tanh(x[i]) over an array, vectorised (vec_math.h's tanh; y may alias x); and
+ * o[i] (+)= g[i] · GELU-tanh'(x[i]) (o may alias g). Each element's value does not depend on n or i.
+ * (cpu/ops_elementwise.c) */
+void cpu_gelu_tanh_array(float *y, const float *x, int64_t n);
+void cpu_gelu_tanh_grad_array(float *o, const float *g, const float *x, int64_t n, int accumulate);
+
 static inline void apply_act(float *y, const float *x, int64_t n, nn_act act) {
     if (act == NN_ACT_GELU_TANH)
-        for (int64_t i = 0; i < n; i++) y[i] = gelu_tanh(x[i]);
+        cpu_gelu_tanh_array(y, x, n);
     else if (act == NN_ACT_GELU_ERF)
         for (int64_t i = 0; i < n; i++) y[i] = gelu_erf(x[i]);
     else if (y != x)

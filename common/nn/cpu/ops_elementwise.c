@@ -6,6 +6,56 @@
 
 #include "base/error.h"
 #include "nn/cpu/cpu_common.h"
+#include "nn/cpu/vec_math.h"
+
+V4_INLINE v4f v4_gelu_tanh(v4f x) {
+    v4f inner = v4_splat(0.7978845608028654f) * (x + v4_splat(0.044715f) * x * x * x);
+    return v4_splat(0.5f) * x * (v4_splat(1.0f) + v4_tanh(inner));
+}
+
+V4_INLINE v4f v4_gelu_tanh_grad(v4f x) {
+    const v4f beta = v4_splat(0.7978845608028654f), kappa = v4_splat(0.044715f);
+    v4f t = v4_tanh(beta * (x + kappa * x * x * x));
+    return v4_splat(0.5f) * (v4_splat(1.0f) + t) +
+           v4_splat(0.5f) * x * (v4_splat(1.0f) - t * t) * beta * (v4_splat(1.0f) + v4_splat(3.0f) * kappa * x * x);
+}
+
+static void gelu_tanh_array(float *y, const float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        v4f v;
+        memcpy(&v, x + i, sizeof v);
+        v = v4_gelu_tanh(v);
+        memcpy(y + i, &v, sizeof v);
+    }
+    if (i < n) { /* the tail through the same lanes */
+        v4f v = v4_splat(0.0f);
+        memcpy(&v, x + i, sizeof(float) * (size_t)(n - i));
+        v = v4_gelu_tanh(v);
+        memcpy(y + i, &v, sizeof(float) * (size_t)(n - i));
+    }
+}
+
+static void gelu_tanh_grad_array(float *o, const float *g, const float *x, int64_t n, int accumulate) {
+    int64_t i = 0;
+    for (; i < n; i += 4) {
+        int64_t k = n - i < 4 ? n - i : 4;
+        v4f vx = v4_splat(0.0f), vg = v4_splat(0.0f), vo = v4_splat(0.0f);
+        memcpy(&vx, x + i, sizeof(float) * (size_t)k);
+        memcpy(&vg, g + i, sizeof(float) * (size_t)k);
+        v4f d = vg * v4_gelu_tanh_grad(vx);
+        if (accumulate) {
+            memcpy(&vo, o + i, sizeof(float) * (size_t)k);
+            d = vo + d;
+        }
+        memcpy(o + i, &d, sizeof(float) * (size_t)k);
+    }
+}
+
+void cpu_gelu_tanh_array(float *y, const float *x, int64_t n) { gelu_tanh_array(y, x, n); }
+void cpu_gelu_tanh_grad_array(float *o, const float *g, const float *x, int64_t n, int accumulate) {
+    gelu_tanh_grad_array(o, g, x, n, accumulate);
+}
 
 void cpu_gelu(tensor *y, const tensor *x, nn_act act) { apply_act(F(y), F(x), tensor_numel(x), act); }
 
@@ -13,6 +63,10 @@ void cpu_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, nn_act act
     int64_t n = tensor_numel(x);
     const float *px = F(x), *g = F(dy);
     float *o = F(dx);
+    if (act == NN_ACT_GELU_TANH) {
+        cpu_gelu_tanh_grad_array(o, g, px, n, accumulate);
+        return;
+    }
     for (int64_t i = 0; i < n; i++) {
         float d = g[i] * act_grad(px[i], act);
         o[i] = accumulate ? o[i] + d : d;

@@ -25,7 +25,9 @@ void cpu_matmul_backward(tensor *dx, tensor *dw, tensor *db, tensor *dy, const t
                          const tensor *w, nn_act act, const tensor *pre, int accumulate_dx) {
     int64_t M = tensor_rows(x), K = tensor_cols(x), N = w->shape[0];
     float *g = F(dy);
-    if (act != NN_ACT_NONE) {
+    if (act == NN_ACT_GELU_TANH) {
+        cpu_gelu_tanh_grad_array(g, g, F(pre), M * N, 0);
+    } else if (act != NN_ACT_NONE) {
         const float *pp = F(pre);
         for (int64_t i = 0; i < M * N; i++) g[i] *= act_grad(pp[i], act);
     }
