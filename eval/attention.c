@@ -47,8 +47,9 @@ int cmd_attention(int argc, char **argv) {
         return ASVR_EXIT_FAIL;
     }
     const asvr_config *c = &em.m.c;
-    int L = c->llm.n_layers, P = c->image_positions, S = c->vision.image_size, patch = c->vision.patch_size;
-    int grid = S / patch;
+    /* with S2 the image is drawn at the largest scale: a position covers a patch of that many times the pixels */
+    int L = c->llm.n_layers, P = c->image_positions, S = asvr_input_size(c);
+    int grid = c->vision.image_size / c->vision.patch_size, patch = c->vision.patch_size * (S / c->vision.image_size);
     if (layer >= L) {
         LOG_ERROR("--layer %lld: the model has layers 0..%d", (long long)layer, L - 1);
         eval_model_free(&em);

@@ -983,7 +983,7 @@ const bench_def *bench_table(const char *name, int *n) {
 }
 
 int bench_write_scores(const char *path, json_t *scores, asvr_error *err) {
-    char *text = json_dumps(scores, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    char *text = json_dumps(scores, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
     CHECK(text != NULL, "", "serialising scores");
     size_t len = strlen(text);
     text = asvr_realloc(text, len + 2, "the scores text");

@@ -433,7 +433,7 @@ int cmd_report(int argc, char **argv) {
         json_object_set_new(o, "runs", runs);
         json_object_set_new(o, "baseline", compare ? json_string(rows[0].name) : json_null());
         json_object_set_new(o, "footnotes", fn);
-        char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+        char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
         CHECK(text != NULL, "", "serialising the report");
         size_t len = strlen(text);
         text = asvr_realloc(text, len + 2, "the report text");

@@ -89,7 +89,7 @@ int cmd_score(int argc, char **argv) {
         LOG_ERROR("%s", err.msg);
         rc = ASVR_EXIT_FAIL;
     }
-    char *text = json_dumps(scores, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    char *text = json_dumps(scores, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
     CHECK(text != NULL, "", "serialising the scores of %s", b->name);
     if (rc == ASVR_EXIT_OK) {
         if (puts(text) < 0 || fflush(stdout) != 0) {

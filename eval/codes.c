@@ -66,7 +66,7 @@ int cmd_codes(int argc, char **argv) {
         goto out;
     }
     const asvr_config *c = &em.m.c;
-    data_config dc = {packed, codes, image_root, NULL, (int)rows, 0, 1, c->vision.image_size, {0}, {0}, {127, 127, 127},
+    data_config dc = {packed, codes, image_root, NULL, (int)rows, 0, 1, asvr_input_size(c), {0}, {0}, {127, 127, 127},
                       asvr_num_cores()};
     memcpy(dc.mean, c->image_mean, sizeof dc.mean);
     memcpy(dc.std, c->image_std, sizeof dc.std);

@@ -9,7 +9,7 @@
 #include "base/log.h"
 #include "io/json_stream.h"
 #include "io/safetensors.h"
-#include "nn/ops_extra.h"
+#include "nn/ops.h"
 
 void eval_model_opts_default(eval_model_opts *o) {
     memset(o, 0, sizeof *o);
@@ -29,7 +29,7 @@ void eval_model_opts_table(eval_model_opts *o, asvr_opt *out) {
         {"tokenizer", ASVR_OPT_STR, &o->tokenizer, "FILE", "SentencePiece tokenizer.model of the LLM"},
         {"policy", ASVR_OPT_STR, &o->policy, "pad|squash",
          "image preprocessing (default: the checkpoint's stage: pt squash, it pad; pad without a checkpoint)"},
-        {"template", ASVR_OPT_STR, &o->template_name, "NAME", "prompt template: vicuna_v1 (default) or plain"},
+        {"template", ASVR_OPT_STR, &o->template_name, "NAME", "prompt template: vicuna_v1 (default), plain, mistral_instruct, llama_2, llava_llama_2"},
         {"device", ASVR_OPT_STR, &o->device, "cpu|cuda", "where the model and the KV cache live (default cpu)"},
     };
     memcpy(out, t, sizeof t);
@@ -62,18 +62,38 @@ static char *newest_step(const char *dir) {
     return path;
 }
 
-/* Parameters from an export's names: llm.X as X (HF LLaMA), anything else as model.<name> (LLaVA). */
-static int load_exported(param_set *ps, const safetensors *st, asvr_error *err) {
+/* An export's name for one of our parameters. llava: llm.X as X (HF LLaMA), anything else as
+ * model.<name>; hf: llm.X as language_model.X, the projector as multi_modal_projector.linear_{1,2}, the
+ * visual head under its own name (visual_head.safetensors). */
+static void exported_name(const char *ours, int hf, char *key, size_t n) {
+    if (!strncmp(ours, "llm.", 4)) snprintf(key, n, hf ? "language_model.%s" : "%s", ours + 4);
+    else if (hf && !strncmp(ours, "mm_projector.", 13))
+        snprintf(key, n, "multi_modal_projector.linear_%c.%s", ours[13] == '0' ? '1' : '2', ours + 15);
+    else if (hf) snprintf(key, n, "%s", ours);
+    else snprintf(key, n, "model.%s", ours);
+}
+
+/* Parameters from an export (hf: the visual head from head_st, NULL when not wanted). The hf export's
+ * embedding and lm_head have one more row (the image token), which the model does not use. */
+static int load_exported(param_set *ps, const safetensors *st, const safetensors *head_st, int hf, asvr_error *err) {
     for (int i = 0; i < ps->n; i++) {
         param *p = ps->v[i];
         char key[256];
-        if (!strncmp(p->name, "llm.", 4)) snprintf(key, sizeof key, "%s", p->name + 4);
-        else snprintf(key, sizeof key, "model.%s", p->name);
-        const st_tensor *t = safetensors_find(st, key);
-        if (!t) return asvr_err_set(err, "tensor '%s' (for %s) is missing", key, p->name);
-        if (t->numel != tensor_numel(p->w)) return asvr_err_set(err, "tensor '%s' has %lld elements, %s needs %lld", key,
-                                                                (long long)t->numel, p->name, (long long)tensor_numel(p->w));
-        if (param_tensor_load(p->w, t, err) < 0) return -1;
+        exported_name(p->name, hf, key, sizeof key);
+        const safetensors *src = hf && !strncmp(p->name, "visual_head", 11) ? head_st : st;
+        const st_tensor *t = src ? safetensors_find(src, key) : NULL;
+        if (!t) return asvr_err_set(err, "tensor '%s' (for %s) is missing%s", key, p->name,
+                                    src ? "" : " (the export has no visual_head.safetensors)");
+        st_tensor view = *t;
+        if (hf && (!strcmp(p->name, "llm.model.embed_tokens.weight") || !strcmp(p->name, "llm.lm_head.weight")) &&
+            t->ndim == 2 && p->w->ndim == 2 && t->shape[0] == p->w->shape[0] + 1 && t->shape[1] == p->w->shape[1]) {
+            view.shape[0] = p->w->shape[0]; /* the rows before the image token's */
+            view.numel = p->w->shape[0] * p->w->shape[1];
+            view.nbytes = (size_t)view.numel * st_dtype_size(t->dtype);
+        }
+        if (view.numel != tensor_numel(p->w)) return asvr_err_set(err, "tensor '%s' has %lld elements, %s needs %lld", key,
+                                                                   (long long)view.numel, p->name, (long long)tensor_numel(p->w));
+        if (param_tensor_load(p->w, &view, err) < 0) return -1;
     }
     param_set_sync_compute(ps); /* compute copies, if the set has any, follow the values */
     return 0;
@@ -84,7 +104,8 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
     if (!o->checkpoint == !(o->model || o->config))
         asvr_cli_usage_error(cli, "give either --checkpoint DIR or --model FILE --config FILE");
     if (!o->checkpoint && (!o->model || !o->config)) asvr_cli_usage_error(cli, "--model and --config go together");
-    if (!o->vision) asvr_cli_usage_error(cli, "--vision is required (the input tower is not part of a checkpoint)");
+    if (!o->vision && !o->checkpoint)
+        asvr_cli_usage_error(cli, "--vision is required (the input tower is not part of a checkpoint)");
     if (!o->tokenizer) asvr_cli_usage_error(cli, "--tokenizer is required");
     nn_device dev;
     const char *why;
@@ -98,8 +119,9 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
         policy_set = 1;
     }
 
-    char *config_text = NULL, *weights = NULL, *dir = NULL;
-    int rc = -1, exported = 0;
+    char *config_text = NULL, *weights = NULL, *dir = NULL, *head_path = NULL;
+    const char *vision = o->vision, *vision_prefix = o->vision_prefix;
+    int rc = -1, exported = 0, hf = 0;
     if (o->checkpoint) {
         char *probe = asvr_path_join(o->checkpoint, "model.safetensors");
         if (asvr_path_exists(probe)) {
@@ -137,7 +159,15 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
                 goto out;
             }
             const char *ar = json_string_value(json_object_get(c, "image_aspect_ratio"));
+            json_t *notes = json_object_get(c, "asvr_export");
+            if (!ar) ar = json_string_value(json_object_get(notes, "image_aspect_ratio"));
             if (!policy_set && ar && !strcmp(ar, "square")) policy = IMAGE_POLICY_SQUASH;
+            const char *mt = json_string_value(json_object_get(c, "model_type"));
+            hf = mt && !strcmp(mt, "llava");
+            if (hf) {
+                head_path = asvr_path_join(dir, "visual_head.safetensors");
+                if (!vision) vision = weights, vision_prefix = "vision_tower.vision_model."; /* the export's own tower */
+            }
             config_text = json_dumps(cfg, JSON_COMPACT);
             exported = 1;
             json_decref(c);
@@ -145,6 +175,7 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
             goto have_config;
         }
         free(cp);
+        if (!vision) asvr_cli_usage_error(cli, "--vision is required: '%s' is a checkpoint, which does not hold the input tower", dir);
         char *sp = asvr_path_join(dir, "state.json");
         json_t *s = json_read_path(sp, (size_t)16 << 20, err);
         if (!s) {
@@ -178,6 +209,9 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
         weights = asvr_strdup(o->model);
     }
 have_config:;
+    if (!vision)
+        asvr_cli_usage_error(cli, "--vision is required: '%s' does not hold the input tower (an hf export does)",
+                             o->checkpoint ? o->checkpoint : o->model);
     asvr_config mc;
     if (asvr_config_from_json(config_text, &mc, err) < 0) {
         asvr_err_prefix(err, "%s: ", o->config ? o->config : o->checkpoint);
@@ -190,17 +224,24 @@ have_config:;
     param_set_trainable(&em->m.ps, "", 0);
     param_set_set_device(&em->m.ps, dev);
     param_set_commit(&em->m.ps);
-    safetensors *st;
+    safetensors *st, *head_st = NULL;
     if (safetensors_open(weights, &st, err) < 0) goto out;
-    if ((exported ? load_exported(&em->m.ps, st, err) : param_set_load(&em->m.ps, st, "", err)) < 0) {
-        asvr_err_prefix(err, "'%s'", weights);
+    if (hf && mc.has_head && asvr_path_exists(head_path) && safetensors_open(head_path, &head_st, err) < 0) {
         safetensors_close(st);
         goto out;
     }
+    if ((exported ? load_exported(&em->m.ps, st, head_st, hf, err) : param_set_load(&em->m.ps, st, "", err)) < 0) {
+        asvr_err_prefix(err, "'%s'", weights);
+        safetensors_close(st);
+        if (head_st) safetensors_close(head_st);
+        goto out;
+    }
     safetensors_close(st);
-    if (safetensors_open(o->vision, &st, err) < 0) goto out;
-    if (asvr_model_load_tower(&em->m, st, o->vision_prefix, err) < 0) {
-        asvr_err_prefix(err, "--vision '%s' (prefix '%s'): ", o->vision, o->vision_prefix);
+    if (head_st) safetensors_close(head_st);
+    if (safetensors_open(vision, &st, err) < 0) goto out;
+    if (asvr_model_load_tower(&em->m, st, vision_prefix, err) < 0) {
+        asvr_err_prefix(err, "%s '%s' (prefix '%s'): ", vision == o->vision ? "--vision" : "the export's tower", vision,
+                        vision_prefix);
         safetensors_close(st);
         goto out;
     }
@@ -215,8 +256,8 @@ have_config:;
     em->enc = gen_text_encoder(em->tok);
     image_preprocess_opts_default(&em->pre);
     em->pre.policy = policy;
-    em->pre.size = mc.vision.image_size;
-    for (int i = 0; i < 3; i++) em->pre.pad[i] = (uint8_t)(mc.image_mean[i] * 255.0f); /* int(m*255), LLaVA's rule */
+    em->pre.size = asvr_input_size(&mc); /* the largest scale with S2 */
+    memcpy(em->pre.pad, mc.image_pad, 3); /* int(image_mean × 255), LLaVA's rule */
     em->source = weights;
     weights = NULL;
     LOG_INFO("model: %s (%s preprocessing, template %s)", em->source, image_policy_name(policy), em->tmpl->name);
@@ -224,6 +265,7 @@ have_config:;
 out:
     free(config_text);
     free(weights);
+    free(head_path);
     free(dir);
     if (rc < 0) eval_model_free(em);
     return rc;

@@ -159,7 +159,7 @@ int cmd_run(int argc, char **argv) {
             free(todo);
             goto done;
         }
-        int S = em.m.c.vision.image_size, mnt = max_new > 0 ? (int)max_new : b->max_new_tokens;
+        int S = asvr_input_size(&em.m.c), mnt = max_new > 0 ? (int)max_new : b->max_new_tokens;
         int write_errno = 0;
         float *pixels = asvr_malloc(sizeof(float) * 3 * (size_t)S * S * (size_t)batch, "batch images");
         ivec *ids = asvr_calloc((size_t)batch, sizeof *ids, "prompt ids");

@@ -6,6 +6,7 @@ static const asvr_command COMMANDS[] = {
     {"build", pack_build_main, "tokenize a LLaVA JSON (.json or .json.zst) into a packed store"},
     {"show", pack_show_main, "print one sample as text with its supervised spans marked"},
     {"info", pack_info_main, "print a packed store's header and counts as JSON"},
+    {"dump", pack_dump_main, "write samples as JSON lines (ids, labels, image key, source index)"},
 };
 
 int main(int argc, char **argv) {

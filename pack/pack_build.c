@@ -21,15 +21,20 @@
 #include "text/template.h"
 
 typedef struct build_opts {
-    const char *template_name, *tokenizer, *out, *codes, *stats, *rejects, *vision_tokenizer;
+    const char *template_name, *tokenizer, *out, *codes, *stats, *rejects, *vision_tokenizer, *masking, *legacy, *no_placeholder,
+        *unk_positions;
     int64_t max_len, image_positions, seed, block_samples, compress, max_errors;
     int no_packing, force;
 } build_opts;
 
 typedef struct build_counts {
     uint64_t samples, image_samples, text_samples, skipped, truncated, mismatch, no_supervision,
-        missing_codes;
+        missing_codes, no_placeholder, unk_samples, unk_dropped, empty;
 } build_counts;
+
+/* The packer's rules beyond the template, folded into the store's template fingerprint (0 = the rules
+ * of stores made before they were recorded: <unk> kept, an image without <image> rejected). */
+enum { RULE_UNK_DROP = 1u << 0, RULE_NP_IGNORE = 1u << 1, RULE_NP_PREPEND = 1u << 2 };
 
 static int encode_adapter(void *ctx, const char *text, size_t len, int add_bos, ivec *out, asvr_error *err) {
     return sp_encoder_encode(ctx, text, len, add_bos, out, err);
@@ -71,7 +76,8 @@ static int parse_sample(json_t *e, char *id, size_t id_n, const char **image, ch
     else if (jid && !json_is_null(jid)) return asvr_err_set(err, "\"id\" must be a string or an integer");
     json_t *img = json_object_get(e, "image");
     if (img && !json_is_null(img)) {
-        if (json_is_array(img)) return asvr_err_set(err, "\"image\" is a list; one image per sample is supported");
+        if (json_is_array(img) && json_array_size(img) == 1) img = json_array_get(img, 0); /* ["a.jpg"] */
+        if (json_is_array(img)) return asvr_err_set(err, "\"image\" is a list of %zu; one image per sample is supported", json_array_size(img));
         if (!json_is_string(img) || json_string_length(img) == 0) return asvr_err_set(err, "\"image\" must be a non-empty string");
         if (strlen(json_string_value(img)) != json_string_length(img))
             return asvr_err_set(err, "\"image\" holds a NUL character; it cannot name a file");
@@ -104,6 +110,12 @@ static int parse_sample(json_t *e, char *id, size_t id_n, const char **image, ch
     }
     *turns = t;
     *n_turns = (int)n;
+    return 0;
+}
+
+static int has_placeholder(const chat_turn *turns, const size_t *lens, int n) {
+    for (int i = 0; i < n; i++)
+        if (lens[i] >= 7 && memmem(turns[i].value, lens[i], "<image>", 7)) return 1;
     return 0;
 }
 
@@ -153,7 +165,8 @@ static int up_to_date(const char *out, const packed_info *want, int *differs, ch
     const char *d = NULL;
     if (strcmp(h->source_fp, want->source_fp)) d = "another input JSON";
     else if (strcmp(h->tokenizer_fp, want->tokenizer_fp)) d = "another tokenizer";
-    else if (strcmp(h->template_fp, want->template_fp)) d = "another template";
+    else if (strcmp(h->template_fp, want->template_fp))
+        d = "another template, tokenizer legacy flag, --masking, --unk-positions or --image-without-placeholder";
     else if (h->max_len != want->max_len) d = "another --max-len";
     else if (h->image_positions != want->image_positions) d = "another number of image positions";
     else if (h->packed != want->packed) d = h->packed ? "packing (now --no-packing)" : "--no-packing";
@@ -170,8 +183,20 @@ static int up_to_date(const char *out, const packed_info *want, int *differs, ch
 int pack_build_main(int argc, char **argv) {
     build_opts o = {.max_len = 2048, .seed = 0, .block_samples = 64, .compress = 3, .max_errors = -1};
     const asvr_opt opts[] = {
-        {"template", ASVR_OPT_STR, &o.template_name, "NAME", "conversation template: plain (stage pt) or vicuna_v1 (stage it)"},
-        {"tokenizer", ASVR_OPT_STR, &o.tokenizer, "MODEL", "SentencePiece tokenizer.model of the LLM"},
+        {"template", ASVR_OPT_STR, &o.template_name, "NAME",
+         "conversation template: plain (stage pt), vicuna_v1 (stage it), mistral_instruct, llama_2, llava_llama_2"},
+        {"tokenizer", ASVR_OPT_STR, &o.tokenizer, "MODEL",
+         "SentencePiece tokenizer.model of the LLM (a tokenizer_config.json beside it gives HF's legacy flag)"},
+        {"legacy", ASVR_OPT_STR, &o.legacy, "auto|true|false",
+         "HF LlamaTokenizer's legacy flag; auto (default): the tokenizer_config.json beside the model, else false"},
+        {"masking", ASVR_OPT_STR, &o.masking, "reference|corrected",
+         "labels by the reference's round arithmetic (default) or from the answers' own positions"},
+        {"image-without-placeholder", ASVR_OPT_STR, &o.no_placeholder, "ignore|reject|prepend",
+         "a sample with an image but no <image> in its turns: trained as text without image positions (default, "
+         "what the reference does), rejected, or given \"<image>\\n\" before its first turn"},
+        {"unk-positions", ASVR_OPT_STR, &o.unk_positions, "drop|keep",
+         "ids equal to the pad id (<unk>, 0) in the text: dropped with their labels (default, what LLaVA's collator "
+         "and model do), or kept as tokens"},
         {"out", ASVR_OPT_STR, &o.out, "FILE", "the packed store to write (atomically)"},
         {"vision-tokenizer", ASVR_OPT_STR, &o.vision_tokenizer, "FILE", "take the positions per image from this tokenizer file's config"},
         {"image-positions", ASVR_OPT_COUNT, &o.image_positions, "N", "or give them directly (taken from --codes when given)"},
@@ -200,6 +225,22 @@ int pack_build_main(int argc, char **argv) {
     if (!tpl) asvr_cli_usage_error(&cli, "unknown template '%s' (known: %s)", o.template_name, template_names());
     if (o.max_len < 8 || o.max_len > (1 << 20)) asvr_cli_usage_error(&cli, "--max-len must be in 8..1048576");
     if (o.block_samples < 1 || o.compress < 0 || o.compress > 19) asvr_cli_usage_error(&cli, "bad --block-samples or --compress");
+    template_masking masking = MASKING_REFERENCE;
+    if (o.masking && strcmp(o.masking, "corrected") == 0) masking = MASKING_CORRECTED;
+    else if (o.masking && strcmp(o.masking, "reference") != 0)
+        asvr_cli_usage_error(&cli, "--masking must be reference or corrected, not '%s'", o.masking);
+    int np_mode = 1; /* 0 reject, 1 ignore the image (the reference), 2 prepend <image> */
+    if (o.no_placeholder && strcmp(o.no_placeholder, "reject") == 0) np_mode = 0;
+    else if (o.no_placeholder && strcmp(o.no_placeholder, "prepend") == 0) np_mode = 2;
+    else if (o.no_placeholder && strcmp(o.no_placeholder, "ignore") != 0)
+        asvr_cli_usage_error(&cli, "--image-without-placeholder must be ignore, reject or prepend, not '%s'", o.no_placeholder);
+    int unk_drop = 1;
+    if (o.unk_positions && strcmp(o.unk_positions, "keep") == 0) unk_drop = 0;
+    else if (o.unk_positions && strcmp(o.unk_positions, "drop") != 0)
+        asvr_cli_usage_error(&cli, "--unk-positions must be drop or keep, not '%s'", o.unk_positions);
+    uint32_t rules = (unk_drop ? RULE_UNK_DROP : 0) | (np_mode == 1 ? RULE_NP_IGNORE : np_mode == 2 ? RULE_NP_PREPEND : 0);
+    if (o.legacy && strcmp(o.legacy, "auto") && strcmp(o.legacy, "true") && strcmp(o.legacy, "false"))
+        asvr_cli_usage_error(&cli, "--legacy must be auto, true or false, not '%s'", o.legacy);
 
     asvr_error err;
     code_store *codes = NULL;
@@ -233,11 +274,16 @@ int pack_build_main(int argc, char **argv) {
 
     sp_tokenizer *tok = sp_tokenizer_load(o.tokenizer, &err);
     if (!tok) ASVR_FATAL("pass the LLM's tokenizer.model", "%s", err.msg);
+    if (o.legacy && strcmp(o.legacy, "auto")) sp_tokenizer_set_legacy(tok, strcmp(o.legacy, "true") == 0);
+    LOG_INFO("tokenizer legacy=%s (%s)", sp_tokenizer_legacy(tok) ? "true" : "false",
+             o.legacy && strcmp(o.legacy, "auto") ? "--legacy"
+             : sp_tokenizer_config_path(tok)      ? sp_tokenizer_config_path(tok)
+                                                  : "no tokenizer_config.json beside the model: HF's non-legacy mode");
     packed_info want = {0};
     want.max_len = (uint32_t)o.max_len, want.image_positions = (uint32_t)o.image_positions;
     want.packed = !o.no_packing, want.seed = (uint64_t)o.seed;
     sp_tokenizer_fingerprint_hex(tok, want.tokenizer_fp);
-    template_fingerprint(tpl, want.template_fp);
+    template_fingerprint_rules(tpl, sp_tokenizer_legacy(tok), masking, rules, want.template_fp);
     if (file_fingerprint(input, want.source_fp, &err) < 0) ASVR_FATAL("check the input path", "%s", err.msg);
     int differs;
     char why[1200];
@@ -271,7 +317,7 @@ int pack_build_main(int argc, char **argv) {
         rej = rej_file.fp;
     }
     sp_encoder *spe = sp_encoder_new(tok);
-    text_encoder enc = {spe, encode_adapter, sp_tokenizer_bos_id(tok), sp_tokenizer_eos_id(tok), 0};
+    text_encoder enc = {spe, encode_adapter, sp_tokenizer_bos_id(tok), sp_tokenizer_eos_id(tok), 0, sp_tokenizer_legacy(tok)};
     enc.pad_id = sp_tokenizer_unk_id(tok) >= 0 ? sp_tokenizer_unk_id(tok) : 0; /* LLaVA: pad = unk */
 
     build_counts c = {0};
@@ -304,11 +350,47 @@ int pack_build_main(int argc, char **argv) {
             size_t *lens;
             int n_turns;
             template_result tr;
-            if (parse_sample(e, id, sizeof id, &image, &turns, &lens, &n_turns, &err) < 0 ||
-                template_apply_n(tpl, &enc, turns, lens, n_turns, image != NULL, (int)o.max_len, &tr, &err) < 0) {
+            char *prepended = NULL;
+            int bad = parse_sample(e, id, sizeof id, &image, &turns, &lens, &n_turns, &err) < 0;
+            if (!bad && image && np_mode == 2 && !has_placeholder(turns, lens, n_turns)) {
+                c.no_placeholder++;
+                if (n_turns > 0) {
+                    int k = turns[0].from_human ? 0 : (n_turns > 1 ? 1 : 0);
+                    size_t vl = lens[k]; /* all of the value: a NUL inside is text */
+                    prepended = asvr_malloc(vl + 9, "a turn");
+                    memcpy(prepended, "<image>\n", 8);
+                    memcpy(prepended + 8, turns[k].value, vl);
+                    prepended[8 + vl] = 0;
+                    turns[k].value = prepended;
+                    lens[k] = vl + 8;
+                }
+            }
+            if (!bad && n_turns == 0) c.empty++;
+            if (!bad && template_apply_n(tpl, &enc, turns, lens, n_turns, image != NULL, (int)o.max_len, masking, &tr,
+                                         &err) < 0)
+                bad = 1;
+            uint32_t extra_flags = 0;
+            if (!bad && image && tr.n_images == 0) {
+                /* the reference tokenizes it as an image sample and trains it as text: no image positions */
+                if (np_mode != 2) c.no_placeholder++;
+                if (np_mode == 1) {
+                    image = NULL;
+                    extra_flags |= PACKED_IMAGE_IGNORED;
+                } else {
+                    bad = 1;
+                    asvr_err_set(&err, "it has an image ('%s') but no <image> in its turns (--image-without-placeholder "
+                                       "ignore trains it as text, as the reference does; prepend adds one)", image);
+                    template_result_free(&tr);
+                }
+            }
+            if (bad) {
                 c.skipped++;
                 reject(rej, index, id, err.msg);
             } else {
+                size_t dropped = template_collate(&tr, enc.pad_id, (int)o.max_len, unk_drop);
+                if (dropped && unk_drop) extra_flags |= PACKED_UNK_DROPPED;
+                c.unk_samples += dropped > 0;
+                c.unk_dropped += dropped;
                 int cut;
                 uint32_t positions = truncate_expanded(&tr, (uint32_t)o.image_positions, (uint32_t)o.max_len, &cut);
                 if (tr.ids.n > mask_cap) {
@@ -317,7 +399,7 @@ int pack_build_main(int argc, char **argv) {
                 }
                 uint32_t sup = 0;
                 for (size_t k = 0; k < tr.ids.n; k++) sup += mask[k] = tr.labels.v[k] != IGNORE_INDEX;
-                uint32_t flags = (tr.mismatch ? PACKED_MISMATCH : 0) | ((cut || tr.truncated) ? PACKED_TRUNCATED : 0);
+                uint32_t flags = extra_flags | (tr.mismatch ? PACKED_MISMATCH : 0) | ((cut || tr.truncated) ? PACKED_TRUNCATED : 0);
                 if (packed_writer_add(w, index, id, image, tr.ids.v, mask, (uint32_t)tr.ids.n, positions, flags, &err) < 0) {
                     LOG_ERROR("%s", err.msg);
                     failed = 1;
@@ -335,6 +417,7 @@ int pack_build_main(int argc, char **argv) {
                 }
                 template_result_free(&tr);
             }
+            free(prepended);
             free(turns);
             free(lens);
             json_decref(e);
@@ -374,6 +457,13 @@ int pack_build_main(int argc, char **argv) {
                  (unsigned long long)info.n_rows, fill, (unsigned long long)info.n_tokens,
                  (unsigned long long)info.n_supervised, (unsigned long long)c.truncated,
                  (unsigned long long)c.mismatch, (unsigned long long)c.skipped, secs, secs > 0 ? (double)c.samples / secs : 0);
+        if (c.no_placeholder)
+            LOG_INFO("%llu samples had an image but no <image> (--image-without-placeholder %s)",
+                     (unsigned long long)c.no_placeholder, o.no_placeholder ? o.no_placeholder : "ignore");
+        if (c.unk_samples)
+            LOG_INFO("%llu samples had the pad id (<unk>) in their text: %llu positions %s (--unk-positions %s)",
+                     (unsigned long long)c.unk_samples, (unsigned long long)c.unk_dropped, unk_drop ? "dropped" : "kept",
+                     unk_drop ? "drop" : "keep");
         LOG_INFO("token data: %.1f MiB raw, %.1f MiB stored (ratio %.2f)", (double)info.token_raw_bytes / 1048576.0,
                  (double)info.token_stored_bytes / 1048576.0,
                  info.token_stored_bytes ? (double)info.token_raw_bytes / (double)info.token_stored_bytes : 0);
@@ -387,6 +477,15 @@ int pack_build_main(int argc, char **argv) {
                                   "no_supervision", (json_int_t)c.no_supervision, "skipped", (json_int_t)c.skipped,
                                   "token_raw_bytes", (json_int_t)info.token_raw_bytes,
                                   "token_stored_bytes", (json_int_t)info.token_stored_bytes, "seconds", secs);
+            json_object_set_new(s, "image_without_placeholder", json_integer((json_int_t)c.no_placeholder));
+            json_object_set_new(s, "image_without_placeholder_mode",
+                                json_string(np_mode == 0 ? "reject" : np_mode == 1 ? "ignore" : "prepend"));
+            json_object_set_new(s, "unk_samples", json_integer((json_int_t)c.unk_samples));
+            json_object_set_new(s, "unk_positions", json_string(unk_drop ? "drop" : "keep"));
+            json_object_set_new(s, unk_drop ? "unk_dropped" : "unk_kept", json_integer((json_int_t)c.unk_dropped));
+            json_object_set_new(s, "empty_conversations", json_integer((json_int_t)c.empty));
+            json_object_set_new(s, "masking", json_string(masking == MASKING_CORRECTED ? "corrected" : "reference"));
+            json_object_set_new(s, "tokenizer_legacy", json_boolean(sp_tokenizer_legacy(tok)));
             asvr_stats_write(o.stats, s);
             json_decref(s);
         }

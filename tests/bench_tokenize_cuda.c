@@ -19,7 +19,7 @@
 #include "base/progress.h" /* asvr_now */
 #include "model/vision_tokenizer.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 /* Multiply-adds x 2 of one image through the tokenizer: patch embedding, `tap` encoder layers

@@ -4,7 +4,7 @@
  *
  *   bench_train_cuda TOKENIZER [--config MODEL.json] [--device cuda|cpu] [--rows 4] [--seq 2048]
  *                    [--steps 10] [--warmup 3] [--seed 0] [--attention auto|kept|flash]
- *                    [--recompute N] [--precision f32|bf16]
+ *                    [--recompute N] [--precision f32|bf16] [--scales 384,768,1152]
  *
  * TOKENIZER: a vision-tokenizer file whose tower and codebooks match the config (for the benchmark:
  * `tools/convert_tokenizer.py random --preset so400m`, random weights). Without --config the model is
@@ -13,6 +13,8 @@
  * Attention: flash (log-sum-exps kept, probabilities recomputed) on cuda, kept probabilities on cpu,
  * unless --attention says otherwise. Precision: as asvr-train's default, the frozen tower in bf16 and
  * mixed precision (bf16 weight copies and activations, f32 masters) on cuda unless --precision f32.
+ * --scales runs the input tower in S2 mode at those scales (model/s2.h: 14 tower forwards per image at
+ * 384/768/1152, the projector reading 3 x 1152 features; the pixels are drawn at the largest scale).
  * Data: `rows` rows of `seq` positions, one sample per row: the image's positions first, then random
  * text, every text position supervised; random codes and pixels (seeded).
  * Prints a human summary on stderr and one JSON line on stdout: tokens_per_s, s_per_step, the phases
@@ -37,7 +39,7 @@
 #include "model/vision_tokenizer.h"
 #include "optim.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 static const char *BENCH_CONFIG =
@@ -77,6 +79,7 @@ int main(int argc, char **argv) {
     const char *tok_path = argv[1], *config_path = NULL, *device = "cuda";
     int rows = 4, T = 2048, steps = 10, warmup = 3, flash = -1, recompute = 0, bf16 = -1;
     uint64_t seed = 0;
+    const char *scales = NULL;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) ASVR_FATAL("see the usage line", "option %s needs a value", a);
@@ -90,6 +93,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--recompute")) recompute = atoi(v);
         else if (!strcmp(a, "--precision")) bf16 = !strcmp(v, "bf16") ? 1 : !strcmp(v, "f32") ? 0 : -2;
         else if (!strcmp(a, "--attention")) flash = !strcmp(v, "flash") ? 1 : !strcmp(v, "kept") ? 0 : -1;
+        else if (!strcmp(a, "--scales")) scales = v;
         else ASVR_FATAL("see the usage line", "unknown option %s", a);
         i++;
     }
@@ -124,13 +128,23 @@ int main(int argc, char **argv) {
     if (asvr_config_from_json(config_text, &mc, &err) < 0) ASVR_FATAL("check the config", "%s", err.msg);
     free(config_text);
     CHECK(mc.has_head, "add a visual_head", "the benchmark config has no visual head");
+    if (scales) { /* S2: "384,768,1152" */
+        mc.n_scales = 0;
+        for (const char *p = scales; *p && mc.n_scales < S2_MAX_SCALES; p += *p == ',') {
+            char *end;
+            mc.scales[mc.n_scales++] = (int)strtol(p, &end, 10);
+            CHECK(end != p, "give --scales as a comma-separated list", "--scales '%s'", scales);
+            p = end;
+        }
+        if (s2_scales_check(mc.scales, mc.n_scales, mc.vision.image_size, &err) < 0) ASVR_FATAL("see --scales", "%s", err.msg);
+    }
     mc.flash_attention = flash < 0 ? dev == NN_CUDA : flash;
     if (asvr_config_set_recompute(&mc, recompute, NULL, &err) < 0) ASVR_FATAL("see --recompute", "%s", err.msg);
     mc.tower_bf16 = dev == NN_CUDA; /* the frozen tower in bf16 on the GPU, as the reference runs it */
     CHECK(bf16 >= -1 && (bf16 != 1 || dev == NN_CUDA), "give --precision f32 or bf16 (bf16 on cuda only)",
           "bad --precision for device %s", device);
     mc.compute_bf16 = bf16 < 0 ? dev == NN_CUDA : bf16;
-    const int P = mc.image_positions, D = mc.head.depth, K = mc.head.codebook_size, S = mc.vision.image_size;
+    const int P = mc.image_positions, D = mc.head.depth, K = mc.head.codebook_size, S = asvr_input_size(&mc);
     CHECK(T > P + 1, "raise --seq", "a row of %d positions cannot hold the %d image positions and text", T, P);
 
     asvr_model m;

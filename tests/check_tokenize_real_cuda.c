@@ -21,7 +21,7 @@
 #include "io/safetensors.h"
 #include "model/vision_tokenizer.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 #define MAX_IMAGES 64

@@ -191,6 +191,10 @@ JSON
 T "$BIN/asvr-pack" build --template vicuna_v1 --tokenizer "$SP" --image-positions 9 --out "$TMP/nul.pack" $Q "$TMP/nul.json"
 "$BIN/asvr-pack" show --tokenizer "$SP" "$TMP/nul.pack" 0 | tr '\0' '@' > "$TMP/nul.txt"
 check 'grep -q "ab@cd ef" "$TMP/nul.txt"' "a \\u0000 is kept with the text after it"
+T "$BIN/asvr-pack" build --template mistral_instruct --masking corrected --tokenizer "$SP" --image-positions 9 \
+    --out "$TMP/nul2.pack" $Q "$TMP/nul.json"
+"$BIN/asvr-pack" show --tokenizer "$SP" "$TMP/nul2.pack" 0 | tr '\0' '@' > "$TMP/nul2.txt"
+check 'grep -q "ab@cd ef" "$TMP/nul2.txt"' "the same with mistral_instruct and --masking corrected"
 
 # ---- 8. messages ----------------------------------------------------------------------------------
 "$BIN/asvr-tokenize" stats "$TMP/none.lmdb" 2> "$TMP/e"
@@ -216,7 +220,7 @@ edit_state 's/"step": 2/"step": "four"/' "$TMP/r3"
 T "${TRAIN[@]}" --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 4 --out "$TMP/r3" 2> "$TMP/e"; rc=$?
 check '[ $rc -eq 1 ] && grep -q "\"step\"" "$TMP/e"' "state.json step \"four\": refused naming it (rc $rc)"
 edit_state 's/"intermediate_size": 64/"intermediate_size": 65/' "$TMP/r4"
-T "$BIN/asvr-train" export "$TMP/r4/step-00000002" "$TMP/exp4" $Q 2> "$TMP/e"; rc=$?
+T "$BIN/asvr-train" export --format llava "$TMP/r4/step-00000002" "$TMP/exp4" $Q 2> "$TMP/e"; rc=$?
 check '[ $rc -eq 1 ] && grep -q "needs" "$TMP/e" && [ ! -e "$TMP/exp4" ]' "export of a checkpoint whose config disagrees with its tensors: refused (rc $rc)"
 echo '{"question_id": "q1", "image": 5, "question": "What?", "answer": "red"}' > "$TMP/q5.jsonl"
 echo '{"question_id": "q1", "answer": "red"}' > "$TMP/a5.jsonl"

@@ -28,9 +28,22 @@ a2=$("$BIN/asvr-eval" ask --checkpoint "$RUN/step-00000150" "${M[@]}" "${ASK[@]}
 check '[ "$a2" = "$a1" ]' "the step folder gives the same answer"
 a3=$("$BIN/asvr-eval" ask --model "$RUN/step-00000150/model.safetensors" --config "$F/model.json" "${M[@]}" "${ASK[@]}")
 check '[ "$a3" = "$a1" ]' "--model/--config gives the same answer (pad policy by default)"
-"$BIN/asvr-train" export "$RUN/step-00000150" "$TMP/export" --log-level warn
+"$BIN/asvr-train" export "$RUN/step-00000150" "$TMP/export" "${M[@]}" --log-level warn
+check '[ $? -eq 0 ] && grep -q "\"model_type\": \"llava\"" "$TMP/export/config.json" && grep -q "LlavaForConditionalGeneration" "$TMP/export/config.json" && grep -q "\"image_token_index\": 700" "$TMP/export/config.json" && grep -q "\"vision_feature_layer\": 3" "$TMP/export/config.json" && grep -q "siglip_vision_model" "$TMP/export/config.json" && [ -f "$TMP/export/tokenizer.model" ] && grep -q "<image>" "$TMP/export/tokenizer_config.json" && [ -f "$TMP/export/preprocessor_config.json" ]' \
+      "export (hf, the default): LlavaConfig with a SigLIP vision_config, the tap layer, an image token and the tokenizer"
 a5=$("$BIN/asvr-eval" ask --checkpoint "$TMP/export" "${M[@]}" "${ASK[@]}" --policy pad)
-check '[ "$a5" = "$a1" ]' "an asvr-train export loads directly and gives the same answer"
+check '[ "$a5" = "$a1" ]' "an hf export loads directly and gives the same answer"
+a6=$("$BIN/asvr-eval" ask --checkpoint "$TMP/export" --tokenizer "$SP" "${ASK[@]}")
+check '[ "$a6" = "$a1" ]' "an hf export carries its tower: no --vision needed"
+"$BIN/asvr-train" export --format llava --vision "$TOK" "$RUN/step-00000150" "$TMP/export-llava" --log-level warn
+check '[ $? -eq 0 ] && grep -q "\"model_type\": \"llava_llama\"" "$TMP/export-llava/config.json" && grep -q "\"mm_vision_tower\": \".*siglip_vision_tower\"" "$TMP/export-llava/config.json" && [ -f "$TMP/export-llava/siglip_vision_tower/model.safetensors" ]' \
+      "export --format llava: LLaVA's names, mm_vision_tower set to the tower written beside it"
+a7=$("$BIN/asvr-eval" ask --checkpoint "$TMP/export-llava" "${M[@]}" "${ASK[@]}")
+check '[ "$a7" = "$a1" ]' "a llava export loads directly and gives the same answer"
+"$BIN/asvr-train" export "$RUN/step-00000150" "$TMP/export-bad" --log-level warn 2> /dev/null
+check '[ $? -eq 2 ] && [ ! -e "$TMP/export-bad" ]' "export hf without --vision/--tokenizer is a usage error"
+"$BIN/asvr-eval" ask --checkpoint "$RUN" "${M[@]}" "${ASK[@]}" --logits "$TMP/logits.safetensors" > /dev/null
+check '[ $? -eq 0 ] && [ -s "$TMP/logits.safetensors" ] && grep -q "prompt_ids" "$TMP/logits.safetensors"' "ask --logits writes the first step's logits"
 a4=$("$BIN/asvr-eval" ask --checkpoint "$RUN" "${M[@]}" "${ASK[@]}" --max-new-tokens 1)
 check '[ "$(printf "%s" "$a4" | wc -w)" -le 1 ]' "--max-new-tokens 1 gives at most one word ('$a4')"
 

@@ -79,5 +79,13 @@ check '[ $? -eq 0 ] && grep -q "\"missing\": 3" "$TMP/part.json" && grep -q "\"a
 check '[ $? -eq 0 ] && grep -q "Reference OCR tokens: coca, cola" "$TMP/p.jsonl" && grep -q "\"max_new_tokens\":512" "$TMP/p.jsonl"' "prompts"
 "$BIN" --help > /dev/null; check '[ $? -eq 0 ]' "--help exits 0"
 
+# scores JSON carries full double precision (2 of 3 right: 66.66666666666667, not 66.66666667)
+printf '%s\n' '{"question_id": 1, "image": "a.jpg", "question": "Q?", "answer": "yes", "category": "random"}' \
+  '{"question_id": 2, "image": "a.jpg", "question": "Q?", "answer": "no", "category": "random"}' \
+  '{"question_id": 3, "image": "a.jpg", "question": "Q?", "answer": "no", "category": "random"}' > "$TMP/p3.jsonl"
+printf '%s\n' '{"question_id": 1, "answer": "Yes"}' '{"question_id": 2, "answer": "No"}' '{"question_id": 3, "answer": "Yes"}' > "$TMP/a3.jsonl"
+"$BIN" score --bench pope --questions "$TMP/p3.jsonl" --answers "$TMP/a3.jsonl" $Q > "$TMP/s3.json"
+check 'grep -q "\"accuracy\": 66\.666666666666[0-9]*," "$TMP/s3.json"' "scores JSON in full double precision"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -66,6 +66,55 @@ check '[ "$(grep -c "^mpirun -np 16 --hostfile hosts /nonexistent/bin/" "$TMP/pl
 make -n "${VARS[@]}" GPUS=2 DEVICE=cpu > "$TMP/plancpu.txt" 2> /dev/null
 check 'grep -q -- "--device cpu" "$TMP/plancpu.txt" && ! grep -q -- "--device cuda" "$TMP/plancpu.txt"' "DEVICE overrides the device of the parts"
 
+# The paper's other settings, each a variable (issue: Mistral-7B, Vicuna-13B, LLaVA-NeXT-779K / Bunny, the ablations).
+mkdir -p "$M/mistral" "$M/v13" "$D/next" "$D/bunny"
+touch "$M/mistral/tokenizer.model" "$M/mistral/model.safetensors.index.json" "$M/v13/tokenizer.model" \
+      "$M/v13/model.safetensors.index.json" "$D/next/llava_next_779k.json.zst" "$D/bunny/bunny_pretrain_laion_2m.json" "$M/app.safetensors" "$M/tok3m.safetensors"
+check '! grep -qE -- "--masking|--visual-loss|--input|--codes-app|--template mistral|model-(13b|mistral)" "$TMP/plan.txt"' \
+      "the default plan has none of the variant flags"
+plan() { local out="$1"; shift; make -n "${VARS[@]}" "$@" > "$out" 2> "$out.err"; }
+plan "$TMP/pm.txt" LLM=mistral-7b LLM_DIR="$M/mistral"
+check '[ $? -eq 0 ] && grep -q -- "--template mistral_instruct --tokenizer $M/mistral/tokenizer.model" "$TMP/pm.txt" && grep -q -- "--template plain --tokenizer $M/mistral/tokenizer.model" "$TMP/pm.txt"' \
+      "LLM=mistral-7b: packs with mistral_instruct (it) and plain (pt) and Mistral's tokenizer ($(head -c 200 "$TMP/pm.txt.err"))"
+check '[ "$(grep -c -- "--config model-mistral.json" "$TMP/pm.txt")" = 2 ] && grep -q -- "--llm $M/mistral/model.safetensors.index.json" "$TMP/pm.txt"' \
+      "LLM=mistral-7b: both stages train model-mistral.json from the Mistral weights"
+check '[ "$(grep -c -- "asvr-eval run .*--tokenizer $M/mistral/tokenizer.model --template mistral_instruct --bench" "$TMP/pm.txt")" = 2 ]' \
+      "LLM=mistral-7b: the evals prompt with mistral_instruct"
+plan "$TMP/p13.txt" LLM=vicuna-13b LLM_DIR="$M/v13"
+check '[ "$(grep -c -- "--config model-13b.json" "$TMP/p13.txt")" = 2 ] && grep -q -- "--template vicuna_v1 --tokenizer $M/v13/tokenizer.model" "$TMP/p13.txt" && ! grep -q -- "--template mistral" "$TMP/p13.txt"' \
+      "LLM=vicuna-13b: model-13b.json, vicuna_v1"
+plan "$TMP/pbad.txt" LLM=gpt2
+check '[ $? -ne 0 ] && grep -q "LLM must be" "$TMP/pbad.txt.err"' "an unknown LLM is refused"
+plan "$TMP/pd.txt" PT_JSON="$D/bunny/bunny_pretrain_laion_2m.json" IT_JSON="$D/next/llava_next_779k.json.zst" PT_IMAGES="$D/bunny" IT_IMAGES="$D/next" \
+     MASKING=corrected PACK_FLAGS="--image-without-placeholder ignore"
+check 'grep -q -- "--json $D/bunny/bunny_pretrain_laion_2m.json --image-root $D/bunny " "$TMP/pd.txt" && grep -q -- "--json $D/next/llava_next_779k.json.zst --image-root $D/next " "$TMP/pd.txt"' \
+      "PT_JSON / IT_JSON (Bunny, LLaVA-NeXT .json.zst) reach the encodes"
+check '[ "$(grep -c -- "--masking corrected --image-without-placeholder ignore $D/" "$TMP/pd.txt")" = 2 ] && grep -q -- "--image-root $D/next --out" "$TMP/pd.txt"' \
+      "MASKING and PACK_FLAGS reach both packs, IT_IMAGES the it training"
+plan "$TMP/pv.txt" PT_VISUAL_LOSS=none
+check 'grep -A1 -e "--stage pt" "$TMP/pv.txt" | grep -q -- "--visual-loss none" && ! grep -A1 -e "--stage it" "$TMP/pv.txt" | grep -q -- "--visual-loss"' \
+      "PT_VISUAL_LOSS=none: the visual loss in stage it only (Table 4)"
+plan "$TMP/pn.txt" VISUAL_LOSS=none INPUT=discrete
+check '[ "$(grep -c -- "--visual-loss none --input discrete" "$TMP/pn.txt")" = 2 ]' "VISUAL_LOSS=none INPUT=discrete: both stages"
+plan "$TMP/pa.txt" VISUAL_LOSS=both TOKENIZER_APP="$M/app.safetensors"
+check '[ "$(grep -c "asvr-tokenize encode" "$TMP/pa.txt")" = 4 ] && grep -q -- "--tokenizer $M/app.safetensors --policy pad --out $TMP/out/codes-it-app.lmdb" "$TMP/pa.txt"' \
+      "VISUAL_LOSS=both: the appearance tokenizer's stores are encoded too"
+check 'grep -q -- "--visual-loss both --codes-app $TMP/out/codes-pt-app.lmdb --codebooks-app $M/app.safetensors" "$TMP/pa.txt" && grep -q -- "--codes-app $TMP/out/codes-it-app.lmdb" "$TMP/pa.txt"' \
+      "VISUAL_LOSS=both: each stage trains with its appearance store (Table 1, Dual)"
+plan "$TMP/pa2.txt" VISUAL_LOSS=appearance
+check '[ $? -ne 0 ] && grep -q "TOKENIZER_APP" "$TMP/pa2.txt.err"' "VISUAL_LOSS=appearance without TOKENIZER_APP is refused"
+plan "$TMP/p3m.txt" TOKENIZER="$M/tok3m.safetensors" OUT="$TMP/out3m"
+check '[ "$(grep -c -- "--tokenizer $M/tok3m.safetensors --policy" "$TMP/p3m.txt")" = 2 ] && [ "$(grep -c -- "--codebooks $M/tok3m.safetensors" "$TMP/p3m.txt")" = 2 ] && grep -q -- "--out $TMP/out3m/codes-it.lmdb" "$TMP/p3m.txt"' \
+      "TOKENIZER=DualToken-3M with its own OUT: its own code stores and codebooks"
+# S2=1: the high-resolution variant: the S2 model config, LLaVA-NeXT-779K for stage it, codes of images
+# prepared at 1152 and downsampled to 384, its own output folder; pt keeps LLaVA-558K.
+mkdir -p "$D/LLaVA-NeXT-Data" && touch "$D/LLaVA-NeXT-Data/llava_next_779k.json"
+make -n "${VARS[@]}" S2=1 OUT="$TMP/out-s2" > "$TMP/plans2.txt" 2> "$TMP/plans2.err"
+check '[ $? -eq 0 ]' "make -n S2=1 plans the recipe ($(head -c 300 "$TMP/plans2.err"))"
+check '[ "$(grep -c -- "asvr-tokenize encode .*--input-size 1152 --downsample bilinear" "$TMP/plans2.txt")" = 2 ]'       "S2=1: both code stores from images prepared at 1152, bilinear to 384"
+check '[ "$(grep -c -- "--config model-s2.json" "$TMP/plans2.txt")" = 2 ] && grep -q -- "--json $D/LLaVA-NeXT-Data/llava_next_779k.json" "$TMP/plans2.txt" && grep -q -- "--json $D/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json" "$TMP/plans2.txt" && ! grep -q "mix665k" "$TMP/plans2.txt"'       "S2=1: model-s2.json for both stages, LLaVA-558K for pt and LLaVA-NeXT-779K for it"
+check 'grep -q -- "--out $TMP/out-s2/codes-it.lmdb" "$TMP/plans2.txt" && ! grep -q -- "--input-size" "$TMP/plan.txt"'       "S2=1 writes its own stores; the default recipe has no --input-size"
+
 # After a successful run (targets made in order, each newer than its inputs) there is nothing to do.
 O="$TMP/out"
 mkdir -p "$O/runs/pt/step-00000001" "$O/runs/it" "$O/eval/asvr/scores"

@@ -40,6 +40,10 @@ check '[ $? -eq 0 ] && [ "$(wc -l < "$TMP/rej.jsonl")" = 4 ] && grep -q "\"id\":
 check 'grep -q "sample 1 (id '"'"'two'"'"')" "$TMP/bad.err"' "the log names the sample index and id"
 "$BIN" build --template plain --tokenizer "$M" --image-positions 9 --out "$TMP/bad2.pack" --max-errors 0 "$TMP/bad.json" 2> /dev/null
 check '[ $? -eq 1 ] && [ ! -e "$TMP/bad2.pack" ] && [ -z "$(ls "$TMP" | grep tmp)" ]' "--max-errors 0: fails, no output, no temp file"
+"$BIN" build --template plain --tokenizer "$M" --image-positions 9 --out "$TMP/bad4.pack" --max-errors 4 "$TMP/bad.json" 2> /dev/null
+check '[ $? -eq 0 ] && [ -e "$TMP/bad4.pack" ]' "--max-errors 4 with 4 malformed samples: not more than 4, the build succeeds"
+"$BIN" build --template plain --tokenizer "$M" --image-positions 9 --out "$TMP/bad3.pack" --max-errors 3 "$TMP/bad.json" 2> /dev/null
+check '[ $? -eq 1 ] && [ ! -e "$TMP/bad3.pack" ]' "--max-errors 3 with 4 malformed samples fails"
 printf '[{"id": 1, "conversations": [' > "$TMP/cut.json"
 "$BIN" build --template vicuna_v1 --tokenizer "$M" --image-positions 9 --out "$TMP/cut.pack" "$TMP/cut.json" 2> "$TMP/cut.err"
 check '[ $? -eq 1 ] && grep -q "cut off" "$TMP/cut.err" && [ ! -e "$TMP/cut.pack" ]' "a truncated JSON fails cleanly"

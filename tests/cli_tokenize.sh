@@ -42,6 +42,8 @@ check 'cmp -s "$TMP/a.lmdb" "$TMP/a.copy"' "refused runs leave the store untouch
 # --max-errors: 3 bad images, limit 1 → exit 1, the partial kept, no finished store.
 "${ENC[@]}" --policy pad --out "$TMP/m.lmdb" --max-errors 1 --threads 1 2> /dev/null
 check '[ $? -eq 1 ] && [ -e "$TMP/m.lmdb.partial" ] && [ ! -e "$TMP/m.lmdb" ]' "--max-errors fails and keeps the partial"
+"${ENC[@]}" --policy pad --out "$TMP/m3.lmdb" --max-errors 3 --threads 1 2> /dev/null
+check '[ $? -eq 0 ] && [ -e "$TMP/m3.lmdb" ]' "--max-errors 3 with 3 bad images: not more than 3, the run succeeds"
 
 # Usage errors exit 2.
 "$BIN" encode --list "$TMP/good.txt" --tokenizer "$TOK" --out "$TMP/x.lmdb" 2> /dev/null

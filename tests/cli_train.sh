@@ -75,9 +75,15 @@ check '[ $? -eq 0 ] && [ -f "$TMP/disc/step-00000003/DONE" ]' "--input discrete 
 "$BIN/asvr-train" plot "$TMP/it/log.jsonl" "$TMP/loss.png" $Q
 check '[ "$(head -c 4 "$TMP/loss.png" | od -An -tx1 | tr -d " ")" = "89504e47" ]' "plot writes a PNG"
 
-"$BIN/asvr-train" export "$TMP/it/step-00000048" "$TMP/export" $Q
-check '[ $? -eq 0 ] && [ -f "$TMP/export/model.safetensors" ] && grep -q "mm_projector_type" "$TMP/export/config.json"' "export writes an HF-style folder"
-"$BIN/asvr-train" export "$TMP/it/step-00000048" "$TMP/export" 2> /dev/null; check '[ $? -eq 1 ]' "export refuses an existing folder"
+"$BIN/asvr-train" export "$TMP/it/step-00000048" "$TMP/export" --vision "$TOK" --tokenizer "$SP" $Q
+check '[ $? -eq 0 ] && [ -f "$TMP/export/model.safetensors" ] && grep -q "multi_modal_projector" "$TMP/export/model.safetensors" && [ -f "$TMP/export/visual_head.safetensors" ] && grep -q "codebook_size" "$TMP/export/visual_head_config.json"' \
+      "export writes a transformers LLaVA folder, the visual head in its own file"
+"$BIN/asvr-eval" codes --checkpoint "$TMP/export" --tokenizer "$SP" --codebooks "$TOK" --packed "$TMP/it.pack" \
+    --codes "$TMP/it.lmdb" --image-root "$G/images" $Q > "$TMP/codes-export.json"
+check '[ "$(tr -d " \n" < "$TMP/codes-export.json" | grep -o "\"code_accuracy_depth\":\[[0-9.e+-]*")" = "\"code_accuracy_depth\":[$d0" ]' "asvr-eval codes reads the exported visual head: the same accuracy"
+"$BIN/asvr-train" export --format llava "$TMP/it/step-00000048" "$TMP/export-llava" --vision "$TOK" $Q
+check '[ $? -eq 0 ] && grep -q "mm_projector_type" "$TMP/export-llava/config.json" && grep -q "mm_vision_tower" "$TMP/export-llava/config.json"' "export --format llava writes LLaVA's layout"
+"$BIN/asvr-train" export "$TMP/it/step-00000048" "$TMP/export" --vision "$TOK" --tokenizer "$SP" 2> /dev/null; check '[ $? -eq 1 ]' "export refuses an existing folder"
 
 # Table 1's App. and Dual rows: a second head on a second tokenizer's codes (here the same tiny
 # tokenizer stands in for the appearance one: the mechanics are what is checked).

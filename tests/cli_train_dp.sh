@@ -48,6 +48,11 @@ for z in 0 1; do
         "2 ranks x 1 (ZeRO $z): the losses and parameters of 1 rank x 2"
 done
 
+# One process at ZeRO 2 (buckets, the sharded path at one rank) is the plain run bit for bit.
+"${C[@]}" --accum 2 --steps 12 "${SMALL[@]}" --zero 2 --out "$TMP/one_z2"
+check 'same_losses "$TMP/one" "$TMP/one_z2" && same_file "$TMP/one" "$TMP/one_z2" step-00000012/model.safetensors' \
+      "1 rank at ZeRO 2: the plain run"
+
 # Collectives per step (rank 0's, in every log line): the design's counts.
 counts_ok() { # counts_ok LOG KIND FORMULA — FORMULA in b (buckets) and r (rounds)
   awk -v kind="\"$2\":" -v f="$3" '

@@ -34,11 +34,10 @@
 #include "base/error.h"
 #include "nn/comm.h"
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 #include "nn/tensor.h"
 #include "test.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 static comm *C;

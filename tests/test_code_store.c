@@ -27,6 +27,7 @@ static code_store_meta make_meta(const char *fp, int compress) {
     snprintf(m.policy, sizeof m.policy, "pad");
     snprintf(m.backend, sizeof m.backend, "cpu-f32");
     m.image_size = 384, m.positions = P, m.depth = D, m.codebook_size = K, m.compression = compress;
+    m.pad[0] = m.pad[1] = m.pad[2] = 127;
     return m;
 }
 
@@ -179,6 +180,33 @@ static void backend_checks(const char *dir) {
     T_EQ_INT(code_store_meta_from_json(js, strlen(js), &m, &err), 0);
     T_CHECK(strcmp(m.backend, "cuda-bf16") == 0, "backend round trip");
     free(js);
+    /* pad colour and EXIF: absent, they read as what older stores were made with; recorded only when
+     * they differ from it; round trip; another colour or EXIF rule is a difference. */
+    T_EQ_INT(code_store_meta_from_json(old_meta, strlen(old_meta), &m, &err), 0);
+    T_CHECK(m.pad[0] == 127 && m.pad[1] == 127 && m.pad[2] == 127 && m.exif == 0, "an older store reads as 127, no EXIF");
+    js = code_store_meta_to_json(&m);
+    T_CHECK(!strstr(js, "pad_color") && !strstr(js, "exif"), "defaults are not written: %s", js);
+    free(js);
+    code_store_meta clip = m;
+    clip.pad[0] = 122, clip.pad[1] = 116, clip.pad[2] = 104, clip.exif = 1;
+    js = code_store_meta_to_json(&clip);
+    T_STR_CONTAINS(js, "\"pad_color\":[122,116,104]");
+    T_STR_CONTAINS(js, "\"exif\":true");
+    code_store_meta back;
+    T_EQ_INT(code_store_meta_from_json(js, strlen(js), &back, &err), 0);
+    T_CHECK(back.pad[0] == 122 && back.pad[1] == 116 && back.pad[2] == 104 && back.exif == 1, "pad/EXIF round trip");
+    free(js);
+    char why[256];
+    T_EQ_INT(code_store_meta_diff(&m, &clip, why, sizeof why), 1);
+    T_STR_CONTAINS(why, "pad colour");
+    clip.pad[0] = 127, clip.pad[1] = 127, clip.pad[2] = 127;
+    T_EQ_INT(code_store_meta_diff(&m, &clip, why, sizeof why), 1);
+    T_STR_CONTAINS(why, "EXIF");
+    const char *bad_pad = "{\"codebook_size\":16384,\"compression\":\"none\",\"depth\":8,\"dtype\":\"u16le\","
+                          "\"format_version\":1,\"image_size\":384,\"policy\":\"squash\",\"positions\":729,"
+                          "\"tokenizer\":\"t\",\"tokenizer_fingerprint\":\"0123456789abcdef\",\"pad_color\":[1,2,300]}";
+    T_EQ_INT(code_store_meta_from_json(bad_pad, strlen(bad_pad), &m, &err), -1);
+    T_STR_CONTAINS(err.msg, "pad_color");
     unlink(path);
 }
 

@@ -16,7 +16,7 @@
 #include "test.h"
 #include "generate_fixture.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 #define NP 3

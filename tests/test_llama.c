@@ -282,7 +282,31 @@ static void test_config(fixture *fx, json_t *llm) {
     T_CHECK(rc == 0 && c2.sliding_window == 4096 && c2.n_kv_heads == 1 && c2.rope_theta == 1e6f,
             "Mistral-style config: %s", err.msg);
 
+    /* the config.json files as released: Mistral-7B-Instruct-v0.2 (transformers 4.36: rope_theta 1e6,
+     * sliding_window null, 8 kv heads) and Vicuna-13B-v1.5 (pretraining_tp, rope_scaling null) */
+    rc = llama_config_from_json(
+        "{\"architectures\":[\"MistralForCausalLM\"],\"attention_dropout\":0.0,\"bos_token_id\":1,\"eos_token_id\":2,"
+        "\"hidden_act\":\"silu\",\"hidden_size\":4096,\"initializer_range\":0.02,\"intermediate_size\":14336,"
+        "\"max_position_embeddings\":32768,\"model_type\":\"mistral\",\"num_attention_heads\":32,\"num_hidden_layers\":32,"
+        "\"num_key_value_heads\":8,\"rms_norm_eps\":1e-05,\"rope_theta\":1000000.0,\"sliding_window\":null,"
+        "\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\",\"transformers_version\":\"4.36.0\",\"use_cache\":true,"
+        "\"vocab_size\":32000}",
+        &c2, &err);
+    T_CHECK(rc == 0 && c2.n_kv_heads == 8 && c2.ffn_dim == 14336 && c2.rope_theta == 1e6f && c2.sliding_window == 0 &&
+                llama_head_dim(&c2) == 128,
+            "Mistral-7B-Instruct-v0.2 config.json: %s", err.msg);
+    rc = llama_config_from_json(
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"bos_token_id\":1,\"eos_token_id\":2,\"hidden_act\":\"silu\","
+        "\"hidden_size\":5120,\"initializer_range\":0.02,\"intermediate_size\":13824,\"max_position_embeddings\":4096,"
+        "\"model_type\":\"llama\",\"num_attention_heads\":40,\"num_hidden_layers\":40,\"num_key_value_heads\":40,"
+        "\"pad_token_id\":0,\"pretraining_tp\":1,\"rms_norm_eps\":1e-05,\"rope_scaling\":null,\"tie_word_embeddings\":false,"
+        "\"torch_dtype\":\"float16\",\"transformers_version\":\"4.31.0\",\"use_cache\":true,\"vocab_size\":32000}",
+        &c2, &err);
+    T_CHECK(rc == 0 && c2.dim == 5120 && c2.n_layers == 40 && c2.rope_theta == 1e4f && llama_head_dim(&c2) == 128,
+            "Vicuna-13B-v1.5 config.json: %s", err.msg);
+
     struct { const char *key, *value, *msg; } bad[] = {
+        {"attention_dropout", "0.1", "attention_dropout"},
         {"tie_word_embeddings", "true", "tie_word_embeddings"},
         {"hidden_act", "\"gelu\"", "hidden_act"},
         {"attention_bias", "true", "attention_bias"},

@@ -158,7 +158,7 @@ static void test_attention(int B, int Tn, int H, int Hkv, int Dh, int causal, in
     randn(q, 1.0f), randn(k, 1.0f), randn(v, 1.0f);
     op_fill(o, NAN);
     float scale = 1.0f / sqrtf((float)Dh);
-    op_attention(o, q, k, v, H, Hkv, scale, causal, att);
+    op_attention(o, q, k, v, H, Hkv, scale, causal, att, keep ? NN_ATT_KEEP : NN_ATT_SCRATCH);
     double *ref = malloc(sizeof(double) * B * Tn * HD), *p = malloc(sizeof(double) * Tn);
     double *refatt = malloc(sizeof(double) * B * H * Tn * Tn);
     for (int b = 0; b < B; b++)

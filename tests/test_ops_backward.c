@@ -409,7 +409,7 @@ static void test_attention_backward(const char *label, int B, int Tn, int H, int
     c.o = malloc(sizeof(double) * nq), c.p = malloc(sizeof(double) * B * H * Tn * Tn);
     att_fwd(&c);
     op_fill(o, NAN);
-    op_attention_seg(o, q, k, v, H, Hkv, scale, causal, sg, att);
+    op_attention_seg(o, q, k, v, H, Hkv, scale, causal, sg, att, NN_ATT_KEEP);
     T_GRAD("attention forward", P(o), NULL, c.o, nq, FWD_TOL);
     T_GRAD("attention probabilities", P(att), NULL, c.p, B * H * Tn * Tn, FWD_TOL);
     op_fill(dq, NAN), op_fill(dk, NAN), op_fill(dv, NAN);
@@ -475,8 +475,8 @@ static void test_packed_equals_separate(void) {
     memcpy(P(k1), P(k) + s0 * KVD, sizeof(float) * len * KVD);
     memcpy(P(v1), P(v) + s0 * KVD, sizeof(float) * len * KVD);
     float scale = 0.5f;
-    op_attention_seg(o, q, k, v, H, Hkv, scale, 1, sg, att);
-    op_attention(o1, q1, k1, v1, H, Hkv, scale, 1, att1);
+    op_attention_seg(o, q, k, v, H, Hkv, scale, 1, sg, att, NN_ATT_SCRATCH);
+    op_attention(o1, q1, k1, v1, H, Hkv, scale, 1, att1, NN_ATT_SCRATCH);
     double *ref = dcopy(o1);
     /* measured 0 (bit-identical here); 1e-6 is about ten f32 roundings */
     T_GRAD("packed sample = sample alone", P(o) + s0 * HD, NULL, ref, len * HD, 1e-6);
@@ -504,7 +504,7 @@ static void test_mha_composition(void) {
         tensor bi = tensor_make("in_proj bias part", NN_F32, NN_CPU, 1, bs, P(inb) + i * E);
         op_matmul(qkv[i], x, &wi, &bi, NN_ACT_NONE, NULL);
     }
-    op_attention(a, q, k, v, H, H, 1.0f / sqrtf((float)Dh), 1, att);
+    op_attention(a, q, k, v, H, H, 1.0f / sqrtf((float)Dh), 1, att, NN_ATT_SCRATCH);
     op_matmul(y, a, ow, ob, NN_ACT_NONE, NULL);
     /* Reference: torch's documented MHA in double. */
     double *ref = malloc(sizeof(double) * N * D * E), *pq = malloc(sizeof(double) * 3 * N * D * E),

@@ -11,12 +11,12 @@
 #include "nn/tensor.h"
 #include "test.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 
 static uint64_t rng = 0x2545F4914F6CDD1DULL;
 static float frand(void) { return t_frand(&rng); }
 
-#define MAXT 128
+#define MAXT 256
 static void *owned[MAXT];
 static int n_owned;
 
@@ -94,15 +94,15 @@ static void run(nn_dtype dt) {
                v = host("v", 3, B, T, Hkv * Dh, 0, 1), o = host("o", 3, B, T, H * Dh, 0, 1),
                att = host("att", 4, B, H, T, T, 1);
         tensor dq = dev(&q, dt), dk = dev(&k, dt), dv = dev(&v, dt), dO = dev(&o, dt), da = dev(&att, NN_F32);
-        op_attention(&o, &q, &k, &v, H, Hkv, 0.25f, causal, &att);
-        op_attention(&dO, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &da);
+        op_attention(&o, &q, &k, &v, H, Hkv, 0.25f, causal, &att, NN_ATT_KEEP);
+        op_attention(&dO, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &da, NN_ATT_KEEP);
         double e1 = cmp(&dO, &o), e2 = cmp(&da, &att);
         T_CHECK(e1 < tol && e2 < tol, "%s attention causal=%d out %.3g probs %.3g (batched GEMMs)", dn, causal, e1, e2);
         /* with only a T x T scratch: the one-block-per-row kernel */
         tensor sc = host("scratch", 2, T, T, 0, 0, 1), dsc = dev(&sc, NN_F32);
         tensor dO2 = dev(&o, dt);
         op_fill(&dO2, NAN);
-        op_attention(&dO2, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &dsc);
+        op_attention(&dO2, &dq, &dk, &dv, H, Hkv, 0.25f, causal, &dsc, NN_ATT_SCRATCH);
         double e3 = cmp(&dO2, &o);
         nn_cuda_free(dsc.data);
         T_CHECK(e3 < tol, "%s attention causal=%d out %.3g (row kernel, scratch only)", dn, causal, e3);
@@ -153,6 +153,28 @@ static void run(nn_dtype dt) {
         }
         nn_cuda_free(dx.data), nn_cuda_free(dw.data), nn_cuda_free(db.data);
     }
+    { /* interpolate: bicubic and bilinear resizes up and down (borders clamped), area pooling divisible and
+       * not, on [N, C, H, W] and channels-last grids; device outputs start as NaN */
+        static const struct { int mode, cl, N, C, H, W, OH, OW; } cs[] = {
+            {NN_RESIZE_BICUBIC, 0, 2, 3, 13, 17, 7, 29}, {NN_RESIZE_BICUBIC, 0, 1, 3, 30, 30, 10, 10},
+            {NN_RESIZE_BICUBIC, 0, 1, 2, 30, 30, 20, 20}, {NN_RESIZE_BICUBIC, 1, 2, 5, 6, 9, 13, 4},
+            {NN_RESIZE_BILINEAR, 0, 2, 3, 13, 17, 7, 29}, {NN_RESIZE_BILINEAR, 0, 1, 3, 30, 30, 10, 10},
+            {NN_RESIZE_BILINEAR, 1, 2, 4, 5, 3, 11, 8}, {NN_RESIZE_AREA, 1, 2, 33, 9, 9, 3, 3},
+            {NN_RESIZE_AREA, 0, 2, 3, 7, 5, 3, 4}, {NN_RESIZE_AREA, 1, 1, 8, 6, 6, 6, 6}};
+        for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
+            tensor x = cs[i].cl ? host("x", 4, cs[i].N, cs[i].H, cs[i].W, cs[i].C, 1)
+                                : host("x", 4, cs[i].N, cs[i].C, cs[i].H, cs[i].W, 1);
+            tensor y = cs[i].cl ? host("y", 4, cs[i].N, cs[i].OH, cs[i].OW, cs[i].C, 1)
+                                : host("y", 4, cs[i].N, cs[i].C, cs[i].OH, cs[i].OW, 1);
+            tensor dx = dev(&x, dt), dy = dev(&y, dt);
+            op_fill(&dy, NAN);
+            op_interpolate(&y, &x, (nn_resize)cs[i].mode, cs[i].cl), op_interpolate(&dy, &dx, (nn_resize)cs[i].mode, cs[i].cl);
+            double e = cmp(&dy, &y);
+            T_CHECK(e < tol, "%s interpolate %s %dx%d -> %dx%d%s %.3g", dn, nn_resize_name((nn_resize)cs[i].mode), cs[i].H,
+                    cs[i].W, cs[i].OH, cs[i].OW, cs[i].cl ? " channels-last" : "", e);
+            nn_cuda_free(dx.data);
+        }
+    }
     { /* fused VQ step against the CPU step: codes equal (f32) or nearly (bf16), residuals close; a
        * row count that is not a multiple of the kernel's row tile */
         int N = 37, C = 40, K = 700, D = 3;
@@ -171,7 +193,7 @@ static void run(nn_dtype dt) {
         op_row_sqnorm(&cn, &cb), op_row_sqnorm(&dcn, &dcb);
         for (int d = 0; d < D; d++) {
             op_vq_step(&x, &cb, &cn, &codes, d, &dist);
-            cuda_vq_step_fused(&dx, &dcb, &dcn, &dcodes, d);
+            op_vq_fused(&dx, &dcb, &dcn, &dcodes, d);
         }
         nn_cuda_download(&back, &dcodes_f);
         int bad = 0, unset = 0;

@@ -5,7 +5,7 @@
  * the path ASVR_NO_CUBLASLT=1 forces (cuBLAS GemmEx + the epilogue kernel). Relative error
  * ||cuda - cpu|| / ||cpu|| < 2e-6 with f32 storage and < 2e-2 with bf16 storage (inputs rounded to bf16
  * values first, so both backends see the same numbers). Which path each op_matmul took is read from
- * nn_cuda_matmul_lt_count: never cuBLASLt where ops_cuda.cu rules it out (the erf GELU, pre other than
+ * nn_cuda_matmul_lt_count: never cuBLASLt where ops_matmul.cu rules it out (the erf GELU, pre other than
  * the GELU aux output with N % 8 == 0, a bias in another dtype than y, ASVR_NO_CUBLASLT=1); where it is
  * allowed, cuBLASLt may still offer no algorithm (printed as a note), but each pass must run some
  * matmuls on it. Written outputs are pre-filled with NaN; accumulated ones with random values, and their
@@ -21,7 +21,7 @@
 #include "nn/tensor.h"
 #include "test.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 
 static uint64_t rng = 0xDA3E39CB94B95BDBULL;
 static float frand(void) { return t_frand(&rng); }

@@ -23,7 +23,7 @@
 #include "nn/tensor.h"
 #include "test.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
 static float frand(void) { return t_frand(&rng); }
@@ -221,8 +221,8 @@ static void t_attention(const char *what, int B, int T, int H_, int Hkv, int Dh,
     tensor sg = seg ? HI("seg", 2, B, T, seg) : q;
     tensor gq = Dd(&q), gk = Dd(&k), gv = Dd(&v), go = Dd(&o), gatt = D(&att, NN_F32), gdo = Dd(&dout);
     tensor gsg = seg ? D(&sg, NN_I32) : q;
-    op_attention_seg(&o, &q, &k, &v, H_, Hkv, scale, causal, seg ? &sg : NULL, &att);
-    op_attention_seg(&go, &gq, &gk, &gv, H_, Hkv, scale, causal, seg ? &gsg : NULL, &gatt);
+    op_attention_seg(&o, &q, &k, &v, H_, Hkv, scale, causal, seg ? &sg : NULL, &att, NN_ATT_KEEP);
+    op_attention_seg(&go, &gq, &gk, &gv, H_, Hkv, scale, causal, seg ? &gsg : NULL, &gatt, NN_ATT_KEEP);
     CMP(L("%s: out", what), go, o, NULL, TOL);
     CMP(L("%s: probabilities", what), gatt, att, NULL, TOL);
     tensor dq = Hfill("dq", &q, NAN), dk = Hfill("dk", &k, NAN), dv = Hfill("dv", &v, NAN);

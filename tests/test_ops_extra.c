@@ -1,4 +1,4 @@
-/* test_ops_extra.c — the ops of nn/ops_extra.h: on the CPU against hand-computed values (embedding
+/* test_ops_extra.c — the transfer, skip-embedding, decode and argmax ops of nn/ops.h: on the CPU against hand-computed values (embedding
  * that skips negative ids and its scatter-add, one query over a cache against op_attention's last row,
  * argmax with ties and NaNs, transfers); then, with a CUDA build and a visible device, every op on CUDA
  * against the CPU on the same inputs (relative 4e-7; indices equal). Without a device the CUDA part
@@ -8,10 +8,9 @@
 #include <stdint.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 #include "test.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
@@ -73,7 +72,7 @@ static void cpu_checks(void) {
         tensor fq = t_host("q", NN_F32, 3, (int64_t[]){1, n, H * DH}, qf), fo = t_host("o", NN_F32, 3, (int64_t[]){1, n, H * DH}, of);
         tensor fk = t_host("k", NN_F32, 3, (int64_t[]){1, n, HKV * DH}, kf), fv = t_host("v", NN_F32, 3, (int64_t[]){1, n, HKV * DH}, vf);
         tensor fa = t_host("att", NN_F32, 1, (int64_t[]){n * n}, att);
-        op_attention(&fo, &fq, &fk, &fv, H, HKV, scale, 1, &fa);
+        op_attention(&fo, &fq, &fk, &fv, H, HKV, scale, 1, &fa, NN_ATT_SCRATCH);
         double e = rel(out + b * H * DH, of + (n - 1) * H * DH, H * DH);
         T_CHECK(e < 1e-6, "attention_decode row %d vs op_attention: %.2e", b, e); /* measured 9.1e-8 (f32) */
     }

@@ -53,11 +53,15 @@ static int str_equal(const char *got, size_t got_n, json_t *want) {
     return got_n == n && memcmp(got, json_string_value(want), n) == 0;
 }
 
-static void check_golden(const char *model_path, const char *json_path) {
+/* legacy: -1 keeps what the load gave (no config: non-legacy), 0/1 sets HF's legacy flag. The
+ * tests/golden/mistral/sp_*.json files (tools/gen_mistral_fixtures.py) have no vocabulary summary or
+ * plain sentencepiece ids: what a file lacks is not checked. */
+static void check_golden_ex(const char *model_path, const char *json_path, int legacy) {
     asvr_error err = {{0}};
     sp_tokenizer *t = sp_tokenizer_load(model_path, &err);
     T_CHECK(t != NULL, "%s", err.msg);
     if (!t) return;
+    if (legacy >= 0) sp_tokenizer_set_legacy(t, legacy);
     json_error_t jerr;
     json_t *root = json_load_file(json_path, JSON_ALLOW_NUL, &jerr);
     T_CHECK(root != NULL, "%s: %s (line %d)", json_path, jerr.text, jerr.line);
@@ -65,11 +69,14 @@ static void check_golden(const char *model_path, const char *json_path) {
         sp_tokenizer_free(t);
         return;
     }
-    T_EQ_INT(sp_tokenizer_vocab_size(t), json_integer_value(json_object_get(root, "vocab_size")));
-    T_EQ_INT(sp_tokenizer_bos_id(t), json_integer_value(json_object_get(root, "bos_id")));
-    T_EQ_INT(sp_tokenizer_eos_id(t), json_integer_value(json_object_get(root, "eos_id")));
-    T_EQ_INT(sp_tokenizer_unk_id(t), json_integer_value(json_object_get(root, "unk_id")));
-    T_EQ_INT(sp_tokenizer_pad_id(t), json_integer_value(json_object_get(root, "pad_id")));
+    if (json_object_get(root, "vocab_size")) {
+        T_EQ_INT(sp_tokenizer_vocab_size(t), json_integer_value(json_object_get(root, "vocab_size")));
+        T_EQ_INT(sp_tokenizer_bos_id(t), json_integer_value(json_object_get(root, "bos_id")));
+        T_EQ_INT(sp_tokenizer_eos_id(t), json_integer_value(json_object_get(root, "eos_id")));
+        T_EQ_INT(sp_tokenizer_unk_id(t), json_integer_value(json_object_get(root, "unk_id")));
+        T_EQ_INT(sp_tokenizer_pad_id(t), json_integer_value(json_object_get(root, "pad_id")));
+    }
+    if (json_object_get(root, "legacy")) T_EQ_INT(sp_tokenizer_legacy(t), json_is_true(json_object_get(root, "legacy")));
     json_t *pieces = json_object_get(root, "pieces");
     for (size_t i = 0; i < json_array_size(pieces); i++) {
         json_t *pair = json_array_get(pieces, i);
@@ -103,9 +110,12 @@ static void check_golden(const char *model_path, const char *json_path) {
             T_CHECK(ids_equal(&got, json_object_get(c, "ids_bos")), "%s case %zu: cached encoder (pass %d) differs for '%s'",
                     json_path, i, pass, show);
         }
-        got.n = 0;
-        T_CHECK(sp_tokenizer_encode_sp(t, s, n, 0, &got, &err) == 0, "%s", err.msg);
-        T_CHECK(ids_equal(&got, json_object_get(c, "sp_ids")), "%s case %zu: sentencepiece ids differ for '%s'", json_path, i, show);
+        if (json_object_get(c, "sp_ids")) {
+            got.n = 0;
+            T_CHECK(sp_tokenizer_encode_sp(t, s, n, 0, &got, &err) == 0, "%s", err.msg);
+            T_CHECK(ids_equal(&got, json_object_get(c, "sp_ids")), "%s case %zu: sentencepiece ids differ for '%s'", json_path,
+                    i, show);
+        }
         ivec want = {0};
         json_to_ids(json_object_get(c, "ids_bos"), &want);
         for (int skip = 0; skip < 2; skip++) {
@@ -138,12 +148,15 @@ static void check_golden(const char *model_path, const char *json_path) {
             free(d);
         }
     }
-    printf("%s: %zu encode cases, %zu decode cases\n", json_path, json_array_size(cases), json_array_size(decodes));
+    printf("%s: %zu encode cases, %zu decode cases (legacy %d)\n", json_path, json_array_size(cases),
+           json_array_size(decodes), sp_tokenizer_legacy(t));
     ivec_free(&got);
     sp_encoder_free(enc);
     json_decref(root);
     sp_tokenizer_free(t);
 }
+
+static void check_golden(const char *model_path, const char *json_path) { check_golden_ex(model_path, json_path, -1); }
 
 /* The Llama-2 / Vicuna-v1.5 vectors of reference/data_and_eval.md §A2.9, independent of the fixtures. */
 static void check_llama_spec_vectors(sp_tokenizer *t) {
@@ -472,6 +485,91 @@ static void check_cost(sp_tokenizer *t, const char *name) {
     free(same);
 }
 
+/* ---- tokenizer_config.json beside the model ----------------------------------------------------- */
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    T_CHECK(f != NULL, "cannot write %s", path);
+    if (!f) return;
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Loads dir/tokenizer.model with `config` as its tokenizer_config.json: the legacy flag it gives
+ * (want_legacy), or an error naming the config file and containing must_contain. */
+static void check_config(const char *dir, const char *config, int want_legacy, const char *must_contain) {
+    char model[1024], cfg[1024];
+    snprintf(model, sizeof model, "%s/tokenizer.model", dir);
+    snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", dir);
+    write_text(cfg, config);
+    asvr_error err = {{0}};
+    sp_tokenizer *t = sp_tokenizer_load(model, &err);
+    if (must_contain) {
+        T_CHECK(t == NULL, "config %s was accepted", config);
+        if (!t) {
+            T_STR_CONTAINS(err.msg, cfg);
+            T_STR_CONTAINS(err.msg, must_contain);
+        }
+    } else {
+        T_CHECK(t != NULL, "config %s: %s", config, err.msg);
+        if (t) {
+            T_EQ_INT(sp_tokenizer_legacy(t), want_legacy);
+            T_CHECK(sp_tokenizer_config_path(t) && strcmp(sp_tokenizer_config_path(t), cfg) == 0, "config path recorded");
+        }
+    }
+    sp_tokenizer_free(t);
+}
+
+static void check_tokenizer_configs(void) {
+    /* the HF-style folder of the fixtures: Mistral's config says legacy: true */
+    asvr_error err = {{0}};
+    sp_tokenizer *t = sp_tokenizer_load(ASVR_GOLDEN "/mistral/tiny_mistral/tokenizer.model", &err);
+    T_CHECK(t != NULL, "%s", err.msg);
+    if (t) {
+        T_EQ_INT(sp_tokenizer_legacy(t), 1);
+        T_CHECK(sp_tokenizer_config_path(t) != NULL, "the folder's tokenizer_config.json was read");
+        sp_tokenizer_free(t);
+    }
+    check_golden_ex(ASVR_GOLDEN "/mistral/tiny_mistral/tokenizer.model", ASVR_GOLDEN "/mistral/sp_tiny_mistral_legacy.json", -1);
+    /* a bare model file: non-legacy, no config */
+    t = sp_tokenizer_load(ASVR_GOLDEN "/mistral/tiny_mistral.model", &err);
+    T_CHECK(t && !sp_tokenizer_legacy(t) && !sp_tokenizer_config_path(t), "a model without a config beside it is non-legacy");
+    sp_tokenizer_free(t);
+
+    char dir[] = "/tmp/asvr_test_spcfg_XXXXXX";
+    T_CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tokenizer.model", dir);
+    uint8_t *data = NULL;
+    size_t n = 0;
+    T_CHECK(asvr_read_file(ASVR_GOLDEN "/mistral/tiny_mistral.model", &data, &n, &err) == 0, "%s", err.msg);
+    FILE *f = fopen(model, "wb");
+    T_CHECK(f && fwrite(data, 1, n, f) == n, "copy of the model");
+    if (f) fclose(f);
+    free(data);
+    check_config(dir, "{}", 1, NULL); /* HF's default when the key is absent */
+    check_config(dir, "{\"legacy\": false, \"add_bos_token\": true, \"add_eos_token\": false}", 0, NULL);
+    check_config(dir, "{\"legacy\": null, \"tokenizer_class\": \"LlamaTokenizerFast\", \"bos_token\": \"<s>\", "
+                      "\"eos_token\": {\"content\": \"</s>\", \"lstrip\": false}, \"pad_token\": null}", 1, NULL);
+    check_config(dir, "{\"legacy\": \"yes\"}", 0, "\"legacy\" must be true or false");
+    check_config(dir, "{\"add_eos_token\": true}", 0, "add_eos_token");
+    check_config(dir, "{\"add_bos_token\": false}", 0, "add_bos_token");
+    check_config(dir, "{\"add_prefix_space\": false}", 0, "add_prefix_space");
+    check_config(dir, "{\"tokenizer_class\": \"GemmaTokenizer\"}", 0, "GemmaTokenizer");
+    check_config(dir, "{\"bos_token\": \"<|begin|>\"}", 0, "bos_token");
+    check_config(dir, "{\"unk_token\": {\"content\": \"<unk>\", \"lstrip\": true}}", 0, "lstrip");
+    check_config(dir, "{\"added_tokens_decoder\": {\"2\": {\"content\": \"</s>\", \"special\": true}, "
+                      "\"800\": {\"content\": \"<pad>\", \"special\": true}}}", 0, "added_tokens_decoder[800] ('<pad>')");
+    check_config(dir, "{\"added_tokens_decoder\": {\"1\": {\"content\": \"</s>\"}}}", 0, "added_tokens_decoder[1]");
+    check_config(dir, "{\"legacy\": tru", 0, "JSON error");
+    check_config(dir, "[1, 2]", 0, "not a JSON object");
+    char path[1100];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    unlink(path);
+    unlink(model);
+    rmdir(dir);
+}
+
 int main(void) {
     char model[1024], json[1024];
     const char *tiny[] = {"tiny_bpe", "tiny_bpe_nobf", "tiny_bpe_rmws", "tiny_bpe_xws", "tiny_bpe_unused"};
@@ -482,6 +580,10 @@ int main(void) {
     }
     snprintf(model, sizeof model, "%s/tiny_bpe.model", SP_GOLDEN);
     check_corrupt(model);
+    /* legacy and non-legacy on a model with byte fallback and user-defined pieces like "[INST]" */
+    check_golden_ex(ASVR_GOLDEN "/mistral/tiny_mistral.model", ASVR_GOLDEN "/mistral/sp_tiny_mistral_nonlegacy.json", 0);
+    check_golden_ex(ASVR_GOLDEN "/mistral/tiny_mistral.model", ASVR_GOLDEN "/mistral/sp_tiny_mistral_legacy.json", 1);
+    check_tokenizer_configs();
 
     asvr_error err = {{0}};
     sp_tokenizer *t = sp_tokenizer_load(model, &err);
@@ -503,6 +605,7 @@ int main(void) {
     } else {
         snprintf(json, sizeof json, "%s/llama2.json", SP_GOLDEN);
         check_golden(llama, json);
+        check_golden_ex(llama, ASVR_GOLDEN "/mistral/sp_llama2_legacy.json", 1);
         t = sp_tokenizer_load(llama, &err);
         T_CHECK(t != NULL, "%s", err.msg);
         if (t) {

@@ -63,7 +63,7 @@ int main(void) {
     T_CHECK(tok != NULL, "%s", err.msg);
     if (!tok) return t_done();
     sp_encoder *spe = sp_encoder_new(tok); /* the caching encoder asvr-pack uses */
-    text_encoder enc = {spe, enc_fn, 1, 2, 0};
+    text_encoder enc = {spe, enc_fn, 1, 2, 0, 0};
     size_t n_exp = 0;
     json_t **exp = load_expected(&n_exp);
     T_CHECK(exp && n_exp >= 1000, "expected vectors loaded (%zu)", n_exp);
@@ -136,6 +136,28 @@ int main(void) {
     chat_turn two_images[2] = {{1, "<image>\nQ"}, {0, "A <image>"}};
     T_EQ_INT(template_apply(template_find("vicuna_v1"), &enc, two_images, 2, 1, 2048, &r, &err), -1);
     T_STR_CONTAINS(err.msg, "placeholders");
+    /* No turns: the reference raises (IndexError / assert); so does asvr, with both templates. */
+    T_EQ_INT(template_apply(template_find("vicuna_v1"), &enc, NULL, 0, 0, 2048, &r, &err), -1);
+    T_STR_CONTAINS(err.msg, "empty");
+    T_EQ_INT(template_apply(template_find("plain"), &enc, NULL, 0, 1, 2048, &r, &err), -1);
+    /* An image sample without <image>: tokenized as an image sample, n_images 0 (the caller decides). */
+    T_EQ_INT(template_apply(template_find("vicuna_v1"), &enc, no_image, 2, 1, 2048, &r, &err), 0);
+    T_EQ_INT(r.n_images, 0);
+    template_result_free(&r);
+    /* template_collate: cut to max_len, then the pad id's positions removed, ids and labels both. */
+    chat_turn unk[2] = {{1, "<image>\nSay <unk>"}, {0, "<unk> x<unk>"}};
+    T_EQ_INT(template_apply(template_find("plain"), &enc, unk, 2, 1, 2048, &r, &err), 0);
+    size_t n0 = r.ids.n, zeros = 0;
+    for (size_t k = 0; k < r.ids.n; k++) zeros += r.ids.v[k] == 0 && r.labels.v[k] == 0; /* supervised by plain */
+    T_EQ_INT(zeros, 2);
+    T_EQ_INT(template_collate(&r, 0, 2048, 0), 2); /* kept */
+    T_EQ_INT(r.ids.n, n0);
+    T_EQ_INT(template_collate(&r, 0, 2048, 1), 2);
+    T_EQ_INT(r.ids.n, n0 - 2);
+    for (size_t k = 0; k < r.ids.n; k++) T_CHECK(r.ids.v[k] != 0 && r.labels.v[k] != 0, "position %zu", k);
+    T_EQ_INT(template_collate(&r, 0, 3, 1), 0);
+    T_CHECK(r.ids.n == 3 && r.labels.n == 3 && r.truncated, "cut to max_len first");
+    template_result_free(&r);
     /* py_strip: Unicode whitespace as Python's str.strip(). */
     const char *s = "\xe3\x80\x80\t x \xc2\xa0\n";
     size_t b, en;

@@ -17,7 +17,7 @@
 #include "store/code_store.h"
 #include "test.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 
 #define B 3
 
@@ -121,7 +121,7 @@ static void encode_cli(void) {
     char dir[] = "/tmp/asvr_test_tok_cuda_XXXXXX";
     T_CHECK(mkdtemp(dir) != NULL, "mkdtemp");
     const char *dev[2] = {"--device cpu", "--device cuda --dtype f32"};
-    /* ASVR_TEST_BIN_DIR: another build's bin/ (tools/cuda_emu/run.sh points it at the emulated CLI) */
+    /* ASVR_TEST_BIN_DIR: another build's bin/ (dev/cuda_emu/run.sh points it at the emulated CLI) */
     const char *bin = getenv("ASVR_TEST_BIN_DIR") ? getenv("ASVR_TEST_BIN_DIR") : ASVR_BIN_DIR;
     char store[2][600];
     for (int i = 0; i < 2; i++) {

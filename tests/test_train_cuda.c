@@ -11,10 +11,10 @@
 
 #include "base/fsutil.h"
 #include "checkpoint.h"
-#include "nn/ops_extra.h"
+#include "nn/ops.h"
 #include "train_fixture.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 #define STEPS 20

@@ -68,6 +68,21 @@ FIXTURE_FN char *model_config_json(int with_head) {
     return s;
 }
 
+/* The Mistral variant (manifest "mistral"): the same model with the LLM section replaced by the
+ * MistralConfig that HF writes to config.json (rope_parameters, sliding_window, model_type, ...). */
+FIXTURE_FN char *model_config_json_mistral(int with_head) {
+    json_t *c = json_object_get(manifest, "config");
+    json_t *o = json_pack("{s:O, s:O}", "llm", json_object_get(json_object_get(manifest, "mistral"), "hf_config"), "vision",
+                          json_object_get(c, "vision"));
+    if (with_head) json_object_set(o, "visual_head", json_object_get(c, "visual_head"));
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+/* Which LLM build_fixture gives: 0 the LLaMA of the main fixture, 1 the Mistral variant. */
+static int fixture_mistral;
+
 typedef struct ctx {
     asvr_model m;
     asvr_acts *a;
@@ -90,7 +105,7 @@ FIXTURE_FN void build_fixture(ctx *c, int with_head, int stage_it, nn_device dev
     memset(c, 0, sizeof *c);
     asvr_error err;
     asvr_config cfg;
-    char *js = model_config_json(with_head);
+    char *js = fixture_mistral ? model_config_json_mistral(with_head) : model_config_json(with_head);
     T_EQ_INT(asvr_config_from_json(js, &cfg, &err), 0);
     free(js);
     cfg.tower_bf16 = tower_bf16;

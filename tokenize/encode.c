@@ -5,12 +5,15 @@
  * LMDB transaction per batch). Keys already in the store are skipped, so a killed run resumes;
  * the store is built as "<out>.partial" and renamed when every image is done (images added to a
  * finished store go into it in place, a batch per transaction, so it stays finished). A bad or missing
- * image is logged, listed in --rejects and counted; --max-errors N fails the run after N.
+ * image is logged, listed in --rejects and counted; --max-errors N fails the run when there are more than N.
  * --device cuda runs the tokenizer on the GPU (weights in bf16 by default, --dtype f32 for parity):
  * batches are assembled in pinned host memory, uploaded, encoded, and the codes copied back. The
  * store records the backend (cpu-f32, cuda-bf16, cuda-f32) and refuses to mix them without --force.
  * Time per stage (decode/preprocess, waits, upload, model, download, write) goes to the last log
  * line and to --stats, with the stage that bounded the run.
+ * --input-size N --downsample bilinear prepares each image at N x N (the S2 setting: 1152) and resizes the
+ * normalised image to the tokenizer's size with op_interpolate (torch's bilinear, no antialias), as the
+ * reference computes S2 targets; the store records the input size and the rule, and refuses to mix.
  * --shard K/N encodes part K of N of the deduplicated list (image i goes to part i mod N) into
  * "<out>.shard-K-of-N", which records the part (shards.h); `merge` combines the parts. --shard auto
  * takes K and N from mpirun/srun and, with --device cuda, the local rank's GPU (base/shard.h). */
@@ -33,32 +36,17 @@
 #include "io/json_stream.h"
 #include "nn/device.h"
 #include "model/vision_tokenizer.h"
+#include "nn/ops.h"
 #include "shards.h"
 #include "store/code_store.h"
-#ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
-#endif
 
 /* Host buffers that the GPU copies from or to are page-locked on CUDA (faster, asynchronous-capable
  * copies); plain heap memory otherwise. */
 static void *host_alloc(size_t bytes, int pinned, const char *what) {
-#ifdef ASVR_HAVE_CUDA
-    if (pinned) return nn_cuda_host_alloc(bytes, what);
-#endif
-    (void)pinned;
-    return asvr_malloc(bytes, what);
+    return nn_host_alloc(pinned ? NN_CUDA : NN_CPU, bytes, what);
 }
 
-static void host_free(void *p, int pinned) {
-#ifdef ASVR_HAVE_CUDA
-    if (pinned) {
-        nn_cuda_host_free(p);
-        return;
-    }
-#endif
-    (void)pinned;
-    free(p);
-}
+static void host_free(void *p, int pinned) { nn_host_free(pinned ? NN_CUDA : NN_CPU, p); }
 
 /* ---- pipeline ----------------------------------------------------------------------------------- */
 
@@ -81,7 +69,8 @@ typedef struct pipeline {
     image_decode_opts dopts;
     image_preprocess_opts popts;
     float mean[3], std[3];
-    int S;
+    int S;  /* the tokenizer's input size */
+    int Si; /* the size images are prepared at (S, or larger: then downsampled bilinearly to S) */
     _Atomic size_t next;
     asvr_queue *ready, *free_slots;
     _Atomic int64_t decode_ns;
@@ -96,7 +85,9 @@ typedef struct pipeline {
 
 static void *decode_worker(void *arg) {
     pipeline *p = arg;
-    uint8_t *u8 = asvr_malloc((size_t)p->S * p->S * 3, "a preprocessed image");
+    uint8_t *u8 = asvr_malloc((size_t)p->Si * p->Si * 3, "a preprocessed image");
+    /* --input-size: the normalised image at that size, resized into the slot by op_interpolate */
+    float *big = p->Si != p->S ? asvr_malloc(sizeof(float) * 3 * (size_t)p->Si * p->Si, "a prepared image") : NULL;
     for (;;) {
         size_t i = atomic_fetch_add(&p->next, 1);
         if (i >= p->n_todo) break;
@@ -110,7 +101,14 @@ static void *decode_worker(void *arg) {
             it->error = asvr_strdup(err.msg);
         } else {
             it->pixels = asvr_queue_pop(p->free_slots);
-            image_normalize_chw(u8, p->S, p->S, p->mean, p->std, it->pixels);
+            if (big) { /* normalised at the input size, then bilinear (no antialias) to the tokenizer's size */
+                image_normalize_chw(u8, p->Si, p->Si, p->mean, p->std, big);
+                tensor x = tensor_make("prepared image", NN_F32, NN_CPU, 4, (int64_t[]){1, 3, p->Si, p->Si}, big);
+                tensor y = tensor_make("tokenizer input", NN_F32, NN_CPU, 4, (int64_t[]){1, 3, p->S, p->S}, it->pixels);
+                op_interpolate(&y, &x, NN_RESIZE_BILINEAR, 0);
+            } else {
+                image_normalize_chw(u8, p->S, p->S, p->mean, p->std, it->pixels);
+            }
         }
         image_free(&img);
         free(path);
@@ -123,6 +121,7 @@ static void *decode_worker(void *arg) {
         }
     }
     free(u8);
+    free(big);
     return NULL;
 }
 
@@ -150,7 +149,8 @@ static void *writer_thread(void *arg) {
 int cmd_encode(int argc, char **argv) {
     const char *json = NULL, *list = NULL, *root = "", *tok_path = NULL, *out = NULL, *policy_s = NULL,
                *pad_s = NULL, *rejects = NULL, *stats = NULL, *device = "cpu", *dtype_s = NULL, *vq_s = "gemm",
-               *shard_s = NULL;
+               *shard_s = NULL, *downsample_s = NULL;
+    int64_t input_size = 0;
     int64_t batch_size = 8, threads = 0, max_errors = -1, map_mib = 1024, max_pixels = (int64_t)IMAGE_DEFAULT_MAX_PIXELS;
     int compress = 0, accept = 0, exif = 0, force = 0;
     const asvr_opt opts[] = {
@@ -163,6 +163,10 @@ int cmd_encode(int argc, char **argv) {
         {"shard", ASVR_OPT_STR, &shard_s, "K/N|auto", "encode part K of N (image i of the list goes to part i mod N) into "
                                                      "STORE.shard-K-of-N; auto: K, N and the GPU from mpirun/srun"},
         {"pad", ASVR_OPT_STR, &pad_s, "R,G,B", "pad colour (default: the tokenizer's, 127,127,127 for SigLIP)"},
+        {"input-size", ASVR_OPT_COUNT, &input_size, "N", "prepare images at N x N (pad or squash, bicubic, normalise), then "
+                                                        "downsample to the tokenizer's size (S2 targets: 1152; default: its size)"},
+        {"downsample", ASVR_OPT_STR, &downsample_s, "bilinear", "how --input-size images reach the tokenizer's size: torch-style "
+                                                                "bilinear, no antialias (the reference's S2 targets)"},
         {"batch", ASVR_OPT_COUNT, &batch_size, "N", "images per forward pass and per LMDB transaction (default 8)"},
         {"threads", ASVR_OPT_COUNT, &threads, "N", "decode threads (default: the number of cores)"},
         {"device", ASVR_OPT_STR, &device, "cpu|cuda", "compute backend (default cpu); cuda needs a CUDA build and a GPU"},
@@ -209,7 +213,7 @@ int cmd_encode(int argc, char **argv) {
         asvr_cli_usage_error(&cli, "--device cuda: this build has no CUDA backend (nvcc was not found when it was "
                                    "configured); rebuild with nvcc on PATH or -DASVR_CUDA=ON, or use --device cpu");
 #else
-    if (use_cuda && !nn_cuda_available())
+    if (use_cuda && !nn_device_available(NN_CUDA))
         asvr_cli_usage_error(&cli, "--device cuda: no CUDA device is visible (check nvidia-smi and "
                                    "CUDA_VISIBLE_DEVICES), or use --device cpu");
 #endif
@@ -229,6 +233,9 @@ int cmd_encode(int argc, char **argv) {
     if (map_mib > ((int64_t)1 << 26)) asvr_cli_usage_error(&cli, "--map-size must be at most 67108864 MiB (64 TiB)");
     uint8_t pad[3];
     if (pad_s && image_list_parse_rgb(pad_s, pad) < 0) asvr_cli_usage_error(&cli, "--pad expects R,G,B with values 0..255");
+    if (downsample_s && strcmp(downsample_s, "bilinear") != 0)
+        asvr_cli_usage_error(&cli, "--downsample must be bilinear, not '%s'", downsample_s);
+    if (input_size > 16384) asvr_cli_usage_error(&cli, "--input-size must be 1 .. 16384");
 
     asvr_error err;
     double t_start = asvr_now();
@@ -259,12 +266,28 @@ int cmd_encode(int argc, char **argv) {
     snprintf(meta.tokenizer, sizeof meta.tokenizer, "%s", base ? base + 1 : tok_path);
     snprintf(meta.policy, sizeof meta.policy, "%s", image_policy_name(policy));
     meta.image_size = vc->enc.image_size;
+    if (!input_size) input_size = vc->enc.image_size;
+    if (input_size < vc->enc.image_size)
+        asvr_cli_usage_error(&cli, "--input-size %lld is smaller than the tokenizer's image size %d", (long long)input_size,
+                             vc->enc.image_size);
+    if (input_size > vc->enc.image_size && !downsample_s)
+        asvr_cli_usage_error(&cli, "--input-size %lld needs --downsample bilinear (the rule that takes it to the tokenizer's %d)",
+                             (long long)input_size, vc->enc.image_size);
+    if (input_size == vc->enc.image_size && downsample_s)
+        asvr_cli_usage_error(&cli, "--downsample needs an --input-size larger than the tokenizer's image size %d",
+                             vc->enc.image_size);
+    meta.input_size = (int)input_size;
+    snprintf(meta.downsample, sizeof meta.downsample, "%s", downsample_s ? downsample_s : "none");
     meta.positions = vision_tokenizer_positions(vt);
     meta.depth = vc->depth;
     meta.codebook_size = vc->codebook_size;
     meta.compression = compress;
     snprintf(meta.backend, sizeof meta.backend, "%s", vision_tokenizer_backend(vt));
     if (!pad_s) memcpy(pad, vc->pad, 3);
+    /* the store records the preprocessing that made its codes: another pad colour or EXIF rule is refused */
+    if (policy == IMAGE_POLICY_PAD) memcpy(meta.pad, pad, 3);
+    else meta.pad[0] = meta.pad[1] = meta.pad[2] = 127; /* unused by squash */
+    meta.exif = exif;
 
     if (asvr_path_exists(out)) {
         code_store *fin;
@@ -273,7 +296,7 @@ int cmd_encode(int argc, char **argv) {
             code_store_meta want = meta;
             if (force) memcpy(want.backend, code_store_get_meta(fin)->backend, sizeof want.backend);
             if (code_store_meta_diff(code_store_get_meta(fin), &want, why, sizeof why))
-                ASVR_FATAL("write to a new store (one store per tokenizer, policy and backend)", "'%s' was made differently, refusing to mix: %s", out, why);
+                ASVR_FATAL("write to a new store (one store per tokenizer, preprocessing and backend)", "'%s' was made differently, refusing to mix: %s", out, why);
             if (encode_part_check(fin, out, &part, 0, &err) < 0)
                 ASVR_FATAL("write each part to its own store (--shard names it STORE.shard-K-of-N)", "%s", err.msg);
             size_t missing = 0;
@@ -303,8 +326,14 @@ int cmd_encode(int argc, char **argv) {
     size_t n_todo = 0;
     for (size_t i = 0; i < part.n; i++)
         if (!code_store_has(cs, part.keys[i])) todo[n_todo++] = part.keys[i];
-    LOG_INFO("%zu already in '%s', %zu to encode; policy %s, %dx%d, batch %lld, %lld decode threads, backend %s%s",
-             part.n - n_todo, code_store_path(cs), n_todo, meta.policy, meta.image_size, meta.image_size, (long long)batch_size,
+    char sizes[96];
+    if (meta.input_size != meta.image_size)
+        snprintf(sizes, sizeof sizes, "%dx%d, %s to %dx%d", meta.input_size, meta.input_size, meta.downsample,
+                 meta.image_size, meta.image_size);
+    else
+        snprintf(sizes, sizeof sizes, "%dx%d", meta.image_size, meta.image_size);
+    LOG_INFO("%zu already in '%s', %zu to encode; policy %s, %s, batch %lld, %lld decode threads, backend %s%s",
+             part.n - n_todo, code_store_path(cs), n_todo, meta.policy, sizes, (long long)batch_size,
              (long long)threads, meta.backend, lo.fused_vq ? " (fused VQ kernel)" : "");
     if (asvr_log_get_level() >= ASVR_LOG_INFO) vision_tokenizer_print(vt, stderr);
 
@@ -318,11 +347,12 @@ int cmd_encode(int argc, char **argv) {
     p.dopts.apply_exif_orientation = exif;
     image_preprocess_opts_default(&p.popts);
     p.popts.policy = policy;
-    p.popts.size = vc->enc.image_size;
+    p.popts.size = (int)input_size;
     memcpy(p.popts.pad, pad, 3);
     memcpy(p.mean, vc->mean, sizeof p.mean);
     memcpy(p.std, vc->std, sizeof p.std);
     p.S = vc->enc.image_size;
+    p.Si = (int)input_size;
     p.cs = cs;
     int B = (int)batch_size;
     int n_slots = 2 * B + (int)threads;
@@ -462,6 +492,8 @@ int cmd_encode(int argc, char **argv) {
                               "decode_s", decode_s, "write_s", p.write_s, "compute_wait_s", wait_s,
                               "decode_threads", (json_int_t)threads, "finished", !failed);
         json_object_set_new(s, "device", json_string(device));
+        json_object_set_new(s, "input_size", json_integer(meta.input_size));
+        json_object_set_new(s, "downsample", json_string(meta.downsample));
         json_object_set_new(s, "dtype", json_string(dtype_s));
         json_object_set_new(s, "backend", json_string(meta.backend));
         json_object_set_new(s, "vq_kernel", json_string(vq_s));

@@ -60,6 +60,7 @@ int image_list_read_json(const char *path, image_list *k, asvr_error *err) {
             continue;
         }
         json_t *img = json_object_get(e, "image");
+        if (json_is_array(img) && json_array_size(img) == 1) img = json_array_get(img, 0); /* ["a.jpg"], as asvr-pack */
         if (json_is_string(img) && json_string_length(img) > 0) image_list_add(k, json_string_value(img));
         json_decref(e);
     }

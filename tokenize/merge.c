@@ -104,6 +104,13 @@ static int meta_differs(const code_store_meta *a, const char *pa, const code_sto
         break;
     }
     json_decref(ja), json_decref(jb);
+    if (!differs) { /* keys written only when not the default (pad_color, exif, input_size) may be absent from a */
+        char w[512];
+        if (code_store_meta_diff(a, b, w, sizeof w)) {
+            snprintf(why, n, "'%s' and '%s' differ: %s", pa, pb, w);
+            differs = 1;
+        }
+    }
     return differs;
 }
 

@@ -99,6 +99,9 @@ int cmd_stats(int argc, char **argv) {
     asvr_error err;
     if (code_store_foreach(cs, stats_visit, &c, &err) < 0) ASVR_FATAL("", "%s", err.msg);
     json_t *o = meta_json(cs);
+    /* what a reader takes the preprocessing to be, recorded or not (absent keys: the old defaults) */
+    if (!strcmp(m->policy, "pad")) json_object_set_new(o, "pad_color", json_pack("[i,i,i]", m->pad[0], m->pad[1], m->pad[2]));
+    json_object_set_new(o, "exif", json_boolean(m->exif));
     json_object_set_new(o, "records", json_integer((json_int_t)c.records));
     json_object_set_new(o, "corrupt_records", json_integer((json_int_t)c.bad));
     json_object_set_new(o, "bytes", json_integer((json_int_t)c.bytes));
@@ -139,6 +142,8 @@ int cmd_stats(int argc, char **argv) {
         printf("tokenizer %s (%s), policy %s, %dx%d input, %d positions x %d depths, K = %d, compression %s\n",
                m->tokenizer, m->tokenizer_fingerprint, m->policy, m->image_size, m->image_size, m->positions, m->depth,
                m->codebook_size, m->compression ? "zstd" : "none");
+        if (!strcmp(m->policy, "pad")) printf("pad colour %d,%d,%d, ", m->pad[0], m->pad[1], m->pad[2]);
+        printf("EXIF orientation %s\n", m->exif ? "applied" : "not applied (as the reference)");
         json_t *sh = json_object_get(o, "shard"), *mg = json_object_get(o, "merged");
         if (sh)
             printf("part %lld of %lld (encode --shard) of a list of %lld images (list %s)\n",

@@ -4,7 +4,7 @@ reference/asvr_dualtoken.md §2-3, for checking the C trainer.
 
 Model = frozen SigLIP input tower (output of layer `tap`, no post-LN)
       + mm_projector  Linear(C_vis→d) → GELU(erf) → Linear(d→d)
-      + LLM           HF LlamaForCausalLM fed with inputs_embeds, explicit position_ids and a 4D
+      + LLM           HF LlamaForCausalLM (or MistralForCausalLM, cfg llm.model_type "mistral") fed with inputs_embeds, explicit position_ids and a 4D
                       additive block-diagonal causal mask (packed rows)
       + visual head   (ASVR's depth transformer, see VisualHead)
       + loss          text CE (shifted, never across a sample boundary, mean over scored tokens of
@@ -25,7 +25,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, SiglipVisionConfig,
+                          SiglipVisionModel)
 
 IGNORE = -100
 IMAGE_TOKEN = -200
@@ -122,15 +123,20 @@ class ASVRModel(nn.Module):
         vc._attn_implementation = "eager"
         self.vision_tower = SiglipVisionModel(vc)
         L = cfg["llm"]
-        lc = LlamaConfig(vocab_size=L["vocab_size"], hidden_size=L["hidden_size"],
-                         intermediate_size=L["intermediate_size"], num_hidden_layers=L["num_layers"],
-                         num_attention_heads=L["num_heads"], num_key_value_heads=L["num_kv_heads"],
-                         rms_norm_eps=L["rms_norm_eps"], rope_theta=L["rope_theta"],
-                         max_position_embeddings=L["max_position_embeddings"], hidden_act="silu",
-                         tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
-        lc._attn_implementation = "eager"
-        self.llm = LlamaForCausalLM(lc)
+        common = dict(vocab_size=L["vocab_size"], hidden_size=L["hidden_size"],
+                      intermediate_size=L["intermediate_size"], num_hidden_layers=L["num_layers"],
+                      num_attention_heads=L["num_heads"], num_key_value_heads=L["num_kv_heads"],
+                      rms_norm_eps=L["rms_norm_eps"], rope_theta=L["rope_theta"],
+                      max_position_embeddings=L["max_position_embeddings"], hidden_act="silu",
+                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        if L.get("model_type", "llama") == "mistral":  # HF MistralForCausalLM (GQA, sliding window)
+            lc = MistralConfig(head_dim=L["head_dim"], sliding_window=L.get("sliding_window"), **common)
+            lc._attn_implementation = "eager"
+            self.llm = MistralForCausalLM(lc)
+        else:
+            lc = LlamaConfig(attention_bias=False, mlp_bias=False, **common)
+            lc._attn_implementation = "eager"
+            self.llm = LlamaForCausalLM(lc)
         d, C = L["hidden_size"], v["hidden_size"]
         self.mm_projector = nn.Sequential(nn.Linear(C, d), nn.GELU(), nn.Linear(d, d))
         h = cfg["visual_head"]

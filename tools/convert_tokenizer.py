@@ -8,7 +8,16 @@ common/model/vision_tokenizer.h) from:
                                with --kind appearance: prequant_visual.* and quantizer.codebooks.{d}.weight)
   hf SIGLIP --codebooks FILE   an HF SigLIP checkpoint (model.safetensors, a folder, or a sharded
                                index) plus codebooks (safetensors/.pt with {prefix}{d}.weight or
-                               codebooks.{d}.weight, [K or K+1, C])
+                               codebooks.{d}.weight, [K or K+1, C]). Every shape, the LayerNorm eps
+                               and the activation come from the checkpoint's config.json (a SiglipConfig's
+                               vision_config or a SiglipVisionConfig, transformers' defaults for keys it
+                               leaves out), the mean/std from its preprocessor_config.json (the pad colour
+                               is int(mean x 255), as LLaVA's expand2square), D and K from the codebooks.
+                               Keys as transformers 4 saves them (vision_model.*, or model.vision_model.*)
+                               or as transformers 5 saves a SiglipVisionModel (embeddings.*, encoder.*).
+                               --config / --preprocessor-config name the JSON files when they are not
+                               beside the weights; --tap-layer defaults to the last layer but one (LLaVA's
+                               hidden_states[-2]).
   random --preset P --seed N   seeded random weights at a preset shape (so400m, tiny), for tests
                                and benchmarks
 
@@ -92,9 +101,11 @@ def prequant_shapes(cin, cout):
 
 
 def config_json(cfg, kind="semantic"):
-    c = dict(format="asvr-vision-tokenizer", version=1, kind=kind, hidden_act="gelu_pytorch_tanh",
+    mean = cfg.get("image_mean", [0.5, 0.5, 0.5])
+    c = dict(format="asvr-vision-tokenizer", version=1, kind=kind, hidden_act=cfg.get("hidden_act", "gelu_pytorch_tanh"),
              encoder_prefix="vision_model.", codebook_prefix="quantizer.codebooks.",
-             image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], pad_color=[127, 127, 127])
+             image_mean=mean, image_std=cfg.get("image_std", [0.5, 0.5, 0.5]),
+             pad_color=[int(m * 255) for m in mean])  # LLaVA's expand2square background
     c.update({k: cfg[k] for k in ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers",
                                   "num_heads", "layer_norm_eps", "tap_layer", "depth", "codebook_size")})
     if kind == "appearance":
@@ -188,20 +199,100 @@ def load_any(path):
     return ck.get("state_dict", ck)
 
 
-def from_hf(path, codebooks, cfg):
-    sd = load_any(path)
+# transformers' SiglipVisionConfig defaults, for the keys a saved config.json leaves out (a SiglipConfig
+# saves only the vision_config values that differ from them).
+SIGLIP_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              num_channels=3, image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh",
+                              layer_norm_eps=1e-6)
+# Activations the C encoder computes; gelu_new is the same tanh formula as gelu_pytorch_tanh.
+ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_pytorch_tanh", "gelu_new": "gelu_pytorch_tanh", "gelu": "gelu"}
+
+
+def beside(path, name):
+    d = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return os.path.join(d, name)
+
+
+def hf_config(path, config_path, pre_path, cfg):
+    """Shapes, eps, activation from config.json; mean/std from preprocessor_config.json."""
+    config_path = config_path or beside(path, "config.json")
+    pre_path = pre_path or beside(path, "preprocessor_config.json")
+    for p, what in ((config_path, "--config"), (pre_path, "--preprocessor-config")):
+        if not os.path.exists(p):
+            sys.exit("convert_tokenizer: %s is missing (pass %s FILE)" % (p, what))
+    raw = json.load(open(config_path))
+    vc = raw.get("vision_config", raw) if raw.get("model_type") != "siglip_vision_model" else raw
+    if raw.get("model_type") not in (None, "siglip", "siglip_vision_model"):
+        sys.exit("convert_tokenizer: %s: model_type %r is not a SigLIP (siglip or siglip_vision_model)" %
+                 (config_path, raw.get("model_type")))
+    v = dict(SIGLIP_VISION_DEFAULTS)
+    v.update({k: vc[k] for k in SIGLIP_VISION_DEFAULTS if k in vc})
+    if v["num_channels"] != 3:
+        sys.exit("convert_tokenizer: %s: num_channels %d; RGB towers only" % (config_path, v["num_channels"]))
+    act = ACTIVATIONS.get(v["hidden_act"])
+    if act is None:
+        sys.exit("convert_tokenizer: %s: hidden_act %r is not supported (%s)" %
+                 (config_path, v["hidden_act"], ", ".join(sorted(ACTIVATIONS))))
+    pre = json.load(open(pre_path))
+    mean, std = pre.get("image_mean"), pre.get("image_std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == 3 and len(std) == 3):
+        sys.exit("convert_tokenizer: %s needs image_mean and image_std, 3 values each" % pre_path)
+    size = pre.get("size", {})
+    side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+    if side is not None and side != v["image_size"]:
+        sys.exit("convert_tokenizer: %s resizes to %s but %s says image_size %d" % (pre_path, side, config_path,
+                                                                                     v["image_size"]))
+    if pre.get("do_normalize") is False or pre.get("do_rescale") is False:
+        sys.exit("convert_tokenizer: %s turns off rescaling or normalisation; the tokenizer always applies both" % pre_path)
+    if "rescale_factor" in pre and abs(pre["rescale_factor"] - 1 / 255) > 1e-12:
+        sys.exit("convert_tokenizer: %s: rescale_factor %r, not 1/255" % (pre_path, pre["rescale_factor"]))
+    cfg.update(image_size=v["image_size"], patch_size=v["patch_size"], hidden_size=v["hidden_size"],
+               intermediate_size=v["intermediate_size"], num_layers=v["num_hidden_layers"],
+               num_heads=v["num_attention_heads"], layer_norm_eps=v["layer_norm_eps"], hidden_act=act,
+               image_mean=[float(x) for x in mean], image_std=[float(x) for x in std])
+    if cfg.get("tap_layer") is None:
+        cfg["tap_layer"] = v["num_hidden_layers"] - 1  # LLaVA's hidden_states[-2]
+    if not 1 <= cfg["tap_layer"] <= v["num_hidden_layers"]:
+        sys.exit("convert_tokenizer: --tap-layer %d outside 1..%d" % (cfg["tap_layer"], v["num_hidden_layers"]))
+
+
+def tower_keys(sd, path):
+    """The tower's tensors under vision_model.*, whichever way the checkpoint names them."""
     enc = {k: v for k, v in sd.items() if k.startswith("vision_model.")}
-    if not enc:  # a full SiglipModel checkpoint names the tower vision_model.* too; CLIP-style prefixes:
+    if not enc:  # a checkpoint that nests the tower one level deeper
         enc = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.vision_model.")}
+    if not enc:  # transformers 5's save_pretrained of a SiglipVisionModel: no vision_model. prefix
+        enc = {"vision_model." + k: v for k, v in sd.items() if k.startswith(("embeddings.", "encoder.", "post_layernorm.",
+                                                                              "head."))}
+    if not enc:
+        sys.exit("convert_tokenizer: %s has no SigLIP tower tensors (vision_model.*, model.vision_model.*, or "
+                 "embeddings.* / encoder.*)" % path)
+    return enc
+
+
+def from_hf(path, codebooks, cfg, config_path=None, pre_path=None):
+    hf_config(path, config_path, pre_path, cfg)
+    enc = tower_keys(load_any(path), path)
     cb = load_any(codebooks)
     books = []
-    for d in range(cfg["depth"]):
+    for d in range(1 << 16):
         t = None
         for pat in ("quantizer_semantic.codebooks.%d.weight", "quantizer.codebooks.%d.weight", "codebooks.%d.weight"):
             if pat % d in cb:
                 t = cb[pat % d]
                 break
+        if t is None:
+            break
         books.append(t)
+    if not books:
+        sys.exit("convert_tokenizer: %s has no codebooks ({quantizer_semantic.,quantizer.,}codebooks.{d}.weight)" % codebooks)
+    if cfg.get("depth") is None:
+        cfg["depth"] = len(books)
+    books = books[:cfg["depth"]] + [None] * (cfg["depth"] - len(books))
+    if cfg.get("codebook_size") is None:
+        rows = books[0].shape[0]
+        # nn.Embedding(K + 1, padding_idx=K) keeps an all-zero last row: not a code
+        cfg["codebook_size"] = rows - 1 if bool((books[0][-1] == 0).all()) else rows
     return enc, books
 
 
@@ -245,6 +336,8 @@ def main():
     ap.add_argument("source", choices=["dualtoken", "hf", "random"])
     ap.add_argument("path", nargs="?")
     ap.add_argument("--codebooks")
+    ap.add_argument("--config", help="hf: the checkpoint's config.json (default: beside it)")
+    ap.add_argument("--preprocessor-config", help="hf: its preprocessor_config.json (default: beside it)")
     ap.add_argument("--kind", default="semantic", choices=["semantic", "appearance"])
     ap.add_argument("--preset", default="so400m", choices=sorted(PRESETS))
     ap.add_argument("--embed-dim", type=int, help="appearance: the projection width (default: from the checkpoint)")
@@ -258,6 +351,8 @@ def main():
     a = ap.parse_args()
     cfg = dict((PRESETS_APPEARANCE if a.kind == "appearance" else PRESETS)[a.preset])
     cfg["kind"] = a.kind
+    if a.source == "hf":  # everything from the checkpoint's own files, not a preset
+        cfg = dict(kind=a.kind, tap_layer=None, depth=None, codebook_size=None)
     if a.kind == "appearance" and a.source == "dualtoken":
         cfg["embed_dim"] = None  # read from the checkpoint unless given
     elif a.kind != "appearance" and a.embed_dim is not None:
@@ -274,7 +369,7 @@ def main():
                      "needs a DualToken checkpoint (dualtoken CKPT.pt --kind appearance)")
         if not a.codebooks:
             sys.exit("convert_tokenizer: hf needs --codebooks FILE")
-        enc, books = from_hf(a.path, a.codebooks, cfg)
+        enc, books = from_hf(a.path, a.codebooks, cfg, a.config, a.preprocessor_config)
     else:
         enc, books = random_weights(cfg, a.seed, a.position_std)
     tensors = write(a.out, cfg, enc, books, dtype)

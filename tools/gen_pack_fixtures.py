@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """Golden fixtures for the LLaVA templates and label masking (asvr-pack).
 
-Writes tests/golden/pack/conversations.json.zst (LLaVA-format input: >= 1000 varied samples) and
+Writes tests/golden/pack/{plain,vicuna_v1}.json.zst (LLaVA-format input: >= 1000 varied samples) and
 tests/golden/pack/expected_llama2.jsonl.zst (per sample: ids and labels). The expected side is an
 independent Python implementation of the reference preprocessing (reference/data_and_eval.md §A2:
 preprocess_multimodal, the conv_vicuna_v1 / plain prompts, tokenizer_image_token, the preprocess_v1
 round arithmetic), tokenizing with HF transformers' slow LlamaTokenizer(legacy=False) over the
 Llama-2 tokenizer.model, as Vicuna-7B-v1.5 does.
+
+It also writes the edge cases of tests/golden/pack/edge_{plain,vicuna_v1}.json with
+expected_edge_llama2.jsonl.zst: what the reference model finally trains on (§A2.7: the collator cuts
+ids and labels to 2048 and masks ids equal to the pad id, unk = 0; prepare_inputs_labels_for_multimodal
+keeps only the unmasked positions, puts the image's 729 feature rows at -200 and cuts to 2048), or
+"error" where the reference's preprocessing raises (an empty conversation, a plain sample without
+<image>): literal <unk> in the text, an image without <image>, long samples, a leading gpt turn.
 
     pip install transformers sentencepiece protobuf zstandard
     python3 tools/gen_pack_fixtures.py [--model ../shared/data/llama2-tokenizer.model] [--bench N]
@@ -60,7 +67,7 @@ def image_tokens(tok, prompt):
 
 def vicuna_prompt(conv):
     roles = {"human": "USER", "gpt": "ASSISTANT"}
-    if conv and roles[conv[0]["from"]] != "USER":
+    if roles[conv[0]["from"]] != "USER":  # as the reference: an empty conversation raises IndexError
         conv = conv[1:]
     ret = SYSTEM + " "
     for j, t in enumerate(conv):
@@ -114,7 +121,8 @@ def preprocess_v1(tok, sample):
 
 def preprocess_plain(tok, sample):
     conv = normalise_image_turns(sample["conversations"])
-    assert len(conv) == 2 and "<image>" in conv[0]["value"]
+    assert len(conv) == 2
+    assert "<image>" in conv[0]["value"]
     text = "<image>" + conv[1]["value"] + "\n"
     ids = image_tokens(tok, text)
     labels = list(ids)
@@ -226,9 +234,103 @@ def make_samples(n, seed=1234):
     return out
 
 
+# ---- edge cases: what the reference model trains on ------------------------------------------------
+
+IMAGE_POSITIONS = 729
+
+
+def reference_model_view(tok, ids, labels):
+    """The collator (cut to model_max_length, attention_mask = ids != pad) and
+    prepare_inputs_labels_for_multimodal (keep the unmasked positions, one feature row per image
+    position at -200 with label -100, cut to model_max_length)."""
+    ids, labels = ids[:MAX_LEN], labels[:MAX_LEN]
+    keep = [k for k, x in enumerate(ids) if x != tok.pad_token_id]
+    ids, labels = [ids[k] for k in keep], [labels[k] for k in keep]
+    out_ids, out_labels = [], []
+    for x, y in zip(ids, labels):
+        if x == IMAGE:
+            out_ids += [IMAGE] * IMAGE_POSITIONS
+            out_labels += [IGNORE] * IMAGE_POSITIONS
+        else:
+            out_ids.append(x)
+            out_labels.append(y)
+    return out_ids[:MAX_LEN], out_labels[:MAX_LEN]
+
+
+def make_edge_samples():
+    rng = random.Random(99)
+    long_text = " ".join(sentence(rng, 20, 40) for _ in range(150))  # > 2048 tokens
+    unk_run = " ".join(["<unk>"] * 1500)
+    v = [
+        {"id": "unk-question-image", "image": "e/0.jpg",
+         "conversations": [{"from": "human", "value": "<image>\nWhat does <unk> mean here?"},
+                           {"from": "gpt", "value": "An unknown token."}]},
+        {"id": "unk-answer-text",
+         "conversations": [{"from": "human", "value": "Print the pad piece."},
+                           {"from": "gpt", "value": "Here: <unk><unk> and a<unk>b."}]},
+        {"id": "empty", "image": "e/2.jpg", "conversations": []},
+        {"id": "empty-text", "conversations": []},
+        {"id": "image-no-placeholder", "image": "e/4.jpg",
+         "conversations": [{"from": "human", "value": "What is shown?"}, {"from": "gpt", "value": "A bus."},
+                           {"from": "human", "value": "Which colour?"}, {"from": "gpt", "value": "Red."}]},
+        {"id": "image-no-placeholder-long", "image": "e/5.jpg",
+         "conversations": [{"from": "human", "value": "Tell me everything."}, {"from": "gpt", "value": long_text}]},
+        {"id": "text-long", "conversations": [{"from": "human", "value": "Tell me everything."},
+                                              {"from": "gpt", "value": long_text}]},
+        {"id": "image-in-leading-gpt-turn", "image": "e/7.jpg",
+         "conversations": [{"from": "gpt", "value": "<image>\nA leading turn."},
+                           {"from": "human", "value": "Hello?"}, {"from": "gpt", "value": "Hi."}]},
+        {"id": "leading-gpt-only", "conversations": [{"from": "gpt", "value": "Nothing else."}]},
+        {"id": "unk-run-image-long", "image": "e/9.jpg",
+         "conversations": [{"from": "human", "value": "<image>\n" + unk_run + " Summarise."},
+                           {"from": "gpt", "value": long_text}]},
+        {"id": "unk-no-placeholder", "image": "e/10.jpg",
+         "conversations": [{"from": "human", "value": "Say <unk>."}, {"from": "gpt", "value": "<unk>"}]},
+        {"id": "plain-control-v1", "image": "e/11.jpg",
+         "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]},
+    ]
+    p = [
+        {"id": "plain-unk", "image": "p/0.jpg",
+         "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                           {"from": "gpt", "value": "A <unk> on a table<unk>."}]},
+        {"id": "plain-empty", "image": "p/1.jpg", "conversations": []},
+        {"id": "plain-no-placeholder", "image": "p/2.jpg",
+         "conversations": [{"from": "human", "value": "Describe."}, {"from": "gpt", "value": "A dog."}]},
+        {"id": "plain-control", "image": "p/3.jpg",
+         "conversations": [{"from": "human", "value": "Describe.\n<image>"}, {"from": "gpt", "value": "Two cats."}]},
+        {"id": "plain-long", "image": "p/4.jpg",
+         "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": long_text}]},
+    ]
+    return {"plain": p, "vicuna_v1": v}
+
+
+def write_edge(tok, out_dir, cctx):
+    expected = []
+    for name, lst in make_edge_samples().items():
+        with open(os.path.join(out_dir, "edge_%s.json" % name), "w") as f:
+            f.write(json.dumps(lst, ensure_ascii=False, indent=1) + "\n")
+        fn = preprocess_plain if name == "plain" else preprocess_v1
+        for i, s in enumerate(lst):
+            e = {"template": name, "index": i, "id": s["id"]}
+            try:
+                ids, labels, mismatch = fn(tok, s)
+            except (IndexError, AssertionError) as ex:
+                e["error"] = type(ex).__name__
+                expected.append(e)
+                continue
+            mids, mlabels = reference_model_view(tok, ids, labels)
+            e.update({"ids": ids, "labels": labels, "mismatch": mismatch, "model_ids": mids, "model_labels": mlabels,
+                      "image_rows": sum(1 for x in ids if x == IMAGE)})
+            expected.append(e)
+    with open(os.path.join(out_dir, "expected_edge_llama2.jsonl.zst"), "wb") as f:
+        f.write(cctx.compress("".join(json.dumps(e) + "\n" for e in expected).encode()))
+    print("wrote %d edge samples (%d errors)" % (len(expected), sum("error" in e for e in expected)))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=os.path.join(ROOT, "..", "shared", "data", "llama2-tokenizer.model"))
+    ap.add_argument("--out", default=OUT)
     ap.add_argument("--n", type=int, default=1200)
     ap.add_argument("--bench", type=int, default=0)
     args = ap.parse_args()
@@ -243,20 +345,22 @@ def main():
         dt = time.perf_counter() - t0
         print(json.dumps({"samples": len(work), "seconds": dt, "samples_per_s": len(work) / dt}))
         return
-    os.makedirs(OUT, exist_ok=True)
+    out_dir = args.out
+    os.makedirs(out_dir, exist_ok=True)
     cctx = zstandard.ZstdCompressor(level=19)
+    write_edge(tok, out_dir, cctx)
     samples = {"plain": [], "vicuna_v1": []}
     for it in items:
         samples[it["template"]].append(it["sample"])
     expected = []
     for name, lst in samples.items():
-        with open(os.path.join(OUT, "%s.json.zst" % name), "wb") as f:
+        with open(os.path.join(out_dir, "%s.json.zst" % name), "wb") as f:
             f.write(cctx.compress(json.dumps(lst, ensure_ascii=False, indent=1).encode()))
         fn = preprocess_plain if name == "plain" else preprocess_v1
         for i, s in enumerate(lst):
             ids, labels, mismatch = fn(tok, s)
             expected.append({"template": name, "index": i, "ids": ids, "labels": labels, "mismatch": mismatch})
-    with open(os.path.join(OUT, "expected_llama2.jsonl.zst"), "wb") as f:
+    with open(os.path.join(out_dir, "expected_llama2.jsonl.zst"), "wb") as f:
         f.write(cctx.compress("".join(json.dumps(e) + "\n" for e in expected).encode()))
     print("wrote %d samples (%d plain, %d vicuna_v1), %d mismatches" % (
         len(expected), len(samples["plain"]), len(samples["vicuna_v1"]), sum(e["mismatch"] for e in expected)))

@@ -43,6 +43,11 @@ CFG = {
     "lambda_visual": 1.0,
 }
 
+# The Mistral-shaped variant (manifest "mistral"): the same tiny model with HF MistralForCausalLM as
+# the LLM, RoPE theta 1e6 and a sliding window of 20 positions: shorter than a row (28), longer than
+# every sample (10, 18, 18), so per-sample attention never reaches it.
+MISTRAL_LLM = dict(CFG["llm"], model_type="mistral", rope_theta=1000000.0, sliding_window=20)
+
 TOTAL_STEPS = 100
 WARMUP_RATIO = 0.03
 STEPS = 3
@@ -345,6 +350,66 @@ def self_checks(init, init_none, batch, desc):
 
 
 # ---------------------------------------------------------------------------------------------
+def mistral_model(init):
+    """The default model with the Mistral LLM, every parameter copied from init (same names)."""
+    m = ref.ASVRModel(dict(CFG, llm=MISTRAL_LLM, visual_loss="default"))
+    m.load_state_dict(init.state_dict(), strict=True)
+    return m
+
+
+def mistral_checks(init, batch):
+    ok = True
+
+    def check(what, cond, detail):
+        nonlocal ok
+        print("%-4s %s  %s" % ("ok" if cond else "FAIL", what, detail))
+        ok &= bool(cond)
+
+    mm = mistral_model(init)
+    with torch.no_grad():
+        a, b = init(batch), mm(batch)
+    d = abs(a["loss_text"].item() - b["loss_text"].item())
+    check("mistral: rope theta 1e6 changes the text loss", d > 1e-4, "|Δtext| %.3e" % d)
+    # the window is below every sample: no window at all gives the same result on the packed batch
+    nowin = copy.deepcopy(mm)
+    nowin.llm.config.sliding_window = None
+    for layer in nowin.llm.model.layers:
+        layer.self_attn.sliding_window = None
+    with torch.no_grad():
+        c = nowin(batch)
+    d2 = abs(b["loss"].item() - c["loss"].item())
+    check("mistral: window 20 == no window on samples of <= 18 positions", d2 == 0.0, "|Δloss| %.2e" % d2)
+    # HF's own mask (no custom 4D mask) does apply the window to a 28-position sequence, and not to a 20-position one
+    x = torch.randn(1, 28, CFG["llm"]["hidden_size"], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        h1 = mm.llm.model(inputs_embeds=x, use_cache=False).last_hidden_state
+        h0 = nowin.llm.model(inputs_embeds=x, use_cache=False).last_hidden_state
+    check("mistral: HF applies the window past 20 positions", rel(h1[:, 20:], h0[:, 20:]) > 1e-3 and
+          rel(h1[:, :20], h0[:, :20]) < 1e-6, "rel %.2e after, %.2e within" % (rel(h1[:, 20:], h0[:, 20:]),
+                                                                              rel(h1[:, :20], h0[:, :20])))
+    return ok
+
+
+def mistral_run(init, batch):
+    """Stage it, default loss, wd 0: step-0 losses and gradients, the parameters after 3 steps."""
+    mm = mistral_model(init)
+    rec = train(mm, batch, "it", "wd0")
+    init_params = dict(mm.named_parameters())
+    run = {"losses_step0": rec["losses0"], "trainable": sorted(rec["grads0"]),
+           "grads_file": save("grads_it_mistral.safetensors", rec["grads0"]),
+           "variants": {"wd0": {"lr": rec["lr"], "loss": rec["loss"], "grad_norm_preclip": rec["grad_norm"],
+                                "update_norm": {n: float((p - init_params[n].detach()).norm())
+                                                for n, p in sorted(rec["after"].items())},
+                                "params_file": save("after3_it_mistral_wd0.safetensors", rec["after"])}}}
+    print("it_mistral  text %.6f visual %s total %.6f  grad norm %.4f" % (
+        run["losses_step0"]["text"], run["losses_step0"].get("visual"), run["losses_step0"]["total"],
+        rec["grad_norm"][0]))
+    return {"llm": MISTRAL_LLM, "hf_config": json.loads(mm.llm.config.to_json_string()),
+            "note": "the default model's parameters with HF MistralForCausalLM as the LLM; hf_config is its "
+                    "MistralConfig as config.json holds it", "runs": {"it_mistral": run}}
+
+
+# ---------------------------------------------------------------------------------------------
 def sha(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -361,6 +426,8 @@ def save(name, tensors, meta=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="run the self-checks only, write nothing")
+    ap.add_argument("--mistral-only", action="store_true",
+                    help="write only the Mistral variant's files and its manifest entry, keep the rest")
     a = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -375,10 +442,20 @@ def main():
     for p in init.parameters():
         assert not (p == 0).any() and not (p == 1).any()
 
-    ok = self_checks(init, init_none, batch, desc)
+    ok = (a.mistral_only or self_checks(init, init_none, batch, desc)) and mistral_checks(init, batch)
     if not ok:
         sys.exit("gen_train_fixtures: a self-check failed")
     if a.check:
+        return
+    if a.mistral_only:
+        path = os.path.join(OUT, "manifest.json")
+        with open(path) as f:
+            manifest = json.load(f)
+        manifest["mistral"] = mistral_run(init, batch)
+        with open(path + ".tmp", "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(path + ".tmp", path)
         return
 
     os.makedirs(OUT, exist_ok=True)
@@ -474,6 +551,7 @@ def main():
     rec = train(init, batch, "it", "wd0", text_only_visual="zero_image")
     runs["it_default_zeroimage"] = {"losses_step0": rec["losses0"]}
     manifest["runs"] = runs
+    manifest["mistral"] = mistral_run(init, batch)
     path = os.path.join(OUT, "manifest.json")
     with open(path + ".tmp", "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)

@@ -3,16 +3,19 @@
 # tools/gpu_kit.sh built (gpu-kit/ carried next to the checkout). Prints a short table and writes the
 # whole log and the benchmark JSON under $OUT (or gpu-out/).
 #   1. CUDA vs CPU: every op (test_ops_cuda, test_ops_cuda_train, test_ops_extra,
-#      test_ops_cuda_fused), the tokenizer (test_tokenize_cuda), the trainer (test_train_cuda: 20 steps, gradients, determinism, resume)
-#      and generation (test_generate_cuda).
+#      test_ops_cuda_fused, test_ops_rows), the tokenizer (test_tokenize_cuda), the trainer (test_train_cuda: 20 steps, gradients, determinism, resume)
+#      the S2 multi-scale input (test_train_s2_cuda) and generation (test_generate_cuda).
 #   2. The real-size tokenizer (random SO400M weights): bf16 vs f32 code agreement per depth on the
 #      golden photos (check_tokenize_real_cuda; depth 1 must agree on >= 99%).
 #   3. Benchmarks against PyTorch in the same run: the tokenizer (tools/bench_tokenize_gpu.py) and the
-#      training step (tools/bench_train_gpu.py), with MFU against a measured bf16 GEMM peak; and
+#      training step (tools/bench_train_gpu.py), with MFU against a measured bf16 GEMM peak; our step's
+#      tokens/s with the S2 input tower (384/768/1152) next to the 384 step; and
 #      asvr-tokenize encode --device cuda end to end (decoding, GPU, LMDB; raw and zstd store sizes).
 #   4. The communication layer (common/nn/comm.h): NCCL with one rank against copies, the event
 #      ordering against the compute stream under delay spins, and the MPI backend staged through host
 #      memory with two ranks sharing the GPU (skipped without libnccl.so.2 or mpirun on the machine).
+#   5. Data-parallel training (tools/gpu_train_dp.sh): ZeRO 2 through a one-rank NCCL communicator
+#      equals the plain run bit for bit; two ranks staged through host memory against one rank.
 # Each item has its own time limit (seconds; GPU_CHECK_LIMIT scales them) so one hang cannot eat the
 # machine's time; GPU_CHECK_ONLY="name ..." runs a subset.
 set -uo pipefail
@@ -62,9 +65,11 @@ run test_ops_cuda 120 ./test_ops_cuda
 run test_ops_cuda_train 180 ./test_ops_cuda_train
 run test_ops_extra 60 ./test_ops_extra
 run test_ops_cuda_fused 60 ./test_ops_cuda_fused
+run test_ops_rows 60 ./test_ops_rows
 run test_tokenize_cuda 120 ./test_tokenize_cuda
 run test_generate_cuda 120 ./test_generate_cuda
 run test_train_cuda 240 ./test_train_cuda
+run test_train_s2_cuda 120 ./test_train_s2_cuda
 
 want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 tok=/tmp/asvr_so400m_random.safetensors
@@ -95,6 +100,14 @@ run bench_tokenize 300 python3 "$root/tools/bench_tokenize_gpu.py" --ours ./benc
     --json "$out/bench_tokenize.json"
 run bench_train 420 python3 "$root/tools/bench_train_gpu.py" --steps 6 --warmup 2 \
     --ours "./bench_train_cuda $tok --steps 3 --warmup 1" --json "$out/bench_train.json"
+# The S2 step (the tower at 384, 768 and 1152: 14 forwards per image, projector 3456 wide) next to the
+# 384 one, our side only, same configuration otherwise.
+run bench_train_384 300 bash -c "./bench_train_cuda $tok --steps 3 --warmup 1 > $out/bench_train_384.json"
+run bench_train_s2 300 bash -c "./bench_train_cuda $tok --scales 384,768,1152 --steps 3 --warmup 1 > $out/bench_train_s2.json"
+if [ -s "$out/bench_train_384.json" ] && [ -s "$out/bench_train_s2.json" ]; then
+    tps() { grep -o '"tokens_per_s": *[0-9.e+-]*' "$1" | head -1 | sed 's/.*: *//'; }
+    echo "train step tokens/s: 384 $(tps "$out/bench_train_384.json"), S2 384/768/1152 $(tps "$out/bench_train_s2.json")" | tee -a "$log"
+fi
 
 # ---- 4. the communication layer (tests/comm_check.c; docs/multi_gpu.md) ---------------------------
 # comm_nccl* need libnccl.so.2 (the library path, ASVR_NCCL_LIB, or the toolkit the kit was built
@@ -115,6 +128,9 @@ export -f comm_nccl comm_staged
 run comm_nccl_n1 120 bash -c 'comm_nccl check cuda'
 run comm_nccl_order 60 bash -c 'ASVR_COMM_DELAY_US=50000 comm_nccl order cuda'
 run comm_staged_n2 180 bash -c 'comm_staged check cuda && comm_staged order cuda'
+
+# ---- 5. data-parallel training (train/dp.h) ----------------------------------------------------------
+run train_dp 300 bash "$root/tools/gpu_train_dp.sh" "$bin/bin" "$bin/tests" "$root/tests/golden"
 
 {
     echo

@@ -9,8 +9,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$root/build-gpu
-progs="test_ops_cuda test_ops_cuda_train test_ops_extra test_tokenize_cuda test_train_cuda test_generate_cuda
-       check_tokenize_real_cuda bench_tokenize_cuda bench_train_cuda comm_check"
+progs="test_ops_cuda test_ops_cuda_train test_ops_extra test_ops_cuda_fused test_ops_rows test_tokenize_cuda test_train_cuda test_train_s2_cuda test_generate_cuda
+       check_tokenize_real_cuda bench_tokenize_cuda bench_train_cuda comm_check st_compare"
 tools="asvr-tokenize asvr-pack asvr-train asvr-eval"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DASVR_CUDA=ON -DASVR_STATIC_DEPS=ON >/dev/null
 # shellcheck disable=SC2086

@@ -13,7 +13,7 @@
 #include "io/json_stream.h"
 #include "io/safetensors.h"
 #include "model/params.h"
-#include "nn/ops_extra.h"
+#include "nn/ops.h"
 
 static int rm_rf(const char *path) {
     DIR *d = opendir(path);
@@ -30,31 +30,46 @@ static int rm_rf(const char *path) {
 }
 
 /* A checkpoint never holds non-finite weights: a tensor with a NaN or an infinity fails the save,
- * naming it, and the previous checkpoint stays the newest. */
-static int check_finite(const float *x, int64_t n, const char *name, asvr_error *err) {
+ * naming it, and the previous checkpoint stays the newest. The fills only note the first one (bad), so
+ * that every rank still takes part in every gather; the save fails once the files are written. */
+typedef struct nonfinite {
+    char msg[256];
+} nonfinite;
+
+static void check_finite(const float *x, int64_t n, const char *name, nonfinite *bad) {
+    if (bad->msg[0]) return;
     for (int64_t i = 0; i < n; i++)
-        if (!isfinite(x[i]))
-            return asvr_err_set(err, "parameter '%s' holds %g at element %lld: not saving non-finite weights", name,
-                                (double)x[i], (long long)i);
-    return 0;
+        if (!isfinite(x[i])) {
+            snprintf(bad->msg, sizeof bad->msg, "parameter '%s' holds %g at element %lld: not saving non-finite weights",
+                     name, (double)x[i], (long long)i);
+            return;
+        }
 }
 
 /* A tensor's bytes for the writer: read straight from a CPU f32 tensor, else converted to f32 on the
  * host when the file is written, one tensor at a time (checkpoints are always the CPU format). */
+typedef struct tensor_src {
+    const tensor *t;
+    nonfinite *bad;
+} tensor_src;
+
 static int fill_f32(void *ctx, void *dst, asvr_error *err) {
-    const tensor *t = ctx;
-    op_read_f32(t, dst);
-    return check_finite(dst, tensor_numel(t), t->name, err);
+    (void)err;
+    tensor_src *s = ctx;
+    op_read_f32(s->t, dst);
+    check_finite(dst, tensor_numel(s->t), s->t->name, s->bad);
+    return 0;
 }
 
-static int add_tensor(st_writer *w, const char *name, const tensor *t, asvr_error *err) {
+/* s: where the source of a tensor that is filled at write time lives (the caller's, until written). */
+static void add_tensor(st_writer *w, const char *name, const tensor *t, nonfinite *bad, tensor_src *s) {
     if (t->device == NN_CPU && t->dtype == NN_F32) {
-        if (check_finite(t->data, tensor_numel(t), name, err) < 0) return -1;
+        check_finite(t->data, tensor_numel(t), name, bad);
         st_writer_add(w, name, ST_F32, t->ndim, t->shape, t->data);
     } else {
-        st_writer_add_source(w, name, ST_F32, t->ndim, t->shape, fill_f32, (void *)t);
+        *s = (tensor_src){t, bad};
+        st_writer_add_source(w, name, ST_F32, t->ndim, t->shape, fill_f32, s);
     }
-    return 0;
 }
 
 /* state.json and DONE into the finished temporary folder, then the rename that publishes it. */
@@ -96,19 +111,62 @@ static int fill_moment(void *ctx, void *dst, asvr_error *err) {
     return 0;
 }
 
-static int write_files(const char *tmp, const param_set *ps, const optim *o, const checkpoint_ranks *ranks,
-                       moment_src *srcs, asvr_error *err) {
-    int writer = !ranks || ranks->writer, r = 0;
-    char *p;
-    if (writer) {
-        st_writer *w = st_writer_new();
-        for (int i = 0; i < ps->n && r == 0; i++) r = add_tensor(w, ps->v[i]->name, ps->v[i]->w, err);
-        p = asvr_path_join(tmp, "model.safetensors");
-        if (r == 0) r = st_writer_write(w, p, err);
-        free(p);
-        st_writer_free(w);
+/* A parameter whose f32 master exists only as the ranks' pieces (sharded masters), completed across
+ * the ranks like the optimizer state. */
+typedef struct value_src {
+    const param_set *ps;
+    const param *p;
+    const checkpoint_ranks *ranks;
+    nonfinite *bad;
+} value_src;
+
+static int fill_value(void *ctx, void *dst, asvr_error *err) {
+    (void)err;
+    const value_src *v = ctx;
+    float *full = dst;
+    for (int64_t k = 0; k < v->p->numel; k++) full[k] = -0.0f;
+    if (!param_set_read(v->ps, v->p, full) && v->ranks) v->ranks->gather(v->ranks->ctx, full, v->p->numel);
+    check_finite(full, v->p->numel, v->p->name, v->bad);
+    return 0;
+}
+
+/* Writes (or, on a rank that is not the writer, takes part in the fills of) one safetensors file. A
+ * writer that fails (a full disk) still runs the fills it had not run, so that the other ranks' gathers
+ * complete. */
+static int write_or_fill(st_writer *w, int writer, const char *tmp, const char *file, const checkpoint_ranks *ranks,
+                         asvr_error *err) {
+    if (!writer) return st_writer_run_fills(w, err);
+    char *p = asvr_path_join(tmp, file);
+    int r = st_writer_write(w, p, err);
+    free(p);
+    if (r < 0 && ranks) {
+        asvr_error e2;
+        (void)st_writer_run_fills(w, &e2);
     }
-    if (!o) return r;
+    return r;
+}
+
+static int write_files(const char *tmp, const param_set *ps, const optim *o, const checkpoint_ranks *ranks,
+                       moment_src *srcs, nonfinite *bad, asvr_error *err) {
+    int writer = !ranks || ranks->writer, r = 0;
+    value_src *vs = asvr_calloc((size_t)(ps->n + 1), sizeof *vs, "checkpoint sources");
+    tensor_src *ts = asvr_calloc((size_t)(ps->n + 1), sizeof *ts, "checkpoint sources");
+    st_writer *mw = st_writer_new();
+    for (int i = 0; i < ps->n; i++) {
+        const param *q = ps->v[i];
+        if (q->w->data || !q->trainable) {
+            if (writer) add_tensor(mw, q->name, q->w, bad, &ts[i]);
+        } else {
+            vs[i] = (value_src){ps, q, ranks, bad};
+            st_writer_add_source(mw, q->name, ST_F32, q->ndim, q->shape, fill_value, &vs[i]);
+        }
+    }
+    r = write_or_fill(mw, writer, tmp, "model.safetensors", ranks, err);
+    st_writer_free(mw);
+    free(vs);
+    free(ts);
+    if (ranks) r = ranks->agree(ranks->ctx, r); /* all go on to the optimizer file, or none */
+    if (!o || r < 0) return r;
     /* every rank runs the optimizer file's fills in file order (they may gather across ranks) */
     st_writer *w = st_writer_new();
     char name[NN_NAME_MAX + 8];
@@ -121,16 +179,7 @@ static int write_files(const char *tmp, const param_set *ps, const optim *o, con
             st_writer_add_source(w, name, ST_F32, q->ndim, q->shape, fill_moment, &srcs[2 * i + k]);
         }
     }
-    if (writer && r == 0) {
-        p = asvr_path_join(tmp, "optimizer.safetensors");
-        r = st_writer_write(w, p, err);
-        free(p);
-    } else if (!writer) {
-        r = st_writer_run_fills(w, err);
-    } else if (ranks) { /* the writer gave up: it still takes part in the other ranks' gathers */
-        asvr_error e2;
-        (void)st_writer_run_fills(w, &e2);
-    }
+    r = write_or_fill(w, writer, tmp, "optimizer.safetensors", ranks, err);
     st_writer_free(w);
     return r;
 }
@@ -148,7 +197,9 @@ int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, cons
         r = asvr_mkdir_p(tmp, err);
     }
     if (ranks) r = ranks->agree(ranks->ctx, r); /* the others must not gather for a writer that gave up */
-    if (r == 0) r = write_files(tmp, ps, o, ranks, srcs, err);
+    nonfinite bad = {{0}};
+    if (r == 0) r = write_files(tmp, ps, o, ranks, srcs, &bad, err);
+    if (r == 0 && bad.msg[0]) r = asvr_err_set(err, "%s", bad.msg);
     free(srcs);
     if (r == 0 && writer) r = finish(out_dir, tmp, dir, state, err);
     if (r < 0 && writer) rm_rf(tmp); /* a failed save leaves nothing; the previous checkpoint stays */

@@ -5,14 +5,14 @@
 
 #include "base/hash.h"
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
-void dp_configure(param_set *ps, int world, int zero, int64_t bucket_elems) {
+void dp_configure(param_set *ps, int rank, int world, int zero, int64_t bucket_elems) {
     CHECK(world >= 1 && zero >= 0 && zero <= 2, "", "dp_configure: %d ranks, zero %d", world, zero);
     if (world == 1 && zero == 0) return;
     int64_t multiple = (int64_t)world * PARAM_FLAT_ALIGN;
     param_set_set_buckets(ps, bucket_elems > 0 ? bucket_elems : DP_BUCKET_DEFAULT, multiple, zero == 2);
     param_set_set_flat_pad(ps, multiple);
+    if (zero >= 1) param_set_set_shard(ps, rank, world); /* with bf16 copies: the f32 masters as pieces only */
 }
 
 /* A 1-d view of n elements of t at element offset off. */
@@ -67,11 +67,14 @@ void dp_init(dp *d, comm *c, int rank, int world, param_set *ps, int zero, int m
         int64_t n = ps->flat_n ? ps->flat_n : PARAM_FLAT_ALIGN;
         if (may_accumulate) d->gacc = nn_arena_add(d->arena, "step gradient", NN_F32, 1, &n);
     } else {
+        CHECK(ps->shard_world == d->world && ps->shard_rank == d->rank, "", "dp_init: the parameter set was laid out for "
+              "rank %d of %d, this is rank %d of %d (call dp_configure before committing it)", ps->shard_rank,
+              ps->shard_world, d->rank, d->world);
         for (int b = 0; b < nb; b++) {
-            d->piece_off[b] = d->shard_n;
-            d->shard_n += piece_len(d, b);
+            d->piece_off[b] = ps->piece_off[b];
             if (piece_len(d, b) > d->piece_max) d->piece_max = piece_len(d, b);
         }
+        d->shard_n = ps->shard_n;
         optim_segment *seg;
         int nseg = shard_segments(d, &seg);
         optim_init_segments(o, oc, ps, nseg, seg, d->shard_n);
@@ -173,9 +176,39 @@ void dp_round_end(dp *d) {
     if (d->zero == 1 && d->round == d->rounds - 1 && d->ps->n_buckets) comm_wait(d->c, d->tick[d->ps->n_buckets - 1]);
 }
 
-void dp_step_end(dp *d) {
+/* Sharded masters: the updated pieces into their compute copies (bf16), gathered bucket by bucket, and
+ * into the replica of the tensors computed in f32, completed across the ranks with one sum (every
+ * element is one rank's value plus -0.0 from the others: exact). */
+static void refresh_from_pieces(dp *d, const optim *o) {
+    param_set *ps = d->ps;
+    comm_ticket last = 0;
+    for (int b = 0; b < ps->n_buckets; b++) {
+        int64_t pl = piece_len(d, b);
+        tensor mine = range(ps->flat_compute, ps->bucket_off[b] + (int64_t)d->rank * pl, pl, "compute piece"),
+               src = range(ps->master, d->piece_off[b], pl, "master piece");
+        op_copy(&mine, &src);
+        tensor full = range(ps->flat_compute, ps->bucket_off[b], ps->bucket_len[b], "compute bucket");
+        last = comm_allgather_inplace(d->c, &full);
+    }
+    op_fill(ps->replica, -0.0f);
+    for (int k = 0; k < o->nseg; k++) {
+        const optim_segment *s = &o->seg[k];
+        const param *p = ps->v[s->param];
+        if (p->roff < 0) continue;
+        tensor dst = range(ps->replica, p->roff + s->elem, s->len, p->name), src = range(ps->master, s->state, s->len, "master");
+        op_copy(&dst, &src);
+    }
+    last = comm_allreduce(d->c, ps->replica);
+    comm_wait(d->c, last);
+}
+
+void dp_step_end(dp *d, const optim *o) {
     if (d->zero == 0) return;
     param_set *ps = d->ps;
+    if (ps->master_sharded) {
+        refresh_from_pieces(d, o);
+        return;
+    }
     comm_ticket last = 0;
     for (int b = 0; b < ps->n_buckets; b++) {
         tensor v = range(ps->flat_values, ps->bucket_off[b], ps->bucket_len[b], "values");
@@ -207,14 +240,22 @@ int dp_agree(void *ctx, int rc) {
     return bad ? -1 : 0;
 }
 
-int dp_replicas_equal(dp *d) {
-    if (d->world == 1) return 1;
-    const tensor *v = d->ps->flat_values;
+/* xxh64 of a tensor's values read as f32 on the host. */
+static uint64_t hash_values(const tensor *v, uint64_t seed) {
     int64_t n = tensor_numel(v);
     float *h = asvr_malloc(sizeof(float) * (size_t)n, "a host copy of the parameters");
     op_read_f32(v, h);
-    uint64_t mine = asvr_xxh64(h, sizeof(float) * (size_t)n, 0);
+    uint64_t x = asvr_xxh64(h, sizeof(float) * (size_t)n, seed);
     free(h);
+    return x;
+}
+
+int dp_replicas_equal(dp *d) {
+    if (d->world == 1) return 1;
+    const param_set *ps = d->ps;
+    /* what every rank holds whole: the values, or with sharded masters the compute copies and the replica */
+    uint64_t mine = ps->master_sharded ? hash_values(ps->replica, hash_values(ps->flat_compute, 0))
+                                       : hash_values(ps->flat_values, 0);
     uint64_t *all = asvr_calloc((size_t)d->world, sizeof *all, "replica hashes");
     comm_allgather_bytes(d->c, all, &mine, sizeof mine);
     int same = 1;

@@ -21,7 +21,10 @@
  *          step gradient, while the backward goes on into the other buffer.
  *  1 and 2: AdamW runs on the shard (the squared gradient norm is summed in double across ranks, so
  *  the clip coefficient is that of the whole gradient), then every bucket's updated values are
- *  all-gathered and the bf16 compute copies refreshed.
+ *  all-gathered and the bf16 compute copies refreshed. With bf16 compute copies the f32 masters exist
+ *  only as the rank's pieces (params.h: sharded masters): the updated pieces are converted and the
+ *  bf16 copies all-gathered bucket by bucket, and the f32 values of the tensors computed in f32
+ *  (norms, biases, the embedding table) are completed across the ranks with one exact sum.
  * Each micro-batch's gradient is built on its own and then added to the step's, so (N ranks,
  * accumulation k) sums the same micro-batch gradients as (1 rank, accumulation N·k); with N = 2 every
  * sum is a two-operand sum and the runs are bitwise equal.
@@ -55,7 +58,7 @@ typedef struct dp {
 
 /* Before committing ps: buckets and padding for `world` ranks at this ZeRO stage (world 1 and zero 0:
  * the layout stays the default one). */
-void dp_configure(param_set *ps, int world, int zero, int64_t bucket_elems);
+void dp_configure(param_set *ps, int rank, int world, int zero, int64_t bucket_elems);
 /* After committing ps: the step's buffers, and the optimizer (unsharded for zero 0, else over this
  * rank's segments), which it initialises with oc. c: the ranks (NULL for a plan: then rank of world,
  * and no collective may run). may_accumulate = 0 promises one micro-batch round per step, which saves
@@ -73,7 +76,7 @@ size_t dp_bytes(const dp *d);
 void dp_step_begin(dp *d, optim *o, int rounds);
 void dp_round_begin(dp *d, int round);
 void dp_round_end(dp *d);
-void dp_step_end(dp *d);
+void dp_step_end(dp *d, const optim *o);
 
 /* Sums of host values over the ranks (loss sums, counts); nothing with one rank. */
 void dp_sum_f64(dp *d, double *v, int n);

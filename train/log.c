@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/ops.h"
 #include "base/fsutil.h"
 #include "base/log.h"
-#include "nn/ops_extra.h"
 #include "trainer.h"
 
 void train_log_open(trainer *t) {

@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 double lr_schedule(int64_t step, int64_t warmup, int64_t total) {
     if (step < warmup) return (double)step / (double)(warmup > 1 ? warmup : 1);
@@ -36,7 +35,9 @@ static void build_views(optim *o) {
     for (int k = 0; k < o->nseg; k++) {
         const optim_segment *s = &o->seg[k];
         const param *p = ps->v[s->param];
-        o->vp[k] = flat_range(ps->flat_values, p->off + s->elem, s->len, p->name);
+        /* the master values: the flat buffer, or (sharded masters) the rank's pieces, in the state layout */
+        o->vp[k] = ps->master_sharded ? flat_range(ps->master, s->state, s->len, p->name)
+                                      : flat_range(ps->flat_values, p->off + s->elem, s->len, p->name);
         o->vm[k] = flat_range(o->flat_m, s->state, s->len, "m");
         o->vv[k] = flat_range(o->flat_v, s->state, s->len, "v");
         o->tp[k] = &o->vp[k], o->tg[k] = &o->vg[k], o->tm[k] = &o->vm[k], o->tv[k] = &o->vv[k];

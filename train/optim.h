@@ -7,7 +7,8 @@
  * parameter set's flat layout (tensor p at p->off), so the gradient can be the set's flat gradient
  * buffer itself. Sharded (optim_init_segments, data parallelism with ZeRO), a rank's segments are the
  * parts of the tensors in its pieces of the flat buffer, and its state holds those pieces only.
- * A step is two multi-tensor ops over the segments (op_grad_sqnorm_multi, then op_adamw_multi with the
+ * With sharded masters (params.h) the values a segment updates are the rank's pieces, in the state
+ * layout too. A step is two multi-tensor ops over the segments (op_grad_sqnorm_multi, then op_adamw_multi with the
  * clipping coefficient folded in and, unsharded, the bf16 compute copies refreshed): one launch each
  * on CUDA. The squared norm is summed in double over the segments in a fixed order, then across ranks
  * by the caller's hook.

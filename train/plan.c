@@ -72,7 +72,7 @@ int cmd_plan(int argc, char **argv) {
 
     nn_arena_set_plan_only(1);
     asvr_model m;
-    run_build_model(&m, &mc, !strcmp(rc.stage, "it"), NN_CPU, (int)world, (int)zero, bucket);
+    run_build_model(&m, &mc, !strcmp(rc.stage, "it"), NN_CPU, 0, (int)world, (int)zero, bucket);
     optim_config oc = {.lr = 1e-5, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .total_steps = 1};
     optim opt;
     dp d;

@@ -7,13 +7,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "nn/ops.h"
 #include "base/fsutil.h"
 #include "base/log.h"
 #include "checkpoint.h"
 #include "io/json_stream.h"
 #include "io/safetensors.h"
 #include "model/vision_tokenizer.h"
-#include "nn/ops_extra.h"
 #include "store/code_store.h"
 #include "trainer.h"
 
@@ -57,6 +57,9 @@ int run_choices_apply(const run_choices *c, const char *config_json, nn_device d
     mc->has_head = want_sem;
     mc->has_app_head = want_app;
     mc->input_discrete = !strcmp(c->input, "discrete");
+    if (mc->input_discrete && mc->n_scales > 0)
+        return asvr_err_set(err, "--input discrete reads codes, not images: the model config's vision \"scales\" (S2) "
+                                 "apply to the continuous input tower only"), -2;
     mc->flash_attention = !strcmp(c->attention, "auto") ? dev == NN_CUDA : !strcmp(c->attention, "flash");
     if (asvr_config_set_recompute(mc, (int)c->recompute, c->recompute_list, err) < 0)
         return asvr_err_prefix(err, "the LLM has %d layers", mc->llm.n_layers), -2;
@@ -66,25 +69,29 @@ int run_choices_apply(const run_choices *c, const char *config_json, nn_device d
     return 0;
 }
 
-void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int world, int zero,
+void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int rank, int world, int zero,
                      int64_t bucket_elems) {
     asvr_model_init(m, mc);
     param_set_trainable(&m->ps, "", 1);
     if (!stage_it) param_set_trainable(&m->ps, "llm.", 0);
     param_set_set_device(&m->ps, dev);
-    dp_configure(&m->ps, world, zero, bucket_elems);
+    dp_configure(&m->ps, rank, world, zero, bucket_elems);
     param_set_commit(&m->ps);
 }
 
 /* Bytes of the SigLIP tower's weights up to the tap layer (esize bytes per value: 4 f32, 2 bf16), and
- * of its activations for n images (the arenas model/siglip.c plans: im2col columns, seven [N, C]
- * buffers, the MLP, in the tower's dtype; one f32 N x N score scratch), plus the step's f32 input
- * images [n, 3, S, S]. */
-static void tower_bytes(const siglip_config *v, int n_images, double esize, double *weights, double *acts) {
-    double C = v->hidden, I = v->intermediate, p = v->patch_size, N = siglip_num_patches(v);
+ * of its activations for n images (the arenas model/siglip.c plans on cuda: im2col columns, seven [N, C]
+ * buffers, the MLP, in the tower's dtype; the f32 attention probabilities [n, heads, N, N]), plus the
+ * step's f32 input images [n, 3, S, S]. With S2 scales the tower runs on n x tiles-per-image tiles, the input images are
+ * at the largest scale, and model/s2.c's buffers come on top. */
+static void tower_bytes(const asvr_config *c, int n_images, double esize, double *weights, double *acts) {
+    const siglip_config *v = &c->vision;
+    double C = v->hidden, I = v->intermediate, p = v->patch_size, N = siglip_num_patches(v), S = asvr_input_size(c);
     double per_layer = 4 * (C * C + C) + 2 * 2 * C + (C * I + I) + (I * C + C);
+    double n = c->n_scales > 0 ? (double)n_images * s2_tiles_per_image(c->scales, c->n_scales, v->image_size) : n_images;
     *weights = esize * (C * 3 * p * p + C + N * C + v->tap * per_layer);
-    *acts = esize * (n_images * N * (3 * p * p + 7 * C + I)) + 4.0 * (N * N + n_images * 3.0 * v->image_size * v->image_size);
+    *acts = esize * (n * N * (3 * p * p + 7 * C + I)) + 4.0 * (n * v->heads * N * N + n_images * 3.0 * S * S);
+    if (c->n_scales > 0) *acts += s2_buffer_bytes(v, c->scales, c->n_scales, n_images, esize);
 }
 
 void run_memory_of(const asvr_model *m, const optim *o, const dp *d, const asvr_acts *a, int max_images,
@@ -97,7 +104,7 @@ void run_memory_of(const asvr_model *m, const optim *o, const dp *d, const asvr_
     r->optimizer = (double)optim_bytes(o);
     r->step_grad = d ? (double)dp_bytes(d) : 0;
     r->activations = (double)asvr_acts_bytes(a);
-    if (!c->input_discrete) tower_bytes(&c->vision, max_images, tower_bf16 ? 2.0 : 4.0, &r->tower_weights, &r->tower_acts);
+    if (!c->input_discrete) tower_bytes(c, max_images, tower_bf16 ? 2.0 : 4.0, &r->tower_weights, &r->tower_acts);
     if (c->has_head || c->input_discrete) r->codebooks = 4.0 * c->head.depth * (double)c->head.codebook_size * c->head.code_dim;
     if (c->has_app_head) r->codebooks += 4.0 * c->head_app.depth * (double)c->head_app.codebook_size * c->head_app.code_dim;
     r->total = r->values + r->compute + r->grads + r->optimizer + r->step_grad + r->activations + r->tower_weights +
@@ -121,7 +128,11 @@ static int load_subset(param_set *ps, const safetensors *st, const char *ours, c
         if (t->numel != p->numel || t->ndim != p->ndim)
             return asvr_err_set(err, "tensor '%s' has %lld elements in %d dims, %s needs %lld", key, (long long)t->numel,
                                 t->ndim, p->name, (long long)p->numel);
-        if (param_tensor_load(p->w, t, err) < 0) return -1;
+        float *host = asvr_malloc(sizeof(float) * (size_t)p->numel, "a host staging buffer (one tensor)");
+        int rc = st_tensor_to_f32(t, host, err);
+        if (rc == 0) param_set_write(ps, p, host);
+        free(host);
+        if (rc < 0) return -1;
         loaded++;
     }
     return loaded;
@@ -255,12 +266,33 @@ static void load_initial(trainer *t) {
     safetensors_close(st);
 }
 
+/* Mistral's sliding attention window is not implemented; below it, it changes nothing. Attention
+ * restarts per sample, so only a sample longer than the window is refused (not --max-len). */
+static void check_sliding_window(const char *packed, int window, int max_len) {
+    if (window <= 0 || max_len <= window) return;
+    packed_store *ps;
+    asvr_error err;
+    if (packed_store_open(packed, &ps, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+    uint64_t n = packed_store_info(ps)->n_samples;
+    for (uint64_t i = 0; i < n; i++) {
+        packed_sample s;
+        if (packed_sample_meta(ps, i, &s, &err) < 0) ASVR_FATAL("", "%s", err.msg);
+        if (s.positions > (uint32_t)window)
+            ASVR_FATAL("pack with --max-len at most the window, or drop the sample",
+                       "'%s': sample %llu (id '%s', JSON index %llu) is %u positions long, longer than the model's "
+                       "sliding attention window of %d, which this build does not implement",
+                       packed, (unsigned long long)i, s.id, (unsigned long long)s.source_index, s.positions, window);
+    }
+    packed_store_close(ps);
+}
+
 static void open_data(trainer *t) {
     const train_opts *o = &t->o;
     const asvr_config *mc = &t->mc;
     data_config dc = {o->packed, o->codes, o->image_root ? o->image_root : "", mc->has_app_head ? o->codes_app : NULL,
                       (int)o->rows, (uint64_t)o->seed, !mc->input_discrete,
-                      mc->vision.image_size, {0}, {0}, {127, 127, 127}, (int)o->threads};
+                      asvr_input_size(mc), {0}, {0}, {0}, (int)o->threads};
+    memcpy(dc.pad, mc->image_pad, sizeof dc.pad); /* int(image_mean × 255), as the reference pads */
     memcpy(dc.mean, mc->image_mean, sizeof dc.mean);
     memcpy(dc.std, mc->image_std, sizeof dc.std);
     asvr_error err;
@@ -271,6 +303,7 @@ static void open_data(trainer *t) {
                                            : (n_samples + o->global_batch - 1) / o->global_batch;
     t->total = o->steps > 0 ? o->steps : steps_per_epoch * o->epochs;
     t->T = data_max_len(t->dl);
+    check_sliding_window(o->packed, t->mc.llm.sliding_window, t->T);
 }
 
 /* A recorded fingerprint against the one of the data given now: resuming on other data is refused. */
@@ -412,7 +445,7 @@ void trainer_setup(trainer *t, const train_opts *o, const asvr_cli *cli) {
     if (r == -2) asvr_cli_usage_error(cli, "%s", err.msg);
     if (r < 0) ASVR_FATAL("check the model config and the flags", "%s", err.msg);
 
-    run_build_model(&t->m, &t->mc, !strcmp(o->rc.stage, "it"), t->dev, t->world, t->zero, o->bucket_elems);
+    run_build_model(&t->m, &t->mc, !strcmp(o->rc.stage, "it"), t->dev, t->rank, t->world, t->zero, o->bucket_elems);
     param_set_init_random(&t->m.ps, (uint64_t)o->seed);
     load_frozen(t, cli);
     if (!t->ckpt) load_initial(t);

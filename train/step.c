@@ -76,7 +76,7 @@ void trainer_step(trainer *t, step_batches *sb, step_stats *st) {
     }
     sum_losses(t, &st->L);
     st->lr = optim_step(&t->opt, &st->grad_norm, &st->clip_coef);
-    dp_step_end(&t->dp);
+    dp_step_end(&t->dp, &t->opt);
     comm_get_counts(t->comm, &c1);
     for (int k = 0; k < COMM_NKINDS; k++) st->collectives[k] = c1.calls[k] - c0.calls[k];
     t->step++;

@@ -46,7 +46,7 @@ int run_choices_options(run_choices *c, asvr_opt *out);
 int run_choices_apply(const run_choices *c, const char *config_json, nn_device dev, asvr_config *mc, asvr_error *err);
 /* Declares the model of mc, marks what trains in the stage (pt: all but the LLM; it: all), puts it on
  * dev with the flat layout of `world` ranks at ZeRO stage `zero` (dp.h), and commits it. */
-void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int world, int zero,
+void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int rank, int world, int zero,
                      int64_t bucket_elems);
 
 /* A run's memory: what the trainer allocates (from its arenas' plans) plus the frozen input tower's

@@ -6,7 +6,7 @@
  *  - recoverable: bad input for one record (an image, a sample, a tensor). Functions that read user
  *    data take an `asvr_error *` and return -1 after asvr_err_set(), so the caller can log the record
  *    and keep going. Never exit from code that handles one record.
- * Not for: CUDA/cuBLAS checks, which live in nn/cuda/cuda_check.h so host code needs no CUDA headers.
+ * Not for: CUDA/cuBLAS checks, which live in nn/cuda/cuda_common.cuh so host code needs no CUDA headers.
  */
 #ifndef ASVR_BASE_ERROR_H
 #define ASVR_BASE_ERROR_H

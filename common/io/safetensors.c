@@ -581,6 +581,7 @@ typedef struct {
     const void *data;
     st_fill_fn fill; /* or the bytes come from fill(fill_ctx, ...) at write time */
     void *fill_ctx;
+    int filled;      /* the fill has run (st_writer_write or st_writer_run_fills) */
     size_t nbytes;
 } wtensor;
 
@@ -747,7 +748,10 @@ int st_writer_run_fills(st_writer *w, asvr_error *err) {
     void *scratch = scratch_n ? asvr_malloc(scratch_n, "a safetensors fill buffer (one tensor)") : NULL;
     int rc = 0;
     for (int i = 0; i < w->n && rc == 0; i++)
-        if (order[i]->fill) rc = order[i]->fill(order[i]->fill_ctx, scratch, err);
+        if (order[i]->fill && !order[i]->filled) {
+            order[i]->filled = 1;
+            rc = order[i]->fill(order[i]->fill_ctx, scratch, err);
+        }
     free(scratch);
     free(order);
     return rc;
@@ -844,6 +848,7 @@ int st_writer_write(st_writer *w, const char *path, asvr_error *err) {
     for (int i = 0; i < w->n; i++) {
         const void *src = order[i]->data;
         if (order[i]->fill) {
+            order[i]->filled = 1;
             if (order[i]->fill(order[i]->fill_ctx, scratch, err) < 0) {
                 asvr_err_prefix(err, "writing '%s', tensor '%s'", path, order[i]->name);
                 asvr_atomic_abort(&f);

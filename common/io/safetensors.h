@@ -90,7 +90,8 @@ typedef int (*st_fill_fn)(void *ctx, void *dst, asvr_error *err);
 void st_writer_add_source(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
                           st_fill_fn fill, void *ctx);
 /* Calls the fill functions in file order, as st_writer_write would, without writing anything: for a
- * process that takes part in collective fills while another one writes the file. */
+ * process that takes part in collective fills while another one writes the file. Fills that have run
+ * already (a write that failed part way) are not run again. */
 int st_writer_run_fills(st_writer *w, asvr_error *err);
 /* Setting a key again replaces its value. "__metadata__" is written only when a key is set. */
 void st_writer_set_metadata(st_writer *w, const char *key, const char *value);

@@ -6,14 +6,13 @@
 #include <string.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 void asvr_model_init(asvr_model *m, const asvr_config *c) {
     memset(m, 0, sizeof *m);
     m->c = *c;
     param_set_init(&m->ps, "asvr");
     m->llm = llama_new(&c->llm, &m->ps, "llm.");
-    mlp2_declare(&m->proj, &m->ps, c->vision.hidden, c->llm.dim, c->llm.dim, "mm_projector.");
+    mlp2_declare(&m->proj, &m->ps, asvr_feature_width(c), c->llm.dim, c->llm.dim, "mm_projector.");
     if (c->has_head) m->head = vhead_new(&c->head, &m->ps, "visual_head.");
     if (c->has_app_head) m->head_app = vhead_new(&c->head_app, &m->ps, "visual_head_appearance.");
     if (c->compute_bf16) param_set_set_compute_dtype(&m->ps, NN_BF16);
@@ -105,6 +104,12 @@ void asvr_model_print(const asvr_model *m, FILE *f) {
             c->llm.dim, c->llm.n_layers, c->llm.n_heads, c->llm.n_kv_heads, c->llm.ffn_dim, c->llm.vocab,
             c->vision.image_size, c->vision.patch_size, c->vision.hidden, c->vision.tap, c->image_positions,
             c->input_discrete ? " (discrete input)" : "");
+    if (c->n_scales > 0) {
+        fprintf(f, "S2 input at scales");
+        for (int i = 0; i < c->n_scales; i++) fprintf(f, "%s%d", i ? "/" : " ", c->scales[i]);
+        fprintf(f, " (%d tower forwards per image, %d features per position) | ",
+                s2_tiles_per_image(c->scales, c->n_scales, c->vision.image_size), asvr_feature_width(c));
+    }
     fprintf(f, "%s attention, %d of %d layers recomputed | ", c->flash_attention ? "flash" : "kept-probabilities",
             c->recompute_layers, c->llm.n_layers);
     if (c->has_app_head)

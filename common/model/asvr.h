@@ -13,7 +13,8 @@
  * codebooks are frozen and loaded apart. An optional second head ("visual_head_appearance", its own
  * codebooks and codes) gives the appearance and dual losses. The configuration is JSON:
  *   {"llm": {HF LlamaConfig keys}, "vision": {image_size, patch_size, hidden_size, intermediate_size,
- *    num_layers, num_heads, layer_norm_eps, tap_layer, image_mean, image_std},
+ *    num_layers, num_heads, layer_norm_eps, tap_layer, image_mean, image_std, optional scales (S2: the
+ *    tower runs at each scale in tiles of its size, model/s2.h; hidden_act may say gelu_pytorch_tanh)},
  *    "visual_head": {embed_dim, n_heads, depth, codebook_size, n_layers, ffn_dim, rms_norm_eps},
  *    "image_positions": 729}
  * Device: everything (parameters, frozen tower and codebooks, activations) lives on m->ps.device; set it
@@ -31,6 +32,7 @@
 #include "model/llama.h"
 #include "model/mlp.h"
 #include "model/params.h"
+#include "model/s2.h"
 #include "model/siglip.h"
 #include "model/visual_head.h"
 
@@ -45,7 +47,11 @@ typedef struct asvr_config {
     siglip_config vision;
     vhead_config head;
     float image_mean[3], image_std[3];
+    uint8_t image_pad[3];      /* the pad colour of policy pad: int(image_mean × 255), the reference's rule
+                                  (computed from the config's values in double precision, as Python does) */
     int image_positions;
+    int scales[S2_MAX_SCALES]; /* "vision": {"scales": [...]}: the S2 multi-scale input (model/s2.h), */
+    int n_scales;              /* 0: the tower's single forward at its image_size */
     int has_head;        /* semantic visual head ("visual_head"); 0 with --visual-loss none (the LLaVA baseline) */
     vhead_config head_app; /* appearance visual head ("visual_head_appearance"), for the App. and Dual rows */
     int has_app_head;
@@ -66,6 +72,14 @@ typedef struct asvr_config {
 } asvr_config;
 
 int asvr_config_from_json(const char *json, asvr_config *c, asvr_error *err);
+/* The side of the square images the model takes (the largest S2 scale, else the tower's image_size), and
+ * the width of the image features the projector reads (the tower's width times the scales). */
+static inline int asvr_input_size(const asvr_config *c) {
+    return c->n_scales > 0 ? c->scales[c->n_scales - 1] : c->vision.image_size;
+}
+static inline int asvr_feature_width(const asvr_config *c) {
+    return c->vision.hidden * (c->n_scales > 0 ? c->n_scales : 1);
+}
 /* Which LLM layers recompute their activations in the backward: list NULL or "" = the first `first_n`
  * (0 .. n_layers); else a comma-separated list of layers and ranges ("0-15,20"). Sets recompute_layers
  * (the count) and recompute_mask. -1 with err naming the bad part. */

@@ -35,6 +35,40 @@ static int parse_head(json_t *vh, int d_in, int code_dim, vhead_config *h, asvr_
     return vhead_config_check(h, err);
 }
 
+/* The vision object: no unknown key (a misspelt "scales" must not train without S2), hidden_act if given
+ * the tower's GELU, and the S2 scales (multiples of image_size, increasing). */
+static int parse_vision_extra(json_t *vis, asvr_config *c, asvr_error *err) {
+    static const char *known[] = {"image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers",
+                                  "num_heads", "layer_norm_eps", "tap_layer", "image_mean", "image_std", "scales",
+                                  "hidden_act"};
+    const char *key;
+    json_t *val;
+    json_object_foreach(vis, key, val) {
+        size_t i = 0;
+        while (i < sizeof known / sizeof known[0] && strcmp(key, known[i]) != 0) i++;
+        if (i == sizeof known / sizeof known[0])
+            return asvr_err_set(err, "model config: unknown key \"%s\" in \"vision\" (known: image_size, patch_size, "
+                                     "hidden_size, intermediate_size, num_layers, num_heads, layer_norm_eps, tap_layer, "
+                                     "image_mean, image_std, scales, hidden_act)", key);
+    }
+    json_t *act = json_object_get(vis, "hidden_act");
+    if (act && (!json_is_string(act) || strcmp(json_string_value(act), "gelu_pytorch_tanh") != 0))
+        return asvr_err_set(err, "model config: vision \"hidden_act\" must be \"gelu_pytorch_tanh\" (SigLIP's)");
+    json_t *sc = json_object_get(vis, "scales");
+    c->n_scales = 0;
+    if (!sc) return 0;
+    if (!json_is_array(sc) || json_array_size(sc) < 1 || json_array_size(sc) > S2_MAX_SCALES)
+        return asvr_err_set(err, "model config: vision \"scales\" must be a list of 1 to %d image sizes", S2_MAX_SCALES);
+    for (size_t i = 0; i < json_array_size(sc); i++) {
+        json_t *e = json_array_get(sc, i);
+        if (!json_is_integer(e) || json_integer_value(e) <= 0 || json_integer_value(e) > 1 << 16)
+            return asvr_err_set(err, "model config: vision \"scales\" must hold positive integers");
+        c->scales[c->n_scales++] = (int)json_integer_value(e);
+    }
+    if (s2_scales_check(c->scales, c->n_scales, c->vision.image_size, err) < 0) return asvr_err_prefix(err, "model config");
+    return 0;
+}
+
 int asvr_config_from_json(const char *text, asvr_config *c, asvr_error *err) {
     memset(c, 0, sizeof *c);
     json_error_t je;
@@ -59,6 +93,7 @@ int asvr_config_from_json(const char *text, asvr_config *c, asvr_error *err) {
         jint(vis, "num_layers", &v->layers, err) < 0 || jint(vis, "num_heads", &v->heads, err) < 0 ||
         jint(vis, "tap_layer", &v->tap, err) < 0 || jnum(vis, "layer_norm_eps", &v->ln_eps, err) < 0)
         goto out;
+    if (parse_vision_extra(vis, c, err) < 0) goto out;
     v->act = NN_ACT_GELU_TANH;
     for (int i = 0; i < 3; i++) c->image_mean[i] = c->image_std[i] = 0.5f;
     json_t *mean = json_object_get(vis, "image_mean"), *std = json_object_get(vis, "image_std");
@@ -67,6 +102,7 @@ int asvr_config_from_json(const char *text, asvr_config *c, asvr_error *err) {
     const char *names[2] = {"image_mean", "image_std"};
     json_t *arrs[2] = {mean, std};
     float *dst[2] = {c->image_mean, c->image_std};
+    double mean_d[3] = {0.5, 0.5, 0.5}; /* the mean as written (double), for the pad colour */
     for (int k = 0; k < 2; k++) {
         if (!arrs[k]) continue;
         if (!json_is_array(arrs[k]) || json_array_size(arrs[k]) != 3) {
@@ -81,7 +117,12 @@ int asvr_config_from_json(const char *text, asvr_config *c, asvr_error *err) {
                 goto out;
             }
             dst[k][i] = (float)v;
+            if (k == 0) mean_d[i] = v;
         }
+    }
+    for (int i = 0; i < 3; i++) {
+        double p = mean_d[i] * 255.0; /* LLaVA's expand2square background: tuple(int(x * 255) for x in image_mean) */
+        c->image_pad[i] = (uint8_t)(p < 0 ? 0 : p > 255 ? 255 : (int)p);
     }
     if (siglip_config_check(v, err) < 0) goto out;
     c->image_positions = siglip_num_patches(v);

@@ -9,7 +9,6 @@
 #include "model/asvr.h"
 #include "model/text_loss.h"
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 struct asvr_acts {
     int B, T, max_images, head_chunk;
@@ -20,6 +19,7 @@ struct asvr_acts {
     llama_acts *la;
     vhead_acts *va, *va_app;
     siglip_acts *sa;
+    s2_acts *s2;         /* the S2 multi-scale tower's buffers (config scales), instead of sa */
     tensor *x, *h, *dh, *dx, *logits, *targets, *ids, *pos, *seg;
     tensor *feats, *pre, *hid, *emb, *demb, *dscratch, *tmp_rows;
     tensor *feats_lp; /* the tower's output in its own dtype when that is not f32 (bf16 tower), else NULL */
@@ -76,7 +76,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     asvr_acts *a = asvr_calloc(1, sizeof *a, "model activations");
     a->B = B, a->T = T, a->max_images = max_images > 0 ? max_images : 1;
     int64_t BT = (int64_t)B * T, d = c->llm.dim, P = c->image_positions, NI = (int64_t)a->max_images * P;
-    int64_t C = c->vision.hidden, D = c->has_head ? c->head.depth : 1;
+    int64_t C = asvr_feature_width(c), D = c->has_head ? c->head.depth : 1;
     if (c->has_app_head && c->head_app.depth > D) D = c->head_app.depth;
     /* the visual heads run over chunks of at most head_chunk positions (all of them by default); the
      * zero-image rows of --text-only-visual reference are one chunk of P */
@@ -105,7 +105,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     a->demb = add2(ar, "d_image_embeds", NN_F32, NI, d);
     a->dscratch = add2(ar, "d_projector_hidden", pdt, NI, d);
     a->tmp_rows = add2(ar, "image_rows", NN_F32, NI, d);
-    a->rows_d = add2(ar, "feature_rows", NN_F32, NI, C);
+    a->rows_d = add2(ar, "feature_rows", NN_F32, NI, c->vision.hidden); /* codebook rows (--input discrete) */
     a->idx_flat = add1(ar, "image_flat_index", NN_I32, NI);
     a->idx_src = add1(ar, "image_source_index", NN_I32, NI);
     a->code_ids = add1(ar, "code_ids", NN_I32, NI);
@@ -113,7 +113,7 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
     if (m->head) a->dh_img = add2(ar, "d_h_image", NN_F32, NI, d);
     if (m->head_app) a->dh_img_app = add2(ar, "d_h_image_appearance", NN_F32, NI, d);
     if (m->tower) {
-        int64_t S = c->vision.image_size;
+        int64_t S = asvr_input_size(c);
         a->images = nn_arena_add(ar, "images", NN_F32, 4, (int64_t[]){a->max_images, 3, S, S});
     }
     nn_arena_commit(ar);
@@ -129,7 +129,8 @@ asvr_acts *asvr_acts_new(const asvr_model *m, int B, int T, int max_images) {
                                c->llm.n_layers <= ASVR_MAX_RECOMPUTE_LAYERS ? c->recompute_mask : NULL);
     if (m->head) a->va = vhead_acts_new(m->head, a->head_chunk);
     if (m->head_app) a->va_app = vhead_acts_new(m->head_app, a->head_chunk);
-    if (m->tower) a->sa = siglip_acts_new(m->tower, a->max_images);
+    if (m->tower && c->n_scales > 0) a->s2 = s2_acts_new(m->tower, c->scales, c->n_scales, a->max_images);
+    else if (m->tower) a->sa = siglip_acts_new(m->tower, a->max_images);
     return a;
 }
 
@@ -141,13 +142,14 @@ void asvr_acts_print_plan(const asvr_acts *a, FILE *f) {
             nn_device_name(a->x->device), (double)nn_arena_bytes(a->arena) / 1048576.0,
             (double)llama_acts_bytes(a->la) / 1048576.0,
             (double)((a->va ? vhead_acts_bytes(a->va) : 0) + (a->va_app ? vhead_acts_bytes(a->va_app) : 0)) / 1048576.0,
-            a->head_chunk, (double)(a->sa ? siglip_acts_bytes(a->sa) : 0) / 1048576.0,
+            a->head_chunk, (double)(a->sa ? siglip_acts_bytes(a->sa) : a->s2 ? s2_acts_bytes(a->s2) : 0) / 1048576.0,
             (double)nn_arena_bytes(a->host) / 1048576.0);
 }
 
 size_t asvr_acts_bytes(const asvr_acts *a) {
     return nn_arena_bytes(a->arena) + llama_acts_bytes(a->la) + (a->va ? vhead_acts_bytes(a->va) : 0) +
-           (a->va_app ? vhead_acts_bytes(a->va_app) : 0) + (a->sa ? siglip_acts_bytes(a->sa) : 0);
+           (a->va_app ? vhead_acts_bytes(a->va_app) : 0) + (a->sa ? siglip_acts_bytes(a->sa) : 0) +
+           (a->s2 ? s2_acts_bytes(a->s2) : 0);
 }
 
 void asvr_acts_free(asvr_acts *a) {
@@ -156,6 +158,7 @@ void asvr_acts_free(asvr_acts *a) {
     if (a->va) vhead_acts_free(a->va);
     if (a->va_app) vhead_acts_free(a->va_app);
     if (a->sa) siglip_acts_free(a->sa);
+    s2_acts_free(a->s2);
     nn_arena_free(a->arena);
     nn_arena_free(a->host);
     free(a);
@@ -245,15 +248,16 @@ static void discrete_features(asvr_model *m, asvr_acts *a, const asvr_batch *b, 
  * reads (the f32 buffer, or the bf16 tower's own output when the projector computes in bf16). */
 static tensor tower_features(asvr_model *m, asvr_acts *a, const asvr_batch *b) {
     const asvr_config *c = &m->c;
-    int64_t P = c->image_positions, NI = (int64_t)b->n_images * P, S = c->vision.image_size;
+    int64_t P = c->image_positions, NI = (int64_t)b->n_images * P, S = asvr_input_size(c);
     CHECK(m->tower != NULL && b->pixels != NULL && a->images != NULL, "", "the vision tower or the images are missing");
     tensor hp = tensor_make("images", NN_F32, NN_CPU, 4, (int64_t[]){b->n_images, 3, S, S}, (void *)b->pixels);
     tensor img = tensor_head0(a->images, b->n_images);
     op_transfer(&img, &hp);
     tensor *dst = a->feats_lp ? a->feats_lp : a->feats;
-    tensor out = tensor_make("image_features", dst->dtype, dst->device, 3, (int64_t[]){b->n_images, P, c->vision.hidden},
+    tensor out = tensor_make("image_features", dst->dtype, dst->device, 3, (int64_t[]){b->n_images, P, asvr_feature_width(c)},
                              dst->data);
-    siglip_forward(m->tower, a->sa, &img, &out);
+    if (a->s2) s2_forward(m->tower, a->s2, &img, &out);
+    else siglip_forward(m->tower, a->sa, &img, &out);
     if (a->feats_lp && a->feats_lp->dtype == m->proj.w1->wc->dtype)
         return head_rows(a->feats_lp, NI); /* bf16 tower, bf16 projector: read its features as they are */
     tensor f32 = head_rows(a->feats, NI);
@@ -271,6 +275,10 @@ void asvr_forward(asvr_model *m, asvr_acts *a, const asvr_batch *b) {
           a->B, a->T, a->max_images);
     nn_device dev = a->x->device;
     int64_t BT = (int64_t)b->B * b->T, NI = (int64_t)b->n_images * c->image_positions;
+    for (int64_t i = 0; c->llm.sliding_window > 0 && i < BT; i++) /* positions restart per sample */
+        CHECK(b->pos[i] < c->llm.sliding_window, "pack with --max-len at most the window",
+              "asvr_forward: row %lld holds a sample longer than the sliding attention window of %d positions, which "
+              "this build does not implement", (long long)(i / b->T), c->llm.sliding_window);
     upload_inputs(m, a, b);
     a->b = b;
 
@@ -292,8 +300,8 @@ void asvr_forward(asvr_model *m, asvr_acts *a, const asvr_batch *b) {
     if (a->nv > 0) {
         tensor rows = head_rows(a->tmp_rows, a->nv), emb = head_rows(a->emb, NI);
         tensor t_iflat = head_vec(a->idx_flat, a->nv), t_isrc = head_vec(a->idx_src, a->nv);
-        op_embedding(&rows, &t_isrc, &emb);
-        op_embedding_backward(&x, &rows, &t_iflat);
+        op_gather_rows(&rows, &emb, &t_isrc);
+        op_scatter_add_rows(&x, &rows, &t_iflat);
     }
     tensor x3 = rows3(a->x, b->B, b->T, "inputs_embeds"), h3 = rows3(a->h, b->B, b->T, "hidden_final");
     tensor pos = tensor_head0(a->pos, b->B), seg = tensor_head0(a->seg, b->B);
@@ -316,7 +324,7 @@ static void visual_head_loss(asvr_acts *a, const vhead *head, vhead_acts *va, co
     for (int64_t k = 0; k < nv; k++)
         for (int d = 0; d < D; d++) cd[k * D + d] = codes_src[(int64_t)isrc[k] * D + d];
     tensor h_img = head_rows(a->h_img, nv), t_iflat = head_vec(a->idx_flat, nv);
-    op_embedding(&h_img, &t_iflat, a->h);
+    op_gather_rows(&h_img, a->h, &t_iflat);
     for (int64_t k0 = 0; k0 < nv; k0 += a->head_chunk) {
         int64_t n = nv - k0 < a->head_chunk ? nv - k0 : a->head_chunk;
         tensor hc = rows_at(a->h_img, k0, n);
@@ -404,11 +412,11 @@ void asvr_backward(asvr_model *m, asvr_acts *a) {
     llama_lm_head_backward(m->llm, &logits, &h, &dh, 0);
     if (nv > 0 && a->dh_img) {
         tensor d = head_rows(a->dh_img, nv);
-        op_embedding_backward(&dh, &d, &t_iflat);
+        op_scatter_add_rows(&dh, &d, &t_iflat);
     }
     if (nv > 0 && a->dh_img_app) {
         tensor d = head_rows(a->dh_img_app, nv);
-        op_embedding_backward(&dh, &d, &t_iflat);
+        op_scatter_add_rows(&dh, &d, &t_iflat);
     }
     phase_end(a, dev, ASVR_PHASE_TEXT_HEAD);
 
@@ -425,8 +433,8 @@ void asvr_backward(asvr_model *m, asvr_acts *a) {
         tensor demb = head_rows(a->demb, NI), rows = head_rows(a->tmp_rows, nv), ds = head_rows(a->dscratch, NI);
         tensor pre = head_rows(a->pre, NI), hid = head_rows(a->hid, NI);
         op_fill(&demb, 0.0f);
-        op_embedding(&rows, &t_iflat, &dx);
-        op_embedding_backward(&demb, &rows, &t_isrc);
+        op_gather_rows(&rows, &dx, &t_iflat);
+        op_scatter_add_rows(&demb, &rows, &t_isrc);
         mlp2_backward(&m->proj, &demb, &feats, &pre, &hid, &ds, NULL, 0);
     }
     param_set_grads_done(&m->ps, "mm_projector.");

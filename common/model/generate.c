@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 void gen_result_free(gen_result *r) {
     if (!r) return;
@@ -38,9 +37,9 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
     const asvr_config *c = &m->c;
     if (B < 1 || o->max_new_tokens < 1)
         return asvr_err_set(err, "generate: %d prompts and max_new_tokens %d must both be >= 1", B, o->max_new_tokens);
-    const int P = c->image_positions, S = c->vision.image_size, d = c->llm.dim, V = c->llm.vocab;
+    const int P = c->image_positions, S = asvr_input_size(c), d = c->llm.dim, V = c->llm.vocab;
     const int L = c->llm.n_layers, H = c->llm.n_heads, N = o->max_new_tokens;
-    const int64_t C = c->vision.hidden;
+    const int64_t C = asvr_feature_width(c);
 
     /* prompts: lengths after expanding the placeholder, where the image goes */
     int32_t *lens = asvr_calloc((size_t)B, sizeof *lens, "prompt lengths");
@@ -168,11 +167,22 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
     op_fill(x, 0.0f);
     llama_embed(m->llm, ids, x);
     if (n_img > 0) {
-        siglip_acts *sa = siglip_acts_new(m->tower, n_img);
         tensor img = *pix, fv = view3(feats, n_img, P, C);
         img.shape[0] = n_img;
-        siglip_forward(m->tower, sa, &img, &fv);
-        siglip_acts_free(sa);
+        if (c->n_scales > 0) { /* S2: the tower's features in its dtype, then f32 for the projector */
+            s2_acts *s2 = s2_acts_new(m->tower, c->scales, c->n_scales, n_img);
+            nn_arena *fa = nn_arena_new("S2 features", dev);
+            tensor *f = nn_arena_add(fa, "image_features_tower_dtype", siglip_dtype(m->tower), 3, (int64_t[]){n_img, P, C});
+            nn_arena_commit(fa);
+            s2_forward(m->tower, s2, &img, f);
+            op_copy(&fv, f);
+            nn_arena_free(fa);
+            s2_acts_free(s2);
+        } else {
+            siglip_acts *sa = siglip_acts_new(m->tower, n_img);
+            siglip_forward(m->tower, sa, &img, &fv);
+            siglip_acts_free(sa);
+        }
         tensor f2 = view2(feats, (int64_t)n_img * P, C), pr = view2(pre, (int64_t)n_img * P, d),
                hd = view2(hid, (int64_t)n_img * P, d), em = view2(emb, (int64_t)n_img * P, d);
         mlp2_forward(&m->proj, &f2, &pr, &hd, &em);
@@ -265,7 +275,7 @@ static int sp_encode_adapter(void *ctx, const char *text, size_t len, int add_bo
 
 text_encoder gen_text_encoder(const sp_tokenizer *tok) {
     text_encoder e = {(void *)tok, sp_encode_adapter, sp_tokenizer_bos_id(tok), sp_tokenizer_eos_id(tok),
-                      sp_tokenizer_pad_id(tok) >= 0 ? sp_tokenizer_pad_id(tok) : 0};
+                      sp_tokenizer_pad_id(tok) >= 0 ? sp_tokenizer_pad_id(tok) : 0, sp_tokenizer_legacy(tok)};
     return e;
 }
 

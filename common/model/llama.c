@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 typedef struct llama_layer {
     param *ln_in, *q, *k, *v, *o, *ln_post, *gate, *up, *down;
@@ -104,6 +103,13 @@ int llama_config_from_json(const char *json_text, llama_config *c, asvr_error *e
     if (json_false_or_absent(o, "tie_word_embeddings", err) < 0 || json_false_or_absent(o, "attention_bias", err) < 0 ||
         json_false_or_absent(o, "mlp_bias", err) < 0 || json_false_or_absent(o, "rope_scaling", err) < 0)
         goto done;
+    float dropout = 0.0f;
+    if (json_float(o, "attention_dropout", 0.0f, &dropout, err) < 0) goto done;
+    if (dropout != 0.0f) {
+        asvr_err_set(err, "llama config: \"attention_dropout\" is %g; training without dropout is what this model implements",
+                     (double)dropout);
+        goto done;
+    }
     /* newer configs keep RoPE settings in one object */
     json_t *rp = json_object_get(o, "rope_parameters");
     if (rp && !json_is_null(rp)) {
@@ -229,9 +235,6 @@ llama_acts *llama_acts_new_ex(const llama *m, int B, int T, int flash, int recom
 llama_acts *llama_acts_new_sel(const llama *m, int B, int T, int flash, const unsigned char *recompute_mask) {
     CHECK(B >= 1 && T >= 1, "", "llama activations for %d rows of %d positions", B, T);
     const llama_config *c = &m->cfg;
-    CHECK(c->sliding_window == 0 || T <= c->sliding_window, "use rows no longer than the window",
-          "llama: rows of %d positions exceed the sliding attention window %d, which this build does not support", T,
-          c->sliding_window);
     int nl = c->n_layers;
     int64_t D = c->dim, F = c->ffn_dim, hd = llama_head_dim(c), QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
     /* Mixed precision: with bf16 weight copies, what feeds a GEMM or the attention (norm outputs, q/k/v,
@@ -395,7 +398,7 @@ static void layer_forward(const llama *m, llama_acts *a, int i, int64_t B, float
         op_flash_attention(&attn, &lse, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv);
     } else {
         tensor att = tensor_head0(S->att, B);
-        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
+        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att, NN_ATT_KEEP);
     }
     op_matmul(&branch, &attn, W->o->wc, NULL, NN_ACT_NONE, NULL);
     op_add_rmsnorm(&hmid, &xn_post, &res, &branch, W->ln_post->wc, c->rms_eps, &rstd_post);
@@ -529,9 +532,6 @@ llama_cache *llama_cache_new(const llama *m, int B, int T_max, int T_prefill, in
     const llama_config *c = &m->cfg;
     CHECK(B >= 1 && T_max >= 1 && T_prefill >= 1 && T_prefill <= T_max, "",
           "llama cache for %d rows of %d positions with prefills of %d", B, T_max, T_prefill);
-    CHECK(c->sliding_window == 0 || T_max <= c->sliding_window, "generate fewer tokens or use shorter prompts",
-          "llama: a cache of %d positions exceeds the sliding attention window %d, which this build does not support", T_max,
-          c->sliding_window);
     int64_t D = c->dim, F = c->ffn_dim, hd = llama_head_dim(c), QD = hd * c->n_heads, KVD = hd * c->n_kv_heads;
     int64_t Tp = T_prefill;
     llama_cache *a = asvr_calloc(1, sizeof *a, "llama cache");
@@ -639,6 +639,9 @@ void llama_prefill(const llama *m, llama_cache *a, const tensor *x, const int32_
     for (int64_t b = 0; b < B; b++) {
         CHECK(lens[b] >= 1 && lens[b] <= T, "", "%s: row %lld has length %d, want 1..%lld", op, (long long)b, lens[b],
               (long long)T);
+        CHECK(c->sliding_window == 0 || lens[b] <= c->sliding_window, "use a shorter prompt",
+              "%s: row %lld's prompt of %d positions is longer than the sliding attention window %d, which this build "
+              "does not implement (below it, the window changes nothing)", op, (long long)b, lens[b], c->sliding_window);
         for (int64_t t = 0; t < T; t++) pos[b * T + t] = (int32_t)t, seg[b * T + t] = t < lens[b] ? 0 : -1;
         gi[b] = (int32_t)(b * T + lens[b] - 1);
         a->len[b] = 0;
@@ -668,7 +671,8 @@ void llama_prefill(const llama *m, llama_cache *a, const tensor *x, const int32_
         op_matmul(&v, &xn, W->v->wc, NULL, NN_ACT_NONE, NULL);
         op_rope(&q, &q, &posv, c->n_heads, c->rope_theta);
         op_rope(&k, &k, &posv, c->n_kv_heads, c->rope_theta);
-        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att);
+        op_attention_seg(&attn, &q, &k, &v, c->n_heads, c->n_kv_heads, scale, 1, &segv, &att,
+                         a->keep ? NN_ATT_KEEP : NN_ATT_SCRATCH);
         for (int64_t b = 0; b < B; b++) {
             tensor kc = cache_rows(a->k, i, (int)b, T), vc = cache_rows(a->v, i, (int)b, T);
             tensor kb = tensor_index0(&k, b), vb = tensor_index0(&v, b);
@@ -711,6 +715,9 @@ void llama_decode_step(const llama *m, llama_cache *a, const tensor *x, tensor *
     for (int64_t b = 0; b < B; b++) {
         CHECK(a->len[b] < a->T_max, "plan a larger cache", "%s: row %lld already holds %d of %d positions", op,
               (long long)b, a->len[b], a->T_max);
+        CHECK(m->cfg.sliding_window == 0 || a->len[b] < m->cfg.sliding_window, "generate fewer tokens",
+              "%s: row %lld would pass the sliding attention window of %d positions, which this build does not implement",
+              op, (long long)b, m->cfg.sliding_window);
         pos[b] = a->len[b];
         n[b] = a->len[b] + 1;
     }

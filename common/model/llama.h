@@ -20,8 +20,8 @@
  * row and fills it, llama_decode_step runs one new position per row against the cached prefix.
  * Device: activations and the cache live where the parameters do (param_set_set_device); ids,
  * positions, segments and att_last passed in must be on that device too. The cache's bookkeeping
- * (positions, segments, lengths) is built on the host and uploaded per call. Written against ops.h /
- * ops_extra.h only; the CUDA path compiles but has not yet run on a GPU.
+ * (positions, segments, lengths) is built on the host and uploaded per call. Written against ops.h
+ * only; the CUDA path compiles but has not yet run on a GPU.
  * Not for: sliding-window or beam-search caches, tied embeddings, rope scaling variants, biased projections
  * (attention_bias / mlp_bias), or the loss itself (model/text_loss.h builds the shifted targets).
  */
@@ -155,7 +155,7 @@ void llama_prefill(const llama *m, llama_cache *c, const tensor *x, const int32_
 /* One new position per row of the last prefill: x [B',dim] (or [B',1,dim]) with the same B'; row b
  * runs at position llama_cache_len(c, b) with RoPE there, attends over its cached prefix and itself,
  * and is appended. h [B',dim] = final-norm states. Exits when a row would pass T_max.
- * The attention of one query over the cache is op_attention_decode (nn/ops_extra.h): scale·q·k, a
+ * The attention of one query over the cache is op_attention_decode (nn/ops.h): scale·q·k, a
  * max-subtracted softmax in fp32 and the weighted sum of V, as op_attention does. */
 void llama_decode_step(const llama *m, llama_cache *c, const tensor *x, tensor *h);
 

@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "nn/ops.h"
-#include "nn/ops_extra.h"
 
 void param_set_init(param_set *ps, const char *label) {
     memset(ps, 0, sizeof *ps);
@@ -32,6 +31,7 @@ param *param_add(param_set *ps, int ndim, const int64_t *shape, int decay, param
     p->init_std = init_std;
     p->trainable = 1;
     p->off = -1;
+    p->roff = -1;
     p->ndim = ndim;
     p->numel = 1;
     for (int d = 0; d < ndim; d++) {
@@ -91,6 +91,24 @@ void param_set_set_buckets(param_set *ps, int64_t bucket_elems, int64_t multiple
     ps->bucket_elems = bucket_elems;
     ps->bucket_multiple = (multiple + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN;
     ps->grads_in_buckets = grads_in_buckets != 0;
+}
+
+void param_set_set_shard(param_set *ps, int rank, int world) {
+    CHECK(!ps->committed, "", "parameter set '%s': sharding changed after commit", ps->label);
+    CHECK(world >= 1 && rank >= 0 && rank < world, "", "parameter set '%s': rank %d of %d", ps->label, rank, world);
+    ps->shard_rank = rank;
+    ps->shard_world = world;
+}
+
+void param_set_for_pieces(const param_set *ps, const param *p, void (*fn)(void *ctx, int64_t elem, int64_t len, int64_t shard),
+                          void *ctx) {
+    if (p->off < 0 || ps->shard_world < 1) return;
+    for (int b = 0; b < ps->n_buckets; b++) {
+        int64_t pl = ps->bucket_len[b] / ps->shard_world, lo = ps->bucket_off[b] + (int64_t)ps->shard_rank * pl,
+                hi = lo + pl;
+        int64_t a = p->off > lo ? p->off : lo, e = p->off + p->numel < hi ? p->off + p->numel : hi;
+        if (a < e) fn(ctx, a - p->off, e - a, ps->piece_off[b] + (a - lo));
+    }
 }
 
 int param_set_bucket_of(const param_set *ps, int64_t off) {
@@ -165,10 +183,35 @@ void param_set_commit(param_set *ps) {
     int64_t fn = ps->flat_n ? ps->flat_n : PARAM_FLAT_ALIGN, maxb = PARAM_FLAT_ALIGN;
     for (int b = 0; b < ps->n_buckets; b++)
         if (ps->bucket_len[b] > maxb) maxb = ps->bucket_len[b];
+    if (ps->shard_world >= 1) { /* this rank's pieces: where they start in its shard */
+        ps->piece_off = asvr_calloc((size_t)(ps->n_buckets + 1), sizeof *ps->piece_off, "bucket pieces");
+        for (int b = 0; b < ps->n_buckets; b++) {
+            CHECK(ps->bucket_len[b] % ((int64_t)ps->shard_world * PARAM_FLAT_ALIGN) == 0, "", "parameter set '%s': bucket %d "
+                  "of %lld elements cannot be cut into %d aligned pieces", ps->label, b, (long long)ps->bucket_len[b],
+                  ps->shard_world);
+            ps->piece_off[b] = ps->shard_n;
+            ps->shard_n += ps->bucket_len[b] / ps->shard_world;
+        }
+    }
+    ps->master_sharded = ps->shard_world >= 1 && ps->compute_dtype != NN_F32;
     char label[96];
     snprintf(label, sizeof label, "%s values", ps->label);
     ps->values = nn_arena_new(label, ps->device);
-    ps->flat_values = nn_arena_add(ps->values, "values", NN_F32, 1, &fn);
+    if (ps->master_sharded) {
+        int64_t sn = ps->shard_n ? ps->shard_n : PARAM_FLAT_ALIGN, rn = 0;
+        ps->master = nn_arena_add(ps->values, "master pieces", NN_F32, 1, &sn);
+        for (int i = 0; i < ps->n_flat; i++) { /* the tensors computed in f32 keep whole f32 values */
+            param *p = ps->flat[i];
+            p->roff = has_copy(ps, p) ? -1 : rn;
+            if (!has_copy(ps, p)) rn += (p->numel + PARAM_FLAT_ALIGN - 1) / PARAM_FLAT_ALIGN * PARAM_FLAT_ALIGN;
+        }
+        snprintf(label, sizeof label, "%s replica", ps->label);
+        ps->replica_arena = nn_arena_new(label, ps->device);
+        if (!rn) rn = PARAM_FLAT_ALIGN;
+        ps->replica = nn_arena_add(ps->replica_arena, "f32 values of the tensors computed in f32", NN_F32, 1, &rn);
+    } else {
+        ps->flat_values = nn_arena_add(ps->values, "values", NN_F32, 1, &fn);
+    }
     snprintf(label, sizeof label, "%s grads", ps->label);
     ps->grads = nn_arena_new(label, ps->device);
     if (ps->grads_in_buckets) {
@@ -196,12 +239,20 @@ void param_set_commit(param_set *ps) {
         }
     }
     nn_arena_commit(ps->values);
+    if (ps->replica_arena) nn_arena_commit(ps->replica_arena);
     nn_arena_commit(ps->grads);
     if (ps->compute) nn_arena_commit(ps->compute);
     nn_arena_commit(ps->frozen);
     for (int i = 0; i < ps->n_flat; i++) {
         param *p = ps->flat[i];
-        p->view_w = flat_view(ps->flat_values, p);
+        if (!ps->master_sharded) {
+            p->view_w = flat_view(ps->flat_values, p);
+        } else if (p->roff >= 0) {
+            void *data = ps->replica->data ? (char *)ps->replica->data + (size_t)p->roff * sizeof(float) : NULL;
+            p->view_w = tensor_make(p->name, NN_F32, ps->device, p->ndim, p->shape, data);
+        } else { /* only this rank's pieces exist, in the master: a view of the shape, without data */
+            p->view_w = tensor_make(p->name, NN_F32, ps->device, p->ndim, p->shape, NULL);
+        }
         if (ps->grads_in_buckets) { /* a view into its bucket's buffer, at its offset in the bucket */
             int b = param_set_bucket_of(ps, p->off);
             const tensor *buf = ps->bucket_grads[b % 2];
@@ -243,15 +294,64 @@ int param_set_load(param_set *ps, const safetensors *st, const char *prefix, asv
             return asvr_err_set(err, "tensor '%s' in '%s' has %d dims / %lld elements, expected %s", key,
                                 s->file ? s->file : "?", s->ndim, (long long)s->numel, want);
         }
-        if (param_tensor_load(p->w, s, err) < 0) return asvr_err_prefix(err, "tensor '%s'", key);
+        float *host = asvr_malloc(sizeof(float) * (size_t)p->numel, "a host staging buffer (one tensor)");
+        int rc = st_tensor_to_f32(s, host, err);
+        if (rc == 0) param_set_write(ps, p, host);
+        free(host);
+        if (rc < 0) return asvr_err_prefix(err, "tensor '%s'", key);
     }
     param_set_sync_compute(ps);
     return 0;
 }
 
+/* param_set_write's pieces: host elements [elem, elem + len) to master [shard, shard + len). */
+typedef struct piece_io {
+    const param_set *ps;
+    float *host;
+} piece_io;
+
+static void write_piece(void *ctx, int64_t elem, int64_t len, int64_t shard) {
+    const piece_io *io = ctx;
+    tensor dst = tensor_make("master", NN_F32, io->ps->device, 1, (int64_t[]){len},
+                             (char *)io->ps->master->data + (size_t)shard * sizeof(float));
+    tensor src = tensor_make("host", NN_F32, NN_CPU, 1, (int64_t[]){len}, io->host + elem);
+    op_transfer(&dst, &src);
+}
+
+static void read_piece(void *ctx, int64_t elem, int64_t len, int64_t shard) {
+    const piece_io *io = ctx;
+    tensor src = tensor_make("master", NN_F32, io->ps->device, 1, (int64_t[]){len},
+                             (char *)io->ps->master->data + (size_t)shard * sizeof(float));
+    tensor dst = tensor_make("host", NN_F32, NN_CPU, 1, (int64_t[]){len}, io->host + elem);
+    op_transfer(&dst, &src);
+}
+
+void param_set_write(param_set *ps, param *p, const float *host) {
+    CHECK(ps->committed, "", "parameter set '%s': '%s' written before commit", ps->label, p->name);
+    if (!ps->master_sharded || !p->trainable) {
+        op_write_f32(p->w, host);
+        return;
+    }
+    piece_io io = {ps, (float *)host};
+    param_set_for_pieces(ps, p, write_piece, &io);
+    if (p->wc->data) op_write_f32(p->wc, host); /* the compute copy, or the replica (wc == w) */
+}
+
+int param_set_read(const param_set *ps, const param *p, float *host) {
+    if (!ps->master_sharded || !p->trainable || p->w->data) {
+        op_read_f32(p->w, host);
+        return 1;
+    }
+    piece_io io = {ps, host};
+    param_set_for_pieces(ps, p, read_piece, &io);
+    return 0;
+}
+
 void param_set_sync_compute(param_set *ps) {
-    /* the flat copies in one op (the slots of vectors, which compute in f32, are converted unread) */
-    if (ps->flat_compute && ps->n_flat) op_copy(ps->flat_compute, ps->flat_values);
+    /* the flat copies in one op (the slots of vectors, which compute in f32, are converted unread); with
+     * sharded masters the trained copies are written with the values (param_set_write) and refreshed
+     * by the trainer after each step */
+    if (ps->flat_compute && ps->flat_values && ps->n_flat) op_copy(ps->flat_compute, ps->flat_values);
     for (int i = 0; i < ps->n; i++) {
         param *p = ps->v[i];
         if (!p->trainable && p->wc != p->w) op_copy(p->wc, p->w);
@@ -281,7 +381,7 @@ void param_set_init_random(param_set *ps, uint64_t seed) {
     for (int i = 0; i < ps->n; i++) {
         param *p = ps->v[i];
         int64_t n = p->numel;
-        int on_host = p->w->device == NN_CPU;
+        int on_host = p->w->device == NN_CPU && p->w->data && !ps->master_sharded;
         float *w = on_host ? p->w->data : asvr_malloc(sizeof(float) * (size_t)n, "a host staging buffer");
         uint64_t s = seed ^ (0x51ED270B27A1F1C3ULL * (uint64_t)(i + 1));
         for (int64_t k = 0; k < n; k++) {
@@ -294,7 +394,7 @@ void param_set_init_random(param_set *ps, uint64_t seed) {
             }
         }
         if (!on_host) {
-            op_write_f32(p->w, w);
+            param_set_write(ps, p, w);
             free(w);
         }
     }
@@ -338,6 +438,7 @@ int64_t param_set_count(const param_set *ps, int trainable_only) {
 void param_set_bytes(const param_set *ps, size_t *values, size_t *compute, size_t *grads) {
     size_t v = 0, c = 0, g = 0;
     if (ps->values) v += nn_arena_bytes(ps->values);
+    if (ps->replica_arena) v += nn_arena_bytes(ps->replica_arena);
     if (ps->grads) g += nn_arena_bytes(ps->grads);
     if (ps->compute) c += nn_arena_bytes(ps->compute);
     for (int i = 0; i < ps->n; i++) { /* the frozen arena holds values and copies: split them */
@@ -368,6 +469,8 @@ void param_set_free(param_set *ps) {
     free(ps->v);
     free(ps->flat);
     free(ps->bucket_off), free(ps->bucket_len), free(ps->bucket_end);
+    free(ps->piece_off);
+    if (ps->replica_arena) nn_arena_free(ps->replica_arena);
     for (int i = 0; i < ps->n_order; i++) free(ps->order[i]);
     free(ps->order);
     if (ps->values) nn_arena_free(ps->values);

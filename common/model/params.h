@@ -55,6 +55,7 @@ typedef struct param {
     float init_std;
     int keep_f32;    /* no compute copy: read only by lookups (op_embedding), which take f32 */
     int64_t off;     /* trained: element offset of its slot in the flat buffers; -1 when frozen */
+    int64_t roff;    /* sharded masters, a tensor computed in f32: its offset in the replica; else -1 */
     int64_t numel;
     int ndim;
     int64_t shape[NN_MAX_DIMS];
@@ -84,6 +85,15 @@ typedef struct param_set {
     int n_buckets;
     int64_t *bucket_off, *bucket_len, *bucket_end; /* start, padded length, end of the last slot */
     tensor *bucket_grads[2];            /* grads_in_buckets: the two buffers, bucket b in b % 2 */
+    /* sharded masters (param_set_set_shard, with bf16 compute copies): this rank keeps the f32 master
+     * values of its pieces only; the compute copies stay whole, and so do the f32 values of the tensors
+     * computed in f32 (vectors, lookup tables: the replica) */
+    int shard_rank, shard_world;        /* 0, 0: not sharded */
+    int master_sharded;
+    int64_t shard_n, *piece_off;        /* the pieces' length in all, and where bucket b's piece starts */
+    tensor *master;                     /* [shard_n] f32 (in the values arena; flat_values is then NULL) */
+    nn_arena *replica_arena;
+    tensor *replica;                    /* [replica_n] f32 */
     char **order;                       /* slot order by name prefix (param_set_set_order) */
     int n_order;
     /* the frozen tensors: values and compute copies, tensor by tensor */
@@ -118,6 +128,24 @@ void param_set_set_flat_pad(param_set *ps, int64_t multiple);
  * then NULL; the trainer zeroes a buffer before its bucket's gradients are written and reduces it
  * once they are final), instead of one flat buffer. Default: one bucket, flat gradients. */
 void param_set_set_buckets(param_set *ps, int64_t bucket_elems, int64_t multiple, int grads_in_buckets);
+/* Sharding across `world` ranks (before commit; needs buckets padded to multiples of world × 64):
+ * bucket b is cut into world equal pieces, rank `rank` owns piece `rank` of each (piece_off says where
+ * they sit in this rank's shard). With bf16 compute copies the f32 masters of the trained tensors are
+ * then kept only for the rank's pieces (`master`); p->w of a tensor with a compute copy has no data,
+ * and its values are written with param_set_write and read with param_set_read. */
+void param_set_set_shard(param_set *ps, int rank, int world);
+/* Writes a trained or frozen tensor's values from host f32 (numel floats): the master (or this rank's
+ * pieces of it), the compute copy, the replica. Call param_set_sync_compute afterwards for frozen
+ * tensors (as after any direct write). */
+void param_set_write(param_set *ps, param *p, const float *host);
+/* Reads a tensor's values into host f32: 1 when host holds the whole tensor; 0 with sharded masters,
+ * when only this rank's pieces were written (the other elements untouched: the caller completes them
+ * across the ranks). */
+int param_set_read(const param_set *ps, const param *p, float *host);
+/* For each piece of this rank that overlaps trained tensor p: fn(ctx, elem, len, shard) with the
+ * element offset in p, the length and the offset in the shard. */
+void param_set_for_pieces(const param_set *ps, const param *p, void (*fn)(void *ctx, int64_t elem, int64_t len, int64_t shard),
+                          void *ctx);
 /* The bucket holding flat element `off` (-1 outside every bucket). */
 int param_set_bucket_of(const param_set *ps, int64_t off);
 /* Allocates the flat buffers and the frozen arena (zeroed) on the set's device. */

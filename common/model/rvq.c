@@ -4,9 +4,6 @@
 
 #include "model/weights.h"
 #include "nn/ops.h"
-#ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
-#endif
 
 struct rvq {
     int D, K, C;
@@ -124,12 +121,7 @@ void rvq_encode(const rvq *q, rvq_work *w, const tensor *x, tensor *codes) {
     tensor cv = tensor_make(codes->name, codes->dtype, codes->device, 2, (int64_t[]){M, q->D}, codes->data);
     op_copy(&res, &xin);
     for (int d = 0; d < q->D; d++) {
-#ifdef ASVR_HAVE_CUDA
-        if (w->fused) {
-            cuda_vq_step_fused(&res, q->book[d], q->norm[d], &cv, d);
-            continue;
-        }
-#endif
-        op_vq_step(&res, q->book[d], q->norm[d], &cv, d, w->dist);
+        if (w->fused) op_vq_fused(&res, q->book[d], q->norm[d], &cv, d);
+        else op_vq_step(&res, q->book[d], q->norm[d], &cv, d, w->dist);
     }
 }

@@ -186,7 +186,8 @@ void siglip_forward(const siglip *m, siglip_acts *a, const tensor *images, tenso
         op_matmul(&k, &x, L->k_w, L->k_b, NN_ACT_NONE, NULL);
         op_matmul(&v, &x, L->v_w, L->v_b, NN_ACT_NONE, NULL);
         tensor att = a->att->ndim == 4 ? tensor_head0(a->att, B) : *a->att;
-        op_attention(&attn, &q, &k, &v, c->heads, c->heads, scale, 0, &att);
+        op_attention(&attn, &q, &k, &v, c->heads, c->heads, scale, 0, &att,
+                     a->att->ndim == 4 ? NN_ATT_KEEP : NN_ATT_SCRATCH);
         op_matmul(&tmp, &attn, L->o_w, L->o_b, NN_ACT_NONE, NULL);
         op_add(&h, &h, &tmp);
         op_layernorm(&x, &h, L->ln2_w, L->ln2_b, c->ln_eps, NULL, NULL);

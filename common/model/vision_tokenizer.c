@@ -7,9 +7,7 @@
 #include "base/hash.h"
 #include "base/progress.h" /* asvr_now */
 #include "io/safetensors.h"
-#ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
-#endif
+#include "nn/ops.h"
 
 struct vision_tokenizer {
     vtok_config cfg;
@@ -238,7 +236,7 @@ int vision_tokenizer_load_ex(const char *path, const vtok_load_opts *o, vision_t
     if (opts.device == NN_CUDA)
         return asvr_err_set(err, "tokenizer '%s': this build has no CUDA backend (rebuild with nvcc on PATH)", path);
 #else
-    if (opts.device == NN_CUDA && !nn_cuda_available())
+    if (opts.device == NN_CUDA && !nn_device_available(NN_CUDA))
         return asvr_err_set(err, "tokenizer '%s': no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)",
                             path);
 #endif
@@ -386,9 +384,9 @@ static float *run_quant_input(const vision_tokenizer *vt, vtok_work *w, int B, c
 #ifdef ASVR_HAVE_CUDA
 static void dev_upload(const vision_tokenizer *vt, vtok_work *w, int B, const float *images) {
     check_batch(w, B);
-    int64_t S = vt->cfg.enc.image_size;
     double t0 = asvr_now();
-    nn_cuda_memcpy_h2d(w->d_img->data, images, sizeof(float) * (size_t)B * 3 * (size_t)(S * S));
+    tensor img = tensor_head0(w->d_img, B);
+    op_write_f32(&img, images);
     w->times.upload_s += asvr_now() - t0;
 }
 
@@ -402,11 +400,6 @@ static tensor dev_forward(const vision_tokenizer *vt, vtok_work *w, int B, int t
     proj_block_forward(vt->proj, w->pacts, &f, &q);
     return q;
 }
-
-static void dev_download_f32(const tensor *d, float *host) {
-    tensor h = tensor_make("host copy", NN_F32, NN_CPU, d->ndim, d->shape, host);
-    nn_cuda_download(&h, d);
-}
 #endif
 
 void vision_tokenizer_features(const vision_tokenizer *vt, vtok_work *w, int B, const float *images, float *feats) {
@@ -414,7 +407,7 @@ void vision_tokenizer_features(const vision_tokenizer *vt, vtok_work *w, int B, 
     if (vt->opts.device == NN_CUDA) {
         dev_upload(vt, w, B, images);
         tensor f = dev_forward(vt, w, B, 0);
-        dev_download_f32(&f, feats);
+        op_read_f32(&f, feats);
         return;
     }
 #endif
@@ -426,7 +419,7 @@ void vision_tokenizer_quant_input(const vision_tokenizer *vt, vtok_work *w, int 
     if (vt->opts.device == NN_CUDA) {
         dev_upload(vt, w, B, images);
         tensor q = dev_forward(vt, w, B, 1);
-        dev_download_f32(&q, out);
+        op_read_f32(&q, out);
         return;
     }
 #endif
@@ -442,9 +435,10 @@ void vision_tokenizer_encode(const vision_tokenizer *vt, vtok_work *w, int B, co
         tensor q = dev_forward(vt, w, B, 1);
         tensor cd = tensor_head0(w->d_codes, B * N);
         rvq_encode(vt->q, w->rw, &q, &cd);
-        nn_cuda_sync();
+        nn_device_sync(NN_CUDA);
         double t1 = asvr_now();
-        nn_cuda_memcpy_d2h(codes, cd.data, sizeof(uint16_t) * (size_t)(B * N * D));
+        tensor hc = tensor_make("codes", NN_U16, NN_CPU, cd.ndim, cd.shape, codes);
+        op_transfer(&hc, &cd);
         w->times.compute_s += t1 - t0;
         w->times.download_s += asvr_now() - t1;
         w->times.batches++;

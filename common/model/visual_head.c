@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn/ops_extra.h"
+#include "nn/ops.h"
 
 typedef struct vhead_layer {
     param *norm1, *norm2, *in_w, *in_b, *out_w, *out_b, *ffn_w1, *ffn_w2;
@@ -378,13 +378,13 @@ void vhead_forward(const vhead *hd, vhead_acts *a, const tensor *h_img, const te
                bv = rows_view(L->in_b->wc, 2, 1, E);
 
         op_rmsnorm(&n1, &x, L->norm1->wc, c->eps, &rstd1);
-        op_embedding(&n1t, &perm_tm, &n1);
+        op_gather_rows(&n1t, &n1, &perm_tm);
         op_matmul(&q, &n1t, &wq, &bq, NN_ACT_NONE, NULL);
         op_matmul(&k, &n1t, &wk, &bk, NN_ACT_NONE, NULL);
         op_matmul(&v, &n1t, &wv, &bv, NN_ACT_NONE, NULL);
-        op_attention_seg(&ao, &q, &k, &v, (int)H, (int)H, att_scale, 1, NULL, &att);
+        op_attention_seg(&ao, &q, &k, &v, (int)H, (int)H, att_scale, 1, NULL, &att, NN_ATT_KEEP);
         op_matmul(&tmp, &ao, L->out_w->wc, L->out_b->wc, NN_ACT_NONE, NULL);
-        op_embedding(&r, &perm_dm, &tmp);
+        op_gather_rows(&r, &tmp, &perm_dm);
         op_add_rmsnorm(&r, &h, &r, &x, L->norm2->wc, c->eps, &rstd2);
         { /* the per-depth FFNs: depth-major rows [D, N, .], one batched GEMM per product */
             tensor h3 = view3(A->h, D, N, E), fpre3 = view3(A->fpre, D, N, F), fg3 = view3(A->fg, D, N, F),
@@ -494,7 +494,7 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
         /* h = norm2(r): dr (in place) */
         op_rmsnorm_backward(&oth, opt(L->norm2->g, &gb[0]), &oth, &r, L->norm2->wc, &rstd2, 0);
         /* r = x + attn(norm1(x)): attention branch in token-major order */
-        op_embedding(&dt1, &perm_tm, &oth);
+        op_gather_rows(&dt1, &oth, &perm_tm);
         op_matmul_backward(&dt2, opt(L->out_w->g, &gb[0]), opt(L->out_b->g, &gb[1]), &dt1, &ao, L->out_w->wc,
                            NN_ACT_NONE, NULL, 0);
         op_attention_backward(&dq, &dk, &dv, &dt2, &q, &k, &v, &att, (int)H, (int)H, att_scale, &sc);
@@ -507,7 +507,7 @@ void vhead_backward(const vhead *hd, vhead_acts *a, tensor *dh_img) {
             op_matmul_backward(&dt1, gw, gbias, dqkv[j], &n1t, &w, NN_ACT_NONE, NULL, j > 0);
         }
         tensor dt1_rows = rows_view(a->dtm1, 0, DN, E);
-        op_embedding(&cur, &perm_dm, &dt1_rows);                  /* d norm1(x), depth-major */
+        op_gather_rows(&cur, &dt1_rows, &perm_dm);                 /* d norm1(x), depth-major */
         op_rmsnorm_backward(&oth, opt(L->norm1->g, &gb[0]), &cur, &x, L->norm1->wc, &rstd1, 1);
         tensor t = cur;
         cur = oth;

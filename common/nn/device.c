@@ -2,7 +2,7 @@
 #include "nn/device.h"
 
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 int nn_use_cuda_device(int index, asvr_error *err) {

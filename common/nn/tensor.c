@@ -5,7 +5,7 @@
 
 #include "base/error.h"
 #ifdef ASVR_HAVE_CUDA
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_host.h"
 #endif
 
 #define NN_ALIGN 256

@@ -18,6 +18,7 @@ struct data_loader {
     uint64_t *perm;
     int64_t epoch, index;
     image_policy policy;
+    int exif; /* the code store's: the images are prepared as its codes were */
 };
 
 static uint64_t sm64(uint64_t *s) {
@@ -45,11 +46,27 @@ int data_open(const data_config *c, data_loader **out, asvr_error *err) {
     if (c->codes_app) {
         if (code_store_open(c->codes_app, &d->cs_app, err) < 0) goto fail;
         const code_store_meta *a = code_store_get_meta(d->cs_app), *s0 = code_store_get_meta(d->cs);
-        if (a->positions != s0->positions || strcmp(a->policy, s0->policy) != 0 || a->image_size != s0->image_size) {
-            asvr_err_set(err, "'%s' (%d positions, %s, %d px) does not match '%s' (%d positions, %s, %d px)", c->codes_app,
-                         a->positions, a->policy, a->image_size, c->codes, s0->positions, s0->policy, s0->image_size);
+        if (a->positions != s0->positions || strcmp(a->policy, s0->policy) != 0 || a->image_size != s0->image_size ||
+            a->input_size != s0->input_size || memcmp(a->pad, s0->pad, 3) != 0 || !a->exif != !s0->exif) {
+            asvr_err_set(err, "'%s' (%d positions, %s %d,%d,%d, %d px from %d px%s) does not match '%s' (%d positions, %s "
+                              "%d,%d,%d, %d px from %d px%s)",
+                         c->codes_app, a->positions, a->policy, a->pad[0], a->pad[1], a->pad[2], a->image_size,
+                         a->input_size, a->exif ? ", EXIF" : "", c->codes, s0->positions, s0->policy, s0->pad[0], s0->pad[1],
+                         s0->pad[2], s0->image_size, s0->input_size, s0->exif ? ", EXIF" : "");
             goto fail;
         }
+    }
+    const code_store_meta *cm = code_store_get_meta(d->cs);
+    if (c->image_size > 0 && cm->input_size != c->image_size) {
+        if (cm->input_size != cm->image_size)
+            asvr_err_set(err, "'%s' holds the codes of images prepared at %d px (%s to the tokenizer's %d), but the model "
+                              "takes %d px images: encode a store at the model's input size", c->codes, cm->input_size,
+                         cm->downsample, cm->image_size, c->image_size);
+        else
+            asvr_err_set(err, "'%s' holds the codes of images prepared at %d px, but the model takes %d px images (S2 "
+                              "scales): encode them with --input-size %d --downsample bilinear", c->codes, cm->input_size,
+                         c->image_size, c->image_size);
+        goto fail;
     }
     const packed_info *I = packed_store_info(d->ps);
     const code_store_meta *m = code_store_get_meta(d->cs);
@@ -62,6 +79,15 @@ int data_open(const data_config *c, data_loader **out, asvr_error *err) {
         asvr_err_set(err, "'%s': unknown preprocessing policy '%s'", c->codes, m->policy);
         goto fail;
     }
+    /* The reference computes the codes from the very pixels the tower gets: the same pad colour. */
+    if (d->policy == IMAGE_POLICY_PAD && c->need_pixels && memcmp(m->pad, c->pad, 3) != 0) {
+        asvr_err_set(err, "'%s' holds the codes of images padded with %d,%d,%d, but the model pads with %d,%d,%d "
+                          "(int(image_mean x 255), as the reference): encode a store with --pad %d,%d,%d",
+                     c->codes, m->pad[0], m->pad[1], m->pad[2], c->pad[0], c->pad[1], c->pad[2], c->pad[0], c->pad[1],
+                     c->pad[2]);
+        goto fail;
+    }
+    d->exif = m->exif;
     d->pr = packed_reader_new(d->ps);
     d->rows = (int64_t)I->n_rows;
     /* every image needs its codes: check them all now rather than fail mid-run */
@@ -146,6 +172,7 @@ static void *img_worker(void *arg) {
     uint8_t *u8 = asvr_malloc((size_t)S * S * 3, "a preprocessed image");
     image_decode_opts dopts;
     image_decode_opts_default(&dopts);
+    dopts.apply_exif_orientation = j->d->exif;
     image_preprocess_opts popts;
     image_preprocess_opts_default(&popts);
     popts.policy = j->d->policy;

@@ -40,7 +40,8 @@ typedef struct data_config {
     int rows_per_batch;
     uint64_t seed;
     int need_pixels;     /* 0 with --input discrete: only codes are needed */
-    int image_size;      /* S of the vision tower */
+    int image_size;      /* S of the model's input images (the tower's, or the largest S2 scale); the code
+                            store must have been made from images prepared at this size (its input_size) */
     float mean[3], std[3];
     uint8_t pad[3];
     int threads;

@@ -118,6 +118,10 @@ int code_record_decode(const void *recv, size_t size, const code_store_meta *met
 
 /* ---- meta ------------------------------------------------------------------------------------- */
 
+int code_store_meta_pad_recorded(const code_store_meta *m) {
+    return !strcmp(m->policy, "pad") && (m->pad[0] != 127 || m->pad[1] != 127 || m->pad[2] != 127);
+}
+
 char *code_store_meta_to_json(const code_store_meta *m) {
     json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s:s}", "format_version",
                           m->format_version, "tokenizer_fingerprint", m->tokenizer_fingerprint,
@@ -126,6 +130,13 @@ char *code_store_meta_to_json(const code_store_meta *m) {
                           m->codebook_size, "dtype", "u16le", "compression",
                           m->compression ? "zstd" : "none", "backend", m->backend);
     CHECK(o != NULL, "", "building the code store meta JSON");
+    if (m->input_size > 0 && m->input_size != m->image_size) { /* absent for stores of the tokenizer's size */
+        json_object_set_new(o, "input_size", json_integer(m->input_size));
+        json_object_set_new(o, "downsample", json_string(m->downsample));
+    }
+    if (code_store_meta_pad_recorded(m)) /* absent: 127,127,127, what stores without the key used */
+        json_object_set_new(o, "pad_color", json_pack("[i,i,i]", m->pad[0], m->pad[1], m->pad[2]));
+    if (m->exif) json_object_set_new(o, "exif", json_true());
     char *s = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(o);
     CHECK(s != NULL, "", "serialising the code store meta JSON");
@@ -136,13 +147,15 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
     json_error_t je;
     json_t *o = json_loadb(text, n, 0, &je);
     if (!o) return asvr_err_set(err, "meta record is not JSON: %s", je.text);
-    const char *fp = NULL, *tok = NULL, *pol = NULL, *dtype = NULL, *comp = NULL, *backend = NULL;
+    const char *fp = NULL, *tok = NULL, *pol = NULL, *dtype = NULL, *comp = NULL, *backend = NULL, *down = NULL;
+    json_t *pad = NULL;
     memset(m, 0, sizeof *m);
-    if (json_unpack_ex(o, &je, JSON_STRICT, "{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s?s}",
+    if (json_unpack_ex(o, &je, JSON_STRICT, "{s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:s, s?s, s?i, s?s, s?o, s?b}",
                        "format_version", &m->format_version, "tokenizer_fingerprint", &fp, "tokenizer",
                        &tok, "policy", &pol, "image_size", &m->image_size, "positions", &m->positions,
                        "depth", &m->depth, "codebook_size", &m->codebook_size, "dtype", &dtype,
-                       "compression", &comp, "backend", &backend) != 0) {
+                       "compression", &comp, "backend", &backend, "input_size", &m->input_size, "downsample",
+                       &down, "pad_color", &pad, "exif", &m->exif) != 0) {
         asvr_err_set(err, "meta record: %s", je.text);
         json_decref(o);
         return -1;
@@ -152,8 +165,25 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
     snprintf(m->policy, sizeof m->policy, "%s", pol);
     /* Stores from before the backend was recorded were all computed on the CPU in f32. */
     snprintf(m->backend, sizeof m->backend, "%s", backend ? backend : "cpu-f32");
+    if (!m->input_size) m->input_size = m->image_size;
+    snprintf(m->downsample, sizeof m->downsample, "%s", down ? down : "none");
     m->compression = strcmp(comp, "zstd") == 0;
-    int rc = 0;
+    m->pad[0] = m->pad[1] = m->pad[2] = 127; /* what stores without the key were made with */
+    int rc = 0, bad_pad = 0;
+    if (pad) {
+        bad_pad = !json_is_array(pad) || json_array_size(pad) != 3;
+        for (size_t i = 0; i < 3 && !bad_pad; i++) {
+            json_t *x = json_array_get(pad, i);
+            bad_pad = !json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 255;
+            if (!bad_pad) m->pad[i] = (uint8_t)json_integer_value(x);
+        }
+    }
+    if (bad_pad) rc = asvr_err_set(err, "meta: pad_color must be [R, G, B] with values 0..255");
+    else if (pad && strcmp(pol, "pad") != 0) rc = asvr_err_set(err, "meta: pad_color given for policy '%s'", pol);
+    if (rc) {
+        json_decref(o);
+        return rc;
+    }
     if (m->format_version != CODE_STORE_FORMAT_VERSION)
         rc = asvr_err_set(err, "format version %d, this build reads version %d", m->format_version,
                           CODE_STORE_FORMAT_VERSION);
@@ -163,6 +193,10 @@ int code_store_meta_from_json(const char *text, size_t n, code_store_meta *m, as
              m->codebook_size <= 0 || m->codebook_size > 65536 || m->image_size <= 0)
         rc = asvr_err_set(err, "meta dimensions out of range (positions %d, depth %d, codebook %d, size %d)",
                           m->positions, m->depth, m->codebook_size, m->image_size);
+    else if (m->input_size < m->image_size || (m->input_size == m->image_size) != !strcmp(m->downsample, "none") ||
+             (strcmp(m->downsample, "none") && strcmp(m->downsample, "bilinear")))
+        rc = asvr_err_set(err, "meta: input size %d with downsampling '%s' to the tokenizer's %d is not a known rule",
+                          m->input_size, m->downsample, m->image_size);
     json_decref(o);
     return rc;
 }
@@ -175,10 +209,22 @@ int code_store_meta_diff(const code_store_meta *a, const code_store_meta *b, cha
     DIFF_S(tokenizer_fingerprint, "tokenizer fingerprint (a different tokenizer made this store)");
     DIFF_S(policy, "preprocessing policy");
     DIFF_I(image_size, "image size");
+    int ia = a->input_size ? a->input_size : a->image_size, ib = b->input_size ? b->input_size : b->image_size;
+    if (ia != ib)
+        return snprintf(why, n, "input size (images prepared at, before the tokenizer's %d): store has %d, this run %d",
+                        a->image_size, ia, ib), 1;
+    const char *da = a->downsample[0] ? a->downsample : "none", *db = b->downsample[0] ? b->downsample : "none";
+    if (strcmp(da, db) != 0) return snprintf(why, n, "downsampling rule: store has '%s', this run '%s'", da, db), 1;
     DIFF_I(positions, "positions per image");
     DIFF_I(depth, "depth");
     DIFF_I(codebook_size, "codebook size");
     DIFF_I(compression, "compression");
+    if (!strcmp(a->policy, "pad") && memcmp(a->pad, b->pad, 3) != 0)
+        return snprintf(why, n, "pad colour: store has %d,%d,%d, this run %d,%d,%d", a->pad[0], a->pad[1], a->pad[2],
+                        b->pad[0], b->pad[1], b->pad[2]), 1;
+    if (!a->exif != !b->exif)
+        return snprintf(why, n, "EXIF orientation: store %s, this run %s", a->exif ? "applied it" : "did not apply it",
+                        b->exif ? "applies it (--exif)" : "does not"), 1;
     DIFF_S(backend, "compute backend (bf16 and f32 codes can differ; --force appends anyway and marks the store 'mixed')");
 #undef DIFF_S
 #undef DIFF_I
@@ -385,6 +431,8 @@ int code_store_open_writer_ex(const char *path, const code_store_meta *meta, siz
     } else {
         cs->meta = *meta;
         cs->meta.format_version = CODE_STORE_FORMAT_VERSION;
+        if (!cs->meta.input_size) cs->meta.input_size = cs->meta.image_size; /* what a reader of it sees */
+        if (!cs->meta.downsample[0]) snprintf(cs->meta.downsample, sizeof cs->meta.downsample, "none");
     }
     if (open_dbis(cs, pp, err) < 0) {
         code_store_close(cs);

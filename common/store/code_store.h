@@ -2,10 +2,16 @@
  *
  * One file (LMDB with MDB_NOSUBDIR) with two named databases:
  *   "meta":  key "meta" → JSON {format_version, tokenizer_fingerprint, tokenizer, policy, image_size,
- *            positions, depth, codebook_size, dtype, compression, backend}
+ *            positions, depth, codebook_size, dtype, compression, backend, and for codes of images
+ *            prepared at another size than the tokenizer's: input_size, downsample}
+ *            input_size/downsample: written only when the images were prepared larger and downsampled
+ *            (`encode --input-size 1152 --downsample bilinear`); absent, they read as image_size, "none".
  *            backend: what computed the codes ("cpu-f32", "cuda-bf16", "cuda-f32", or "mixed" after a
  *            forced append from another one); stores written before it existed lack the key and read
  *            as "cpu-f32" (the only backend there was).
+ *            pad_color [R,G,B] (policy "pad" only) and exif (true): written only when they differ from
+ *            127,127,127 and false, which is what stores without them were made with (every tokenizer
+ *            file said 127, and EXIF is applied only on request).
  *   "codes": key = image path as written in the input → record:
  *            u32 magic 'ACR1' | u16 positions | u8 depth | u8 flags (bit 0: zstd) | u32 stored bytes |
  *            stored bytes (positions × depth uint16 little-endian, raw or zstd) | u64 xxh64 of all before
@@ -49,6 +55,12 @@ typedef struct code_store_meta {
     int codebook_size;              /* K */
     int compression;                /* 0 raw, 1 zstd */
     char backend[16];               /* "cpu-f32", "cuda-bf16", "cuda-f32", "mixed" */
+    int input_size;                 /* the side the images were prepared at before the tokenizer saw them:
+                                       image_size, or larger with a downsampling rule (S2 targets: 1152) */
+    char downsample[16];            /* "none" (input_size == image_size) or "bilinear" (torch-style, no
+                                       antialias, from input_size to image_size) */
+    uint8_t pad[3];                 /* the canvas colour of policy "pad" (127,127,127 with "squash") */
+    int exif;                       /* 1: the EXIF orientation was applied before preprocessing */
 } code_store_meta;
 
 typedef struct code_store code_store;
@@ -122,6 +134,8 @@ int code_record_decode(const void *rec, size_t size, const code_store_meta *meta
 char *code_store_meta_to_json(const code_store_meta *m);
 int code_store_meta_from_json(const char *json, size_t n, code_store_meta *m, asvr_error *err);
 int code_store_meta_diff(const code_store_meta *a, const code_store_meta *b, char *why, size_t n);
+/* 1 when the meta record carries pad_color (policy pad with another colour than 127,127,127). */
+int code_store_meta_pad_recorded(const code_store_meta *m);
 
 #ifdef __cplusplus
 }

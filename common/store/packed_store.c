@@ -570,6 +570,23 @@ int packed_read_sample(packed_reader *r, uint64_t i, packed_sample *out, asvr_er
     return 0;
 }
 
+int packed_sample_meta(const packed_store *ps, uint64_t i, packed_sample *out, asvr_error *err) {
+    if (i >= ps->info.n_samples)
+        return asvr_err_set(err, "packed store '%s': sample %llu out of range (it has %llu)", ps->path,
+                            (unsigned long long)i, (unsigned long long)ps->info.n_samples);
+    const uint8_t *e = ps->samples + i * SAMPLE_BYTES;
+    uint64_t key = get_u64(e + 16);
+    out->source_index = get_u64(e);
+    out->id = ps->strings + get_u64(e + 8);
+    out->image_key = key == PACKED_NO_STRING ? NULL : ps->strings + key;
+    out->n_ids = get_u32(e + 32);
+    out->positions = get_u32(e + 36);
+    out->flags = get_u32(e + 40);
+    out->ids = NULL;
+    out->label_mask = NULL;
+    return 0;
+}
+
 int packed_read_row(const packed_store *ps, uint64_t i, packed_row *out, asvr_error *err) {
     if (i >= ps->info.n_rows)
         return asvr_err_set(err, "packed store '%s': row %llu out of range (it has %llu)", ps->path,

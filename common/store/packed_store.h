@@ -35,6 +35,8 @@ enum {
     PACKED_HAS_IMAGE = 1u << 0,
     PACKED_MISMATCH = 1u << 1,  /* the reference's length check failed: all labels masked */
     PACKED_TRUNCATED = 1u << 2, /* cut to max_len */
+    PACKED_IMAGE_IGNORED = 1u << 3, /* it had an image but no <image>: trained as text (the reference) */
+    PACKED_UNK_DROPPED = 1u << 4,   /* ids equal to the pad id (<unk>) were dropped (LLaVA's collator) */
 };
 
 typedef struct packed_info {
@@ -99,6 +101,9 @@ const packed_info *packed_store_info(const packed_store *ps);
 packed_reader *packed_reader_new(const packed_store *ps);
 void packed_reader_free(packed_reader *r);
 int packed_read_sample(packed_reader *r, uint64_t i, packed_sample *out, asvr_error *err);
+/* Sample i's table entry (index, id, image key, sizes, flags) without reading its block: ids and
+ * label_mask are NULL. */
+int packed_sample_meta(const packed_store *ps, uint64_t i, packed_sample *out, asvr_error *err);
 int packed_read_row(const packed_store *ps, uint64_t i, packed_row *out, asvr_error *err);
 
 #ifdef __cplusplus

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "base/error.h"
 #include "base/fsutil.h"
 #include "base/hash.h"
@@ -47,6 +49,8 @@ struct sp_tokenizer {
     int unk_prefix_len; /* tokens of the unk piece text encoded alone (HF's unk_token_length) */
     uint64_t fingerprint;
     uint8_t special_first[256]; /* 1 for the first byte of the bos/eos/unk piece texts */
+    int legacy;                 /* HF LlamaTokenizer's legacy flag (sp_tokenizer_set_legacy) */
+    char *config_path;          /* the tokenizer_config.json read at load, NULL when none */
 };
 
 /* ---- ids ---------------------------------------------------------------------------------------- */
@@ -585,6 +589,101 @@ fail:
     return NULL;
 }
 
+/* ---- tokenizer_config.json ---------------------------------------------------------------------- */
+
+/* A special token given as a string or as an AddedToken object {"content": ..., "lstrip": ...}: its
+ * text must be the model's piece `id`, with no stripping or normalization asked for. */
+static int check_config_token(const sp_tokenizer *t, const char *key, json_t *v, int id, asvr_error *err) {
+    if (!v || json_is_null(v)) return 0;
+    json_t *content = json_is_object(v) ? json_object_get(v, "content") : v;
+    if (!json_is_string(content)) return asvr_err_set(err, "\"%s\" must be a string or an object with a string \"content\"", key);
+    if (json_is_object(v)) {
+        const char *flags[] = {"lstrip", "rstrip", "single_word"};
+        for (int k = 0; k < 3; k++)
+            if (json_is_true(json_object_get(v, flags[k])))
+                return asvr_err_set(err, "\"%s\" sets \"%s\"; only special tokens without stripping are supported", key, flags[k]);
+    }
+    const char *c = json_string_value(content);
+    size_t cl = json_string_length(content);
+    if (id < 0 || t->len[id] != cl || memcmp(t->arena + t->off[id], c, cl) != 0)
+        return asvr_err_set(err, "\"%s\" is '%s' but the model's piece %d is '%.*s'; a config for another model?", key, c, id,
+                            id >= 0 ? (int)t->len[id] : 0, id >= 0 ? t->arena + t->off[id] : "");
+    return 0;
+}
+
+static int bool_key(json_t *o, const char *key, int dflt, int *v, asvr_error *err) {
+    json_t *j = json_object_get(o, key);
+    if (!j || json_is_null(j)) {
+        *v = dflt;
+        return 0;
+    }
+    if (!json_is_boolean(j)) return asvr_err_set(err, "\"%s\" must be true or false", key);
+    *v = json_is_true(j);
+    return 0;
+}
+
+/* HF's LlamaTokenizer settings from a tokenizer_config.json: legacy (HF's default when the key is
+ * absent: true), and checks that nothing else it sets changes the ids (add_bos_token true,
+ * add_eos_token false, add_prefix_space true, added tokens = the model's own <unk>/<s>/</s>). */
+static int apply_config(sp_tokenizer *t, const char *cfg_path, asvr_error *err) {
+    json_error_t je;
+    json_t *o = json_load_file(cfg_path, JSON_DECODE_INT_AS_REAL, &je); /* model_max_length can be 1e30 */
+    if (!o) return asvr_err_set(err, "'%s': JSON error at line %d: %s", cfg_path, je.line, je.text);
+    int rc = -1, legacy = 1, bos = 1, eos = 0, prefix = 1;
+    if (!json_is_object(o)) {
+        asvr_err_set(err, "not a JSON object");
+        goto done;
+    }
+    if (bool_key(o, "legacy", 1, &legacy, err) < 0 || bool_key(o, "add_bos_token", 1, &bos, err) < 0 ||
+        bool_key(o, "add_eos_token", 0, &eos, err) < 0 || bool_key(o, "add_prefix_space", 1, &prefix, err) < 0)
+        goto done;
+    if (!bos || eos || !prefix) {
+        asvr_err_set(err, "\"%s\": %s is not supported (LLaVA's preprocessing expects BOS only and the prefix space)",
+                     !bos ? "add_bos_token" : eos ? "add_eos_token" : "add_prefix_space", !bos || !prefix ? "false" : "true");
+        goto done;
+    }
+    json_t *cls = json_object_get(o, "tokenizer_class");
+    if (cls && !json_is_null(cls) &&
+        !(json_is_string(cls) && (strcmp(json_string_value(cls), "LlamaTokenizer") == 0 ||
+                                  strcmp(json_string_value(cls), "LlamaTokenizerFast") == 0))) {
+        asvr_err_set(err, "\"tokenizer_class\" is %s; only LlamaTokenizer(Fast) semantics are implemented",
+                     json_is_string(cls) ? json_string_value(cls) : "not a string");
+        goto done;
+    }
+    if (check_config_token(t, "bos_token", json_object_get(o, "bos_token"), t->bos_id, err) < 0 ||
+        check_config_token(t, "eos_token", json_object_get(o, "eos_token"), t->eos_id, err) < 0 ||
+        check_config_token(t, "unk_token", json_object_get(o, "unk_token"), t->unk_id, err) < 0)
+        goto done;
+    json_t *added = json_object_get(o, "added_tokens_decoder");
+    if (added && !json_is_null(added)) {
+        if (!json_is_object(added)) {
+            asvr_err_set(err, "\"added_tokens_decoder\" must be an object");
+            goto done;
+        }
+        const char *key;
+        json_t *v;
+        json_object_foreach(added, key, v) {
+            char *end = NULL;
+            long id = strtol(key, &end, 10);
+            char what[96];
+            snprintf(what, sizeof what, "added_tokens_decoder[%s]", key);
+            if (!end || *end || end == key || (id != t->bos_id && id != t->eos_id && id != t->unk_id)) {
+                json_t *c = json_is_object(v) ? json_object_get(v, "content") : NULL;
+                asvr_err_set(err, "%s ('%s'): added tokens other than the model's <unk>, <s> and </s> are not supported", what,
+                             json_is_string(c) ? json_string_value(c) : "?");
+                goto done;
+            }
+            if (check_config_token(t, what, v, (int)id, err) < 0) goto done;
+        }
+    }
+    t->legacy = legacy;
+    rc = 0;
+done:
+    json_decref(o);
+    if (rc < 0) asvr_err_prefix(err, "tokenizer config '%s'", cfg_path);
+    return rc;
+}
+
 sp_tokenizer *sp_tokenizer_load(const char *path, asvr_error *err) {
     uint8_t *data = NULL;
     size_t n = 0;
@@ -594,8 +693,26 @@ sp_tokenizer *sp_tokenizer_load(const char *path, asvr_error *err) {
     }
     sp_tokenizer *t = sp_tokenizer_load_bytes(data, n, path, err);
     free(data);
+    if (!t) return NULL;
+    char *dir = asvr_path_dirname(path);
+    char *cfg = asvr_path_join(dir, "tokenizer_config.json");
+    free(dir);
+    if (asvr_path_exists(cfg)) {
+        if (apply_config(t, cfg, err) < 0) {
+            free(cfg);
+            sp_tokenizer_free(t);
+            return NULL;
+        }
+        t->config_path = cfg;
+    } else {
+        free(cfg);
+    }
     return t;
 }
+
+int sp_tokenizer_legacy(const sp_tokenizer *t) { return t->legacy; }
+void sp_tokenizer_set_legacy(sp_tokenizer *t, int legacy) { t->legacy = legacy != 0; }
+const char *sp_tokenizer_config_path(const sp_tokenizer *t) { return t->config_path; }
 
 void sp_tokenizer_free(sp_tokenizer *t) {
     if (!t) return;
@@ -607,6 +724,7 @@ void sp_tokenizer_free(sp_tokenizer *t) {
     free(t->slots);
     free(t->ud);
     free(t->unk_surface);
+    free(t->config_path);
     free(t);
 }
 
@@ -1056,12 +1174,35 @@ static void encode_chunk(const sp_tokenizer *t, const char *s, size_t n, buf *sc
     for (size_t k = skip; k < tmp->n; k++) ivec_push(out, tmp->v[k]);
 }
 
+/* legacy=True: the text is split at the special pieces' texts (leftmost, longest first) and every
+ * chunk between them is encoded by plain SentencePiece with the model's own normalizer settings
+ * (dummy prefix included); "▁" in the text stays what it is. */
+static int encode_legacy(const sp_tokenizer *t, word_cache *wc, const char *text, size_t len, ivec *out) {
+    buf norm = {0};
+    size_t i = 0;
+    for (;;) {
+        int sid = -1;
+        size_t j = i;
+        while (j < len && (sid = special_at(t, text + j, len - j)) < 0) j++;
+        if (j > i) {
+            normalize(t, text + i, j - i, t->add_dummy_prefix, &norm);
+            bpe_encode(t, norm.p, norm.n, out, wc);
+        }
+        if (sid < 0) break;
+        ivec_push(out, sid);
+        i = j + t->len[sid];
+    }
+    free(norm.p);
+    return 0;
+}
+
 static int encode_impl(const sp_tokenizer *t, word_cache *wc, const char *text, size_t len, int add_bos, ivec *out,
                        asvr_error *err) {
     if (len > SP_MAX_TEXT) return asvr_err_set(err, "text of %zu bytes is too long to tokenize (limit %d)", len, SP_MAX_TEXT);
     if (add_bos && t->bos_id < 0) return asvr_err_set(err, "the tokenizer model defines no BOS piece (bos_id = -1)");
     if (add_bos) ivec_push(out, t->bos_id);
     if (len == 0) return 0;
+    if (t->legacy) return encode_legacy(t, wc, text, len, out);
     /* "▁" + text, with every "▁" of the text read as a space */
     buf s = {0};
     buf_reserve(&s, len + SP_SPACE_LEN);
@@ -1158,8 +1299,12 @@ typedef struct dec_item {
 } dec_item;
 
 static void sp_decode_run(const sp_tokenizer *t, const dec_item *items, size_t n, buf *out, buf *bytes) {
-    /* With remove_extra_whitespaces, SentencePiece drops the "▁" that starts the first visible piece. */
-    int bos_ws = t->remove_extra_ws;
+    /* SentencePiece drops the "▁" that starts a piece while no text is out yet, when the model has
+     * remove_extra_whitespaces or a dummy prefix (which HF's non-legacy tokenizer turns off in its copy
+     * of the model); with the dummy prefix alone only once: a piece that lost its "▁" ends it. */
+    int bos_ws = t->remove_extra_ws || (t->legacy && t->add_dummy_prefix);
+    int seen = 0;
+    size_t start = out->n;
     for (size_t k = 0; k < n; k++) {
         int32_t id = items[k].id;
         if (id >= 0 && t->type[id] == SP_PIECE_BYTE) {
@@ -1167,29 +1312,25 @@ static void sp_decode_run(const sp_tokenizer *t, const dec_item *items, size_t n
             buf_add(bytes, &b, 1);
             continue;
         }
-        size_t before = out->n;
         flush_bytes(out, bytes);
-        if (out->n > before) bos_ws = 0;
+        if (seen || out->n > start) bos_ws = 0;
+        seen = 0;
         if (id < 0) { /* not a piece: SentencePiece returns the text as is */
             buf_add(out, items[k].lit, items[k].lit_n);
-            if (items[k].lit_n) bos_ws = 0;
             continue;
         }
         uint8_t ty = t->type[id];
         if (ty == SP_PIECE_CONTROL) continue;
         if (ty == SP_PIECE_UNKNOWN) {
             buf_add(out, t->unk_surface, t->unk_surface_len);
-            if (t->unk_surface_len) bos_ws = 0;
             continue;
         }
         const char *p = t->arena + t->off[id];
         size_t pl = t->len[id];
-        if (bos_ws) { /* one "▁" per piece, until a piece leaves visible text */
-            if (pl >= SP_SPACE_LEN && memcmp(p, SP_SPACE, SP_SPACE_LEN) == 0) {
-                p += SP_SPACE_LEN;
-                pl -= SP_SPACE_LEN;
-            }
-            if (pl) bos_ws = 0;
+        if (bos_ws && pl >= SP_SPACE_LEN && memcmp(p, SP_SPACE, SP_SPACE_LEN) == 0) {
+            p += SP_SPACE_LEN;
+            pl -= SP_SPACE_LEN;
+            seen = !t->remove_extra_ws;
         }
         for (size_t i = 0; i < pl;) {
             if (i + SP_SPACE_LEN <= pl && memcmp(p + i, SP_SPACE, SP_SPACE_LEN) == 0) {
@@ -1238,6 +1379,7 @@ char *sp_tokenizer_decode(const sp_tokenizer *t, const int32_t *ids, size_t n, i
         for (size_t k = 0; k < m; k++) {
             int32_t id = items[k].id;
             if (is_special_id(t, id)) {
+                if (t->legacy && !prev_special && k != 0) buf_add(&out, " ", 1); /* before the run's text */
                 sp_decode_run(t, items + run, k - run, &out, &bytes);
                 buf_add(&out, t->arena + t->off[id], t->len[id]);
                 run = k + 1;

@@ -1,6 +1,7 @@
 /* sp_tokenizer.h — SentencePiece BPE tokenizer: loads a `tokenizer.model` (protobuf ModelProto, parsed
  * here), encodes UTF-8 text to ids and decodes ids to text, matching HF transformers' *slow*
- * `LlamaTokenizer(model, legacy=False)` (the tokenizer of Vicuna-7B-v1.5 / LLaVA-1.5):
+ * `LlamaTokenizer(model, legacy=False)` (the tokenizer of Vicuna-7B-v1.5 / LLaVA-1.5), or with
+ * `legacy=True` (Mistral-7B's) when the tokenizer_config.json beside the model says so:
  *   - sp_tokenizer_encode(.., add_bos=1)  == tok(text).input_ids
  *   - sp_tokenizer_encode(.., add_bos=0)  == tok(text, add_special_tokens=False).input_ids
  *   - sp_tokenizer_decode(.., skip)       == tok.decode(ids, skip_special_tokens=skip)
@@ -18,9 +19,13 @@
  * what Llama/Llama-2/Vicuna/Mistral use; anything else is refused at load with a message. The special
  * token strings are the model's own bos/eos/unk pieces (HF uses the literal "<s>", "</s>", "<unk>";
  * identical for these models).
+ * With legacy=True (HF's LlamaTokenizer default when a tokenizer_config.json has no "legacy" key)
+ * the text is split at the same special pieces and every chunk between them is encoded by plain
+ * SentencePiece with the model's own dummy prefix, so text after "</s>" gets a "▁" again; decoding
+ * then puts a space before a special token that follows text, as HF does.
  * Not for: Unigram models, NFKC-normalizing models, HF fast-tokenizer (tokenizer.json) semantics,
- * the legacy=True behaviour, or chat templating (<image> splitting and label masks live in the
- * template code, which calls this per chunk).
+ * added tokens beyond the model's <unk>/<s>/</s>, or chat templating (<image> splitting and label
+ * masks live in the template code, which calls this per chunk).
  * Thread safety: a loaded tokenizer is read-only; encode/decode may run concurrently on it.
  */
 #ifndef ASVR_TEXT_SP_TOKENIZER_H
@@ -51,11 +56,22 @@ typedef enum {
 /* Token ids are appended to an ivec (base/ivec.h). */
 
 /* Loads and validates a model file. Returns NULL with err set (naming the file and the problem) on a
- * missing, truncated, corrupt or unsupported model; never crashes on bad bytes. */
+ * missing, truncated, corrupt or unsupported model; never crashes on bad bytes.
+ * When a tokenizer_config.json lies beside the model (an HF model folder), its "legacy" flag is
+ * taken (absent key: true, HF's default) and what else it says is checked against what this
+ * tokenizer implements (add_bos_token true, add_eos_token false, add_prefix_space true, the special
+ * tokens being the model's own pieces, no other added tokens, tokenizer_class LlamaTokenizer[Fast]);
+ * anything else is an error naming the config file and the key. Without one, legacy is false. */
 sp_tokenizer *sp_tokenizer_load(const char *path, asvr_error *err);
 /* Same from bytes already in memory; `name` is used in error messages. The bytes are not retained. */
 sp_tokenizer *sp_tokenizer_load_bytes(const uint8_t *data, size_t n, const char *name, asvr_error *err);
 void sp_tokenizer_free(sp_tokenizer *t);
+
+/* HF's legacy flag in force (from the config, or set); set it before sharing the tokenizer between
+ * threads. sp_tokenizer_config_path: the tokenizer_config.json read at load, NULL when none. */
+int sp_tokenizer_legacy(const sp_tokenizer *t);
+void sp_tokenizer_set_legacy(sp_tokenizer *t, int legacy);
+const char *sp_tokenizer_config_path(const sp_tokenizer *t);
 
 int sp_tokenizer_vocab_size(const sp_tokenizer *t);
 /* xxh64 (seed 0) of the model file's bytes; sp_tokenizer_fingerprint_hex gives 16 hex digits. */
@@ -75,7 +91,7 @@ int sp_tokenizer_piece_to_id(const sp_tokenizer *t, const char *piece, size_t le
 sp_piece_type sp_tokenizer_piece_type(const sp_tokenizer *t, int id);
 float sp_tokenizer_piece_score(const sp_tokenizer *t, int id);
 
-/* HF slow LlamaTokenizer(legacy=False) encoding of len bytes of UTF-8 text, appended to out.
+/* HF slow LlamaTokenizer(legacy=False, or True: sp_tokenizer_legacy) encoding of len bytes of UTF-8 text, appended to out.
  * add_bos: prepend the BOS id (tok(text).input_ids) or not (add_special_tokens=False).
  * Invalid UTF-8 bytes are read as U+FFFD, as SentencePiece does. Returns 0, or -1 with err set
  * (text too long for 32-bit offsets, add_bos on a model without BOS). */
@@ -96,7 +112,7 @@ int sp_encoder_encode(sp_encoder *e, const char *text, size_t len, int add_bos, 
 int sp_tokenizer_encode_sp(const sp_tokenizer *t, const char *text, size_t len, int no_dummy_prefix,
                            ivec *out, asvr_error *err);
 
-/* HF slow LlamaTokenizer(legacy=False).decode(ids, skip_special_tokens=skip_special): returns a
+/* HF slow LlamaTokenizer(legacy as set).decode(ids, skip_special_tokens=skip_special): returns a
  * malloc'd NUL-terminated UTF-8 string (*out_len bytes, may contain NUL bytes), or NULL with err set
  * when an id is out of range. Byte pieces are reassembled; invalid UTF-8 becomes U+FFFD per byte. */
 char *sp_tokenizer_decode(const sp_tokenizer *t, const int32_t *ids, size_t n, int skip_special,

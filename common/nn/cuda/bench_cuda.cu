@@ -2,8 +2,7 @@
 // current GPU (the denominator of a measured MFU). Not used by the tools' compute paths.
 #include <cuda_bf16.h>
 
-#include "nn/cuda/cuda_check.h"
-#include "nn/cuda/ops_cuda.h"
+#include "nn/cuda/cuda_common.cuh"
 
 __global__ void k_bench_fill(__nv_bfloat16 *p, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;

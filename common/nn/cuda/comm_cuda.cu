@@ -8,7 +8,7 @@
 #include <time.h>
 
 #include "nn/comm_internal.h"
-#include "nn/cuda/cuda_check.h"
+#include "nn/cuda/cuda_common.cuh"
 
 struct comm_cuda {
     void *pinned[2];
@@ -50,7 +50,7 @@ static __device__ uint64_t comm_now_ns(void) {
 #elif defined(__CUDACC__)
     return 0; // nvcc's host pass: never called there
 #else
-    struct timespec t; // the CPU stand-in (tools/cuda_emu) runs kernels on the host
+    struct timespec t; // the CPU stand-in (dev/cuda_emu) runs kernels on the host
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 #endif

@@ -5,7 +5,7 @@
 // libnccl.so.2 is loaded with dlopen when the backend starts ($ASVR_NCCL_LIB, the library path, the
 // CUDA toolkit this was built with), so a CUDA build starts on a machine without NCCL; nccl.h
 // gives the types. Compiled as stubs that exit when the build found no nccl.h (ASVR_HAVE_NCCL unset),
-// as in the CPU stand-in of tools/cuda_emu.
+// as in the CPU stand-in of dev/cuda_emu.
 // Not for: anything but nn/comm*.c.
 #include <stdio.h>
 #include <string.h>
@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "nn/cuda/cuda_check.h"
+#include "nn/cuda/cuda_common.cuh"
 
 #define RING 256 // collectives in flight before an issue waits for the oldest
 
