@@ -89,6 +89,11 @@ void dp_init(dp *d, comm *c, int rank, int world, param_set *ps, int zero, int m
         o->sum_ctx = d;
     }
     nn_arena_commit(d->arena);
+    /* on a GPU the reduce-scatters overlap the rest of the backward: the compute stream waits for a
+     * bucket's collective only where its buffers are used again (comm_wait in finish_bucket, the round's
+     * end and the gathers), and the host once per step (comm_sync in dp_step_end) */
+    d->deferred = c && ps->device == NN_CUDA && zero >= 1 && d->world > 1;
+    if (d->deferred) comm_set_deferred(c, 1);
 }
 
 void dp_free(dp *d) {
@@ -207,6 +212,7 @@ void dp_step_end(dp *d, const optim *o) {
     param_set *ps = d->ps;
     if (ps->master_sharded) {
         refresh_from_pieces(d, o);
+        if (d->deferred) comm_sync(d->c);
         return;
     }
     comm_ticket last = 0;
@@ -216,6 +222,7 @@ void dp_step_end(dp *d, const optim *o) {
     }
     if (ps->n_buckets) comm_wait(d->c, last);
     param_set_sync_compute(ps);
+    if (d->deferred) comm_sync(d->c);
 }
 
 void dp_sum_f64(dp *d, double *v, int n) {

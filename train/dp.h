@@ -53,7 +53,7 @@ typedef struct dp {
     int alias;                    /* the optimizer reads the set's flat gradients directly */
     int round, rounds, next;      /* the round of the step, their number, the next bucket to reduce */
     comm_ticket *tick;            /* [n_buckets] the collective of each bucket in this round */
-    int64_t check_every;          /* compare the replicas' parameters every N steps (0: never) */
+    int deferred;                 /* NCCL collectives overlap compute; waits are explicit (comm.h) */
 } dp;
 
 /* Before committing ps: buckets and padding for `world` ranks at this ZeRO stage (world 1 and zero 0:
