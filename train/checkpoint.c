@@ -165,7 +165,10 @@ static int write_files(const char *tmp, const param_set *ps, const optim *o, con
     st_writer_free(mw);
     free(vs);
     free(ts);
-    if (ranks) r = ranks->agree(ranks->ctx, r); /* all go on to the optimizer file, or none */
+    if (ranks) { /* all go on to the optimizer file, or none */
+        int all = ranks->agree(ranks->ctx, r);
+        if (all < 0 && r == 0) r = asvr_err_set(err, "another rank failed while the parameters were saved");
+    }
     if (!o || r < 0) return r;
     /* every rank runs the optimizer file's fills in file order (they may gather across ranks) */
     st_writer *w = st_writer_new();
@@ -196,7 +199,10 @@ int checkpoint_save(const char *out_dir, int64_t step, const param_set *ps, cons
         rm_rf(tmp);
         r = asvr_mkdir_p(tmp, err);
     }
-    if (ranks) r = ranks->agree(ranks->ctx, r); /* the others must not gather for a writer that gave up */
+    if (ranks) { /* the others must not gather for a writer that gave up */
+        int all = ranks->agree(ranks->ctx, r);
+        if (all < 0 && r == 0) r = asvr_err_set(err, "the writing rank could not make the checkpoint folder");
+    }
     nonfinite bad = {{0}};
     if (r == 0) r = write_files(tmp, ps, o, ranks, srcs, &bad, err);
     if (r == 0 && bad.msg[0]) r = asvr_err_set(err, "%s", bad.msg);
