@@ -17,16 +17,8 @@
 #     image_mean of one value, stats on corrupt records;
 # 10. state.json and log.jsonl record the BLAS thread count;
 # 11. a killed writer's temp file is reclaimed by the next run.
-set -u
-BIN="$1/bin"
-G="$2"
+. "$(dirname "$0")/lib_cli.sh" "$@"
 F="$G/train_cli"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2" >&2; fi; }
-TOK="$G/tokenize/tiny_tokenizer.safetensors"
-SP="$G/sp/tiny_bpe.model"
 Q="--log-level error"
 T() { timeout 60 "$@"; } # a hang fails the check (exit 124), a signal shows as >= 128
 

@@ -4,16 +4,8 @@
 # policy), stats shows both, stores without the keys read as 127,127,127 and no EXIF; asvr-train pads
 # with int(image_mean x 255) as the reference does, so under CLIP's mean it refuses a store padded with
 # 127 and trains from one padded with 122,116,104, and prepares its images with the store's EXIF rule.
-set -u
-BIN="$1/bin"
-G="$2"
+. "$(dirname "$0")/lib_cli.sh" "$@"
 F="$G/train_cli"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2" >&2; fi; }
-TOK="$G/tokenize/tiny_tokenizer.safetensors"
-SP="$G/sp/tiny_bpe.model"
 Q="--log-level warn"
 ENC=("$BIN/asvr-tokenize" encode --json "$F/it.json" --image-root "$G/images" --tokenizer "$TOK" --policy pad $Q)
 

@@ -4,14 +4,8 @@
 # with the committed demo text tokenizer (plain and vicuna_v1: nothing skipped, nothing masked out by
 # the length check); every image (train and eval, JPEG and PNG) decodes and encodes with the committed
 # demo vision tokenizer; eval.jsonl holds the three benchmarks, balanced yes/no, held-out images only.
-set -u
-BIN="$1/bin"
-G="$2"
+. "$(dirname "$0")/lib_cli.sh" "$@"
 DEMO="$G/../../examples/demo"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2" >&2; fi; }
 SP="$DEMO/demo_tokenizer.model"
 VT="$DEMO/demo_vision_tokenizer.safetensors"
 Q="--log-level warn"

@@ -4,16 +4,8 @@
 # regen.sh there remakes it): `ask` answers (exit 0, a non-empty answer, the same from the run folder,
 # its step folder and --model/--config), `attention` writes a PNG atomically and a JSON grid, usage
 # errors exit 2, a missing image fails naming it.
-set -u
-BIN="$1/bin"
-G="$2"
+. "$(dirname "$0")/lib_cli.sh" "$@"
 F="$G/eval_ask"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2" >&2; fi; }
-TOK="$G/tokenize/tiny_tokenizer.safetensors"
-SP="$G/sp/tiny_bpe.model"
 Q="--log-level warn"
 
 RUN="$F/run" # read only: every output below goes to $TMP

@@ -7,16 +7,8 @@
 # the same codes is stored once. `asvr-eval run --shard K/N` answers question i when i mod N = K into
 # answers/<bench>.part-K-of-N.jsonl; `score` over the parts equals one run's scores, and the report
 # too. --shard auto reads Open MPI's and Slurm's variables; bad values are usage errors (exit 2).
-set -u
-BIN=$(cd "$1/bin" && pwd) || exit 1
-G=$(cd "$2" && pwd) || exit 1
+. "$(dirname "$0")/lib_cli.sh" "$@"
 F="$G/train_cli"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2" >&2; fi; }
-TOK="$G/tokenize/tiny_tokenizer.safetensors"
-SP="$G/sp/tiny_bpe.model"
 Q="--log-level warn"
 T="$BIN/asvr-tokenize"
 # No launcher unless a check sets one (the test itself may run inside a Slurm job or under mpirun).

@@ -4,16 +4,8 @@
 # checkpoint. Checks that text and visual losses fall and code accuracy rises above chance, that a run
 # stopped and resumed equals an uninterrupted one bit for bit, the baseline (--visual-loss none) and
 # --input discrete, the loss plot, and that an image without codes is refused before any step.
-set -u
-BIN="$1/bin"
-G="$2"
+. "$(dirname "$0")/lib_cli.sh" "$@"
 F="$G/train_cli"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2" >&2; fi; }
-TOK="$G/tokenize/tiny_tokenizer.safetensors"
-SP="$G/sp/tiny_bpe.model"
 Q="--log-level warn"
 
 "$BIN/asvr-tokenize" encode --json "$F/pt.json" --image-root "$G/images" --tokenizer "$TOK" --policy squash --out "$TMP/pt.lmdb" $Q

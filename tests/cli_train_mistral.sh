@@ -3,15 +3,8 @@
 # rope_theta 1e6, sliding_window) at the tiny size of cli_train: a window shorter than --max-len (128)
 # but longer than every sample (the longest is 113 positions) trains; a window shorter than a sample is
 # refused before any step, naming the sample; the paper's Mistral and 13B configs plan.
-set -u
-BIN="$1/bin"
-G="$2"
+. "$(dirname "$0")/lib_cli.sh" "$@"
 F="$G/train_cli"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2" >&2; fi; }
-TOK="$G/tokenize/tiny_tokenizer.safetensors"
 Q="--log-level warn"
 
 "$BIN/asvr-tokenize" encode --json "$F/it.json" --image-root "$G/images" --tokenizer "$TOK" --policy pad --out "$TMP/it.lmdb" $Q

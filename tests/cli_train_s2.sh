@@ -6,16 +6,8 @@
 # naming both sizes; bad scales and a misspelt key in the vision object are refused; --input discrete
 # with scales is a usage error; asvr-eval ask, attention and codes run on the S2 checkpoint; export
 # records use_s2; asvr-train plan prints the S2 tower.
-set -u
-BIN="$1/bin"
-G="$2"
+. "$(dirname "$0")/lib_cli.sh" "$@"
 F="$G/train_cli"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2" >&2; fi; }
-TOK="$G/tokenize/tiny_tokenizer.safetensors"
-SP="$G/sp/tiny_bpe.model"
 Q="--log-level warn"
 
 # model configs: the training CLI's with S2 scales, with bad scales, with a misspelt key
