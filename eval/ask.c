@@ -58,17 +58,18 @@ int cmd_ask(int argc, char **argv) {
         LOG_ERROR("%s", err.msg);
         return ASVR_EXIT_FAIL;
     }
-    int rc = ASVR_EXIT_FAIL, S = asvr_input_size(&em.m.c);
+    int rc = ASVR_EXIT_FAIL, S = em.pre.size;
     float *pixels = asvr_malloc(sizeof(float) * 3 * (size_t)S * S, "image");
+    uint16_t *codes = asvr_malloc(sizeof(uint16_t) * (size_t)(eval_model_codes_per_image(&em) + 1), "image codes");
     ivec ids = {0};
     gen_result r = {0};
     char *answer = NULL;
-    if (gen_load_image(image, &em.pre, em.m.c.image_mean, em.m.c.image_std, pixels, NULL, &err) < 0 ||
+    if (eval_model_image(&em, image, pixels, codes, NULL, &err) < 0 ||
         gen_prompt_ids(em.tmpl, &em.enc, question, 1, &ids, &err) < 0) {
         LOG_ERROR("%s", err.msg);
         goto out;
     }
-    gen_prompt p = {ids.v, (int)ids.n, pixels, image};
+    gen_prompt p = {ids.v, (int)ids.n, pixels, image, em.vt ? codes : NULL};
     int64_t vocab = em.m.c.llm.vocab;
     if (logits_path) { /* every step's logits are kept: bounded before allocating, like the KV cache */
         double need = (double)max_new * (double)vocab * sizeof(float);
@@ -106,6 +107,7 @@ out:
     gen_result_free(&r);
     ivec_free(&ids);
     free(pixels);
+    free(codes);
     eval_model_free(&em);
     return rc;
 }

@@ -48,8 +48,8 @@ int cmd_attention(int argc, char **argv) {
     }
     const asvr_config *c = &em.m.c;
     /* with S2 the image is drawn at the largest scale: a position covers a patch of that many times the pixels */
-    int L = c->llm.n_layers, P = c->image_positions, S = asvr_input_size(c);
-    int grid = c->vision.image_size / c->vision.patch_size, patch = c->vision.patch_size * (S / c->vision.image_size);
+    int L = c->llm.n_layers, P = c->image_positions, S = em.pre.size;
+    int grid = c->vision.image_size / c->vision.patch_size, patch = S / grid;
     if (layer >= L) {
         LOG_ERROR("--layer %lld: the model has layers 0..%d", (long long)layer, L - 1);
         eval_model_free(&em);
@@ -58,15 +58,16 @@ int cmd_attention(int argc, char **argv) {
     int rc = ASVR_EXIT_FAIL;
     float *pixels = asvr_malloc(sizeof(float) * 3 * (size_t)S * S, "image");
     uint8_t *rgb = asvr_malloc((size_t)3 * S * S, "image");
+    uint16_t *codes = asvr_malloc(sizeof(uint16_t) * (size_t)(eval_model_codes_per_image(&em) + 1), "image codes");
     float *att = asvr_malloc(sizeof(float) * (size_t)L * P, "attention"), *map = asvr_calloc((size_t)P, sizeof(float), "map");
     ivec ids = {0};
     gen_result r = {0};
-    if (gen_load_image(image, &em.pre, c->image_mean, c->image_std, pixels, rgb, &err) < 0 ||
+    if (eval_model_image(&em, image, pixels, codes, rgb, &err) < 0 ||
         gen_prompt_ids(em.tmpl, &em.enc, question, 1, &ids, &err) < 0) {
         LOG_ERROR("%s", err.msg);
         goto done;
     }
-    gen_prompt p = {ids.v, (int)ids.n, pixels, image};
+    gen_prompt p = {ids.v, (int)ids.n, pixels, image, em.vt ? codes : NULL};
     gen_options o = {1, sp_tokenizer_eos_id(em.tok), 1, NULL, att};
     if (asvr_generate(&em.m, &p, 1, &o, &r, &err) < 0) {
         LOG_ERROR("%s", err.msg);
@@ -106,6 +107,7 @@ done:
     gen_result_free(&r);
     ivec_free(&ids);
     free(pixels);
+    free(codes);
     free(rgb);
     free(att);
     free(map);

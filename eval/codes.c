@@ -17,14 +17,13 @@ int cmd_codes(int argc, char **argv) {
     eval_model_opts mo;
     eval_model_opts_default(&mo);
     mo.with_head = 1;
-    const char *packed = NULL, *codes = NULL, *codebooks = NULL, *image_root = "";
+    const char *packed = NULL, *codes = NULL, *image_root = "";
     int64_t rows = 2, max_rows = 0;
-    asvr_opt opts[EVAL_MODEL_NOPTS + 6];
+    asvr_opt opts[EVAL_MODEL_NOPTS + 5];
     eval_model_opts_table(&mo, opts);
     int k = EVAL_MODEL_NOPTS;
     opts[k++] = (asvr_opt){"packed", ASVR_OPT_STR, &packed, "FILE", "packed store of the held-out samples (asvr-pack build)"};
     opts[k++] = (asvr_opt){"codes", ASVR_OPT_STR, &codes, "STORE", "their code store (asvr-tokenize encode)"};
-    opts[k++] = (asvr_opt){"codebooks", ASVR_OPT_STR, &codebooks, "FILE", "the tokenizer file whose codebooks the head embeds"};
     opts[k++] = (asvr_opt){"image-root", ASVR_OPT_STR, &image_root, "DIR", "folder the image keys are relative to"};
     opts[k++] = (asvr_opt){"rows", ASVR_OPT_COUNT, &rows, "N", "packed rows per forward pass (default 2)"};
     opts[k++] = (asvr_opt){"max-rows", ASVR_OPT_COUNT, &max_rows, "N", "stop after N rows (default: all)"};
@@ -39,7 +38,7 @@ int cmd_codes(int argc, char **argv) {
     char **pos;
     asvr_cli_parse(&cli, argc, argv, &npos, &pos);
     free(pos);
-    if (!packed || !codes || !codebooks) asvr_cli_usage_error(&cli, "--packed, --codes and --codebooks are required");
+    if (!packed || !codes || !mo.codebooks) asvr_cli_usage_error(&cli, "--packed, --codes and --codebooks are required");
     if (rows < 1 || max_rows < 0) asvr_cli_usage_error(&cli, "bad --rows or --max-rows");
     asvr_error err = {{0}};
     eval_model em;
@@ -54,19 +53,8 @@ int cmd_codes(int argc, char **argv) {
         LOG_ERROR("the checkpoint's model has no visual head (trained with --visual-loss none)");
         goto out;
     }
-    safetensors *st;
-    if (safetensors_open(codebooks, &st, &err) < 0) {
-        LOG_ERROR("%s", err.msg);
-        goto out;
-    }
-    int r = asvr_model_load_codebooks(&em.m, st, safetensors_find(st, "codebooks") ? "codebooks" : "quantizer.codebooks.", &err);
-    safetensors_close(st);
-    if (r < 0) {
-        LOG_ERROR("'%s': %s", codebooks, err.msg);
-        goto out;
-    }
     const asvr_config *c = &em.m.c;
-    data_config dc = {packed, codes, image_root, NULL, (int)rows, 0, 1, asvr_input_size(c), {0}, {0}, {127, 127, 127},
+    data_config dc = {packed, codes, image_root, NULL, (int)rows, 0, !c->input_discrete, asvr_input_size(c), {0}, {0}, {127, 127, 127},
                       asvr_num_cores()};
     memcpy(dc.mean, c->image_mean, sizeof dc.mean);
     memcpy(dc.std, c->image_std, sizeof dc.std);

@@ -31,6 +31,11 @@ void eval_model_opts_table(eval_model_opts *o, asvr_opt *out) {
          "image preprocessing (default: the checkpoint's stage: pt squash, it pad; pad without a checkpoint)"},
         {"template", ASVR_OPT_STR, &o->template_name, "NAME", "prompt template: vicuna_v1 (default), plain, mistral_instruct, llama_2, llava_llama_2"},
         {"device", ASVR_OPT_STR, &o->device, "cpu|cuda", "where the model and the KV cache live (default cpu)"},
+        {"codebooks", ASVR_OPT_STR, &o->codebooks, "FILE",
+         "the vision tokenizer file: a --input discrete model's image input (each image encoded by it); the codes "
+         "command's codebooks"},
+        {"input", ASVR_OPT_STR, &o->input, "continuous|discrete",
+         "what the model reads for an image (default: what the checkpoint trained with; continuous with --config)"},
     };
     memcpy(out, t, sizeof t);
 }
@@ -99,12 +104,44 @@ static int load_exported(param_set *ps, const safetensors *st, const safetensors
     return 0;
 }
 
+/* The codebooks of the tokenizer file path (a full tokenizer, or only its codebooks when no image has to
+ * be encoded); encoder = 1 also loads the tokenizer to encode images on dev (bf16 on cuda, as
+ * `asvr-tokenize encode`), its positions checked against the model's and its fingerprint against the
+ * one the training's code store recorded (trained_fp, when known). */
+static int load_codebooks(eval_model *em, const char *path, int encoder, const char *trained_fp, nn_device dev,
+                          asvr_error *err) {
+    if (encoder) {
+        vtok_load_opts lo;
+        vtok_load_opts_default(&lo);
+        lo.device = dev;
+        lo.dtype = dev == NN_CUDA ? NN_BF16 : NN_F32;
+        if (vision_tokenizer_load_ex(path, &lo, &em->vt, err) < 0)
+            return asvr_err_prefix(err, "--codebooks '%s' (the vision tokenizer that encodes the images of a discrete-input "
+                                        "model): ", path);
+        if (vision_tokenizer_positions(em->vt) != em->m.c.image_positions)
+            return asvr_err_set(err, "--codebooks '%s' gives %d positions per image, the model reads %d", path,
+                                vision_tokenizer_positions(em->vt), em->m.c.image_positions);
+        if (trained_fp && strcmp(trained_fp, vision_tokenizer_fingerprint(em->vt)) != 0)
+            return asvr_err_set(err, "--codebooks '%s' is tokenizer %s, but the model trained on the codes of tokenizer %s",
+                                path, vision_tokenizer_fingerprint(em->vt), trained_fp);
+        em->vw = vtok_work_new(em->vt, 1);
+    }
+    safetensors *st;
+    if (safetensors_open(path, &st, err) < 0) return -1;
+    int r = asvr_model_load_codebooks(&em->m, st, safetensors_find(st, "codebooks") ? "codebooks" : "quantizer.codebooks.", err);
+    safetensors_close(st);
+    return r < 0 ? asvr_err_prefix(err, "--codebooks '%s': ", path) : 0;
+}
+
 int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *em, asvr_error *err) {
     memset(em, 0, sizeof *em);
     if (!o->checkpoint == !(o->model || o->config))
         asvr_cli_usage_error(cli, "give either --checkpoint DIR or --model FILE --config FILE");
     if (!o->checkpoint && (!o->model || !o->config)) asvr_cli_usage_error(cli, "--model and --config go together");
-    if (!o->vision && !o->checkpoint)
+    if (o->input && strcmp(o->input, "continuous") != 0 && strcmp(o->input, "discrete") != 0)
+        asvr_cli_usage_error(cli, "--input must be continuous or discrete, not '%s'", o->input);
+    int discrete = o->input && !strcmp(o->input, "discrete");
+    if (!o->vision && !o->checkpoint && !discrete)
         asvr_cli_usage_error(cli, "--vision is required (the input tower is not part of a checkpoint)");
     if (!o->tokenizer) asvr_cli_usage_error(cli, "--tokenizer is required");
     nn_device dev;
@@ -119,7 +156,7 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
         policy_set = 1;
     }
 
-    char *config_text = NULL, *weights = NULL, *dir = NULL, *head_path = NULL;
+    char *config_text = NULL, *weights = NULL, *dir = NULL, *head_path = NULL, *trained_fp = NULL;
     const char *vision = o->vision, *vision_prefix = o->vision_prefix;
     int rc = -1, exported = 0, hf = 0;
     if (o->checkpoint) {
@@ -162,6 +199,10 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
             json_t *notes = json_object_get(c, "asvr_export");
             if (!ar) ar = json_string_value(json_object_get(notes, "image_aspect_ratio"));
             if (!policy_set && ar && !strcmp(ar, "square")) policy = IMAGE_POLICY_SQUASH;
+            const char *in = json_string_value(json_object_get(notes, "input"));
+            if (!o->input && in) discrete = !strcmp(in, "discrete");
+            const char *fp = json_string_value(json_object_get(notes, "codes_tokenizer_fingerprint"));
+            if (fp) trained_fp = asvr_strdup(fp);
             const char *mt = json_string_value(json_object_get(c, "model_type"));
             hf = mt && !strcmp(mt, "llava");
             if (hf) {
@@ -175,7 +216,6 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
             goto have_config;
         }
         free(cp);
-        if (!vision) asvr_cli_usage_error(cli, "--vision is required: '%s' is a checkpoint, which does not hold the input tower", dir);
         char *sp = asvr_path_join(dir, "state.json");
         json_t *s = json_read_path(sp, (size_t)16 << 20, err);
         if (!s) {
@@ -190,13 +230,17 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
             free(sp);
             goto out;
         }
-        if (json_is_string(input) && strcmp(json_string_value(input), "continuous") != 0) {
-            asvr_err_set(err, "'%s': the model was trained with --input %s; asvr-eval feeds images through the input "
-                              "tower only", sp, json_string_value(input));
+        if (json_is_string(input) && strcmp(json_string_value(input), "continuous") != 0 &&
+            strcmp(json_string_value(input), "discrete") != 0) {
+            asvr_err_set(err, "'%s': the model was trained with --input %s, which asvr-eval does not know", sp,
+                         json_string_value(input));
             json_decref(s);
             free(sp);
             goto out;
         }
+        if (!o->input && json_is_string(input)) discrete = !strcmp(json_string_value(input), "discrete");
+        const char *fp = json_string_value(json_object_get(s, "codes_tokenizer_fingerprint"));
+        if (fp) trained_fp = asvr_strdup(fp);
         if (!policy_set && json_is_string(stage) && strcmp(json_string_value(stage), "pt") == 0) policy = IMAGE_POLICY_SQUASH;
         config_text = json_dumps(cfg, JSON_COMPACT);
         json_decref(s);
@@ -209,8 +253,12 @@ int eval_model_load(const asvr_cli *cli, const eval_model_opts *o, eval_model *e
         weights = asvr_strdup(o->model);
     }
 have_config:;
-    if (!vision)
+    if (!vision && !discrete)
         asvr_cli_usage_error(cli, "--vision is required: '%s' does not hold the input tower (an hf export does)",
+                             o->checkpoint ? o->checkpoint : o->model);
+    if (discrete && !o->codebooks)
+        asvr_cli_usage_error(cli, "--codebooks is required: '%s' was trained with --input discrete, so each image is "
+                                  "encoded by the vision tokenizer whose codes it trained on",
                              o->checkpoint ? o->checkpoint : o->model);
     asvr_config mc;
     if (asvr_config_from_json(config_text, &mc, err) < 0) {
@@ -219,7 +267,11 @@ have_config:;
     }
     if (!o->with_head) mc.has_head = 0; /* generation never runs the visual head */
     mc.has_app_head = 0;
-    mc.input_discrete = 0;
+    mc.input_discrete = discrete;
+    if (discrete && mc.n_scales > 0) {
+        asvr_err_set(err, "%s: discrete input reads codes, not images at several scales (S2)", o->config ? o->config : o->checkpoint);
+        goto out;
+    }
     asvr_model_init(&em->m, &mc);
     param_set_trainable(&em->m.ps, "", 0);
     param_set_set_device(&em->m.ps, dev);
@@ -238,14 +290,19 @@ have_config:;
     }
     safetensors_close(st);
     if (head_st) safetensors_close(head_st);
-    if (safetensors_open(vision, &st, err) < 0) goto out;
-    if (asvr_model_load_tower(&em->m, st, vision_prefix, err) < 0) {
-        asvr_err_prefix(err, "%s '%s' (prefix '%s'): ", vision == o->vision ? "--vision" : "the export's tower", vision,
-                        vision_prefix);
-        safetensors_close(st);
+    if ((discrete || mc.has_head) && o->codebooks && load_codebooks(em, o->codebooks, discrete && !o->with_head, trained_fp,
+                                                                     dev, err) < 0)
         goto out;
+    if (!discrete) {
+        if (safetensors_open(vision, &st, err) < 0) goto out;
+        if (asvr_model_load_tower(&em->m, st, vision_prefix, err) < 0) {
+            asvr_err_prefix(err, "%s '%s' (prefix '%s'): ", vision == o->vision ? "--vision" : "the export's tower", vision,
+                            vision_prefix);
+            safetensors_close(st);
+            goto out;
+        }
+        safetensors_close(st);
     }
-    safetensors_close(st);
     em->tok = sp_tokenizer_load(o->tokenizer, err);
     if (!em->tok) goto out;
     if (sp_tokenizer_vocab_size(em->tok) > mc.llm.vocab) {
@@ -258,20 +315,43 @@ have_config:;
     em->pre.policy = policy;
     em->pre.size = asvr_input_size(&mc); /* the largest scale with S2 */
     memcpy(em->pre.pad, mc.image_pad, 3); /* int(image_mean × 255), LLaVA's rule */
+    memcpy(em->mean, mc.image_mean, sizeof em->mean);
+    memcpy(em->std, mc.image_std, sizeof em->std);
+    if (em->vt) { /* discrete input: the images are prepared as the tokenizer's code store had them */
+        const vtok_config *vc = vision_tokenizer_config(em->vt);
+        em->pre.size = vc->enc.image_size;
+        memcpy(em->pre.pad, vc->pad, 3);
+        memcpy(em->mean, vc->mean, sizeof em->mean);
+        memcpy(em->std, vc->std, sizeof em->std);
+    }
     em->source = weights;
     weights = NULL;
-    LOG_INFO("model: %s (%s preprocessing, template %s)", em->source, image_policy_name(policy), em->tmpl->name);
+    LOG_INFO("model: %s (%s preprocessing, template %s%s%s)", em->source, image_policy_name(policy), em->tmpl->name,
+             em->vt ? ", discrete input: images encoded by " : "", em->vt ? o->codebooks : "");
     rc = 0;
 out:
     free(config_text);
     free(weights);
     free(head_path);
+    free(trained_fp);
     free(dir);
     if (rc < 0) eval_model_free(em);
     return rc;
 }
 
+int eval_model_image(eval_model *em, const char *path, float *pixels, uint16_t *codes, uint8_t *rgb, asvr_error *err) {
+    if (gen_load_image(path, &em->pre, em->mean, em->std, pixels, rgb, err) < 0) return -1;
+    if (em->vt) vision_tokenizer_encode(em->vt, em->vw, 1, pixels, codes);
+    return 0;
+}
+
+int64_t eval_model_codes_per_image(const eval_model *em) {
+    return em->vt ? (int64_t)em->m.c.image_positions * em->m.codebooks->shape[0] : 0;
+}
+
 void eval_model_free(eval_model *em) {
+    if (em->vw) vtok_work_free(em->vw);
+    if (em->vt) vision_tokenizer_free(em->vt);
     if (em->m.llm) asvr_model_free(&em->m);
     if (em->tok) sp_tokenizer_free(em->tok);
     free(em->source);

@@ -159,9 +159,11 @@ int cmd_run(int argc, char **argv) {
             free(todo);
             goto done;
         }
-        int S = asvr_input_size(&em.m.c), mnt = max_new > 0 ? (int)max_new : b->max_new_tokens;
+        int S = em.pre.size, mnt = max_new > 0 ? (int)max_new : b->max_new_tokens;
         int write_errno = 0;
         float *pixels = asvr_malloc(sizeof(float) * 3 * (size_t)S * S * (size_t)batch, "batch images");
+        int64_t NC = eval_model_codes_per_image(&em);
+        uint16_t *codes = asvr_malloc(sizeof(uint16_t) * (size_t)(NC * batch + 1), "batch image codes");
         ivec *ids = asvr_calloc((size_t)batch, sizeof *ids, "prompt ids");
         gen_prompt *gp = asvr_calloc((size_t)batch, sizeof *gp, "prompts");
         asvr_progress *bar = asvr_progress_begin(b->name, todo_n, "q");
@@ -179,11 +181,12 @@ int cmd_run(int argc, char **argv) {
                 float *px = pixels + (size_t)r * 3 * S * S;
                 char *path = has_img ? asvr_path_join(image_root, img) : NULL;
                 if (!prompt || gen_prompt_ids(em.tmpl, &em.enc, text, has_img, &ids[r], &err) < 0 ||
-                    (has_img && gen_load_image(path, &em.pre, em.m.c.image_mean, em.m.c.image_std, px, NULL, &err) < 0)) {
+                    (has_img && eval_model_image(&em, path, px, codes + (size_t)r * NC, NULL, &err) < 0)) {
                     LOG_ERROR("question %s (line %ld of '%s'): %s", it->qid, it->line, questions, err.msg);
                     failed = 1;
                 }
-                gp[r] = (gen_prompt){ids[r].v, (int)ids[r].n, has_img ? px : NULL, it->qid};
+                gp[r] = (gen_prompt){ids[r].v, (int)ids[r].n, has_img ? px : NULL, it->qid,
+                                     has_img && em.vt ? codes + (size_t)r * NC : NULL};
                 free(path);
                 free(prompt);
             }
@@ -218,6 +221,7 @@ int cmd_run(int argc, char **argv) {
         free(ids);
         free(gp);
         free(pixels);
+        free(codes);
         free(todo);
         if (fclose(af) != 0 && !failed) failed = 1, write_errno = errno;
         af = NULL;

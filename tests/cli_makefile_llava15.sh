@@ -96,6 +96,8 @@ check 'grep -A1 -e "--stage pt" "$TMP/pv.txt" | grep -q -- "--visual-loss none" 
       "PT_VISUAL_LOSS=none: the visual loss in stage it only (Table 4)"
 plan "$TMP/pn.txt" VISUAL_LOSS=none INPUT=discrete
 check '[ "$(grep -c -- "--visual-loss none --input discrete" "$TMP/pn.txt")" = 2 ]' "VISUAL_LOSS=none INPUT=discrete: both stages"
+check '[ "$(grep "asvr-eval run" "$TMP/pn.txt" | grep -c -- "--codebooks ")" = "$(grep -c "asvr-eval run" "$TMP/pn.txt")" ] && ! grep "asvr-eval run" "$TMP/pn.txt" | grep -q -- "--vision"' \
+      "INPUT=discrete: every eval encodes its images with the tokenizer (--codebooks), no SigLIP"
 plan "$TMP/pa.txt" VISUAL_LOSS=both TOKENIZER_APP="$M/app.safetensors"
 check '[ "$(grep -c "asvr-tokenize encode" "$TMP/pa.txt")" = 4 ] && grep -q -- "--tokenizer $M/app.safetensors --policy pad --out $TMP/out/codes-it-app.lmdb" "$TMP/pa.txt"' \
       "VISUAL_LOSS=both: the appearance tokenizer's stores are encoded too"

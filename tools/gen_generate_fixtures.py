@@ -15,6 +15,14 @@ cache, the next id = torch.argmax of the last position's logits (first index on 
 (kept) or after N = 12 new tokens. The attention maps use eager attention with output_attentions=True
 on the prompt alone: attentions[l][0, :, -1, image positions].mean(over heads), per layer.
 
+Discrete input (`--input discrete`, Table 4): the same model reading, for each image, the sum over
+depths of the rows of the tiny vision tokenizer's codebooks (tests/golden/tokenize/tiny_tokenizer.safetensors,
+whose dimensions match the model's tower: 9 positions x 48, depth 3, 64 codes) picked by the image's
+codes; the codes come from that tokenizer run independently here (HF SiglipVisionModel to its tap
+layer, greedy residual VQ with squared L2 distances, first index on ties), on the same padded images.
+The sum is accumulated in depth order from zero in float32; then mm_projector, splice, greedy as above.
+Self-check: every VQ choice wins by a margin (second-best minus best distance) above 1e-3.
+
 Writes tests/golden/generate/generate.json:
     python3 tools/gen_generate_fixtures.py            # self-checks, then writes
     python3 tools/gen_generate_fixtures.py --check    # self-checks only
@@ -41,6 +49,7 @@ OUT = os.path.join(ROOT, "tests", "golden", "generate")
 N_NEW = 12
 EOS = 2
 
+TOKENIZER = os.path.join(ROOT, "tests", "golden", "tokenize", "tiny_tokenizer.safetensors")
 PROMPTS = [  # name, ids, image (None: text only)
     ("image_middle", [1, 45, 67, 89, 12, ref.IMAGE_TOKEN, 33, 101, 250, 8], "photo1.jpg"),
     ("image_first", [1, ref.IMAGE_TOKEN, 150, 77, 190, 5], "photo3.png"),
@@ -105,6 +114,44 @@ def greedy(model, ids, image_embeds):
     return out, torch.stack(logits_seen), margins
 
 
+def load_tokenizer():
+    """The tiny vision tokenizer file as an HF SiglipVisionModel (layers up to the tap) and its codebooks."""
+    from safetensors import safe_open
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    with safe_open(TOKENIZER, "pt") as f:
+        cfg = json.loads(f.metadata()["asvr_tokenizer"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    vc = SiglipVisionConfig(hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
+                            num_hidden_layers=cfg["num_layers"], num_attention_heads=cfg["num_heads"],
+                            image_size=cfg["image_size"], patch_size=cfg["patch_size"],
+                            layer_norm_eps=cfg["layer_norm_eps"], hidden_act="gelu_pytorch_tanh")
+    vc._attn_implementation = "eager"
+    tower = SiglipVisionModel(vc).eval()
+    pre = cfg["encoder_prefix"]
+    sd = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+    target = getattr(tower, "vision_model", tower)
+    missing, unexpected = target.load_state_dict(sd, strict=False)
+    assert not unexpected, unexpected
+    assert all(k.startswith("encoder.layers.") and int(k.split(".")[2]) >= cfg["tap_layer"] or
+               k.startswith(("post_layernorm", "head.")) for k in missing), missing
+    books = torch.stack([tensors["%s%d.weight" % (cfg["codebook_prefix"], d)] for d in range(cfg["depth"])])
+    return cfg, tower, books
+
+
+def tokenize(cfg, tower, books, px):
+    """px [3, S, S] -> codes [P, D] (greedy residual VQ on the tap output) and the smallest VQ margin."""
+    x = tower(pixel_values=px[None], output_hidden_states=True).hidden_states[cfg["tap_layer"]][0]
+    residual, codes, margin = x.clone(), [], float("inf")
+    for cb in books:
+        dist = ((residual[:, None, :].double() - cb[None].double()) ** 2).sum(-1)  # [P, K]
+        two = torch.topk(dist, 2, largest=False).values
+        margin = min(margin, float((two[:, 1] - two[:, 0]).min()))
+        idx = dist.argmin(dim=1)
+        codes.append(idx)
+        residual = residual - cb[idx]
+    return torch.stack(codes, 1), margin
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true")
@@ -151,6 +198,33 @@ def main():
                 rec["step_logits"] = [[float(f) for f in row] for row in logits]
             results.append(rec)
             print(name, "greedy", toks, "min margin %.4f" % min(margins))
+        # discrete input: the image prompts again, the projector reading summed codebook rows
+        tcfg, tower, books = load_tokenizer()
+        assert (tcfg["image_size"] // tcfg["patch_size"]) ** 2 == P and tcfg["hidden_size"] == v["hidden_size"]
+        discrete = []
+        for name, ids, image in PROMPTS:
+            if not image:
+                continue
+            px = preprocess(os.path.join(IMAGES, image), tcfg["image_size"], tcfg["image_mean"][0], tcfg["image_std"][0],
+                            tuple(tcfg["pad_color"]))
+            codes, vq_margin = tokenize(tcfg, tower, books, px)
+            if vq_margin < 1e-3:
+                print("self-check failed: near tie in the VQ of", image, vq_margin)
+                ok = False
+            feats = torch.zeros(P, books.shape[2])
+            for d in range(books.shape[0]):
+                feats = feats + books[d][codes[:, d]]
+            img_emb = model.mm_projector(feats)
+            toks, logits, margins = greedy(model, ids, img_emb)
+            if min(margins) < 1e-3:
+                print("self-check failed: near tie in discrete", name, min(margins))
+                ok = False
+            rec = {"name": name, "ids": ids, "image": image, "codes": [int(c) for c in codes.reshape(-1)],
+                   "min_vq_margin": vq_margin, "greedy": toks, "min_top2_margin": min(margins)}
+            if not discrete:  # the first prompt's logits of every step
+                rec["step_logits"] = [[float(f) for f in row] for row in logits]
+            discrete.append(rec)
+            print("discrete", name, "codes", rec["codes"][:6], "... greedy", toks, "min margin %.4f" % min(margins))
     if not ok:
         sys.exit("gen_generate_fixtures: a self-check failed")
     if a.check:
@@ -162,7 +236,11 @@ def main():
            "max_new_tokens": N_NEW, "eos_id": EOS, "image_token": ref.IMAGE_TOKEN, "image_positions": P,
            "preprocess": {"policy": "pad", "pad": [127, 127, 127], "size": v["image_size"]},
            "decoding": "plain argmax loop, full forward without cache each step, stop at EOS (kept)",
-           "prompts": results}
+           "prompts": results,
+           "discrete": {"tokenizer": "tests/golden/tokenize/tiny_tokenizer.safetensors",
+                        "input": "sum over depths of the tokenizer's codebook rows of the image's codes [positions, depth], "
+                                 "then mm_projector; the images padded with the tokenizer's pad_color",
+                        "prompts": discrete}}
     path = os.path.join(OUT, "generate.json")
     text = json.dumps(doc, indent=1)  # number lists on one line each
     text = re.sub(r"\[\s+([-+0-9.eE,\s]+?)\s+\]", lambda mm: "[" + ", ".join(x.strip() for x in mm.group(1).split(",")) + "]", text)

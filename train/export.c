@@ -250,6 +250,8 @@ static json_t *export_notes(const export_ctx *x, const char *format, int image_t
     if (image_token >= 0) json_object_set_new(o, "image_token_index", json_integer(image_token));
     const char *fp = json_string_value(json_object_get(x->state, "codes_tokenizer_fingerprint"));
     if (fp) json_object_set_new(o, "codes_tokenizer_fingerprint", json_string(fp));
+    const char *in = json_string_value(json_object_get(x->state, "input"));
+    if (in && strcmp(in, "continuous") != 0) json_object_set_new(o, "input", json_string(in)); /* asvr-eval reads it */
     return o;
 }
 
@@ -419,7 +421,10 @@ static void export_llava(export_ctx *x, const char *vision, const char *vision_p
     /* mm_vision_tower: the name given, the published SO400M for its shapes, else the tower written here */
     char *tower = NULL;
     int tower_layers = c->vision.layers; /* of the tower mm_vision_tower names */
+    const char *input = json_string_value(json_object_get(x->state, "input"));
+    int discrete = input && !strcmp(input, "discrete"); /* reads codes: no tower to name (asvr_export.input says so) */
     if (vision_tower) tower = asvr_strdup(vision_tower);
+    else if (discrete && !vision) tower = NULL;
     else if (is_so400m(&c->vision)) tower = asvr_strdup(SO400M_NAME);
     else if (vision) {
         write_tower_folder(x, vision, vision_prefix, "siglip_vision_tower");
@@ -446,7 +451,7 @@ static void export_llava(export_ctx *x, const char *vision, const char *vision_p
     json_object_set_new(cfg, "architectures", json_pack("[s]", "LlavaLlamaForCausalLM"));
     json_object_set_new(cfg, "model_type", json_string("llava_llama"));
     json_object_set_new(cfg, "mm_projector_type", json_string("mlp2x_gelu"));
-    json_object_set_new(cfg, "mm_vision_tower", json_string(tower));
+    if (tower) json_object_set_new(cfg, "mm_vision_tower", json_string(tower));
     json_object_set_new(cfg, "mm_vision_select_feature", json_string("patch"));
     json_object_set_new(cfg, "mm_use_im_start_end", json_false());
     json_object_set_new(cfg, "mm_use_im_patch_token", json_false());

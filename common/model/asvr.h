@@ -111,6 +111,12 @@ int asvr_model_load_app_codebooks(asvr_model *m, const safetensors *st, const ch
 void asvr_model_free(asvr_model *m);
 void asvr_model_print(const asvr_model *m, FILE *f);
 
+/* --input discrete: the projector's input for n image positions, feats[i] = Σ_d codebooks[d][codes[i*D+d]]
+ * (codes on the host, D per position; the sum in depth order). rows [>= n, C] f32 and ids [>= n] i32 on
+ * the model's device, h_ids [>= n] i32 on the host, are scratch. Stops with a message on a code >= K. */
+void asvr_code_features(const asvr_model *m, const uint16_t *codes, int64_t n, tensor *feats, tensor *rows, tensor *ids,
+                        tensor *h_ids);
+
 /* One micro-batch, laid out as the trainer's data loader makes it. */
 typedef struct asvr_batch {
     int B, T;

@@ -224,23 +224,24 @@ static void upload_inputs(asvr_model *m, asvr_acts *a, const asvr_batch *b) {
     a->nv = nv;
 }
 
-/* --input discrete: the projector's input is Σ_d codebook_d[code_d] per image position. */
-static void discrete_features(asvr_model *m, asvr_acts *a, const asvr_batch *b, tensor *feats) {
-    int64_t NI = (int64_t)b->n_images * m->c.image_positions;
-    int32_t *cid = a->h_cid->data;
+void asvr_code_features(const asvr_model *m, const uint16_t *codes, int64_t n, tensor *feats, tensor *rows, tensor *ids,
+                        tensor *h_ids) {
+    CHECK(m->codebooks != NULL, "load the codebooks (asvr_model_load_codebooks) first",
+          "the discrete input needs the tokenizer's codebooks");
+    int32_t *cid = h_ids->data;
     int64_t Dd = m->codebooks->shape[0], K = m->codebooks->shape[1];
-    tensor rows = head_rows(a->rows_d, NI), t_cid = head_vec(a->code_ids, NI), h_cid = head_vec(a->h_cid, NI);
-    op_fill(feats, 0.0f);
+    tensor r = head_rows(rows, n), t_cid = head_vec(ids, n), hc = head_vec(h_ids, n), f = head_rows(feats, n);
+    op_fill(&f, 0.0f);
     for (int d = 0; d < (int)Dd; d++) {
-        for (int64_t k = 0; k < NI; k++) {
-            cid[k] = b->codes[k * Dd + d];
+        for (int64_t k = 0; k < n; k++) {
+            cid[k] = codes[k * Dd + d];
             CHECK(cid[k] < K, "the codes must come from the tokenizer of --codebooks",
                   "code %d of image position %lld is >= the codebook size %lld", (int)cid[k], (long long)k, (long long)K);
         }
-        op_transfer(&t_cid, &h_cid);
+        op_transfer(&t_cid, &hc);
         tensor book = tensor_index0(m->codebooks, d);
-        op_embedding(&rows, &t_cid, &book);
-        op_add(feats, feats, &rows);
+        op_embedding(&r, &t_cid, &book);
+        op_add(&f, &f, &r);
     }
 }
 
@@ -286,7 +287,7 @@ void asvr_forward(asvr_model *m, asvr_acts *a, const asvr_batch *b) {
     phase_start(a, dev);
     if (NI > 0) {
         tensor feats = head_rows(a->feats, NI);
-        if (c->input_discrete) discrete_features(m, a, b, &feats);
+        if (c->input_discrete) asvr_code_features(m, b->codes, NI, &feats, a->rows_d, a->code_ids, a->h_cid);
         else feats = tower_features(m, a, b);
         tensor pre = head_rows(a->pre, NI), hid = head_rows(a->hid, NI), emb = head_rows(a->emb, NI);
         mlp2_forward(&m->proj, &feats, &pre, &hid, &emb);

@@ -62,16 +62,18 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
             asvr_err_set(err, "prompt %d (%s) has %d image placeholders; one image per prompt is supported", b, nm, k);
             goto out;
         }
-        if (k == 1 && !p[b].pixels) {
-            asvr_err_set(err, "prompt %d (%s) has an image placeholder but no image", b, nm);
+        if (k == 1 && !(c->input_discrete ? (const void *)p[b].codes : (const void *)p[b].pixels)) {
+            asvr_err_set(err, "prompt %d (%s) has an image placeholder but no image%s", b, nm,
+                         c->input_discrete ? " codes (the model reads the tokenizer's codes)" : "");
             goto out;
         }
-        if (k == 0 && p[b].pixels) {
+        if (k == 0 && (p[b].pixels || p[b].codes)) {
             asvr_err_set(err, "prompt %d (%s) has an image but no image placeholder", b, nm);
             goto out;
         }
-        if (k == 1 && (c->input_discrete || !m->tower)) {
-            asvr_err_set(err, "prompt %d (%s): the model has no input vision tower loaded", b, nm);
+        if (k == 1 && !(c->input_discrete ? (const void *)m->codebooks : (const void *)m->tower)) {
+            asvr_err_set(err, "prompt %d (%s): the model has no %s loaded", b, nm,
+                         c->input_discrete ? "codebooks (discrete input)" : "input vision tower");
             goto out;
         }
         lens[b] = p[b].n - k + k * P;
@@ -112,14 +114,17 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
     }
     const int Tt = Tp + N;                    /* prompt + new tokens: the cache's length */
     const int Tx = o->use_cache ? Tp : Tt;    /* positions kept in x */
-    const int NI = n_img > 0 ? n_img : 1;
+    const int NI = n_img > 0 ? n_img : 1, disc = c->input_discrete;
+    const int64_t Dc = disc ? m->codebooks->shape[0] : 0; /* codes per image position */
 
     nn_device dev = m->ps.device;
     nn_arena *ar = nn_arena_new("generation", dev);
     tensor *ids = nn_arena_add(ar, "prompt_ids", NN_I32, 2, (int64_t[]){B, Tx});
     tensor *x = nn_arena_add(ar, "inputs_embeds", NN_F32, 3, (int64_t[]){B, Tx, d});
     tensor *xs = o->use_cache ? NULL : nn_arena_add(ar, "step_embeds", NN_F32, 3, (int64_t[]){B, Tt, d});
-    tensor *pix = nn_arena_add(ar, "images", NN_F32, 4, (int64_t[]){NI, 3, S, S});
+    tensor *pix = disc ? NULL : nn_arena_add(ar, "images", NN_F32, 4, (int64_t[]){NI, 3, S, S});
+    tensor *rows = disc ? nn_arena_add(ar, "codebook_rows", NN_F32, 2, (int64_t[]){(int64_t)NI * P, C}) : NULL;
+    tensor *cids = disc ? nn_arena_add(ar, "code_ids", NN_I32, 1, (int64_t[]){(int64_t)NI * P}) : NULL;
     tensor *feats = nn_arena_add(ar, "image_features", NN_F32, 2, (int64_t[]){(int64_t)NI * P, C});
     tensor *pre = nn_arena_add(ar, "projector_pre", NN_F32, 2, (int64_t[]){(int64_t)NI * P, d});
     tensor *hid = nn_arena_add(ar, "projector_hidden", NN_F32, 2, (int64_t[]){(int64_t)NI * P, d});
@@ -135,6 +140,8 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
     nn_arena *hs = nn_arena_new("generation (host)", NN_CPU);
     tensor *h_ids = nn_arena_add(hs, "prompt_ids", NN_I32, 2, (int64_t[]){B, Tx});
     tensor *h_iflat = nn_arena_add(hs, "image_flat_index", NN_I32, 1, (int64_t[]){(int64_t)NI * P});
+    tensor *h_cids = disc ? nn_arena_add(hs, "code_ids", NN_I32, 1, (int64_t[]){(int64_t)NI * P}) : NULL;
+    tensor *h_codes = disc ? nn_arena_add(hs, "codes", NN_U16, 1, (int64_t[]){(int64_t)NI * P * Dc}) : NULL;
     tensor *h_logits = nn_arena_add(hs, "logits", NN_F32, 2, (int64_t[]){B, V});
     tensor *h_tok = nn_arena_add(hs, "next_ids", NN_I32, 2, (int64_t[]){B, 1});
     tensor *h_att = att ? nn_arena_add(hs, "attention_last", NN_F32, 4, (int64_t[]){L, B, H, Tp}) : NULL;
@@ -150,8 +157,12 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
         for (int i = 0; i < p[b].n; i++) {
             if (p[b].ids[i] == IMAGE_TOKEN_INDEX) {
                 for (int j = 0; j < P; j++) fl[ii * P + j] = (int32_t)((int64_t)b * Tx + t + j);
-                tensor pi = tensor_index0(pix, ii);
-                op_write_f32(&pi, p[b].pixels);
+                if (disc) {
+                    memcpy((uint16_t *)h_codes->data + (size_t)ii * P * Dc, p[b].codes, sizeof(uint16_t) * (size_t)(P * Dc));
+                } else {
+                    tensor pi = tensor_index0(pix, ii);
+                    op_write_f32(&pi, p[b].pixels);
+                }
                 ii++;
                 t += P;
             } else {
@@ -167,9 +178,11 @@ int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *
     op_fill(x, 0.0f);
     llama_embed(m->llm, ids, x);
     if (n_img > 0) {
-        tensor img = *pix, fv = view3(feats, n_img, P, C);
+        tensor img = pix ? *pix : (tensor){0}, fv = view3(feats, n_img, P, C);
         img.shape[0] = n_img;
-        if (c->n_scales > 0) { /* S2: the tower's features in its dtype, then f32 for the projector */
+        if (disc) { /* --input discrete: summed codebook rows of the image's codes */
+            asvr_code_features(m, h_codes->data, (int64_t)n_img * P, feats, rows, cids, h_cids);
+        } else if (c->n_scales > 0) { /* S2: the tower's features in its dtype, then f32 for the projector */
             s2_acts *s2 = s2_acts_new(m->tower, c->scales, c->n_scales, n_img);
             nn_arena *fa = nn_arena_new("S2 features", dev);
             tensor *f = nn_arena_add(fa, "image_features_tower_dtype", siglip_dtype(m->tower), 3, (int64_t[]){n_img, P, C});

@@ -38,8 +38,10 @@ extern "C" {
 typedef struct gen_prompt {
     const int32_t *ids;   /* token ids; at most one IMAGE_TOKEN_INDEX (-200), where the image goes */
     int n;
-    const float *pixels;  /* the normalised image [3, S, S], required iff ids hold the placeholder */
+    const float *pixels;  /* the normalised image [3, S, S], required iff ids hold the placeholder (continuous input) */
     const char *name;     /* names the sample in errors */
+    const uint16_t *codes; /* --input discrete models instead: the image's codes [image_positions * depth] from the
+                              tokenizer of the model's codebooks (asvr_code_features makes the projector's input) */
 } gen_prompt;
 
 typedef struct gen_options {
@@ -60,7 +62,7 @@ typedef struct gen_result {
 void gen_result_free(gen_result *r);
 
 /* Greedy generation for B prompts. The model needs its tower (asvr_model_load_tower) when a prompt has
- * an image. Returns -1 with err naming the sample for a bad prompt (two placeholders, an image
+ * an image, or with input_discrete its codebooks (asvr_model_load_codebooks) and each image's codes. Returns -1 with err naming the sample for a bad prompt (two placeholders, an image
  * without a placeholder or the reverse, an id outside the vocabulary). */
 int asvr_generate(asvr_model *m, const gen_prompt *p, int B, const gen_options *o, gen_result *r,
                   asvr_error *err);

@@ -316,9 +316,9 @@ static int tree_get(lmdb_reader *r, const lmdb_db *db, const char *what, const v
     if (db->root == P_INVALID) return 1;
     uint64_t pgno = db->root;
     for (int level = 1;; level++) {
-        const uint8_t *p;
-        unsigned kind;
-        int n;
+        const uint8_t *p = NULL;
+        unsigned kind = 0;
+        int n = 0;
         if (tree_page(r, pgno, &p, &kind, &n, err) < 0) goto bad;
         if ((kind == P_LEAF) != (level == db->depth)) {
             asvr_err_set(err, "page %llu is a %s page at level %d of a tree of depth %u", (unsigned long long)pgno,
@@ -327,7 +327,7 @@ static int tree_get(lmdb_reader *r, const lmdb_db *db, const char *what, const v
         }
         /* binary search: the last node whose key is <= key (a branch's node 0 has no key) */
         int lo = kind == P_BRANCH ? 1 : 0, hi = n - 1, found = kind == P_BRANCH ? 0 : -1;
-        node nd;
+        node nd = {0};
         while (lo <= hi) {
             int mid = lo + (hi - lo) / 2;
             if (page_node(r, pgno, p, kind, mid, &nd, err) < 0) goto bad;
@@ -397,9 +397,9 @@ typedef struct walk {
 
 static int walk_page(walk *w, uint64_t pgno, int level) {
     lmdb_reader *r = w->r;
-    const uint8_t *p;
-    unsigned kind;
-    int n;
+    const uint8_t *p = NULL;
+    unsigned kind = 0;
+    int n = 0;
     if (++w->visited > r->npages)
         return asvr_err_set(w->err, "the tree reaches more pages than the file holds (a page is reached twice)");
     if (tree_page(r, pgno, &p, &kind, &n, w->err) < 0) return -1;
@@ -407,7 +407,7 @@ static int walk_page(walk *w, uint64_t pgno, int level) {
         return asvr_err_set(w->err, "page %llu is a %s page at level %d of a tree of depth %u", (unsigned long long)pgno,
                             kind == P_LEAF ? "leaf" : "branch", level, (unsigned)w->db->depth);
     for (int i = 0; i < n; i++) {
-        node nd;
+        node nd = {0};
         if (page_node(r, pgno, p, kind, i, &nd, w->err) < 0) return -1;
         if (kind == P_BRANCH) {
             int rc = walk_page(w, nd.child, level + 1);
