@@ -87,6 +87,17 @@ check '[ $? -eq 0 ] && grep -q "\"appearance_loss\":[0-9]" "$TMP/dual/log.jsonl"
 check '[ $? -eq 0 ] && grep -q "\"visual_loss\":null" "$TMP/app/log.jsonl" && grep -q "\"appearance_loss\":[0-9]" "$TMP/app/log.jsonl"' "--visual-loss appearance trains the appearance head only"
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --visual-loss both --steps 1 --out "$TMP/x" 2> /dev/null
 check '[ $? -eq 2 ]' "--visual-loss both without --codes-app is a usage error"
+# A config without visual_head_appearance: the head is visual_head's shape with the depth, codebook size
+# and width of the --codebooks-app tokenizer (here model_dual.json's second head exactly: the same run).
+"$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" \
+    --codes-app "$TMP/it.lmdb" --codebooks-app "$TOK" --visual-loss both --steps 3 --out "$TMP/dual2"
+check '[ $? -eq 0 ] && grep -q "visual_head_appearance" "$TMP/dual2/step-00000003/state.json" && cmp -s "$TMP/dual/step-00000003/model.safetensors" "$TMP/dual2/step-00000003/model.safetensors"' \
+      "visual_head_appearance made from visual_head and the appearance tokenizer: the run of the explicit config"
+APP="$G/tokenize_appearance/tiny_appearance.safetensors"
+"$BIN/asvr-train" plan --config "$F/model.json" --visual-loss appearance --codebooks-app "$APP" --verbose > "$TMP/plan_app.txt"
+"$BIN/asvr-train" plan --config "$F/model.json" --visual-loss appearance --verbose > /dev/null 2> "$TMP/plan_app.err"
+check 'grep -q "appearance head E24, D 3, K 64, code dim 32" "$TMP/plan_app.txt" && grep -q -- "--codebooks-app" "$TMP/plan_app.err"' \
+      "plan --visual-loss appearance: the head from --codebooks-app's tokenizer; without it the message says how"
 
 # The reference behaviour for text-only samples runs (scored against the zero image's codes).
 "$BIN/asvr-train" train "${COMMON[@]}" --stage it --packed "$TMP/it.pack" --codes "$TMP/it.lmdb" --steps 2 --text-only-visual reference --out "$TMP/ref"

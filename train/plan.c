@@ -20,7 +20,7 @@
 #include "trainer.h"
 
 int cmd_plan(int argc, char **argv) {
-    const char *config = NULL;
+    const char *config = NULL, *codebooks_app = NULL;
     run_choices rc;
     run_choices_default(&rc);
     rc.stage = "it";
@@ -40,6 +40,8 @@ int cmd_plan(int argc, char **argv) {
         {"accum", ASVR_OPT_COUNT, &accum, "N", "micro-batches per step and rank (1, the default, needs no step gradient at zero 0)"},
         {"gpu-gib", ASVR_OPT_POS, &gpu_gib, "X", "say whether the plan fits in X GiB (e.g. 139 for an H200, 79 for an H100)"},
         {"verbose", ASVR_OPT_FLAG, &verbose, NULL, "also print every activation tensor"},
+        {"codebooks-app", ASVR_OPT_STR, &codebooks_app, "FILE",
+         "the appearance tokenizer file (as for train: shapes the appearance head when the config has none)"},
     };
     memcpy(opts + n, own, sizeof own);
     n += (int)(sizeof own / sizeof own[0]);
@@ -64,8 +66,11 @@ int cmd_plan(int argc, char **argv) {
     if (asvr_read_file(config, &text, &len, &err) < 0) ASVR_FATAL("", "%s", err.msg);
     asvr_config mc;
     /* the choices of a run on cuda; the model itself is declared on the CPU, in plan-only mode */
-    int r = run_choices_apply(&rc, (const char *)text, NN_CUDA, &mc, &err);
+    char *full = run_config_with_app_head((const char *)text, rc.visual_loss, codebooks_app, &err);
     free(text);
+    if (!full) ASVR_FATAL("--codebooks-app must be the appearance tokenizer file", "%s", err.msg);
+    int r = run_choices_apply(&rc, full, NN_CUDA, &mc, &err);
+    free(full);
     if (r == -2) asvr_cli_usage_error(&cli, "%s", err.msg);
     if (r < 0) ASVR_FATAL("check the model config and the flags", "%s", err.msg);
     if (max_images <= 0) max_images = asvr_max_images(&mc, (int)rows, (int)seq);

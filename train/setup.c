@@ -53,7 +53,9 @@ int run_choices_apply(const run_choices *c, const char *config_json, nn_device d
     if (want_sem && !mc->has_head)
         return asvr_err_set(err, "the model config has no visual_head (add one, or pass --visual-loss none)");
     if (want_app && !mc->has_app_head)
-        return asvr_err_set(err, "--visual-loss %s but the model config has no visual_head_appearance", c->visual_loss);
+        return asvr_err_set(err, "--visual-loss %s but the model config has no visual_head_appearance (add one, or give "
+                                 "--codebooks-app a vision tokenizer file: its depth, codebook size and width then make "
+                                 "one from visual_head)", c->visual_loss);
     mc->has_head = want_sem;
     mc->has_app_head = want_app;
     mc->input_discrete = !strcmp(c->input, "discrete");
@@ -67,6 +69,40 @@ int run_choices_apply(const run_choices *c, const char *config_json, nn_device d
     mc->compute_bf16 = dev == NN_CUDA && strcmp(c->precision, "f32") != 0;
     mc->head_chunk = (int)(c->head_chunk > 1 << 30 ? 1 << 30 : c->head_chunk);
     return 0;
+}
+
+char *run_config_with_app_head(const char *config_json, const char *visual_loss, const char *app_tokenizer, asvr_error *err) {
+    int want_app = !strcmp(visual_loss, "appearance") || !strcmp(visual_loss, "both");
+    json_error_t je;
+    json_t *cfg = want_app && app_tokenizer ? json_loads(config_json, 0, &je) : NULL;
+    json_t *vh = cfg ? json_object_get(cfg, "visual_head") : NULL;
+    if (!json_is_object(vh) || json_object_get(cfg, "visual_head_appearance")) {
+        json_decref(cfg); /* nothing to add (a config that does not parse is reported by run_choices_apply) */
+        return asvr_strdup(config_json);
+    }
+    safetensors *st;
+    if (safetensors_open(app_tokenizer, &st, err) < 0) {
+        json_decref(cfg);
+        return NULL;
+    }
+    const char *meta = safetensors_metadata(st, VTOK_META_KEY);
+    vtok_config tc;
+    int ok = meta && vtok_config_parse(meta, &tc, err) == 0;
+    safetensors_close(st);
+    if (!ok) { /* bare codebooks: the config must say how the head is shaped */
+        json_decref(cfg);
+        return asvr_strdup(config_json);
+    }
+    json_t *va = json_deep_copy(vh);
+    json_object_set_new(va, "depth", json_integer(tc.depth));
+    json_object_set_new(va, "codebook_size", json_integer(tc.codebook_size));
+    json_object_set_new(va, "code_dim", json_integer(tc.embed_dim));
+    json_object_set_new(cfg, "visual_head_appearance", va);
+    char *text = json_dumps(cfg, JSON_COMPACT);
+    LOG_INFO("visual_head_appearance: visual_head's shape with depth %d, codebook size %d and code width %d from '%s'",
+             tc.depth, tc.codebook_size, tc.embed_dim, app_tokenizer);
+    json_decref(cfg);
+    return text;
 }
 
 void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int rank, int world, int zero,
@@ -441,6 +477,10 @@ void trainer_setup(trainer *t, const train_opts *o, const asvr_cli *cli) {
     int64_t ckpt_step;
     checkpoint_find_latest(o->out, &t->ckpt, &ckpt_step);
     t->config_text = model_config_text(o, t->ckpt, cli);
+    char *full = run_config_with_app_head(t->config_text, o->rc.visual_loss, o->codebooks_app, &err);
+    if (!full) ASVR_FATAL("--codebooks-app must be the appearance tokenizer file", "%s", err.msg);
+    free(t->config_text);
+    t->config_text = full;
     int r = run_choices_apply(&o->rc, t->config_text, t->dev, &t->mc, &err);
     if (r == -2) asvr_cli_usage_error(cli, "%s", err.msg);
     if (r < 0) ASVR_FATAL("check the model config and the flags", "%s", err.msg);

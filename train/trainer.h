@@ -44,6 +44,12 @@ int run_choices_options(run_choices *c, asvr_opt *out);
 /* Parses the model config JSON into mc and applies the choices for a run on dev. 0; -2 with err for a
  * bad choice (a usage error); -1 with err for a config that cannot do what was asked. */
 int run_choices_apply(const run_choices *c, const char *config_json, nn_device dev, asvr_config *mc, asvr_error *err);
+/* The model config a run trains: config_json as it is, except that for --visual-loss appearance|both a
+ * config without "visual_head_appearance" gets one made from its "visual_head" (embed_dim, n_heads,
+ * n_layers, ffn_dim, rms_norm_eps) with the depth, codebook size and code width (code_dim) of the
+ * appearance tokenizer file app_tokenizer (when it is one), so one model.json serves every row of
+ * Table 1. A new string (free it); NULL with err when app_tokenizer cannot be read. */
+char *run_config_with_app_head(const char *config_json, const char *visual_loss, const char *app_tokenizer, asvr_error *err);
 /* Declares the model of mc, marks what trains in the stage (pt: all but the LLM; it: all), puts it on
  * dev with the flat layout of `world` ranks at ZeRO stage `zero` (dp.h), and commits it. */
 void run_build_model(asvr_model *m, const asvr_config *mc, int stage_it, nn_device dev, int rank, int world, int zero,
