@@ -280,8 +280,10 @@ static void load_initial(trainer *t) {
     asvr_error err;
     if (o->llm) {
         safetensors *st;
-        if (safetensors_open(o->llm, &st, &err) < 0 || load_subset(&m->ps, st, "llm.", "", &err) < 0)
-            ASVR_FATAL("pass HF LLaMA weights", "%s", err.msg);
+        if (safetensors_open(o->llm, &st, &err) < 0) ASVR_FATAL("--llm takes HF LLaMA or Mistral weights: a .safetensors file or a sharded checkpoint's .index.json", "%s", err.msg);
+        if (load_subset(&m->ps, st, "llm.", "", &err) < 0)
+            ASVR_FATAL("--llm takes HF LLaMA or Mistral weights: a .safetensors file or a sharded checkpoint's .index.json",
+                       "--llm '%s': %s", o->llm, err.msg);
         safetensors_close(st);
     }
     if (!o->init) return;
